@@ -1,0 +1,153 @@
+"""The `glimpse` command.
+
+Every subcommand is declared here with its arguments, and implemented by a
+`run(args)` function in the module it names. Those modules are imported only
+when their subcommand runs, so `glimpse serve` works from a serve-only install
+(no torch) and `glimpse --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+Configure = Callable[[argparse.ArgumentParser], None]
+
+
+def _data_shapes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--num-train", type=int, default=5000)
+    p.add_argument("--num-val", type=int, default=500)
+    p.add_argument("--num-test", type=int, default=1000)
+    p.add_argument("--num-novel", type=int, default=1000)
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (64, 128, 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _eval_captions(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", help='COCO results JSON: [{"image_id", "caption"}]')
+    p.add_argument("--dataset", required=True, help="directory holding captions.json")
+    p.add_argument("--split", default="test")
+
+
+def _eval_vqa(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", help='VQA results JSON: [{"question_id", "answer"}]')
+    p.add_argument("--dataset", required=True, help="directory holding the VQA files")
+    p.add_argument("--split", default="test")
+
+
+def _serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=None, help="bind address (GLIMPSE_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (GLIMPSE_PORT, default 8000)")
+    p.add_argument("--repository", default=None,
+                   help="model repository directory (GLIMPSE_MODEL_REPOSITORY)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.add_argument("--log-level", default="info")
+
+
+def _train_caption(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", choices=["nic", "sat-soft", "sat-hard"], default=None)
+    p.add_argument("--layer-norm", action="store_true", help="layer-normalised LSTM")
+    p.add_argument("--data", default=None, help="dataset directory (captions.json)")
+    p.add_argument("--out", default=None, help="run directory for checkpoints and logs")
+    p.add_argument("--config", default=None, help="JSON file with any of the knobs")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's checkpoint")
+
+
+def _export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="training run directory holding a checkpoint")
+    p.add_argument("--repository", default="model_repository")
+    p.add_argument("--name", required=True, help="model name: lowercase, digits, '-'")
+    p.add_argument("--version", type=int, default=None, help="default: next free version")
+
+
+def _eval_bundle(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="bundle directory (model_repository/NAME/VERSION)")
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--split", default="test")
+    p.add_argument("--beam-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    p.add_argument("--write-manifest", action="store_true",
+                   help="record the metrics in the bundle's manifest")
+
+
+# (group, name) -> (module implementing run(args), help, argument configuration)
+COMMANDS: dict[tuple[str, str | None], tuple[str, str, Configure]] = {
+    ("data", "shapes"): (
+        "training.data.shapes",
+        "generate the shapes world: images, captions, VQA, scenes",
+        _data_shapes,
+    ),
+    ("eval", "captions"): (
+        "training.metrics.cli",
+        "score COCO-format caption results against a dataset split",
+        _eval_captions,
+    ),
+    ("eval", "vqa"): (
+        "training.metrics.cli",
+        "score VQA-format answers against a dataset split",
+        _eval_vqa,
+    ),
+    ("eval", "bundle"): (
+        "training.evaluate",
+        "evaluate an exported bundle through the service runtime",
+        _eval_bundle,
+    ),
+    ("train", "caption"): (
+        "training.caption_task",
+        "train a captioning model (NIC, SAT soft/hard attention)",
+        _train_caption,
+    ),
+    ("export", None): (
+        "training.export",
+        "export a training run to a model bundle (ONNX graphs + manifest)",
+        _export,
+    ),
+    ("serve", None): (
+        "service.__main__",
+        "start the HTTP service on a model repository",
+        _serve,
+    ),
+}
+
+
+def build_parser(commands: dict = COMMANDS) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="glimpse",
+        description="Train, export, evaluate and serve image-language models.",
+    )
+    groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+    sub_of: dict[str, argparse._SubParsersAction] = {}
+    for (group, name), (module, help_text, configure) in commands.items():
+        if name is None:
+            p = groups.add_parser(group, help=help_text, description=help_text)
+        else:
+            if group not in sub_of:
+                gp = groups.add_parser(group, help=f"{group} commands")
+                sub_of[group] = gp.add_subparsers(dest="command", metavar="SUBCOMMAND",
+                                                  required=True)
+            p = sub_of[group].add_parser(name, help=help_text, description=help_text)
+        configure(p)
+        p.set_defaults(_module=module, _command=f"{group} {name or ''}".strip())
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(args._module)
+    result = module.run(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
