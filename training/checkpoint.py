@@ -1,0 +1,149 @@
+"""Checkpoints without pickle.
+
+A checkpoint is a directory:
+
+    config.json            how to rebuild the model (and the task that trained it)
+    model.safetensors      weights of the unwrapped model
+    optimizer.safetensors  optimizer tensors, keyed "<param index>.<name>"
+    trainer_state.json     step, epoch, scheduler, optimizer hyper-parameters, RNG states,
+                           early-stopping bookkeeping
+
+Export and the service read only the first two; the rest makes resume exact.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "trainer_state.json"
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model under DDP (`.module`) or torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, state in sd["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[name] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                    meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    for idx, scalars in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(scalars)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    np_state = np.random.get_state()
+    meta = {
+        "python": _jsonable(random.getstate()),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    py = meta["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, tuple | list):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict,
+                    optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: Any = None, trainer_state: dict | None = None) -> Path:
+    """Write a checkpoint directory atomically enough for a crash not to leave half a model."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    save_file(weights, str(tmp / MODEL_FILE))
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+    if optimizer is not None:
+        opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+        rng_tensors, rng_meta = rng_state()
+        save_file({**opt_tensors, **rng_tensors}, str(tmp / OPTIMIZER_FILE))
+        state = {
+            "optimizer": opt_meta,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": rng_meta,
+            **(trainer_state or {}),
+        }
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
+    if path.exists():
+        for f in path.iterdir():
+            f.unlink()
+        path.rmdir()
+    tmp.rename(path)
+    return path
+
+
+def load_config(path: str | Path) -> dict:
+    return json.loads((Path(path) / CONFIG_FILE).read_text())
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    state = load_file(str(Path(path) / MODEL_FILE))
+    unwrap(model).load_state_dict(state)
+    return model
+
+
+def load_training_state(path: str | Path, *, optimizer: torch.optim.Optimizer,
+                        scheduler: Any = None, restore_rng: bool = True) -> dict:
+    """Restore optimizer, scheduler and RNG state; return the trainer's own bookkeeping."""
+    path = Path(path)
+    state = json.loads((path / STATE_FILE).read_text())
+    tensors = load_file(str(path / OPTIMIZER_FILE))
+    opt_tensors = {k: v for k, v in tensors.items() if not k.startswith("rng.")}
+    _load_optimizer(optimizer, opt_tensors, state.pop("optimizer"))
+    sched = state.pop("scheduler")
+    if scheduler is not None and sched is not None:
+        scheduler.load_state_dict(sched)
+    rng_meta = state.pop("rng")
+    if restore_rng:
+        set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, rng_meta)
+    return state
