@@ -20,7 +20,6 @@ from training.data.language import (
     is_exact,
     matching_objects,
     parse_caption,
-    tokenize,
 )
 from training.data.world import COLOURS, RELATIONS, SHAPES, SIZE_RADIUS, SIZES, Scene, ShapeObject
 
@@ -273,11 +272,6 @@ def test_one_wrong_relation_makes_a_reference_not_exact():
                 assert not is_exact(Caption(tuple(clauses)).text(), scene)
                 mutated += 1
     assert mutated > 100
-
-
-def test_tokenize_keeps_clause_marks_and_drops_other_punctuation():
-    assert tokenize("A red circle, a Blue square; two stars.") == [
-        "a", "red", "circle", ",", "a", "blue", "square", ";", "two", "stars"]
 
 
 def test_caption_coverage_of_a_parsed_caption():

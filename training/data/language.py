@@ -123,7 +123,7 @@ _TOKEN = re.compile(r"[a-z0-9]+|[,;]")
 _SEPARATOR_MARKS = (",", ";")
 
 
-def tokenize(text: str) -> list[str]:
+def _tokenize(text: str) -> list[str]:
     """Lowercase words, plus "," and ";" (which may separate clauses); other marks are dropped."""
     return _TOKEN.findall(text.lower())
 
@@ -197,7 +197,7 @@ def _skip_separator(tokens: Sequence[str], i: int) -> int:
 
 def parse_caption(text: str) -> Caption | None:
     """The caption's clauses, or None when `text` is not in the grammar."""
-    tokens = tokenize(text)
+    tokens = _tokenize(text)
     clauses: list[Clause] = []
     i = 0
     while True:
@@ -363,7 +363,7 @@ def _one_caption(scene: Scene, rng: np.random.Generator) -> str:
 
 
 def _words(text: str) -> list[str]:
-    return [t for t in tokenize(text) if t not in _SEPARATOR_MARKS]
+    return [t for t in _tokenize(text) if t not in _SEPARATOR_MARKS]
 
 
 def _plan(scene: Scene, rng: np.random.Generator) -> Caption:
