@@ -1,0 +1,339 @@
+"""Captioning models: Show and Tell (NIC) and Show, Attend and Tell (soft and hard).
+
+Vinyals et al. 2015, "Show and Tell" (NIC): the image embedding is the LSTM's
+input at t = -1, then the words. Xu et al. 2015, "Show, Attend and Tell" (SAT):
+at every step an attention over the L annotation vectors of the image grid
+chooses a context ẑ_t that is fed to the LSTM with the previous word.
+
+Every model has one decoding step used everywhere: teacher-forced training
+unrolls it over the caption, and `encode` + `step` expose it for beam search and
+ONNX export, so the three agree by construction.
+
+    context, state = model.encode(images)        # (B, L, D), {"h": (B, H), "c": (B, H)}
+    log_probs, state, alpha = model.step(tokens, state, context)   # (N, V), ..., (N, L) | None
+
+`forward(images, captions_in, captions_out)` returns `(logits, loss)`; the loss
+includes the regularisers, and its terms are left in `model.loss_terms` for logging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.encoder import EncoderConfig, ImageEncoder
+from models.lstm import LSTMCell
+
+ARCHS = ("nic", "sat-soft", "sat-hard")
+HARD_INFERENCE = ("expected", "argmax")
+
+State = dict[str, torch.Tensor]  # {"h": (N, H), "c": (N, H)}
+
+
+@dataclass
+class CaptionConfig:
+    arch: str = "sat-soft"  # "nic" | "sat-soft" | "sat-hard"
+    vocab_size: int = 64
+    embed_dim: int = 64
+    hidden_dim: int = 128
+    attention_dim: int = 64
+    layer_norm: bool = False  # layer-normalised LSTM (Ba et al. 2016)
+    dropout: float = 0.2
+    pad_id: int = 0
+    doubly_stochastic: float = 1.0  # λ of Eq. 14 (Xu et al.); SAT only
+    # Hard attention (Xu et al. Sec. 4.1, Eq. 12).
+    reinforce_weight: float = 1.0  # λ_r
+    entropy_weight: float = 0.01  # λ_e
+    baseline_decay: float = 0.9  # b <- 0.9 b + 0.1 log p(y | s, a)
+    hard_expectation_prob: float = 0.5  # per image, use the expected context instead of a sample
+    # At test time a hard-attention model uses the expected context Σ_i α_i a_i
+    # ("expected", as in the paper) or the single most attended location ("argmax").
+    hard_inference: str = "expected"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.encoder, dict):
+            self.encoder = EncoderConfig(**self.encoder)
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.hard_inference not in HARD_INFERENCE:
+            raise ValueError(f"hard_inference must be one of {HARD_INFERENCE}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CaptionConfig:
+        return cls(**d)
+
+
+class DecodeResult(NamedTuple):
+    logits: torch.Tensor  # (N, V)
+    state: State
+    alpha: torch.Tensor | None  # (N, L) attention weights, SAT only
+    sample_log_prob: torch.Tensor | None  # (N,) log α of the sampled location, hard training only
+
+
+class Rollout(NamedTuple):
+    """What the regularisers need from a teacher-forced pass."""
+
+    alpha: torch.Tensor | None  # (B, T, L)
+    sample_log_prob: torch.Tensor | None  # (B, T)
+    expectation_rows: torch.Tensor | None  # (B,) bool
+
+    @classmethod
+    def of(cls, steps: list[DecodeResult], expectation_rows: torch.Tensor | None) -> Rollout:
+        def stacked(values: list[torch.Tensor | None]) -> torch.Tensor | None:
+            return None if values[0] is None else torch.stack(values, dim=1)
+
+        return cls(stacked([s.alpha for s in steps]),
+                   stacked([s.sample_log_prob for s in steps]), expectation_rows)
+
+
+def doubly_stochastic_penalty(alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ_i (1 - Σ_t α_ti)² of each image (Eq. 14 of Xu et al.) -> (B,).
+
+    alpha (B, T, L), mask (B, T): padded steps do not count towards Σ_t.
+    """
+    coverage = (alpha * mask.unsqueeze(-1)).sum(dim=1)  # (B, L)
+    return ((1.0 - coverage) ** 2).sum(dim=-1)
+
+
+def attention_entropy(alpha: torch.Tensor) -> torch.Tensor:
+    """H[s] = -Σ_i α_i log α_i over the last axis."""
+    return -torch.special.xlogy(alpha, alpha).sum(dim=-1)
+
+
+class CaptionModel(nn.Module):
+    """What NIC and SAT share: encoder, word embedding, LSTM, the unrolled loop, the loss."""
+
+    def __init__(self, config: CaptionConfig, *, lstm_input: int) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = ImageEncoder(config.encoder)
+        self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
+        self.lstm = LSTMCell(lstm_input, config.hidden_dim, layer_norm=config.layer_norm)
+        self.drop = nn.Dropout(config.dropout)
+        self.loss_terms: dict[str, torch.Tensor] = {}
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """images (B, 3, S, S) in [0, 1] -> context (B, L, D), initial state."""
+        raise NotImplementedError
+
+    def decode(self, tokens: torch.Tensor, state: State, context: torch.Tensor,
+               expectation_rows: torch.Tensor | None = None) -> DecodeResult:
+        """One step from the previous word: tokens (N,) -> unnormalised logits (N, V)."""
+        raise NotImplementedError
+
+    def step(
+        self, tokens: torch.Tensor, state: State, context: torch.Tensor
+    ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
+        """tokens (N,), state (N, H) each, context (N, L, D) -> log p (N, V), state, α (N, L)."""
+        out = self.decode(tokens, state, context)
+        return F.log_softmax(out.logits, dim=-1), out.state, out.alpha
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        captions_in: torch.Tensor,
+        captions_out: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher forcing: captions_in (B, T) starts with BOS, captions_out (B, T) is it shifted
+        by one and padded with pad_id. Returns logits (B, T, V) and the loss (or None)."""
+        context, state = self.encode(images)
+        expectation_rows = self.expectation_rows(images.shape[0], images.device)
+        steps = []
+        for t in range(captions_in.shape[1]):
+            out = self.decode(captions_in[:, t], state, context, expectation_rows)
+            state = out.state
+            steps.append(out)
+        logits = torch.stack([s.logits for s in steps], dim=1)  # (B, T, V)
+        if captions_out is None:
+            self.loss_terms = {}
+            return logits, None
+        return logits, self.loss(logits, captions_out, Rollout.of(steps, expectation_rows))
+
+    def expectation_rows(self, batch_size: int, device: torch.device) -> torch.Tensor | None:
+        """Which images train on the expected context instead of a sample (hard attention)."""
+        return None
+
+    def loss(self, logits: torch.Tensor, captions_out: torch.Tensor,
+             rollout: Rollout) -> torch.Tensor:
+        """Token-averaged cross entropy over non-pad targets, plus the model's regularisers."""
+        mask = (captions_out != self.config.pad_id).float()  # (B, T)
+        token_nll = F.cross_entropy(
+            logits.transpose(1, 2), captions_out, reduction="none"
+        ) * mask  # (B, T)
+        xent = token_nll.sum() / mask.sum().clamp(min=1.0)
+        terms = {"xent": xent}
+        total = xent + self.regularisers(token_nll, mask, rollout, terms)
+        self.loss_terms = {k: v.detach() for k, v in terms.items()}
+        return total
+
+    def regularisers(self, token_nll: torch.Tensor, mask: torch.Tensor, rollout: Rollout,
+                     terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Extra loss terms; each is also recorded in `terms` under its name."""
+        return token_nll.new_zeros(())
+
+
+class ShowAndTell(CaptionModel):
+    """NIC (Vinyals et al. 2015): x_{-1} = W_I CNN(I), x_t = W_e S_t, p_{t+1} = softmax(W h_t)."""
+
+    def __init__(self, config: CaptionConfig) -> None:
+        super().__init__(config, lstm_input=config.embed_dim)
+        self.image_embed = nn.Linear(config.encoder.out_dim, config.embed_dim)
+        self.head = nn.Linear(config.hidden_dim, config.vocab_size)
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, State]:
+        pooled, _ = self.encoder(images)  # (B, D)
+        # The image is the LSTM's input once, at t = -1, from a zero state.
+        h, c = self.lstm(self.image_embed(pooled))
+        return pooled.unsqueeze(1), {"h": h, "c": c}  # context (B, 1, D) is not attended
+
+    def decode(self, tokens: torch.Tensor, state: State, context: torch.Tensor,
+               expectation_rows: torch.Tensor | None = None) -> DecodeResult:
+        h, c = self.lstm(self.embed(tokens), (state["h"], state["c"]))  # (N, H)
+        logits = self.head(self.drop(h))  # (N, V)
+        return DecodeResult(logits, {"h": h, "c": c}, None, None)
+
+
+class SoftAttention(nn.Module):
+    """f_att of Eq. 4-5 (Xu et al.): e_ti = w^T tanh(W_a a_i + W_h h_{t-1}), α_t = softmax(e_t).
+
+    The score layer has no bias: a constant added to every e_ti cancels in the softmax.
+    """
+
+    def __init__(self, context_dim: int, hidden_dim: int, attention_dim: int) -> None:
+        super().__init__()
+        self.context_proj = nn.Linear(context_dim, attention_dim)
+        self.hidden_proj = nn.Linear(hidden_dim, attention_dim, bias=False)
+        self.score = nn.Linear(attention_dim, 1, bias=False)
+
+    def forward(self, context: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """context (N, L, D), h (N, H) -> scores e (N, L)."""
+        att = torch.tanh(self.context_proj(context) + self.hidden_proj(h).unsqueeze(1))  # (N, L, A)
+        return self.score(att).squeeze(-1)
+
+
+class ShowAttendTell(CaptionModel):
+    """SAT (Xu et al. 2015) with soft (deterministic) or hard (stochastic) attention."""
+
+    def __init__(self, config: CaptionConfig) -> None:
+        d, h, e = config.encoder.out_dim, config.hidden_dim, config.embed_dim
+        super().__init__(config, lstm_input=e + d)  # Eq. 1: the LSTM sees [E y_{t-1}; ẑ_t]
+        self.hard = config.arch == "sat-hard"
+        self.attention = SoftAttention(d, h, config.attention_dim)
+        self.gate = nn.Linear(h, 1)  # β_t = σ(f_β(h_{t-1})), Sec. 4.2.1
+        # Initial memory and hidden state from the mean annotation (Sec. 3.1.2).
+        self.init_h = nn.Linear(d, h)
+        self.init_c = nn.Linear(d, h)
+        # Deep output layer, Eq. 7: p(y_t) ∝ exp(L_o(E y_{t-1} + L_h h_t + L_z ẑ_t)).
+        self.out_h = nn.Linear(h, e)
+        self.out_z = nn.Linear(d, e)
+        self.out = nn.Linear(e, config.vocab_size)
+        if self.hard:
+            # Moving average of log p(y | s, a): the REINFORCE baseline of Eq. 12.
+            self.register_buffer("reward_baseline", torch.zeros(()))
+            self.register_buffer("baseline_updates", torch.zeros((), dtype=torch.long))
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, State]:
+        _, grid = self.encoder(images)  # (B, L, D)
+        mean = grid.mean(dim=1)  # (B, D)
+        return grid, {"h": torch.tanh(self.init_h(mean)), "c": torch.tanh(self.init_c(mean))}
+
+    def decode(self, tokens: torch.Tensor, state: State, context: torch.Tensor,
+               expectation_rows: torch.Tensor | None = None) -> DecodeResult:
+        h, c = state["h"], state["c"]  # (N, H)
+        scores = self.attention(context, h)  # (N, L)
+        alpha = F.softmax(scores, dim=-1)
+        z, sample_log_prob = self.glimpse(scores, alpha, context, expectation_rows)  # (N, D)
+        z = torch.sigmoid(self.gate(h)) * z
+        emb = self.embed(tokens)  # (N, E)
+        h, c = self.lstm(torch.cat([emb, z], dim=-1), (h, c))
+        logits = self.out(self.drop(emb + self.out_h(h) + self.out_z(z)))  # (N, V)
+        return DecodeResult(logits, {"h": h, "c": c}, alpha, sample_log_prob)
+
+    def glimpse(self, scores: torch.Tensor, alpha: torch.Tensor, context: torch.Tensor,
+                expectation_rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The context vector ẑ (N, D) before gating, and log p(s_t) when s_t was sampled."""
+        expected = torch.bmm(alpha.unsqueeze(1), context).squeeze(1)  # Σ_i α_i a_i (Eq. 13)
+        if not self.hard or (not self.training and self.config.hard_inference == "expected"):
+            return expected, None
+        if not self.training:
+            return gather_location(context, alpha.argmax(dim=-1)), None
+        # s_t ~ Multinoulli(α), Eq. 8-9; ẑ_t = a_{s_t}.
+        s = torch.multinomial(alpha.detach(), 1).squeeze(1)  # (N,)
+        sample_log_prob = F.log_softmax(scores, dim=-1).gather(1, s.unsqueeze(1)).squeeze(1)
+        z = gather_location(context, s)
+        if expectation_rows is not None:
+            z = torch.where(expectation_rows.unsqueeze(1), expected, z)
+        return z, sample_log_prob
+
+    def expectation_rows(self, batch_size: int, device: torch.device) -> torch.Tensor | None:
+        # Xu et al. Sec. 4.1: with probability 0.5 per image, s̃ is set to its expected value.
+        if not (self.hard and self.training):
+            return None
+        return torch.rand(batch_size, device=device) < self.config.hard_expectation_prob
+
+    def regularisers(self, token_nll: torch.Tensor, mask: torch.Tensor, rollout: Rollout,
+                     terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Xu et al.'s per-sentence objective divided by the number of tokens, like the
+        cross entropy, so that λ, λ_r and λ_e weigh each term as in the paper."""
+        num_tokens = mask.sum().clamp(min=1.0)
+        penalty = doubly_stochastic_penalty(rollout.alpha, mask).sum() / num_tokens
+        terms["doubly_stochastic"] = penalty
+        total = self.config.doubly_stochastic * penalty
+        if rollout.sample_log_prob is not None:
+            total = total + self.reinforce_terms(token_nll, mask, rollout, terms)
+        return total
+
+    def reinforce_terms(self, token_nll: torch.Tensor, mask: torch.Tensor, rollout: Rollout,
+                        terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Surrogate loss whose negative gradient is Eq. 12 of Xu et al.:
+
+            λ_r (log p(y|s̃,a) - b) ∂ log p(s̃|a)/∂W + λ_e ∂H[s̃]/∂W
+
+        (the ∂ log p(y|s̃,a)/∂W part is the cross entropy's). Images that used the
+        expected context contribute no score-function term. b is the baseline from
+        earlier minibatches, so it does not depend on this sample; afterwards
+        b <- 0.9 b + 0.1 mean log p(y|s̃,a). The first minibatch sets b to its own mean
+        instead of pulling it from 0.
+        """
+        cfg = self.config
+        num_tokens = mask.sum().clamp(min=1.0)
+        sentence_log_prob = -token_nll.sum(dim=1)  # (B,) log p(y | s̃, a)
+        batch_mean = sentence_log_prob.mean().detach()
+        with torch.no_grad():
+            if self.baseline_updates == 0:
+                self.reward_baseline.copy_(batch_mean)
+        sampled = mask
+        if rollout.expectation_rows is not None:
+            sampled = mask * (~rollout.expectation_rows).float().unsqueeze(1)  # (B, T)
+        advantage = (sentence_log_prob - self.reward_baseline).detach()  # (B,)
+        log_p_s = (rollout.sample_log_prob * sampled).sum(dim=1)  # (B,) log p(s̃ | a)
+        reinforce = -(advantage * log_p_s).sum() / num_tokens
+        entropy = (attention_entropy(rollout.alpha) * mask).sum() / num_tokens
+        with torch.no_grad():
+            decay = cfg.baseline_decay
+            self.reward_baseline.mul_(decay).add_((1.0 - decay) * batch_mean)
+            self.baseline_updates += 1
+        terms.update(reinforce=reinforce, entropy=entropy, sentence_log_prob=batch_mean,
+                     reward_baseline=self.reward_baseline.clone())
+        return cfg.reinforce_weight * reinforce - cfg.entropy_weight * entropy
+
+
+def gather_location(context: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """context (N, L, D), index (N,) -> the annotation vector a_index of each row (N, D)."""
+    index = index.view(-1, 1, 1).expand(-1, 1, context.shape[-1])
+    return context.gather(1, index).squeeze(1)
+
+
+def build_caption_model(config: CaptionConfig) -> CaptionModel:
+    """The captioning model that config.arch names."""
+    if config.arch == "nic":
+        return ShowAndTell(config)
+    return ShowAttendTell(config)
