@@ -193,8 +193,9 @@ class _Paths:
 
 @dataclass
 class _Candidates:
-    """Hypotheses set aside for the final answer, as flat arrays."""
+    """Hypotheses set aside for the final answer, added a batch of them at a time."""
 
+    size: int = 0
     image: list[np.ndarray] = field(default_factory=list)
     log_prob: list[np.ndarray] = field(default_factory=list)
     finished: list[np.ndarray] = field(default_factory=list)
@@ -205,8 +206,8 @@ class _Candidates:
     def add(self, image: np.ndarray, tokens: np.ndarray, paths: np.ndarray,
             log_prob: np.ndarray, finished: bool, order: np.ndarray | None = None) -> None:
         if order is None:  # insertion order breaks score ties
-            start = sum(len(o) for o in self.order)
-            order = np.arange(start, start + len(image))
+            order = np.arange(self.size, self.size + len(image))
+        self.size += len(image)
         self.image.append(image)
         self.log_prob.append(np.asarray(log_prob, dtype=np.float64))
         self.finished.append(np.full(len(image), finished))
@@ -584,8 +585,9 @@ def sample(
         if not keep.any():
             break
         paths.keep(keep)
+        if len(going) < len(drawn) or not keep.all():
+            row_context = _rows(context, row_image[sample_ids[keep]])
         sample_ids, parents, tokens = sample_ids[keep], going[keep], drawn[going[keep]]
-        row_context = _rows(context, row_image[sample_ids])
 
     image, log_prob, _, order, _ = candidates.table()
     return _ranked(candidates, paths, n_images, order - first_sample[image], log_prob,
