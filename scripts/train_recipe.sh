@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# glimpse's default training recipe: generate the shapes world, train Show and
+# Tell (NIC) and Show, Attend and Tell (soft attention), export both to the model
+# repository, and evaluate each exported bundle on the test split, recording the
+# metrics in its manifest.
+#
+# Paths come from the environment; relative ones are taken from the repository
+# root, where the script runs so that configs/ resolves:
+#   DATA_DIR    shapes-world dataset      (default data/shapes)
+#   RUNS_DIR    training run directories  (default runs)
+#   REPOSITORY  model repository          (default model_repository)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+DATA_DIR="${DATA_DIR:-data/shapes}"
+RUNS_DIR="${RUNS_DIR:-runs}"
+REPOSITORY="${REPOSITORY:-model_repository}"
+
+# The highest numeric version directory of a model: the one `glimpse export` just wrote.
+latest_version() {
+    ls "$1" | grep -E '^[0-9]+$' | sort -n | tail -1
+}
+
+glimpse data shapes --out "$DATA_DIR" --num-train 5000 --num-val 500 --num-test 1000 \
+    --num-novel 1000 --size 64 --seed 0
+
+glimpse train caption --arch nic --data "$DATA_DIR" --out "$RUNS_DIR/nic" \
+    --config configs/caption_nic.json
+glimpse train caption --arch sat-soft --data "$DATA_DIR" --out "$RUNS_DIR/sat-soft" \
+    --config configs/caption_sat.json
+
+glimpse export "$RUNS_DIR/nic" --repository "$REPOSITORY" --name caption-nic
+glimpse export "$RUNS_DIR/sat-soft" --repository "$REPOSITORY" --name caption-sat
+
+for name in caption-nic caption-sat; do
+    version="$(latest_version "$REPOSITORY/$name")"
+    glimpse eval bundle "$REPOSITORY/$name/$version" --data "$DATA_DIR" --split test \
+        --write-manifest
+done
