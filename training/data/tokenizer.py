@@ -204,10 +204,12 @@ class CharAlphabet:
         """Number of ids: padding, the characters and the unknown id."""
         return len(self.alphabet) + 2
 
+    def _normalise(self, text: str) -> str:
+        return text.lower() if self.lowercase else text
+
     def unknown_characters(self, text: str) -> list[str]:
         """The distinct characters of `text` outside the alphabet, in order of appearance."""
-        text = text.lower() if self.lowercase else text
-        return list(dict.fromkeys(ch for ch in text if ch not in self._index))
+        return list(dict.fromkeys(ch for ch in self._normalise(text) if ch not in self._index))
 
     def encode(self, text: str, max_length: int, *,
                on_unknown: UnknownPolicy = "error") -> list[int]:
@@ -224,17 +226,16 @@ class CharAlphabet:
         unknown = self.unknown_characters(text)
         if unknown and on_unknown == "error":
             raise ValueError(f"characters outside the alphabet: {unknown!r} in {text!r}")
-        self._report(text, unknown)
-        text = text.lower() if self.lowercase else text
+        text = self._normalise(text)
+        self._report_replaced(text, unknown)
         ids = [self._index.get(ch, self.unk_id) for ch in text[:max_length]]
         return ids + [self.pad_id] * (max_length - len(ids))
 
-    def _report(self, text: str, unknown: list[str]) -> None:
+    def _report_replaced(self, text: str, unknown: list[str]) -> None:
         for ch in unknown:
             if ch not in self.replaced:
                 logger.warning("replacing character %r (U+%04X) outside the alphabet, first in %r",
                                ch, ord(ch), text)
-        text = text.lower() if self.lowercase else text
         self.replaced.update(ch for ch in text if ch in unknown)
 
     def decode(self, ids: Iterable[int]) -> str:
