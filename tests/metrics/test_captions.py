@@ -107,8 +107,9 @@ def test_meteor_disabled_or_unavailable(monkeypatch):
 
 
 def test_meteor_runs_with_java():
-    # glimpse's dev environment has Java 17; the eval extra documents it as a requirement.
-    assert shutil.which("java") is not None
+    assert shutil.which("java") is not None, (
+        "METEOR needs Java: install a JRE (e.g. apt-get install default-jre-headless, as "
+        "docker/Dockerfile does)")
     assert meteor_status() == (True, None)
     scores = caption_metrics({1: "a red circle", 2: "two green stars"},
                              {1: ["a red circle", "a big circle"], 2: ["a blue square"]})
