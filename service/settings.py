@@ -1,0 +1,97 @@
+"""Service settings: one pydantic-settings class, read from `GLIMPSE_*` environment variables.
+
+Lists (`GLIMPSE_PROVIDERS`, `GLIMPSE_API_KEYS`, `GLIMPSE_CORS_ORIGINS`) are comma
+separated; `GLIMPSE_MODEL_OVERRIDES` is JSON mapping a model name to the knobs it
+changes, e.g. `{"caption-sat": {"max_batch_size": 16, "device": "cuda:1"}}`.
+docs/service.md has the full table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# "auto": CUDA when ONNX Runtime has its CUDA provider, else CPU; "cuda[:N]" requires it.
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
+CommaList = Annotated[list[str], NoDecode]
+
+
+class ModelSettings(BaseModel):
+    """Knobs that may differ per served model; `None` means "use the service-wide value"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int | None = Field(None, ge=1, le=1024)
+    max_queue_delay_ms: float | None = Field(None, ge=0)
+    max_queue_size: int | None = Field(None, ge=1)
+    request_timeout_s: float | None = Field(None, gt=0)
+    device: Device | None = None
+    intra_op_threads: int | None = Field(None, ge=0)
+    providers: list[str] | None = None
+
+
+class ResolvedModelSettings(BaseModel):
+    """The knobs one model is served with: service-wide values with its overrides applied."""
+
+    max_batch_size: int
+    max_queue_delay_ms: float
+    max_queue_size: int
+    request_timeout_s: float
+    device: str
+    intra_op_threads: int | None
+    providers: list[str] | None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GLIMPSE_", extra="ignore",
+                                      protected_namespaces=())
+
+    model_repository: Path = Path("model_repository")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
+
+    # ONNX Runtime. Explicit providers replace the choice that `device` makes.
+    providers: CommaList = []
+    device: Device = "auto"
+    intra_op_threads: int | None = Field(None, ge=0)
+
+    # Dynamic batching, per model queue (Triton's dynamic batcher knobs).
+    max_batch_size: int = Field(8, ge=1, le=1024)
+    max_queue_delay_ms: float = Field(2.0, ge=0)
+    max_queue_size: int = Field(64, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
+    model_overrides: dict[str, ModelSettings] = {}
+    # Task -> model name used when a request names no model (else the first name A-Z).
+    default_models: dict[str, str] = {}
+
+    # Input limits.
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(4096 * 4096, ge=1)
+
+    # Access.
+    api_keys: CommaList = []
+    cors_origins: CommaList = []
+
+    # Seconds that queued and running requests get to finish on SIGTERM.
+    drain_timeout_s: float = Field(30.0, ge=0)
+
+    @field_validator("providers", "api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def for_model(self, name: str) -> ResolvedModelSettings:
+        """The settings `name` is served with: its `model_overrides` entry over the defaults."""
+        override = self.model_overrides.get(name, ModelSettings())
+        fields = ModelSettings.model_fields
+        values = {key: getattr(self, key) for key in fields}
+        values.update(override.model_dump(exclude_none=True))
+        values["providers"] = values["providers"] or None
+        return ResolvedModelSettings(**values)
