@@ -1,0 +1,269 @@
+"""The model bundle format: `model_repository/NAME/VERSION/manifest.json` plus its files.
+
+The service owns this schema; training writes bundles with `write_manifest` and
+`file_sha256` (and `describe_graph` for a graph's input/output specs). A bundle is
+served only if its manifest validates, its directory names match the manifest's
+name and version, and every file it lists exists with the recorded sha256.
+`BundleError` says which bundle and file failed and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+NAME_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+Task = Literal["caption", "retrieval", "vqa", "alignment", "generation", "video"]
+Dim = int | str  # a fixed size, or a symbolic name such as "batch"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TensorSpec(_Strict):
+    name: str
+    dtype: str = Field(examples=["float32", "int64"])
+    shape: list[Dim]
+
+
+class GraphSpec(_Strict):
+    """One ONNX graph of the bundle and the names, dtypes and shapes of its tensors."""
+
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+class FileSpec(_Strict):
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class TokenizerSpec(_Strict):
+    type: Literal["word"] = "word"
+    file: str = Field(description="key of the vocabulary in the manifest's `files`")
+
+
+class Preprocessing(_Strict):
+    """How the service turns an upload into the encoder's `image` input.
+
+    Mean/std normalisation happens inside the encoder graph; `mean` and `std`
+    are recorded so the bundle documents it.
+    """
+
+    image_size: int | None = Field(None, ge=1)
+    resize: Literal["bilinear"] = "bilinear"
+    pixel_range: tuple[float, float] = (0.0, 1.0)
+    layout: Literal["NCHW"] = "NCHW"
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    tokenizer: TokenizerSpec | None = None
+
+
+class AttentionSpec(_Strict):
+    output: str = Field(description="decoder_step output holding the weights [n, L]")
+    grid: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]
+
+
+class Decoding(_Strict):
+    """Step-graph contract and default search parameters of an autoregressive decoder."""
+
+    bos_id: int = Field(ge=0)
+    eos_id: int = Field(ge=0)
+    pad_id: int = Field(0, ge=0)
+    top_k: int = Field(ge=1, description="candidates per row the step graph returns")
+    state: list[str] = Field(min_length=1, description="recurrent state, e.g. ['h', 'c']")
+    context: list[str] = Field(default_factory=list, description="per-image inputs")
+    attention: AttentionSpec | None = None
+    beam_size: int = Field(3, ge=1)
+    max_length: int = Field(20, ge=1)
+    length_penalty: float = 0.0
+
+
+class Manifest(_Strict):
+    format_version: Literal[1] = FORMAT_VERSION
+    name: str = Field(pattern=NAME_PATTERN, max_length=64)
+    version: int = Field(ge=1)
+    task: Task
+    architecture: str
+    created: datetime
+    graphs: dict[str, GraphSpec]
+    files: dict[str, FileSpec] = Field(default_factory=dict)
+    preprocessing: Preprocessing = Field(default_factory=Preprocessing)
+    decoding: Decoding | None = None
+    training: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _task_requirements(self) -> Manifest:
+        if self.task == "caption":
+            _require_caption_parts(self)
+        return self
+
+    def listed_files(self) -> dict[str, str]:
+        """Every file the bundle holds (key -> file name), graphs and others together."""
+        entries: dict[str, FileSpec | GraphSpec] = {**self.graphs, **self.files}
+        return {key: spec.file for key, spec in entries.items()}
+
+
+def _require_caption_parts(m: Manifest) -> None:
+    missing = [g for g in ("encoder", "decoder_step") if g not in m.graphs]
+    if missing:
+        raise ValueError(f"a caption bundle needs graphs {missing}")
+    if m.decoding is None:
+        raise ValueError("a caption bundle needs a `decoding` section")
+    if m.preprocessing.image_size is None:
+        raise ValueError("a caption bundle needs preprocessing.image_size")
+    tok = m.preprocessing.tokenizer
+    if tok is None or tok.file not in m.files:
+        raise ValueError("a caption bundle needs preprocessing.tokenizer naming an entry "
+                         "of `files`")
+    step_outputs = set(m.graphs["decoder_step"].output_names())
+    if m.decoding.attention and m.decoding.attention.output not in step_outputs:
+        raise ValueError(f"attention output {m.decoding.attention.output!r} is not an output "
+                         "of decoder_step")
+
+
+class BundleError(Exception):
+    """A bundle that cannot be served; the message names the bundle, the file and why."""
+
+    def __init__(self, bundle: str | Path, reason: str, file: str | None = None) -> None:
+        self.bundle = str(bundle)
+        self.file = file
+        self.reason = reason
+        where = f"{self.bundle}/{file}" if file else self.bundle
+        super().__init__(f"bundle {where}: {reason}")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated bundle on disk."""
+
+    path: Path
+    manifest: Manifest
+
+    @property
+    def key(self) -> str:
+        return f"{self.manifest.name}/{self.manifest.version}"
+
+    def file(self, key: str) -> Path:
+        """Path of the graph or file recorded under `key` in the manifest."""
+        return self.path / self.manifest.listed_files()[key]
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(bundle_dir: str | Path, manifest: Manifest | dict[str, Any]) -> Path:
+    """Validate `manifest` and write it as `bundle_dir/manifest.json`; returns the path."""
+    m = manifest if isinstance(manifest, Manifest) else Manifest.model_validate(manifest)
+    path = Path(bundle_dir) / MANIFEST_FILE
+    path.write_text(m.model_dump_json(indent=2) + "\n")
+    return path
+
+
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64",
+               "tensor(float16)": "float16", "tensor(int64)": "int64",
+               "tensor(int32)": "int32", "tensor(bool)": "bool", "tensor(uint8)": "uint8"}
+
+
+def describe_graph(bundle_dir: str | Path, file: str) -> GraphSpec:
+    """The GraphSpec (sha256, input and output specs) of the ONNX file `bundle_dir/file`."""
+    import onnxruntime as ort
+
+    path = Path(bundle_dir) / file
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def spec(node: Any) -> TensorSpec:
+        shape = [d if isinstance(d, int) else str(d) for d in node.shape]
+        return TensorSpec(name=node.name, dtype=_ORT_DTYPES.get(node.type, node.type),
+                          shape=shape)
+
+    return GraphSpec(file=file, sha256=file_sha256(path),
+                     inputs=[spec(i) for i in session.get_inputs()],
+                     outputs=[spec(o) for o in session.get_outputs()])
+
+
+def _read_manifest(bundle_dir: Path) -> Manifest:
+    path = bundle_dir / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleError(bundle_dir, "no manifest", MANIFEST_FILE)
+    try:
+        return Manifest.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}"
+                             for e in exc.errors())
+        raise BundleError(bundle_dir, f"invalid manifest: {problems}", MANIFEST_FILE) from None
+
+
+def _verify_files(bundle_dir: Path, manifest: Manifest) -> None:
+    entries: dict[str, FileSpec | GraphSpec] = {**manifest.graphs, **manifest.files}
+    for spec in entries.values():
+        path = (bundle_dir / spec.file).resolve()
+        if bundle_dir.resolve() not in path.parents:
+            raise BundleError(bundle_dir, "file lies outside the bundle directory", spec.file)
+        if not path.is_file():
+            raise BundleError(bundle_dir, "file is missing", spec.file)
+        actual = file_sha256(path)
+        if actual != spec.sha256:
+            raise BundleError(bundle_dir, f"sha256 mismatch: manifest says {spec.sha256}, "
+                              f"file has {actual}", spec.file)
+
+
+def load_bundle(bundle_dir: str | Path) -> Bundle:
+    """Read, validate and verify the bundle in `bundle_dir` (raises BundleError)."""
+    bundle_dir = Path(bundle_dir)
+    manifest = _read_manifest(bundle_dir)
+    expected = (bundle_dir.parent.name, bundle_dir.name)
+    if (manifest.name, str(manifest.version)) != expected:
+        raise BundleError(bundle_dir, f"manifest says {manifest.name}/{manifest.version}, "
+                          f"directory is {expected[0]}/{expected[1]}", MANIFEST_FILE)
+    _verify_files(bundle_dir, manifest)
+    return Bundle(path=bundle_dir, manifest=manifest)
+
+
+def bundle_dirs(repository: str | Path) -> list[Path]:
+    """Every NAME/VERSION directory of the repository, sorted by name then version."""
+    found = []
+    for name_dir in sorted(Path(repository).iterdir()):
+        if not name_dir.is_dir() or name_dir.name.startswith("."):
+            continue
+        for version_dir in name_dir.iterdir():
+            if version_dir.is_dir() and re.fullmatch(r"[1-9][0-9]*", version_dir.name):
+                found.append(version_dir)
+    return sorted(found, key=lambda p: (p.parent.name, int(p.name)))
+
+
+def discover(repository: str | Path) -> tuple[list[Bundle], list[BundleError]]:
+    """Load every bundle of the repository; bad bundles come back as errors, not raised."""
+    repository = Path(repository)
+    if not repository.is_dir():
+        return [], [BundleError(repository, "model repository directory does not exist")]
+    bundles, errors = [], []
+    for path in bundle_dirs(repository):
+        try:
+            bundles.append(load_bundle(path))
+        except BundleError as exc:
+            errors.append(exc)
+    return bundles, errors
