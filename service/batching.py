@@ -1,0 +1,234 @@
+"""Dynamic batching, shaped like Triton's dynamic batcher.
+
+Two layers, as in TGI's router:
+- `BatchQueue` is plain state with an explicit clock (`now` is an argument), so batch
+  assembly is tested synchronously: a batch is ready when `max_batch_size` requests
+  wait or the oldest has waited `max_queue_delay`; a full queue refuses; a request
+  past its deadline expires without being computed.
+- `Batcher` is the asyncio driver: one task per served model takes ready batches,
+  runs the batch function in a worker thread (ONNX Runtime releases the GIL, so the
+  event loop keeps accepting requests) and resolves one future per request, as Ray
+  Serve's batching does: the wait for companions subtracts the time the oldest request
+  has already waited, a batch function returning the wrong number of results raises,
+  and a failing batch fails each of its requests while the queue keeps serving.
+  A caller that goes away (its await is cancelled) is removed from the queue before
+  compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from service.errors import BatchSizeMismatch, Overloaded, RequestTimeout, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass(eq=False)
+class Pending(Generic[P]):
+    """One queued request: its payload, when it arrived and when it stops being worth computing."""
+
+    payload: P
+    enqueued_at: float
+    deadline: float
+    future: Any = field(default=None, repr=False)  # the driver's asyncio.Future
+
+
+class BatchQueue(Generic[P]):
+    """FIFO batch assembly; every method takes the current time, none sleeps."""
+
+    def __init__(self, *, max_batch_size: int, max_queue_delay_s: float,
+                 max_queue_size: int) -> None:
+        if max_batch_size < 1 or max_queue_size < 1 or max_queue_delay_s < 0:
+            raise ValueError("batch size and queue size must be >= 1, delay >= 0")
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.max_queue_size = max_queue_size
+        self._items: deque[Pending[P]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def submit(self, payload: P, *, now: float, timeout_s: float) -> Pending[P]:
+        if len(self._items) >= self.max_queue_size:
+            raise QueueFull(f"{len(self._items)} requests are already waiting")
+        pending = Pending(payload, enqueued_at=now, deadline=now + timeout_s)
+        self._items.append(pending)
+        return pending
+
+    def cancel(self, pending: Pending[P]) -> bool:
+        """Remove `pending` if it is still queued; True if it was."""
+        try:
+            self._items.remove(pending)
+        except ValueError:
+            return False
+        return True
+
+    def expire(self, now: float) -> list[Pending[P]]:
+        """Remove and return the requests whose deadline has passed."""
+        expired = [p for p in self._items if p.deadline <= now]
+        for p in expired:
+            self._items.remove(p)
+        return expired
+
+    def ready(self, now: float) -> bool:
+        if not self._items:
+            return False
+        waited = now - self._items[0].enqueued_at
+        return len(self._items) >= self.max_batch_size or waited >= self.max_queue_delay_s
+
+    def next_batch(self, now: float, *, flush: bool = False) -> list[Pending[P]]:
+        """The oldest `max_batch_size` requests if a batch is ready (or `flush`), else []."""
+        if not (self.ready(now) or (flush and self._items)):
+            return []
+        count = min(self.max_batch_size, len(self._items))
+        return [self._items.popleft() for _ in range(count)]
+
+    def wait_s(self, now: float) -> float | None:
+        """Seconds until a batch is due or a request expires; None while the queue is empty."""
+        if not self._items:
+            return None
+        due = self._items[0].enqueued_at + self.max_queue_delay_s
+        deadline = min(p.deadline for p in self._items)
+        return max(0.0, min(due, deadline) - now)
+
+
+class BatchObserver(Protocol):
+    def batch_done(self, model: str, size: int, queue_s: Sequence[float],
+                   compute_s: float) -> None: ...
+
+
+BatchFn = Callable[[list[P]], Sequence[R]]
+
+
+class Batcher(Generic[P, R]):
+    """Runs `infer` on batches assembled by a `BatchQueue`, one batch at a time."""
+
+    def __init__(self, name: str, infer: BatchFn, *, max_batch_size: int = 8,
+                 max_queue_delay_s: float = 0.002, max_queue_size: int = 64,
+                 timeout_s: float = 30.0, observer: BatchObserver | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.infer = infer
+        self.timeout_s = timeout_s
+        self.observer = observer
+        self.clock = clock
+        self.queue: BatchQueue[P] = BatchQueue(max_batch_size=max_batch_size,
+                                               max_queue_delay_s=max_queue_delay_s,
+                                               max_queue_size=max_queue_size)
+        self.running = 0
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
+
+    @property
+    def idle(self) -> bool:
+        return not self.queue and not self.running
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batch-{self.name}")
+
+    async def submit(self, payload: P) -> R:
+        """Queue `payload` and wait for its result (Overloaded, RequestTimeout, or its error)."""
+        if self._closing or self._task is None:
+            raise ServiceUnavailable(f"model {self.name} is not accepting requests")
+        now = self.clock()
+        try:
+            pending = self.queue.submit(payload, now=now, timeout_s=self.timeout_s)
+        except QueueFull as exc:
+            raise Overloaded(f"model {self.name} is overloaded: {exc}; retry later") from None
+        pending.future = asyncio.get_running_loop().create_future()
+        pending.future.add_done_callback(lambda f: f.cancelled() and self.queue.cancel(pending))
+        self._wakeup.set()
+        try:
+            return await asyncio.wait_for(pending.future, pending.deadline - now)
+        except TimeoutError:
+            raise self._timeout_error() from None
+
+    def _timeout_error(self) -> RequestTimeout:
+        return RequestTimeout(f"request did not finish within {self.timeout_s:g} s "
+                              f"(model {self.name})")
+
+    async def _run(self) -> None:
+        while not (self._closing and not self.queue):
+            self._wakeup.clear()
+            now = self.clock()
+            for pending in self.queue.expire(now):
+                _resolve(pending, error=self._timeout_error())
+            batch = self.queue.next_batch(now, flush=self._closing)
+            if batch:
+                await self._compute(batch)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.queue.wait_s(now))
+
+    async def _compute(self, batch: list[Pending[P]]) -> None:
+        batch = [p for p in batch if not p.future.done()]
+        if not batch:
+            return
+        started = self.clock()
+        self.running = len(batch)
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._executor, self._infer_checked,
+                                                 [p.payload for p in batch])
+        except Exception as exc:
+            log.error("batch of %d on %s failed: %r", len(batch), self.name, exc)
+            for pending in batch:
+                _resolve(pending, error=exc)
+        else:
+            for pending, result in zip(batch, results, strict=True):
+                _resolve(pending, result=result)
+        finally:
+            self.running = 0
+        if self.observer is not None:
+            queue_s = [started - p.enqueued_at for p in batch]
+            self.observer.batch_done(self.name, len(batch), queue_s, self.clock() - started)
+
+    def _infer_checked(self, payloads: list[P]) -> list[R]:
+        results = list(self.infer(payloads))
+        if len(results) != len(payloads):
+            raise BatchSizeMismatch(f"batch function of {self.name} returned {len(results)} "
+                                    f"results for {len(payloads)} requests")
+        return results
+
+    async def stop(self, timeout_s: float) -> None:
+        """Finish queued and running requests (at most `timeout_s`), then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+                log.warning("%s: drain timed out with %d queued", self.name, len(self.queue))
+        while batch := self.queue.next_batch(self.clock(), flush=True):
+            for pending in batch:
+                _resolve(pending, error=ServiceUnavailable(f"model {self.name} shut down"))
+        self._executor.shutdown(wait=False)
+
+
+def _resolve(pending: Pending[Any], *, result: Any = None,
+             error: BaseException | None = None) -> None:
+    if pending.future.done():
+        return
+    if error is not None:
+        pending.future.set_exception(error)
+    else:
+        pending.future.set_result(result)
