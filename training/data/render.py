@@ -153,14 +153,23 @@ def object_mask(obj: ShapeObject, size: int) -> tuple[tuple[int, int], Image.Ima
         draw.ellipse((cx - r + e, cy - r + e, cx + r - e, cy + r - e), fill=255)
     else:
         cos, sin = math.cos(obj.rotation), math.sin(obj.rotation)
-        points = [(cx + r * (ux * cos - uy * sin), cy + r * (ux * sin + uy * cos))
-                  for ux, uy in outline]
-        draw.polygon(_inset(points, _PIL_OVERHANG), fill=255)
+        e = _PIL_OVERHANG
+        inset = [(r * ux + e * mx, r * uy + e * my)
+                 for (ux, uy), (mx, my) in zip(outline, _unit_miters(obj.shape), strict=True)]
+        draw.polygon([(cx + px * cos - py * sin, cy + px * sin + py * cos) for px, py in inset],
+                     fill=255)
     return (x0, y0), mask.reduce(s)
 
 
-def _inset(points: list[tuple[float, float]], d: float) -> list[tuple[float, float]]:
-    """The polygon with every edge moved `d` inwards (miter joins)."""
+@cache
+def _unit_miters(shape: str) -> list[tuple[float, float]]:
+    """Per-vertex displacement that moves every edge of the outline 1 unit inwards.
+
+    A vertex moves by d * (n1 + n2) / (1 + n1 . n2), n1 and n2 being the inward
+    unit normals of its two edges (a miter join); the displacement scales with d
+    and rotates with the outline, so it is computed once per shape.
+    """
+    points = UNIT_OUTLINES[shape]
     n = len(points)
     twice_area = sum(points[k][0] * points[(k + 1) % n][1] - points[(k + 1) % n][0] * points[k][1]
                      for k in range(n))
@@ -171,13 +180,13 @@ def _inset(points: list[tuple[float, float]], d: float) -> list[tuple[float, flo
         length = math.hypot(ex, ey)
         return -ey / length * turn, ex / length * turn
 
-    moved = []
+    miters = []
     for k in range(n):
-        (px, py), here, nxt = points[k - 1], points[k], points[(k + 1) % n]
-        n1, n2 = inward_normal((px, py), here), inward_normal(here, nxt)
-        miter = d / (1.0 + n1[0] * n2[0] + n1[1] * n2[1])
-        moved.append((here[0] + miter * (n1[0] + n2[0]), here[1] + miter * (n1[1] + n2[1])))
-    return moved
+        n1 = inward_normal(points[k - 1], points[k])
+        n2 = inward_normal(points[k], points[(k + 1) % n])
+        scale = 1.0 / (1.0 + n1[0] * n2[0] + n1[1] * n2[1])
+        miters.append((scale * (n1[0] + n2[0]), scale * (n1[1] + n2[1])))
+    return miters
 
 
 def _as_background(background: SeedLike | np.ndarray, size: int) -> np.ndarray:

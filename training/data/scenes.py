@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -112,15 +113,20 @@ def scene_problems(scene: Scene) -> list[str]:
     return problems
 
 
+def _random_centre(rng: np.random.Generator, radius: float) -> tuple[float, float]:
+    lo = radius + EDGE_MARGIN
+    x, y = rng.uniform(lo, 1.0 - lo, size=2).tolist()
+    return round(x, DECIMALS), round(y, DECIMALS)
+
+
 def _sample_object(rng: np.random.Generator, combo: Combination) -> ShapeObject:
     """One object with jittered radius and rotation, centred anywhere it fits inside."""
     shape, colour, size = combo
-    radius = round(SIZE_RADIUS[size] * rng.uniform(1 - RADIUS_JITTER, 1 + RADIUS_JITTER), DECIMALS)
-    rotation = round(rng.uniform(-MAX_ROTATION, MAX_ROTATION), DECIMALS)
-    lo = radius + EDGE_MARGIN
-    x, y = (round(v, DECIMALS) for v in rng.uniform(lo, 1.0 - lo, size=2))
-    return ShapeObject(shape, colour, size, x, y, radius,
-                       0.0 if shape == "circle" else rotation)
+    u, v = rng.random(2).tolist()
+    radius = round(SIZE_RADIUS[size] * (1 + RADIUS_JITTER * (2 * u - 1)), DECIMALS)
+    rotation = 0.0 if shape == "circle" else round(MAX_ROTATION * (2 * v - 1), DECIMALS)
+    x, y = _random_centre(rng, radius)
+    return ShapeObject(shape, colour, size, x, y, radius, rotation)
 
 
 def _place(rng: np.random.Generator, combos: list[Combination]) -> list[ShapeObject] | None:
@@ -135,9 +141,7 @@ def _place(rng: np.random.Generator, combos: list[Combination]) -> list[ShapeObj
             if _fits_inside(obj) and all(_pair_problem(obj, p) is None for p in placed.values()):
                 placed[k] = obj
                 break
-            lo = obj.radius + EDGE_MARGIN
-            x, y = (round(v, DECIMALS) for v in rng.uniform(lo, 1.0 - lo, size=2))
-            obj = ShapeObject(obj.shape, obj.colour, obj.size, x, y, obj.radius, obj.rotation)
+            obj = replace(obj, **dict(zip("xy", _random_centre(rng, obj.radius), strict=True)))
         else:
             return None
     return [placed[k] for k in range(len(drafts))]

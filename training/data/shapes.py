@@ -143,7 +143,7 @@ def first_image_ids(counts: dict[str, int]) -> dict[str, int]:
 def _numbered(items: list, imgid: int, stride: int, what: str) -> list[tuple[int, object]]:
     """(id, item) pairs with ids imgid * stride + k, unique across the whole world."""
     if len(items) > stride:
-        raise ValueError(f"image {imgid} has {len(items)} {what}; at most {stride} are numbered")
+        raise RuntimeError(f"image {imgid} has {len(items)} {what}; at most {stride} are numbered")
     return [(imgid * stride + k, item) for k, item in enumerate(items)]
 
 
