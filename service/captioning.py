@@ -1,0 +1,252 @@
+"""The caption pipeline: preprocess -> encoder graph -> batched beam search -> text.
+
+`CaptionModel` is what the service batches behind /v1/captions and what evaluation
+and tests use offline (`CaptionModel.from_bundle(path).caption(image)`), so both give
+the same answer. A batch mixes requests with different beam sizes, lengths and
+caption counts; `service.decoding.beam_search` gives each its solo answer.
+
+Graph contract (names recorded in the manifest's `decoding` section): the encoder
+maps `image` to every name in `decoding.state` and `decoding.context`; the step
+graph takes `tokens`, `parents`, the state names and the context names and returns
+`log_probs`, `token_ids`, `<state>_out` for each state name and, for attention
+models, the weights named by `decoding.attention.output` (alpha of Eq. 5 of Xu et
+al. 2015, one row per word).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from service.bundle import Bundle, BundleError, Decoding, load_bundle
+from service.decoding import MAX_BEAM_SIZE, Hypothesis, StepOutput, beam_search
+from service.errors import InvalidParameter
+from service.images import decode_image, stack, to_array, to_rgb
+from service.runtime import OnnxGraph, load_graphs
+
+MAX_LENGTH = 100
+ATTENTION = "alpha"  # name of the attention weights among a hypothesis' extras
+SPECIAL_IDS = range(4)  # <pad>, <bos>, <eos>, <unk> of training/data/tokenizer.py
+
+
+class Vocabulary:
+    """Ids -> words, read from a bundle's vocab.json (the WordVocab JSON of training)."""
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        self.tokens = list(tokens)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Vocabulary:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if data.get("type") != "word" or not isinstance(data.get("tokens"), list):
+            raise ValueError(f"{path}: expected a word vocabulary with a 'tokens' list")
+        return cls(data["tokens"])
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def kept(self, ids: Sequence[int]) -> list[int]:
+        """Positions of the ids that are words (not <pad>, <bos>, <eos> or <unk>)."""
+        for i in ids:
+            if not 0 <= i < len(self.tokens):
+                raise ValueError(f"token id {i} outside the vocabulary of {len(self.tokens)}")
+        return [pos for pos, i in enumerate(ids) if i not in SPECIAL_IDS]
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Beam-search parameters of one request, defaults filled in and validated."""
+
+    beam_size: int
+    max_length: int
+    length_penalty: float
+    num_captions: int = 1
+    return_attention: bool = False
+
+
+@dataclass(frozen=True)
+class CaptionRequest:
+    image: np.ndarray  # float32 [3, S, S], see service.images.to_array
+    params: SearchParams
+
+
+@dataclass
+class Caption:
+    text: str
+    log_prob: float  # sum of token log-probabilities, eos included when finished
+    score: float  # log_prob / GNMT length penalty, the ranking key
+    tokens: list[int]
+    words: list[str]
+    attention: np.ndarray | None = None  # [len(words), grid_h, grid_w]
+
+
+@dataclass
+class CaptionResult:
+    captions: list[Caption] = field(default_factory=list)
+
+
+class CaptionModel:
+    """An encoder graph and a step graph decoded with beam search."""
+
+    def __init__(self, bundle: Bundle, graphs: Mapping[str, OnnxGraph]) -> None:
+        manifest = bundle.manifest
+        if manifest.task != "caption" or manifest.decoding is None:
+            raise BundleError(bundle.path, f"task {manifest.task!r} is not a caption bundle")
+        self.bundle = bundle
+        self.decoding: Decoding = manifest.decoding
+        self.encoder = graphs["encoder"]
+        self.decoder = graphs["decoder_step"]
+        self.image_size = int(manifest.preprocessing.image_size or 0)
+        self.pixel_range = manifest.preprocessing.pixel_range
+        tokenizer = manifest.preprocessing.tokenizer
+        assert tokenizer is not None  # guaranteed by Manifest validation
+        try:
+            self.vocab = Vocabulary.from_file(bundle.file(tokenizer.file))
+        except (ValueError, OSError) as exc:
+            vocab_file = manifest.files[tokenizer.file].file
+            raise BundleError(bundle.path, str(exc), vocab_file) from None
+        self._check_contract()
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, *, device: str = "auto",
+                    providers: Sequence[str] | None = None,
+                    intra_op_threads: int | None = None) -> CaptionModel:
+        """Load a bundle directory for offline use (validation as in the service)."""
+        bundle = load_bundle(path)
+        return cls(bundle, load_graphs(bundle, device=device, providers=providers,
+                                       intra_op_threads=intra_op_threads))
+
+    @property
+    def has_attention(self) -> bool:
+        return self.decoding.attention is not None
+
+    def _check_contract(self) -> None:
+        d = self.decoding
+        needs = {
+            "encoder outputs": (set(d.state) | set(d.context), set(self.encoder.output_names)),
+            "decoder_step inputs": ({"tokens", "parents", *d.state, *d.context},
+                                    set(self.decoder.input_names)),
+            "decoder_step outputs": ({"log_probs", "token_ids", *(f"{s}_out" for s in d.state)},
+                                     set(self.decoder.output_names)),
+        }
+        for what, (needed, present) in needs.items():
+            if missing := sorted(needed - present):
+                raise BundleError(self.bundle.path, f"{what} lack {missing}")
+
+    # ------------------------------------------------------------------ requests
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return to_array(image, self.image_size, self.pixel_range)
+
+    def params(self, *, beam_size: int | None = None, max_length: int | None = None,
+               length_penalty: float | None = None, num_captions: int = 1,
+               return_attention: bool = False) -> SearchParams:
+        """Search parameters with the bundle's defaults; InvalidParameter names a bad one."""
+        d = self.decoding
+        beam = d.beam_size if beam_size is None else beam_size
+        max_beam = min(MAX_BEAM_SIZE, d.top_k)
+        if not 1 <= beam <= max_beam:
+            raise InvalidParameter(f"beam_size must be between 1 and {max_beam}, got {beam}")
+        length = d.max_length if max_length is None else max_length
+        if not 1 <= length <= MAX_LENGTH:
+            raise InvalidParameter(f"max_length must be between 1 and {MAX_LENGTH}, got {length}")
+        penalty = d.length_penalty if length_penalty is None else length_penalty
+        if not (np.isfinite(penalty) and penalty >= 0):
+            raise InvalidParameter(f"length_penalty must be >= 0, got {penalty}")
+        if not 1 <= num_captions <= beam:
+            raise InvalidParameter(f"num_captions must be between 1 and beam_size ({beam}), "
+                                   f"got {num_captions}")
+        if return_attention and not self.has_attention:
+            raise InvalidParameter(f"return_attention: model {self.bundle.key} "
+                                   f"({self.bundle.manifest.architecture}) has no attention")
+        return SearchParams(beam_size=beam, max_length=length, length_penalty=float(penalty),
+                            num_captions=num_captions, return_attention=return_attention)
+
+    def caption(self, image: bytes | str | Path | Image.Image | np.ndarray,
+                **params: Any) -> CaptionResult:
+        """Caption one image offline: bytes, a file path, a PIL image or a [3, S, S] array.
+
+        `params` are those of `params()`; the answer equals the service's for that image.
+        """
+        request = CaptionRequest(self.as_array(image), self.params(**params))
+        return self.caption_batch([request])[0]
+
+    def as_array(self, image: bytes | str | Path | Image.Image | np.ndarray) -> np.ndarray:
+        """The encoder input [3, S, S] of an image given as bytes, path, PIL image or array."""
+        if isinstance(image, str | Path):
+            image = Path(image).read_bytes()
+        if isinstance(image, bytes):
+            image = decode_image(image, max_pixels=Image.MAX_IMAGE_PIXELS or 1 << 30)
+        if isinstance(image, Image.Image):
+            return self.preprocess(to_rgb(image))
+        expected = (3, self.image_size, self.image_size)
+        if image.shape != expected:
+            raise InvalidParameter(f"image array must have shape {expected}, got {image.shape}")
+        return image.astype(np.float32, copy=False)
+
+    # ------------------------------------------------------------------ inference
+
+    def caption_batch(self, requests: Sequence[CaptionRequest]) -> list[CaptionResult]:
+        """Encode all images at once and beam-search them as one batch."""
+        if not requests:
+            return []
+        d = self.decoding
+        encoded = self.encoder.run({"image": stack([r.image for r in requests])})
+        params = [r.params for r in requests]
+        with_attention = any(p.return_attention for p in params)
+        hypotheses = beam_search(
+            self._step_fn(with_attention),
+            {name: encoded[name] for name in d.state},
+            {name: encoded[name] for name in d.context},
+            bos_id=d.bos_id, eos_id=d.eos_id, top_k=d.top_k,
+            beam_size=np.array([p.beam_size for p in params]),
+            max_length=np.array([p.max_length for p in params]),
+            length_penalty=np.array([p.length_penalty for p in params]),
+            num_return=np.array([p.num_captions for p in params]),
+        )
+        return [CaptionResult([self._caption(h, p.return_attention) for h in hyps])
+                for p, hyps in zip(params, hypotheses, strict=True)]
+
+    run_batch = caption_batch
+
+    def _step_fn(self, with_attention: bool):
+        d = self.decoding
+        attention = d.attention.output if (with_attention and d.attention) else None
+        outputs = ["log_probs", "token_ids", *(f"{s}_out" for s in d.state)]
+        if attention:
+            outputs.append(attention)
+
+        def step(tokens: np.ndarray, parents: np.ndarray, state: Mapping[str, np.ndarray],
+                 context: Mapping[str, np.ndarray]) -> StepOutput:
+            out = self.decoder.run({"tokens": tokens, "parents": parents, **state, **context},
+                                   outputs)
+            return StepOutput(log_probs=out["log_probs"], token_ids=out["token_ids"],
+                              state={s: out[f"{s}_out"] for s in d.state},
+                              extras={ATTENTION: out[attention]} if attention else {})
+
+        return step
+
+    def _caption(self, hyp: Hypothesis, with_attention: bool) -> Caption:
+        kept = self.vocab.kept(hyp.tokens)
+        words = [self.vocab.tokens[hyp.tokens[pos]] for pos in kept]
+        attention = None
+        if with_attention and self.decoding.attention is not None:
+            grid = self.decoding.attention.grid
+            # Row j of alpha was emitted with word j; the eos row (if any) is dropped.
+            attention = hyp.extras[ATTENTION][kept].reshape(len(kept), *grid)
+        return Caption(text=" ".join(words), log_prob=hyp.log_prob, score=hyp.score,
+                       tokens=list(hyp.tokens), words=words, attention=attention)
+
+    def warm_up(self, batch_sizes: Sequence[int]) -> None:
+        """Run each batch size once so that first requests do not pay for allocation."""
+        image = np.zeros((3, self.image_size, self.image_size), dtype=np.float32)
+        params = self.params(max_length=min(2, self.decoding.max_length),
+                             return_attention=self.has_attention)
+        for size in batch_sizes:
+            self.caption_batch([CaptionRequest(image, params)] * size)
