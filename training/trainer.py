@@ -45,7 +45,7 @@ class TrainerConfig:
     log_every: int = 20
     save_every: int = 0  # also save "last" every N steps (0: only after evaluations)
     eval_every: int = 1  # epochs between evaluations
-    early_stop_metric: str | None = "CIDEr-D"  # higher is better; None: never stop early
+    early_stop_metric: str | None = "cider_d"  # higher is better; None: never stop early
     patience: int = 3  # evaluations without improvement before stopping
     seed: int = 0
     device: str | None = None  # None: cuda when available, else cpu

@@ -37,4 +37,4 @@ class ToyTask:
         with torch.no_grad():
             mse = torch.nn.functional.mse_loss(model(self.x).squeeze(-1), self.y).item()
         score = self.eval_scores.pop(0) if self.eval_scores else -mse
-        return {"CIDEr-D": score, "mse": mse}
+        return {"cider_d": score, "mse": mse}

@@ -1,0 +1,201 @@
+"""Captioning as a trainer task, and `glimpse train caption`.
+
+Data: a Karpathy-style split file (the shapes world's captions.json, or COCO /
+Flickr) with images resized once to the model's input size and held in memory
+as uint8. One training example is one (image, reference caption) pair, so an
+epoch sees every reference once. Validation decodes greedily through the same
+NumPy beam search the service uses and scores CIDEr-D (plus semantic exactness
+and coverage on the shapes world), which drives early stopping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models.caption import CaptionConfig, build_caption_model
+from training.data.readers import CaptionImage, load_captions
+from training.data.tokenizer import WordVocab
+from training.trainer import Trainer, TrainerConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CaptionTaskConfig:
+    data: str = "data/shapes"
+    arch: str = "sat-soft"
+    layer_norm: bool = False
+    image_size: int = 64
+    min_count: int = 1  # words seen fewer times in training captions become <unk>
+    max_length: int = 24  # longest training caption in tokens, eos included
+    val_images: int = 500  # validation images decoded after each evaluation epoch
+    model: dict = field(default_factory=dict)  # CaptionConfig overrides (embed_dim, ...)
+    trainer: dict = field(default_factory=dict)  # TrainerConfig overrides
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CaptionTaskConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown caption training settings: {sorted(unknown)}")
+        return cls(**d)
+
+
+def load_images(dataset_dir: Path, images: list[CaptionImage], size: int) -> torch.Tensor:
+    """(N, 3, size, size) uint8, resized bilinearly as the service does."""
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for i, im in enumerate(images):
+        with Image.open(dataset_dir / im.path) as img:
+            img = img.convert("RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR)
+            out[i] = np.asarray(img)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def encode_captions(vocab: WordVocab, token_lists: list[list[str]], max_length: int
+                    ) -> torch.Tensor:
+    """(N, max_length + 1) ids: <bos> w1 .. wn <eos> <pad>..., truncated to fit."""
+    out = torch.full((len(token_lists), max_length + 1), vocab.pad_id, dtype=torch.long)
+    for i, tokens in enumerate(token_lists):
+        ids = vocab.encode(list(tokens)[: max_length - 1], add_bos=True, add_eos=True)
+        out[i, : len(ids)] = torch.tensor(ids)
+    return out
+
+
+class CaptionTask:
+    def __init__(self, config: CaptionTaskConfig):
+        self.config = config
+        self.dataset_dir = Path(config.data)
+        train = load_captions(self.dataset_dir, "train")
+        val = load_captions(self.dataset_dir, "val")[: config.val_images]
+        if not train:
+            raise ValueError(f"{self.dataset_dir}: no training images in captions.json")
+        self.vocab = WordVocab.build([t for im in train for t in im.tokens],
+                                     min_count=config.min_count)
+        t0 = time.perf_counter()
+        self.train_images = load_images(self.dataset_dir, train, config.image_size)
+        self.val_images = load_images(self.dataset_dir, val, config.image_size)
+        log.info("loaded %d train + %d val images in %.1fs", len(train), len(val),
+                 time.perf_counter() - t0)
+        pairs = [(i, toks) for i, im in enumerate(train) for toks in im.tokens]
+        self.pair_image = torch.tensor([i for i, _ in pairs], dtype=torch.long)
+        self.pair_caption = encode_captions(self.vocab, [t for _, t in pairs], config.max_length)
+        self.val = val
+        self.caption_config = CaptionConfig(
+            **{"arch": config.arch, "layer_norm": config.layer_norm,
+               "vocab_size": len(self.vocab), "pad_id": self.vocab.pad_id, **config.model})
+
+    # -- Task protocol -------------------------------------------------------
+    def build_model(self) -> torch.nn.Module:
+        return build_caption_model(self.caption_config)
+
+    def model_config(self) -> dict:
+        return {"task": "caption", "caption": self.caption_config.to_dict(),
+                "image_size": self.config.image_size, "vocab": self.vocab.to_dict(),
+                "data": {"dir": str(self.dataset_dir), "train_images": len(self.train_images),
+                         "train_pairs": len(self.pair_image)},
+                "task_config": asdict(self.config)}
+
+    def num_examples(self) -> int:
+        return len(self.pair_image)
+
+    def batch(self, indices: torch.Tensor, device: torch.device):
+        images = self.train_images[self.pair_image[indices]].to(device).float().div_(255)
+        caps = self.pair_caption[indices]
+        length = int((caps != self.vocab.pad_id).sum(1).max())
+        caps = caps[:, :length].to(device)
+        return images, caps[:, :-1], caps[:, 1:]
+
+    def loss(self, model, batch):
+        images, captions_in, captions_out = batch
+        _, loss = model(images, captions_in, captions_out)
+        terms = getattr(model, "module", model).loss_terms
+        return loss, {k: float(v) for k, v in terms.items()}
+
+    def evaluate(self, model) -> dict[str, float]:
+        from training.metrics.captions import caption_metrics
+
+        captions = decode_images(model, self.val_images, self.vocab, beam_size=1,
+                                 max_length=self.config.max_length)
+        results = {im.imgid: captions[i] for i, im in enumerate(self.val)}
+        refs = {im.imgid: list(im.captions) for im in self.val}
+        metrics = caption_metrics(results, refs, meteor=False)
+        out = {k: v for k, v in metrics.items() if isinstance(v, float)}
+        if (self.dataset_dir / "scenes.json").exists():
+            from training.data.shapes import load_scenes
+            from training.metrics.semantic import semantic_scores
+
+            scenes = load_scenes(self.dataset_dir)
+            sem = semantic_scores(results, {k: scenes[k] for k in results})
+            out.update({"semantic_exactness": sem["semantic_exactness"],
+                        "coverage": sem["coverage"]})
+        return out
+
+
+@torch.no_grad()
+def decode_images(model, images_uint8: torch.Tensor, vocab: WordVocab, *, beam_size: int,
+                  max_length: int, batch_size: int = 128) -> list[str]:
+    """Captions for (N, 3, S, S) uint8 images through the service's beam search."""
+    from service.decoding import beam_search
+    from training.onnx_caption import TorchCaptionStep
+
+    model.eval()
+    step = TorchCaptionStep(model)
+    texts: list[str] = []
+    device = next(model.parameters()).device
+    for start in range(0, len(images_uint8), batch_size):
+        chunk = images_uint8[start:start + batch_size].to(device).float().div_(255)
+        context, state = step.encode(chunk)
+        hyps = beam_search(step, state, context, bos_id=vocab.bos_id, eos_id=vocab.eos_id,
+                           beam_size=beam_size, max_length=max_length, top_k=step.top_k)
+        texts.extend(vocab.decode(h[0].tokens) for h in hyps)
+    return texts
+
+
+def _task_config_from_args(args) -> CaptionTaskConfig:
+    raw: dict = {}
+    if args.config:
+        raw = json.loads(Path(args.config).read_text())
+    cfg = CaptionTaskConfig.from_dict(raw)
+    if args.arch:
+        cfg.arch = args.arch
+    if args.layer_norm:
+        cfg.layer_norm = True
+    if args.data:
+        cfg.data = args.data
+    trainer = dict(cfg.trainer)
+    for name in ("epochs", "batch_size", "lr", "device", "seed"):
+        value = getattr(args, name)
+        if value is not None:
+            trainer[name] = value
+    cfg.trainer = trainer
+    return cfg
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.out:
+        raise SystemExit("glimpse train caption: --out RUN_DIR is required")
+    cfg = _task_config_from_args(args)
+    trainer_cfg = TrainerConfig.from_dict(cfg.trainer)
+    run_dir = Path(args.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    task = CaptionTask(cfg)
+    (run_dir / "task.json").write_text(json.dumps(asdict(cfg), indent=2))
+    task.vocab.save(run_dir / "vocab.json")
+    summary = Trainer(task, trainer_cfg, run_dir).fit(resume=args.resume)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    best = summary["best"]
+    print(json.dumps({"run_dir": str(run_dir), "steps": summary["steps"],
+                      "epochs": summary["epochs"], "best_" + str(trainer_cfg.early_stop_metric):
+                      best, "train_seconds": round(summary["train_seconds"], 1)}))
+    return 0

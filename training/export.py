@@ -1,0 +1,184 @@
+"""`glimpse export`: a training run → a model bundle the service can load.
+
+    model_repository/NAME/VERSION/
+        manifest.json      (service.bundle.Manifest)
+        encoder.onnx       image [batch, 3, S, S] in [0, 1] -> context, h, c
+        decoder_step.onnx  tokens, parents, h, c, context -> top-k log-probs and ids,
+                           h_out, c_out (, alpha)
+        vocab.json
+
+The checkpoint's config rebuilds the model; the weights come from safetensors.
+Export is followed by a parity check of ONNX Runtime against PyTorch on fresh
+random inputs, and refuses to write a bundle that fails it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from service.bundle import NAME_PATTERN, describe_graph, file_sha256, write_manifest
+from training.checkpoint import load_config, load_weights
+
+DEFAULT_TOP_K = 64
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    """The run's best checkpoint, else its last."""
+    for which in ("best", "last"):
+        path = run_dir / "checkpoints" / which
+        if (path / "model.safetensors").exists():
+            return path
+    if (run_dir / "model.safetensors").exists():
+        return run_dir
+    raise FileNotFoundError(f"{run_dir}: no checkpoint (expected checkpoints/best or "
+                            "checkpoints/last with model.safetensors)")
+
+
+def next_version(repository: Path, name: str) -> int:
+    existing = [int(p.name) for p in (repository / name).glob("*") if p.name.isdigit()]
+    return max(existing, default=0) + 1
+
+
+def load_caption_model(ckpt: Path):
+    from models.caption import CaptionConfig, build_caption_model
+    from training.data.tokenizer import WordVocab
+
+    config = load_config(ckpt)
+    model_cfg = config["model"]
+    if model_cfg.get("task") != "caption":
+        raise ValueError(f"{ckpt}: task {model_cfg.get('task')!r} is not a caption model")
+    model = build_caption_model(CaptionConfig.from_dict(model_cfg["caption"]))
+    load_weights(model, ckpt)
+    model.eval()
+    return model, WordVocab.from_dict(model_cfg["vocab"]), config
+
+
+def check_parity(model, bundle_dir: Path, image_size: int, *, seed: int = 0,
+                 atol: float = 1e-4) -> dict[str, float]:
+    """Max |ONNX Runtime − PyTorch| of every graph output on fresh random inputs."""
+    import onnxruntime as ort
+
+    from training.onnx_caption import EncoderGraph, StepGraph
+
+    rng = np.random.default_rng(seed)
+    opts = ort.SessionOptions()
+    enc = ort.InferenceSession(str(bundle_dir / "encoder.onnx"), opts,
+                               providers=["CPUExecutionProvider"])
+    step = ort.InferenceSession(str(bundle_dir / "decoder_step.onnx"), opts,
+                                providers=["CPUExecutionProvider"])
+    images = rng.random((3, 3, image_size, image_size), dtype=np.float32)
+    ort_enc = dict(zip([o.name for o in enc.get_outputs()], enc.run(None, {"image": images}),
+                       strict=True))
+    with torch.no_grad():
+        pt_enc = EncoderGraph(model)(torch.from_numpy(images))
+    diffs = {f"encoder.{name}": float(np.abs(ort_enc[name] - t.numpy()).max())
+             for name, t in zip(("context", "h", "c"), pt_enc, strict=True)}
+    k = step.get_outputs()[0].shape[1]
+    n = 5
+    feeds = {
+        "tokens": rng.integers(0, model.config.vocab_size, n).astype(np.int64),
+        "parents": rng.integers(0, 3, n).astype(np.int64),
+        "h": rng.standard_normal(ort_enc["h"].shape).astype(np.float32),
+        "c": rng.standard_normal(ort_enc["c"].shape).astype(np.float32),
+        "context": ort_enc["context"][rng.integers(0, 3, n)],
+    }
+    ort_step = step.run(None, feeds)
+    names = [o.name for o in step.get_outputs()]
+    with torch.no_grad():
+        k = ort_step[names.index("token_ids")].shape[1]
+        pt_step = StepGraph(model, top_k=k)(*[torch.from_numpy(feeds[i.name])
+                                             for i in step.get_inputs()])
+    for name, o, t in zip(names, ort_step, pt_step, strict=True):
+        if name == "token_ids":
+            diffs["step.token_ids_mismatch"] = float((o != t.numpy()).mean())
+        else:
+            diffs[f"step.{name}"] = float(np.abs(o - t.numpy()).max())
+    bad = {k: v for k, v in diffs.items() if v > atol}
+    if bad:
+        raise RuntimeError(f"ONNX Runtime and PyTorch disagree on {bad} (atol {atol})")
+    return diffs
+
+
+def export_caption(run_dir: Path, repository: Path, name: str, version: int | None = None,
+                   *, top_k: int = DEFAULT_TOP_K) -> Path:
+    from training.onnx_caption import export_caption_graphs
+
+    if not re.match(NAME_PATTERN, name):
+        raise ValueError(f"model name {name!r} must be lowercase letters, digits and '-'")
+    ckpt = checkpoint_dir(run_dir)
+    model, vocab, config = load_caption_model(ckpt)
+    model_cfg = config["model"]
+    image_size = int(model_cfg["image_size"])
+    version = version or next_version(repository, name)
+    bundle = repository / name / str(version)
+    if bundle.exists():
+        raise FileExistsError(f"{bundle} exists; choose another --version")
+    tmp = bundle.with_name(f".{version}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        export_caption_graphs(model, tmp, image_size=image_size, top_k=min(top_k, len(vocab)))
+        vocab.save(tmp / "vocab.json")
+        parity = check_parity(model, tmp, image_size)
+        graphs = {key: describe_graph(tmp, f"{key}.onnx").model_dump()
+                  for key in ("encoder", "decoder_step")}
+        cap = model_cfg["caption"]
+        k = graphs["decoder_step"]["outputs"][0]["shape"][1]
+        attention = None
+        if cap["arch"] != "nic":
+            attention = {"output": "alpha", "grid": attention_grid(model, image_size)}
+        task_cfg = model_cfg.get("task_config", {})
+        manifest = {
+            "name": name, "version": version, "task": "caption",
+            "architecture": cap["arch"] + ("-ln" if cap["layer_norm"] else ""),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "graphs": graphs,
+            "files": {"vocab": {"file": "vocab.json", "sha256": file_sha256(tmp / "vocab.json")}},
+            "preprocessing": {"image_size": image_size, "resize": "bilinear",
+                              "pixel_range": [0.0, 1.0], "layout": "NCHW",
+                              "mean": list(cap["encoder"]["mean"]),
+                              "std": list(cap["encoder"]["std"]),
+                              "tokenizer": {"type": "word", "file": "vocab"}},
+            "decoding": {"bos_id": vocab.bos_id, "eos_id": vocab.eos_id, "pad_id": vocab.pad_id,
+                         "top_k": int(k), "state": ["h", "c"], "context": ["context"],
+                         "attention": attention, "beam_size": 3,
+                         "max_length": int(task_cfg.get("max_length", 20)),
+                         "length_penalty": 0.0},
+            "training": {"config": {"caption": cap, "trainer": config.get("trainer", {}),
+                                    "task": task_cfg},
+                         "dataset": model_cfg.get("data", {}),
+                         "checkpoint": str(ckpt), "parity_max_abs_diff": parity},
+            "metrics": {},
+        }
+        write_manifest(tmp, manifest)
+        tmp.rename(bundle)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return bundle
+
+
+def attention_grid(model, image_size: int) -> list[int]:
+    """[rows, cols] of the annotation grid the attention weights cover (square grids)."""
+    with torch.no_grad():
+        context, _ = model.encode(torch.zeros(1, 3, image_size, image_size))
+    L = context.shape[1]
+    side = int(round(L ** 0.5))
+    if side * side != L:
+        raise ValueError(f"attention grid of {L} locations is not square")
+    return [side, side]
+
+
+def run(args) -> int:
+    bundle = export_caption(Path(args.run_dir), Path(args.repository), args.name, args.version)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    print(json.dumps({"bundle": str(bundle), "architecture": manifest["architecture"],
+                      "parity": manifest["training"]["parity_max_abs_diff"]}, indent=2))
+    return 0
