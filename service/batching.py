@@ -27,7 +27,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from service.errors import BatchSizeMismatch, Overloaded, RequestTimeout, ServiceUnavailable
+from service.errors import (
+    BatchSizeMismatch,
+    Overloaded,
+    RequestTimeout,
+    ServiceUnavailable,
+    request_id_var,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ class Pending(Generic[P]):
     enqueued_at: float
     deadline: float
     future: Any = field(default=None, repr=False)  # the driver's asyncio.Future
+    request_id: str = "-"
 
 
 class BatchQueue(Generic[P]):
@@ -153,6 +160,7 @@ class Batcher(Generic[P, R]):
             pending = self.queue.submit(payload, now=now, timeout_s=self.timeout_s)
         except QueueFull as exc:
             raise Overloaded(f"model {self.name} is overloaded: {exc}; retry later") from None
+        pending.request_id = request_id_var.get()
         pending.future = asyncio.get_running_loop().create_future()
         pending.future.add_done_callback(lambda f: f.cancelled() and self.queue.cancel(pending))
         self._wakeup.set()
@@ -189,7 +197,8 @@ class Batcher(Generic[P, R]):
             results = await loop.run_in_executor(self._executor, self._infer_checked,
                                                  [p.payload for p in batch])
         except Exception as exc:
-            log.error("batch of %d on %s failed: %r", len(batch), self.name, exc)
+            log.error("batch of %d on %s failed (requests %s): %r", len(batch), self.name,
+                      ", ".join(p.request_id for p in batch), exc)
             for pending in batch:
                 _resolve(pending, error=exc)
         else:

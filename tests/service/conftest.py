@@ -43,3 +43,11 @@ def make_client(repository: Path) -> Iterator[Callable[..., TestClient]]:
 @pytest.fixture
 def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client()
+
+
+@pytest.fixture(scope="module")
+def api(repository: Path) -> Iterator[TestClient]:
+    """One started app per test module, for tests that change nothing in it."""
+    app = create_app(Settings(model_repository=repository))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
