@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -190,12 +191,15 @@ def run(args) -> int:
     run_dir = Path(args.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     task = CaptionTask(cfg)
-    (run_dir / "task.json").write_text(json.dumps(asdict(cfg), indent=2))
-    task.vocab.save(run_dir / "vocab.json")
-    summary = Trainer(task, trainer_cfg, run_dir).fit(resume=args.resume)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    best = summary["best"]
-    print(json.dumps({"run_dir": str(run_dir), "steps": summary["steps"],
-                      "epochs": summary["epochs"], "best_" + str(trainer_cfg.early_stop_metric):
-                      best, "train_seconds": round(summary["train_seconds"], 1)}))
+    if int(os.environ.get("RANK", "0")) == 0:
+        (run_dir / "task.json").write_text(json.dumps(asdict(cfg), indent=2))
+        task.vocab.save(run_dir / "vocab.json")
+    trainer = Trainer(task, trainer_cfg, run_dir)
+    summary = trainer.fit(resume=args.resume)
+    if trainer.dist.is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps({"run_dir": str(run_dir), "rank": trainer.dist.rank,
+                      "steps": summary["steps"], "epochs": summary["epochs"],
+                      f"best_{trainer_cfg.early_stop_metric}": summary["best"],
+                      "train_seconds": round(summary["train_seconds"], 1)}))
     return 0
