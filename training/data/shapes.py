@@ -103,10 +103,12 @@ def _object_dict(obj: ShapeObject) -> dict:
 
 
 def make_image(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, dict]:
-    """Image `index` of `split`: its pixels and its record (scene, boxes, label, text).
+    """Image `index` of `split`: its pixels and its record.
 
-    The class label is that of the object with the largest rendered (visible)
-    area; boxes are COCO [x, y, w, h] of the rendered mask.
+    The record holds the objects (scene fields plus the COCO `bbox` [x, y, w, h]
+    and `area` of their visible rendered mask), the relations, the class `label`
+    of the object with the largest visible area and its index `largest`, the
+    captions as (raw, tokens) pairs and the questions.
     """
     rngs = image_streams(seed, split, index)
     scene = sample_scene(rngs["scene"], split)
@@ -187,28 +189,42 @@ def scene_entry(record: dict, imgid: int) -> dict:
 
 @dataclass
 class _Encoded:
-    """JSON text of the entries of consecutive images of one split, in order."""
+    """The entries of consecutive images of one split, as JSON text.
+
+    Each list holds fragments: runs of comma-separated JSON values, one run per
+    encoded batch of images (possibly empty), in image order.
+    """
 
     split: str
     images: int = 0
+    num_captions: int = 0
+    num_questions: int = 0
     captions: list[str] = field(default_factory=list)
     scenes: list[str] = field(default_factory=list)
     questions: list[str] = field(default_factory=list)
     annotations: list[str] = field(default_factory=list)
-    num_captions: int = 0
 
-    def add(self, record: dict, imgid: int) -> None:
-        questions, annotations = vqa_entries(record, imgid)
-        self.images += 1
-        self.num_captions += len(record["captions"])
-        self.captions.append(_dumps(caption_entry(record, imgid)))
-        self.scenes.append(_dumps(scene_entry(record, imgid)))
-        self.questions.extend(_dumps(q) for q in questions)
-        self.annotations.extend(_dumps(a) for a in annotations)
+    @classmethod
+    def encode(cls, split: str, records: list[tuple[dict, int]]) -> _Encoded:
+        """Encode (record, imgid) pairs; one json.dumps per file keeps this cheap."""
+        captions, scenes, questions, annotations = [], [], [], []
+        for record, imgid in records:
+            image_questions, image_annotations = vqa_entries(record, imgid)
+            captions.append(caption_entry(record, imgid))
+            scenes.append(scene_entry(record, imgid))
+            questions += image_questions
+            annotations += image_annotations
+        return cls(split=split, images=len(records),
+                   num_captions=sum(len(c["sentences"]) for c in captions),
+                   num_questions=len(questions),
+                   captions=[_dumps(captions)[1:-1]], scenes=[_dumps(scenes)[1:-1]],
+                   questions=[_dumps(questions)[1:-1]],
+                   annotations=[_dumps(annotations)[1:-1]])
 
     def extend(self, other: _Encoded) -> None:
         self.images += other.images
         self.num_captions += other.num_captions
+        self.num_questions += other.num_questions
         for name in ("captions", "scenes", "questions", "annotations"):
             getattr(self, name).extend(getattr(other, name))
 
@@ -231,12 +247,12 @@ def _generate_chunk(chunk: _Chunk) -> _Encoded:
     joining strings.
     """
     folder = Path(chunk.out_dir) / "images" / chunk.split
-    encoded = _Encoded(chunk.split)
+    records = []
     for index in range(chunk.start, chunk.stop):
         image, record = make_image(chunk.seed, chunk.split, index, chunk.size)
         (folder / record["filename"]).write_bytes(encode_png(image, PNG_COMPRESSION))
-        encoded.add(record, chunk.first_imgid + index)
-    return encoded
+        records.append((record, chunk.first_imgid + index))
+    return _Encoded.encode(chunk.split, records)
 
 
 def _chunks(out_dir: Path, counts: dict[str, int], size: int, seed: int) -> list[_Chunk]:
@@ -304,10 +320,10 @@ def _dumps(obj: object) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def _write_json_list(path: Path, head: dict, key: str, items: list[str]) -> None:
-    """Write the object {**head, key: [items]}, whose items are already JSON text."""
+def _write_json_list(path: Path, head: dict, key: str, fragments: list[str]) -> None:
+    """Write the object {**head, key: [...]}, the list given as _Encoded fragments."""
     prefix = _dumps(head)[:-1] + ("," if head else "")
-    path.write_text(f'{prefix}"{key}":[' + ",".join(items) + "]}\n")
+    path.write_text(f'{prefix}"{key}":[' + ",".join(f for f in fragments if f) + "]}\n")
 
 
 def _vqa_head(split: str) -> dict:
@@ -327,7 +343,7 @@ def _meta_json(counts: dict[str, int], size: int, seed: int,
         "counts": {
             "images": {s: e.images for s, e in splits.items()},
             "captions": {s: e.num_captions for s, e in splits.items()},
-            "questions": {s: len(e.questions) for s, e in splits.items()},
+            "questions": {s: e.num_questions for s, e in splits.items()},
         },
         "vocabulary": {
             "shapes": list(SHAPES),
@@ -391,7 +407,7 @@ def generate_shapes_world(out_dir: str | os.PathLike, counts: dict[str, int], si
         "out_dir": str(out),
         "images": {split: counts[split] for split in SPLITS},
         "captions": sum(e.num_captions for e in splits.values()),
-        "questions": sum(len(e.questions) for e in splits.values()),
+        "questions": sum(e.num_questions for e in splits.values()),
         "size": size,
         "workers": workers,
         "elapsed_s": elapsed,
