@@ -1,0 +1,158 @@
+"""Python clients of the glimpse HTTP API (httpx): `GlimpseClient` and `AsyncGlimpseClient`.
+
+    with GlimpseClient("http://127.0.0.1:8000", api_key="...") as client:
+        answer = client.caption("cat.png", beam_size=5, num_captions=3)
+        print(answer["captions"][0]["text"])
+
+Every non-2xx answer raises `GlimpseAPIError` carrying the status, the error type,
+message and request id of the JSON error body, and the Retry-After delay if any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ImageInput = bytes | str | Path
+
+
+class GlimpseAPIError(Exception):
+    def __init__(self, status: int, body: Any, retry_after: float | None = None) -> None:
+        self.status = status
+        self.body = body
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        self.type: str = error.get("type", "http_error")
+        self.message: str = error.get("message", str(body))
+        self.request_id: str | None = error.get("request_id")
+        self.retry_after = retry_after
+        super().__init__(f"{status} {self.type}: {self.message} (request {self.request_id})")
+
+
+def _image_bytes(image: ImageInput) -> bytes:
+    return image if isinstance(image, bytes) else Path(image).read_bytes()
+
+
+def _form_fields(params: dict[str, Any]) -> dict[str, str]:
+    """Caption parameters as multipart form fields (booleans as true/false)."""
+    fields = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        fields[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return fields
+
+
+def _checked(response: httpx.Response) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text
+    if response.is_success:
+        return body
+    retry_after = response.headers.get("retry-after")
+    raise GlimpseAPIError(response.status_code, body,
+                          float(retry_after) if retry_after else None)
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _ready(response: httpx.Response) -> dict[str, Any]:
+    """/v2/health/ready's body; 503 is an answer here, not an error."""
+    if response.status_code not in (200, 503):
+        _checked(response)
+    return response.json()
+
+
+class GlimpseClient:
+    """Synchronous client; use as a context manager or call close()."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
+                 timeout: float = 60.0, transport: httpx.BaseTransport | None = None) -> None:
+        self.http = httpx.Client(base_url=base_url, headers=_headers(api_key), timeout=timeout,
+                                 transport=transport)
+
+    def caption(self, image: ImageInput, **params: Any) -> dict[str, Any]:
+        """POST /v1/captions; params: model, beam_size, max_length, length_penalty,
+        num_captions, return_attention."""
+        files = {"file": ("image", _image_bytes(image), "application/octet-stream")}
+        return _checked(self.http.post("/v1/captions", files=files, data=_form_fields(params)))
+
+    def models(self) -> list[dict[str, Any]]:
+        return _checked(self.http.get("/v1/models"))["models"]
+
+    def health(self) -> dict[str, Any]:
+        """Readiness: {"ready", "status", "models", "errors"}."""
+        return _ready(self.http.get("/v2/health/ready"))
+
+    def wait_ready(self, timeout: float = 30.0, interval: float = 0.1) -> dict[str, Any]:
+        """Poll readiness until ready (or raise TimeoutError), tolerating a closed port."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                health = self.health()
+                if health["ready"]:
+                    return health
+            except httpx.TransportError:
+                pass
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{self.http.base_url} not ready within {timeout} s")
+            time.sleep(interval)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> GlimpseClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncGlimpseClient:
+    """Asynchronous client with the same methods as GlimpseClient."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
+                 timeout: float = 60.0, transport: httpx.AsyncBaseTransport | None = None,
+                 max_connections: int = 100) -> None:
+        limits = httpx.Limits(max_connections=max_connections)
+        self.http = httpx.AsyncClient(base_url=base_url, headers=_headers(api_key),
+                                      timeout=timeout, transport=transport, limits=limits)
+
+    async def caption(self, image: ImageInput, **params: Any) -> dict[str, Any]:
+        files = {"file": ("image", _image_bytes(image), "application/octet-stream")}
+        response = await self.http.post("/v1/captions", files=files, data=_form_fields(params))
+        return _checked(response)
+
+    async def models(self) -> list[dict[str, Any]]:
+        return _checked(await self.http.get("/v1/models"))["models"]
+
+    async def health(self) -> dict[str, Any]:
+        return _ready(await self.http.get("/v2/health/ready"))
+
+    async def wait_ready(self, timeout: float = 30.0, interval: float = 0.1) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                health = await self.health()
+                if health["ready"]:
+                    return health
+            except httpx.TransportError:
+                pass
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{self.http.base_url} not ready within {timeout} s")
+            await asyncio.sleep(interval)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def __aenter__(self) -> AsyncGlimpseClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
