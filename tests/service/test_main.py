@@ -19,7 +19,8 @@ def restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     for env in ("GLIMPSE_HOST", "GLIMPSE_PORT", "GLIMPSE_MODEL_REPOSITORY", "GLIMPSE_LOG_LEVEL"):
-        monkeypatch.delenv(env, raising=False)  # run() writes them; monkeypatch restores
+        monkeypatch.setenv(env, "")  # recorded, so the values run() writes are undone
+        monkeypatch.delenv(env)
     yield
     root.handlers[:], root.level = handlers, level
 

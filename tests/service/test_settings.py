@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from service.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("GLIMPSE_")]:
+        monkeypatch.delenv(name)
 
 
 def test_environment_is_read_with_the_glimpse_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
