@@ -66,7 +66,10 @@ def load_model(bundle: Bundle, settings: Settings, metrics: ServiceMetrics) -> S
                          intra_op_threads=knobs.intra_op_threads)
     pipeline = PIPELINES[task](bundle, graphs)
     started = time.perf_counter()
-    pipeline.warm_up(warm_batch_sizes(knobs.max_batch_size))
+    try:
+        pipeline.warm_up(warm_batch_sizes(knobs.max_batch_size))
+    except Exception as exc:  # graphs that load but cannot run as the manifest says
+        raise BundleError(bundle.path, f"warm-up failed: {exc}") from exc
     log.info("warmed %s in %.2f s", bundle.key, time.perf_counter() - started)
     batcher = Batcher(bundle.key, pipeline.run_batch, max_batch_size=knobs.max_batch_size,
                       max_queue_delay_s=knobs.max_queue_delay_ms / 1000,

@@ -414,3 +414,15 @@ def test_a_bad_bundle_is_skipped_and_the_service_is_not_ready(
         assert post_file(client, model="caption-nic").status_code == 200
         assert_error(post_file(client, model="caption-bad"), 404, "model_not_found")
     assert any("caption-bad/1/decoder_step.onnx" in r.getMessage() for r in caplog.records)
+
+
+def test_a_bundle_that_fails_its_warm_up_is_not_served(tmp_path: Path) -> None:
+    bundle = build_caption_bundle(tmp_path / "repo", "caption-wrong-k", 1)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["decoding"]["top_k"] = 5  # the step graph returns more columns than that
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with TestClient(create_app(Settings(model_repository=tmp_path / "repo"))) as client:
+        body = client.get("/v2/health/ready").json()
+    assert (body["status"], body["models"]) == ("degraded", [])
+    assert "caption-wrong-k/1: warm-up failed" in body["errors"][0]
+    assert "expected (1, 5)" in body["errors"][0]
