@@ -146,7 +146,7 @@ class Trainer:
         if name == "cuda" and self.dist.world_size > 1:
             name = f"cuda:{self.dist.local_rank}"
         device = torch.device(name)
-        if device.type == "cuda":
+        if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)
         return device
 
