@@ -1,5 +1,8 @@
 import json
 import logging
+import random
+import sys
+import unicodedata
 
 import pytest
 
@@ -130,3 +133,29 @@ def test_char_save_load(tmp_path):
                                             "pad_id": 0, "unk_id": 5}
     loaded = CharAlphabet.load(path)
     assert loaded.encode("cab A", 6, on_unknown="replace") == [3, 1, 2, 4, 5, 0]
+
+
+def _tokenize_by_character(text: str) -> list[str]:
+    """The definition `tokenize` implements, one character at a time."""
+    chars = []
+    for ch in text.lower():
+        if ch in "'\u2019\u2018`\u00b4":
+            continue
+        chars.append(" " if unicodedata.category(ch)[0] in "PS" else ch)
+    return "".join(chars).split()
+
+
+def test_tokenize_matches_its_definition_on_every_code_point():
+    code_points = "".join(chr(c) for c in range(sys.maxunicode + 1))
+    for start in range(0, len(code_points), 4096):
+        chunk = code_points[start:start + 4096]
+        assert tokenize(chunk) == _tokenize_by_character(chunk), hex(start)
+
+
+def test_tokenize_matches_its_definition_on_random_text():
+    rng = random.Random(0)
+    common = "aZ \t\n\u00a0\u3000,.;:!?'`\u00b4\u2019\u2018-_$\u00df\u0130\u03a3\U0001f600"
+    for _ in range(5000):
+        text = "".join(rng.choice(common) if rng.random() < 0.7 else chr(rng.randrange(0x110000))
+                       for _ in range(rng.randint(0, 30)))
+        assert tokenize(text) == _tokenize_by_character(text), repr(text)

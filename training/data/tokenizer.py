@@ -35,18 +35,36 @@ def _is_punctuation(ch: str) -> bool:
     return unicodedata.category(ch).startswith(("P", "S"))
 
 
+class _TokenTranslation(dict):
+    """`str.translate` table of `tokenize`: apostrophes are deleted, other punctuation marks
+    and symbols (Unicode categories P* and S*) become a space, every other character stays.
+
+    Entries are made the first time a character is looked up, so the table holds only the
+    characters seen so far instead of all 1.1 million code points.
+    """
+
+    def __missing__(self, code_point: int) -> str | None:
+        ch = chr(code_point)
+        if ch in _APOSTROPHES:
+            replacement = None
+        elif _is_punctuation(ch):
+            replacement = " "
+        else:
+            replacement = ch
+        self[code_point] = replacement
+        return replacement
+
+
+_TOKEN_TRANSLATION = _TokenTranslation()
+
+
 def tokenize(text: str) -> list[str]:
     """Lowercase `text`, remove punctuation and split it into words.
 
     >>> tokenize("A Red circle, left of the big-blue square.")
     ['a', 'red', 'circle', 'left', 'of', 'the', 'big', 'blue', 'square']
     """
-    chars = []
-    for ch in text.lower():
-        if ch in _APOSTROPHES:
-            continue
-        chars.append(" " if _is_punctuation(ch) else ch)
-    return "".join(chars).split()
+    return text.lower().translate(_TOKEN_TRANSLATION).split()
 
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
