@@ -210,3 +210,24 @@ def test_annotators_disagree_rarely_and_only_in_form_or_size_synonym():
     sets = [annotator_answers("large", rng) for _ in range(200)]
     assert all(a.count("large") >= 8 for a in sets)
     assert {a for s in sets for a in s} == {"large", "Large", "large.", "big"}
+
+
+def _annotator_answers_by_choice(answer: str, rng: np.random.Generator) -> list[str]:
+    """annotator_answers as first defined: the slots from rng.choice, whatever their number."""
+    answers = [answer] * 10
+    dissenting = int(rng.integers(3))
+    others = answer_variants(answer) + {"small": ["little"], "large": ["big"]}.get(answer, [])
+    for slot in rng.choice(10, size=dissenting, replace=False):
+        answers[int(slot)] = others[int(rng.integers(len(others)))]
+    return answers
+
+
+@pytest.mark.parametrize("answer", ["2", "yes", "circle", "large"])
+def test_annotator_answers_draw_what_rng_choice_draws(answer):
+    """Worlds already generated must not change: same answers and same generator state."""
+    for seed in range(300):
+        rng, reference = np.random.default_rng([seed, 3]), np.random.default_rng([seed, 3])
+        if seed % 2:  # leave half a 64-bit draw buffered, as an earlier 32-bit draw does
+            rng.integers(5), reference.integers(5)
+        assert annotator_answers(answer, rng) == _annotator_answers_by_choice(answer, reference)
+        assert rng.bit_generator.state == reference.bit_generator.state

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from functools import cache
 
 import numpy as np
 
@@ -74,9 +75,10 @@ def generate_questions(scene: Scene, rng: np.random.Generator) -> list[dict]:
     Each is {"question", "question_type", "answer_type", "answers" (10 strings),
     "multiple_choice_answer" (the canonical answer)}.
     """
+    facts = _SceneFacts(scene)
     entries = []
     for question_type, ask in _ASKERS.items():
-        asked = ask(scene, rng)
+        asked = ask(facts, rng)
         if asked is None:
             continue
         question, answer = asked
@@ -96,17 +98,71 @@ def _values(obj: ShapeObject, attributes: Attributes) -> tuple[str, ...]:
     return tuple(getattr(obj, a) for a in attributes)
 
 
-def _count(scene: Scene, attributes: Attributes, values: tuple[str, ...]) -> int:
-    return sum(_values(o, attributes) == values for o in scene.objects)
+class _SceneFacts:
+    """The lookups every question type makes about one scene, each computed once: the
+    objects' values of an attribute pattern, how many objects share them, and which
+    objects can be named unambiguously."""
+
+    def __init__(self, scene: Scene) -> None:
+        self.objects = scene.objects
+        self._values: dict[Attributes, list[tuple[str, ...]]] = {}
+        self._counts: dict[Attributes, dict[tuple[str, ...], int]] = {}
+        self._identifiable: dict[tuple[Attributes, ...], list[tuple[int, Attributes]]] = {}
+        self._pairs: list[tuple[int, str, int, str]] | None = None
+
+    def values(self, pattern: Attributes) -> list[tuple[str, ...]]:
+        """Each object's values of `pattern`, in object order."""
+        values = self._values.get(pattern)
+        if values is None:
+            values = self._values[pattern] = [_values(o, pattern) for o in self.objects]
+            counts: dict[tuple[str, ...], int] = {}
+            for v in values:
+                counts[v] = counts.get(v, 0) + 1
+            self._counts[pattern] = counts
+        return values
+
+    def count(self, pattern: Attributes, values: tuple[str, ...]) -> int:
+        """How many objects have `values` for `pattern`."""
+        self.values(pattern)
+        return self._counts[pattern].get(values, 0)
+
+    def reference(self, k: int, patterns: Sequence[Attributes]) -> Attributes | None:
+        """The first pattern whose values single out object `k`, or None if none does."""
+        for pattern in patterns:
+            if self.count(pattern, self.values(pattern)[k]) == 1:
+                return pattern
+        return None
+
+    def identifiable(self, patterns: tuple[Attributes, ...]) -> list[tuple[int, Attributes]]:
+        """(object, first pattern that singles it out) for every object that one does."""
+        found = self._identifiable.get(patterns)
+        if found is None:
+            references = ((k, self.reference(k, patterns)) for k in range(len(self.objects)))
+            found = self._identifiable[patterns] = [(k, p) for k, p in references
+                                                    if p is not None]
+        return found
+
+    def the(self, k: int, attributes: Attributes) -> str:
+        return _the_phrase(attributes, self.values(attributes)[k])
+
+    def identifiable_pairs(self) -> list[tuple[int, str, int, str]]:
+        """(a, reference to a, b, reference to b) for ordered pairs of nameable objects."""
+        if self._pairs is None:
+            named = [(k, self.the(k, p)) for k, p in self.identifiable(SPATIAL_REFERENCES)]
+            self._pairs = [(a, ra, b, rb)
+                           for (a, ra), (b, rb) in itertools.permutations(named, 2)]
+        return self._pairs
 
 
-def _reference(scene: Scene, k: int, patterns: Sequence[Attributes]) -> Attributes | None:
-    """The first pattern whose values single out object `k`, or None if none does."""
-    obj = scene.objects[k]
-    for pattern in patterns:
-        if _count(scene, pattern, _values(obj, pattern)) == 1:
-            return pattern
-    return None
+@cache
+def _phrase_of(attributes: Attributes, values: tuple[str, ...], noun: str = "object",
+               plural: bool = False) -> str:
+    return _phrase(dict(zip(attributes, values, strict=True)), noun=noun, plural=plural)
+
+
+@cache
+def _the_phrase(attributes: Attributes, values: tuple[str, ...]) -> str:
+    return "the " + _phrase_of(attributes, values)
 
 
 def _phrase(values: dict[str, str], noun: str = "object", plural: bool = False) -> str:
@@ -119,39 +175,30 @@ def _phrase(values: dict[str, str], noun: str = "object", plural: bool = False) 
     return " ".join([*(values[a] for a in ("size", "colour") if a in values), head])
 
 
-def _the(obj: ShapeObject, attributes: Attributes) -> str:
-    return "the " + _phrase(dict(zip(attributes, _values(obj, attributes), strict=True)))
-
-
-def _identifiable(scene: Scene, patterns: Sequence[Attributes]) -> list[tuple[int, Attributes]]:
-    found = ((k, _reference(scene, k, patterns)) for k in range(len(scene.objects)))
-    return [(k, p) for k, p in found if p is not None]
-
-
 def _pick(rng: np.random.Generator, items: Sequence):
     return items[int(rng.integers(len(items)))]
 
 
 # --- the question types ------------------------------------------------------
 
-def _ask_colour(scene: Scene, rng: np.random.Generator) -> Asked | None:
-    candidates = _identifiable(scene, COLOUR_REFERENCES)
+def _ask_colour(facts: _SceneFacts, rng: np.random.Generator) -> Asked | None:
+    candidates = facts.identifiable(COLOUR_REFERENCES)
     if not candidates:
         return None
     k, pattern = _pick(rng, candidates)
     template = _pick(rng, ("what color is {}?", "what is the color of {}?"))
-    return template.format(_the(scene.objects[k], pattern)), scene.objects[k].colour
+    return template.format(facts.the(k, pattern)), facts.objects[k].colour
 
 
-def _ask_shape(scene: Scene, rng: np.random.Generator) -> Asked | None:
-    candidates = _identifiable(scene, SHAPE_REFERENCES)
+def _ask_shape(facts: _SceneFacts, rng: np.random.Generator) -> Asked | None:
+    candidates = facts.identifiable(SHAPE_REFERENCES)
     if not candidates:
         return None
     k, pattern = _pick(rng, candidates)
-    return f"what shape is {_the(scene.objects[k], pattern)}?", scene.objects[k].shape
+    return f"what shape is {facts.the(k, pattern)}?", facts.objects[k].shape
 
 
-def _ask_count(scene: Scene, rng: np.random.Generator) -> Asked | None:
+def _ask_count(facts: _SceneFacts, rng: np.random.Generator) -> Asked | None:
     """How many objects share some values ("red shapes", "circles"; none: every object).
 
     Values are taken from the scene's objects, so the count is at least 1, and the
@@ -159,101 +206,105 @@ def _ask_count(scene: Scene, rng: np.random.Generator) -> Asked | None:
     "1" does not dominate as it would with a random pattern.
     """
     by_count: dict[int, list[tuple[Attributes, tuple[str, ...]]]] = {}
-    targets = {(p, _values(o, p)) for p in COUNT_PATTERNS for o in scene.objects}
+    targets = {(p, v) for p in COUNT_PATTERNS for v in facts.values(p)}
     for pattern, values in sorted(targets):
-        by_count.setdefault(_count(scene, pattern, values), []).append((pattern, values))
+        by_count.setdefault(facts.count(pattern, values), []).append((pattern, values))
     if not by_count:
         return None
     answer = _pick(rng, sorted(by_count))
     pattern, values = _pick(rng, by_count[answer])
     noun = _pick(rng, ("object", "shape"))
-    phrase = _phrase(dict(zip(pattern, values, strict=True)), noun=noun, plural=True)
-    return f"how many {phrase} are there?", str(answer)
+    return f"how many {_phrase_of(pattern, values, noun, True)} are there?", str(answer)
 
 
-def _absent_values(scene: Scene, pattern: Attributes) -> list[tuple[str, ...]]:
-    """Value combinations of `pattern` that no object has, held-out (novel) combinations
-    excluded so that questions about them appear only where those objects do."""
-    absent = []
+@cache
+def _nameable_values(pattern: Attributes) -> tuple[tuple[str, ...], ...]:
+    """Every value combination of `pattern` except held-out (novel) ones, in product order."""
+    nameable = []
     for values in itertools.product(*(_VALUES[a] for a in pattern)):
         named = dict(zip(pattern, values, strict=True))
         novel = ((named.get("colour"), named.get("shape")) in NOVEL_COLOUR_SHAPE
                  or (named.get("size"), named.get("shape")) in NOVEL_SIZE_SHAPE)
-        if not novel and _count(scene, pattern, values) == 0:
-            absent.append(values)
-    return absent
+        if not novel:
+            nameable.append(values)
+    return tuple(nameable)
 
 
-def _ask_exists(scene: Scene, rng: np.random.Generator) -> Asked | None:
+def _absent_values(facts: _SceneFacts, pattern: Attributes) -> list[tuple[str, ...]]:
+    """Value combinations of `pattern` that no object has, held-out (novel) combinations
+    excluded so that questions about them appear only where those objects do."""
+    present = set(facts.values(pattern))
+    return [values for values in _nameable_values(pattern) if values not in present]
+
+
+def _ask_exists(facts: _SceneFacts, rng: np.random.Generator) -> Asked | None:
     """"is there a green triangle?": the answer is drawn first (fair coin), then a target that
     is present (from a random object) or absent (uniform over absent combinations)."""
     present = rng.random() < 0.5
-    if present and not scene.objects:
+    if present and not facts.objects:
         return None
     first = int(rng.integers(len(EXISTS_PATTERNS)))
     patterns = EXISTS_PATTERNS[first:] + EXISTS_PATTERNS[:first]
     for pattern in patterns:
         if present:
-            values = _values(_pick(rng, scene.objects), pattern)
+            values = _pick(rng, facts.values(pattern))
         else:
-            absent = _absent_values(scene, pattern)
+            absent = _absent_values(facts, pattern)
             if not absent:
                 continue
             values = _pick(rng, absent)
-        phrase = _phrase(dict(zip(pattern, values, strict=True)))
+        phrase = _phrase_of(pattern, values)
         article = "an" if phrase[0] in "aeiou" else "a"
         return f"is there {article} {phrase}?", "yes" if present else "no"
     return None
 
 
-def _ask_size(scene: Scene, rng: np.random.Generator) -> Asked | None:
+def _ask_size(facts: _SceneFacts, rng: np.random.Generator) -> Asked | None:
     """The answer size is drawn first among those the candidates have, so small and large are
     asked about as evenly as the scene allows."""
-    candidates = _identifiable(scene, SIZE_REFERENCES)
+    candidates = facts.identifiable(SIZE_REFERENCES)
     if not candidates:
         return None
-    size = _pick(rng, sorted({scene.objects[k].size for k, _ in candidates}))
-    k, pattern = _pick(rng, [(k, p) for k, p in candidates if scene.objects[k].size == size])
+    objs = facts.objects
+    size = _pick(rng, sorted({objs[k].size for k, _ in candidates}))
+    k, pattern = _pick(rng, [(k, p) for k, p in candidates if objs[k].size == size])
     template = _pick(rng, ("what size is {}?", "is {} small or large?"))
-    return template.format(_the(scene.objects[k], pattern)), size
+    return template.format(facts.the(k, pattern)), size
 
 
-def _identifiable_pairs(scene: Scene) -> list[tuple[int, str, int, str]]:
-    """(a, reference to a, b, reference to b) for ordered pairs of nameable objects."""
-    named = [(k, _the(scene.objects[k], p)) for k, p in _identifiable(scene, SPATIAL_REFERENCES)]
-    return [(a, ra, b, rb) for (a, ra), (b, rb) in itertools.permutations(named, 2)]
-
-
-def _ask_spatial(scene: Scene, rng: np.random.Generator) -> Asked | None:
+def _ask_spatial(facts: _SceneFacts, rng: np.random.Generator) -> Asked | None:
     """"is the red circle to the left of the blue square?": fair coin for the answer; a "no"
     asks about one of the three relations that do not hold."""
-    pairs = _identifiable_pairs(scene)
+    pairs = facts.identifiable_pairs()
     if not pairs:
         return None
     answer_yes = rng.random() < 0.5
     a, ref_a, b, ref_b = _pick(rng, pairs)
-    actual = relation(scene.objects[a], scene.objects[b])
-    asked = actual if answer_yes else _pick(rng, [r for r in RELATIONS if r != actual])
+    actual = relation(facts.objects[a], facts.objects[b])
+    asked = actual if answer_yes else _pick(rng, _OTHER_RELATIONS[actual])
     question = f"is {ref_a} {RELATION_QUESTION_PHRASE[asked]} {ref_b}?"
     return question, "yes" if answer_yes else "no"
 
 
-def _ask_position(scene: Scene, rng: np.random.Generator) -> Asked | None:
+def _ask_position(facts: _SceneFacts, rng: np.random.Generator) -> Asked | None:
     """"where is the red circle relative to the blue square?" -> left/right/above/below; the
     answer is drawn first, uniformly among the relations that some pair has."""
-    pairs = _identifiable_pairs(scene)
+    pairs = facts.identifiable_pairs()
     if not pairs:
         return None
+    objs = facts.objects
     by_relation: dict[str, list] = {}
     for pair in pairs:
-        by_relation.setdefault(relation(scene.objects[pair[0]], scene.objects[pair[2]]),
-                               []).append(pair)
+        by_relation.setdefault(relation(objs[pair[0]], objs[pair[2]]), []).append(pair)
     answer = _pick(rng, sorted(by_relation))
     _, ref_a, _, ref_b = _pick(rng, by_relation[answer])
     return f"where is {ref_a} relative to {ref_b}?", answer
 
 
-_ASKERS: dict[str, Callable[[Scene, np.random.Generator], Asked | None]] = {
+_OTHER_RELATIONS: dict[str, tuple[str, ...]] = {
+    actual: tuple(r for r in RELATIONS if r != actual) for actual in RELATIONS}
+
+_ASKERS: dict[str, Callable[[_SceneFacts, np.random.Generator], Asked | None]] = {
     "colour": _ask_colour,
     "shape": _ask_shape,
     "count": _ask_count,
@@ -283,7 +334,23 @@ def annotator_answers(answer: str, rng: np.random.Generator) -> list[str]:
     the others surface variants of it or (for sizes) a synonym."""
     answers = [answer] * NUM_ANSWERS
     dissenting = int(rng.integers(MAX_DISSENTING + 1))
-    others = answer_variants(answer) + list(SIZE_ANSWER_SYNONYMS.get(answer, ()))
-    for slot in rng.choice(NUM_ANSWERS, size=dissenting, replace=False):
-        answers[int(slot)] = _pick(rng, others)
+    if dissenting == 0:
+        return answers
+    others = _dissenting_answers(answer)
+    for slot in _answer_slots(rng, dissenting):
+        answers[slot] = _pick(rng, others)
     return answers
+
+
+@cache
+def _dissenting_answers(answer: str) -> tuple[str, ...]:
+    return (*answer_variants(answer), *SIZE_ANSWER_SYNONYMS.get(answer, ()))
+
+
+def _answer_slots(rng: np.random.Generator, k: int) -> list[int]:
+    """`k` >= 1 distinct answer slots: the values, and the draws, of
+    rng.choice(NUM_ANSWERS, size=k, replace=False), whose one-slot case (Floyd's algorithm
+    with a single step) is one rng.integers(NUM_ANSWERS) at a fraction of the cost."""
+    if k == 1:
+        return [int(rng.integers(NUM_ANSWERS))]
+    return rng.choice(NUM_ANSWERS, size=k, replace=False).tolist()
