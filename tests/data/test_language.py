@@ -1,4 +1,5 @@
 import itertools
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -14,6 +15,9 @@ from training.data.language import (
     Caption,
     Clause,
     NounPhrase,
+    _choice,
+    _cumulative,
+    _weighted_choice,
     caption_coverage,
     coverage,
     generate_captions,
@@ -277,3 +281,26 @@ def test_one_wrong_relation_makes_a_reference_not_exact():
 def test_caption_coverage_of_a_parsed_caption():
     caption = Caption((Clause(NounPhrase("circle", "red", count=2)),))
     assert caption_coverage(caption, TWINS) == pytest.approx(2 / 3)
+
+
+def test_every_space_separated_piece_of_a_caption_is_one_word():
+    """Captions are shortened by counting space-separated pieces: punctuation never stands
+    alone and no piece joins two words."""
+    rng = np.random.default_rng(3)
+    for k in range(200):
+        for text in generate_captions(random_scene(rng, alike=k % 2 == 0), rng):
+            assert all(re.fullmatch(r"[a-z]+[,;]?", piece) for piece in text.split()), text
+
+
+@pytest.mark.parametrize("p", [None, (0.6, 0.2, 0.2), (0.1, 0.3, 0.25, 0.35)])
+def test_choices_draw_what_rng_choice_draws(p):
+    """Worlds already generated must not change: same options and same generator state."""
+    options = tuple("abcd"[:3 if p is None or len(p) == 3 else 4])
+    for seed in range(500):
+        rng, reference = np.random.default_rng([seed, 5]), np.random.default_rng([seed, 5])
+        if seed % 2:  # leave half a 64-bit draw buffered, as an earlier 32-bit draw does
+            rng.integers(5), reference.integers(5)
+        drawn = (_choice(rng, options) if p is None
+                 else _weighted_choice(rng, options, _cumulative(p)))
+        assert drawn == options[int(reference.choice(len(options), p=p))]
+        assert rng.bit_generator.state == reference.bit_generator.state

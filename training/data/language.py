@@ -25,9 +25,10 @@ measures reported by training.metrics.semantic; docs/datasets.md defines them.
 
 from __future__ import annotations
 
+import bisect
 import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -354,22 +355,24 @@ def generate_captions(scene: Scene, rng: np.random.Generator, n: int = 5) -> lis
 def _one_caption(scene: Scene, rng: np.random.Generator) -> str:
     plan = _plan(scene, rng)
     text = _render(plan, rng, opener=True)
-    if len(_words(text)) > MAX_WORDS:
+    if _word_count(text) > MAX_WORDS:
         plan = Caption(tuple(_without_singular_sizes(c) for c in plan.clauses))
         text = _render(plan, rng, opener=True)
-    if len(_words(text)) > MAX_WORDS:
+    if _word_count(text) > MAX_WORDS:
         text = _render(plan, rng, opener=False)
     return text
 
 
-def _words(text: str) -> list[str]:
-    return [t for t in _tokenize(text) if t not in _SEPARATOR_MARKS]
+def _word_count(text: str) -> int:
+    """Words of a generated caption: its words are joined by single spaces, and "," and ";"
+    follow a word directly, so every space-separated piece holds exactly one word."""
+    return len(text.split())
 
 
 def _plan(scene: Scene, rng: np.random.Generator) -> Caption:
     """What a caption says: relation clauses over disjoint pairs, then the rest as a list."""
     objs = scene.objects
-    order = [int(k) for k in rng.permutation(len(objs))]
+    order = rng.permutation(len(objs)).tolist()
     n_relations = _relation_clause_count(len(objs), rng)
     relations = [
         Clause(_mention(objs[a], rng), relation(objs[a], objs[b]), _mention(objs[b], rng))
@@ -416,11 +419,11 @@ def _list_phrases(scene: Scene, indices: Sequence[int], keep_size: bool,
     for (shape, colour, size), members in groups.items():
         counted = NounPhrase(shape, colour, size, len(members))
         if len(members) == 1:
-            phrases.append(replace(counted, count=None))
+            phrases.append(NounPhrase(shape, colour, size))
         elif len(members) <= MAX_COUNT and matching_objects(counted, scene) == sorted(members):
             phrases.append(counted)
         elif keep_size and keep_colour:
-            phrases.extend(replace(counted, count=None) for _ in members)
+            phrases.extend(NounPhrase(shape, colour, size) for _ in members)
         else:
             phrases.extend(_list_phrases(scene, members, True, True))
     return phrases
@@ -428,7 +431,9 @@ def _list_phrases(scene: Scene, indices: Sequence[int], keep_size: bool,
 
 def _without_singular_sizes(clause: Clause) -> Clause:
     def drop(np_: NounPhrase | None) -> NounPhrase | None:
-        return np_ if np_ is None or np_.count is not None else replace(np_, size=None)
+        if np_ is None or np_.count is not None or np_.size is None:
+            return np_
+        return NounPhrase(np_.shape, np_.colour)
 
     return Clause(drop(clause.subject), clause.relation, drop(clause.landmark))
 
@@ -468,10 +473,13 @@ def _there(np_: NounPhrase) -> str:
     return "there is" if np_.count is None else "there are"
 
 
+_OTHER_OPENERS: tuple[str, ...] = tuple(o for o in OPENERS if not o.startswith("there"))
+
+
 def _draw_opener(np_: NounPhrase, rng: np.random.Generator) -> str:
     if rng.random() < 0.5:
         return _there(np_)
-    return _choice(rng, [o for o in OPENERS if not o.startswith("there")])
+    return _choice(rng, _OTHER_OPENERS)
 
 
 def _render_clause(clause: Clause, rng: np.random.Generator) -> str:
@@ -485,8 +493,7 @@ def _render_clause(clause: Clause, rng: np.random.Generator) -> str:
 def _render_noun_phrase(np_: NounPhrase, rng: np.random.Generator) -> str:
     words = []
     if np_.size is not None:
-        # The plain word most of the time, so every synonym stays frequent enough to learn.
-        words.append(_choice(rng, SIZE_SYNONYMS[np_.size], p=(0.6, 0.2, 0.2)))
+        words.append(_weighted_choice(rng, SIZE_SYNONYMS[np_.size], _SIZE_SYNONYM_CDF))
     if np_.colour is not None:
         words.append(np_.colour)
     if np_.count is not None:
@@ -501,7 +508,24 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _choice(rng: np.random.Generator, options: Iterable[str],
-            p: Sequence[float] | None = None) -> str:
-    options = list(options)
-    return options[int(rng.choice(len(options), p=p))]
+def _choice(rng: np.random.Generator, options: Sequence[str]) -> str:
+    """A uniform draw; rng.choice(len(options)) draws exactly this rng.integers, more slowly."""
+    return options[int(rng.integers(len(options)))]
+
+
+def _cumulative(p: Sequence[float]) -> tuple[float, ...]:
+    """The distribution function rng.choice(len(p), p=p) computes, bit for bit."""
+    cdf = np.asarray(p, dtype=np.float64).cumsum()
+    cdf /= cdf[-1]
+    return tuple(cdf.tolist())
+
+
+# The plain size word most of the time, so every synonym stays frequent enough to learn.
+_SIZE_SYNONYM_CDF = _cumulative((0.6, 0.2, 0.2))
+
+
+def _weighted_choice(rng: np.random.Generator, options: Sequence[str],
+                     cdf: Sequence[float]) -> str:
+    """The draw of rng.choice(len(options), p=p) for cdf = _cumulative(p): one uniform
+    number located in the distribution function (numpy's searchsorted, side="right")."""
+    return options[bisect.bisect_right(cdf, rng.random())]
