@@ -1,0 +1,115 @@
+"""The building blocks of benchmarks/serve_load.py on the tiny caption bundle.
+
+One real server whose queue holds a single request that waits 0.5 s for a companion:
+closed-loop requests all succeed, open-loop arrivals during that wait are refused
+with 503 at once, and the server's RSS, CPU time and batch sizes can be read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+serve_load = _load("serve_load", ROOT / "benchmarks" / "serve_load.py")
+tiny_bundle = _load("tiny_bundle", ROOT / "tests" / "service" / "tiny_bundle.py")
+
+HOLD_MS = 500
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_bundle.build_caption_bundle(tmp_path_factory.mktemp("bundles"), "caption-tiny")
+
+
+@pytest.fixture(scope="module")
+def bodies() -> list[bytes]:
+    return [serve_load.multipart_body(tiny_bundle.sample_png(seed), {"beam_size": "2"})
+            for seed in range(4)]
+
+
+@pytest.fixture(scope="module")
+def server(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    root = tmp_path_factory.mktemp("serve_load")
+    repository = root / "repository"
+    serve_load.copy_bundle(bundle, repository)
+    settings = {"max_batch_size": "2", "max_queue_delay_ms": str(HOLD_MS),
+                "max_queue_size": "1", "intra_op_threads": "1", "log_level": "warning"}
+    with serve_load.serve(repository, settings, root / "server.log") as running:
+        yield running
+
+
+def test_percentiles_are_in_milliseconds() -> None:
+    stats = serve_load.percentiles_ms([i / 1000 for i in range(1, 101)])
+    assert stats == pytest.approx({"p50_ms": 50.5, "p95_ms": 95.05, "p99_ms": 99.01})
+    assert serve_load.percentiles_ms([]) == {"p50_ms": None, "p95_ms": None, "p99_ms": None}
+
+
+def test_process_counters_read_proc() -> None:
+    cpu0 = serve_load.cpu_seconds(os.getpid())
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+    assert serve_load.cpu_seconds(os.getpid()) - cpu0 >= 0.2
+    assert serve_load.rss_kib(os.getpid()) > 10_000  # the interpreter with numpy and torch
+
+
+def test_batch_totals_sum_every_model() -> None:
+    text = ('glimpse_batch_size_sum{model="a/1"} 12.0\nglimpse_batch_size_count{model="a/1"} 4.0\n'
+            'glimpse_batch_size_sum{model="b/1"} 3.0\nglimpse_batch_size_count{model="b/1"} 1.0\n'
+            'glimpse_batch_size_bucket{model="a/1",le="1.0"} 1.0\n')
+    assert serve_load.batch_totals(text) == (15.0, 5.0)
+
+
+def test_copy_bundle_uses_the_manifest_names(bundle: Path, tmp_path: Path) -> None:
+    copied = serve_load.copy_bundle(bundle, tmp_path / "repo")
+    assert copied == tmp_path / "repo" / "caption-tiny" / "1"
+    assert sorted(p.name for p in copied.iterdir()) == sorted(p.name for p in bundle.iterdir())
+
+
+def test_offline_batched_counts_whole_batches(bundle: Path) -> None:
+    model = serve_load.CaptionModel.from_bundle(bundle, device="cpu", intra_op_threads=1)
+    images = [tiny_bundle.sample_png(seed) for seed in range(3)]
+    batched = serve_load.offline_batched(model, images, {"beam_size": 2}, 4, 0.2)
+    assert batched["batch_size"] == 4 and batched["batches"] >= 1
+    elapsed = batched["batches"] * batched["ms_per_batch"] / 1000
+    assert batched["images_per_s"] == pytest.approx(4 * batched["batches"] / elapsed)
+    single = serve_load.offline_single(model, images, {"beam_size": 2}, 5)
+    assert single["images"] == 5
+    assert 0 < single["p50_ms"] <= single["p99_ms"]
+
+
+def test_closed_loop_requests_all_succeed(server, bodies: list[bytes]) -> None:
+    out = serve_load.measured(server, serve_load.closed_loop(server.url, bodies, 1, total=3))
+    summary = out.summary()
+    assert summary["statuses"] == {"200": 3}
+    # Alone in the queue, each request waits for the companion that never comes.
+    assert summary["p50_ms"] >= HOLD_MS * 0.9
+    assert out.mean_batch == 1.0
+    assert server.rss_kib() > 10_000
+
+
+def test_open_loop_overload_is_refused_fast(server, bodies: list[bytes]) -> None:
+    out, achieved = asyncio.run(serve_load.open_loop(server.url, bodies, 40.0, 0.4, seed=1))
+    assert out.count(200) >= 1
+    assert out.count(503) >= 3
+    assert out.count() == out.count(200) + out.count(503)
+    assert serve_load.percentiles_ms(out.latencies_s[503])["p50_ms"] < HOLD_MS / 2
+    assert achieved == pytest.approx(40.0, rel=0.6)
