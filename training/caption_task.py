@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from models.caption import CaptionConfig, build_caption_model
 from training.data.readers import CaptionImage, load_captions
@@ -39,6 +40,9 @@ class CaptionTaskConfig:
     max_length: int = 24  # longest training caption in tokens, eos included
     val_images: int = 500  # validation images decoded after each evaluation epoch
     model: dict = field(default_factory=dict)  # CaptionConfig overrides (embed_dim, ...)
+    # Run directory of `glimpse train encoder`: start the image encoder from its weights
+    # (and take its encoder configuration), as the papers start from a trained CNN.
+    encoder_init: str | None = None
     trainer: dict = field(default_factory=dict)  # TrainerConfig overrides
 
     @classmethod
@@ -91,13 +95,19 @@ class CaptionTask:
         self.pair_image = torch.tensor([i for i, _ in pairs], dtype=torch.long)
         self.pair_caption = encode_captions(self.vocab, [t for _, t in pairs], config.max_length)
         self.val = val
-        self.caption_config = CaptionConfig(
-            **{"arch": config.arch, "layer_norm": config.layer_norm,
-               "vocab_size": len(self.vocab), "pad_id": self.vocab.pad_id, **config.model})
+        model_cfg = {"arch": config.arch, "layer_norm": config.layer_norm,
+                     "vocab_size": len(self.vocab), "pad_id": self.vocab.pad_id, **config.model}
+        self.encoder_weights = None
+        if config.encoder_init:
+            model_cfg["encoder"], self.encoder_weights = pretrained_encoder(config.encoder_init)
+        self.caption_config = CaptionConfig(**model_cfg)
 
     # -- Task protocol -------------------------------------------------------
     def build_model(self) -> torch.nn.Module:
-        return build_caption_model(self.caption_config)
+        model = build_caption_model(self.caption_config)
+        if self.encoder_weights is not None:
+            model.encoder.load_state_dict(self.encoder_weights)
+        return model
 
     def model_config(self) -> dict:
         return {"task": "caption", "caption": self.caption_config.to_dict(),
@@ -140,6 +150,21 @@ class CaptionTask:
             out.update({"semantic_exactness": sem["semantic_exactness"],
                         "coverage": sem["coverage"]})
         return out
+
+
+def pretrained_encoder(run_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Encoder config and weights from a `glimpse train encoder` run (best checkpoint)."""
+    from training.checkpoint import load_config
+    from training.export import checkpoint_dir
+
+    ckpt = checkpoint_dir(Path(run_dir))
+    config = load_config(ckpt)["model"]
+    if config.get("task") != "attributes":
+        raise ValueError(f"{ckpt}: not an encoder pre-training run")
+    weights = load_file(str(ckpt / "model.safetensors"))
+    prefix = "encoder."
+    return (config["attributes"]["encoder"],
+            {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
 
 
 @torch.no_grad()

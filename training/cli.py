@@ -63,6 +63,18 @@ def _train_caption(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's checkpoint")
 
 
+def _train_encoder(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="shapes world directory (scenes.json)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--config", default=None, help="JSON file with any of the knobs")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true")
+
+
 def _export(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="training run directory holding a checkpoint")
     p.add_argument("--repository", default="model_repository")
@@ -107,6 +119,11 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, Configure]] = {
         "training.caption_task",
         "train a captioning model (NIC, SAT soft/hard attention)",
         _train_caption,
+    ),
+    ("train", "encoder"): (
+        "training.encoder_task",
+        "pre-train an image encoder on the shapes world's attributes",
+        _train_encoder,
     ),
     ("export", None): (
         "training.export",
