@@ -19,6 +19,11 @@ if [ ! -f "$DATA_DIR/captions.json" ]; then
     --num-novel 1000 --size 64 --seed 0 --no-progress
 fi
 mkdir -p "$RUNS_DIR"
+ENCODER=${ENCODER:-$RUNS_DIR/encoder}
+if [ ! -f "$ENCODER/checkpoints/best/model.safetensors" ]; then
+  $GLIMPSE train encoder --data "$DATA_DIR" --out "$ENCODER" --config configs/encoder.json \
+    --device "$DEVICE" >"$RUNS_DIR/encoder.log" 2>&1
+fi
 pids=()
 for arch in nic sat-soft sat-hard; do
   config=configs/caption_sat.json
@@ -27,7 +32,8 @@ for arch in nic sat-soft sat-hard; do
     name=$arch${ln:+-ln}
     OMP_NUM_THREADS=$THREADS timeout -s INT "$TIME_LIMIT" \
       $GLIMPSE train caption --arch "$arch" $ln --data "$DATA_DIR" --out "$RUNS_DIR/$name" \
-      --config "$config" --device "$DEVICE" >"$RUNS_DIR/$name.log" 2>&1 &
+      --config "$config" --encoder-init "$ENCODER" --device "$DEVICE" \
+      >"$RUNS_DIR/$name.log" 2>&1 &
     pids+=($!)
   done
 done

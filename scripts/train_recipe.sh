@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# glimpse's default training recipe: generate the shapes world, train Show and
-# Tell (NIC) and Show, Attend and Tell (soft attention), export both to the model
+# glimpse's default training recipe: generate the shapes world, pre-train the
+# image encoder on its attributes, train Show and Tell (NIC) and Show, Attend and
+# Tell (soft attention) from that encoder, export both to the model
 # repository, and evaluate each exported bundle on the test split, recording the
 # metrics in its manifest.
 #
@@ -25,10 +26,12 @@ latest_version() {
 glimpse data shapes --out "$DATA_DIR" --num-train 5000 --num-val 500 --num-test 1000 \
     --num-novel 1000 --size 64 --seed 0
 
+glimpse train encoder --data "$DATA_DIR" --out "$RUNS_DIR/encoder" --config configs/encoder.json
+
 glimpse train caption --arch nic --data "$DATA_DIR" --out "$RUNS_DIR/nic" \
-    --config configs/caption_nic.json
+    --config configs/caption_nic.json --encoder-init "$RUNS_DIR/encoder"
 glimpse train caption --arch sat-soft --data "$DATA_DIR" --out "$RUNS_DIR/sat-soft" \
-    --config configs/caption_sat.json
+    --config configs/caption_sat.json --encoder-init "$RUNS_DIR/encoder"
 
 glimpse export "$RUNS_DIR/nic" --repository "$REPOSITORY" --name caption-nic
 glimpse export "$RUNS_DIR/sat-soft" --repository "$REPOSITORY" --name caption-sat

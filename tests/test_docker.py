@@ -491,15 +491,18 @@ def test_every_recipe_command_parses_with_the_cli():
     parser = build_parser()
     parsed = [parser.parse_args(argv) for argv in recipe_glimpse_commands()]
     assert [p._command for p in parsed] == [
-        "data shapes", "train caption", "train caption", "export", "export", "eval bundle",
+        "data shapes", "train encoder", "train caption", "train caption", "export", "export",
+        "eval bundle",
     ]
     data = parsed[0]
     assert (data.num_train, data.num_val, data.num_test, data.num_novel, data.size, data.seed) \
         == (5000, 500, 1000, 1000, 64, 0)
-    assert [(p.arch, p.config) for p in parsed[1:3]] == [
+    assert parsed[1].config == "configs/encoder.json"
+    assert [(p.arch, p.config) for p in parsed[2:4]] == [
         ("nic", "configs/caption_nic.json"), ("sat-soft", "configs/caption_sat.json")]
-    assert [p.name for p in parsed[3:5]] == ["caption-nic", "caption-sat"]
-    assert (parsed[5].split, parsed[5].write_manifest) == ("test", True)
+    assert {p.encoder_init for p in parsed[2:4]} == {parsed[1].out}
+    assert [p.name for p in parsed[4:6]] == ["caption-nic", "caption-sat"]
+    assert (parsed[6].split, parsed[6].write_manifest) == ("test", True)
 
 
 _FAKE_GLIMPSE = """#!{python}
@@ -529,7 +532,7 @@ def test_recipe_runs_its_steps_in_order_and_evaluates_the_latest_versions(tmp_pa
     subprocess.run(["bash", str(RECIPE)], env=env, check=True, timeout=60, cwd=tmp_path)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert [c[:2] for c in calls] == [
-        ["data", "shapes"], ["train", "caption"], ["train", "caption"],
+        ["data", "shapes"], ["train", "encoder"], ["train", "caption"], ["train", "caption"],
         ["export", str(tmp_path / "runs" / "nic")], ["export", str(tmp_path / "runs" / "sat-soft")],
         ["eval", "bundle"], ["eval", "bundle"],
     ]

@@ -198,6 +198,8 @@ def _task_config_from_args(args) -> CaptionTaskConfig:
         cfg.layer_norm = True
     if args.data:
         cfg.data = args.data
+    if getattr(args, "encoder_init", None):
+        cfg.encoder_init = args.encoder_init
     trainer = dict(cfg.trainer)
     for name in ("epochs", "batch_size", "lr", "device", "seed"):
         value = getattr(args, name)
