@@ -206,6 +206,19 @@ def test_loaded_scenes_are_the_sampled_ones(world):
             assert scenes[imgid0 + index] == resampled
 
 
+@pytest.mark.parametrize("seed", [0, 3, 2**32 - 1, 2**32, 2**40 + 5])
+def test_image_streams_are_seeded_by_the_image_identity(seed):
+    """Worlds already generated must not change: stream k of image `index` of split number
+    s is np.random.default_rng([seed, s, index, k])."""
+    for split_id, split in enumerate(SPLITS):
+        for index in (0, 7, 123456):
+            streams = image_streams(seed, split, index)
+            assert list(streams) == ["scene", "background", "captions", "questions"]
+            for k, rng in enumerate(streams.values()):
+                expected = np.random.default_rng([seed, split_id, index, k])
+                assert rng.bit_generator.state == expected.bit_generator.state
+
+
 def test_captions_file_is_karpathy_format(world):
     data = json.loads((world / "captions.json").read_text())
     assert data["dataset"] == "shapes"

@@ -94,8 +94,17 @@ def image_filename(split: str, index: int) -> str:
 def image_streams(seed: int, split: str, index: int) -> dict[str, np.random.Generator]:
     """The random streams of one image, by name (see _STREAMS), seeded from its identity."""
     split_id = SPLITS.index(split)
-    return {name: np.random.default_rng([seed, split_id, index, k])
+    return {name: np.random.default_rng(_stream_entropy(seed, split_id, index, k))
             for k, name in enumerate(_STREAMS)}
+
+
+def _stream_entropy(*words: int) -> list[int] | np.ndarray:
+    """The entropy of one stream: the list of its identity's numbers, or, when each fits
+    in 32 bits, the uint32 array that SeedSequence turns that list into (same seed, but
+    SeedSequence converts an array in one step and a list number by number)."""
+    if 0 <= min(words) and max(words) < 2**32:
+        return np.array(words, dtype=np.uint32)
+    return list(words)
 
 
 def _object_dict(obj: ShapeObject) -> dict:
