@@ -20,10 +20,13 @@ from training.data.scenes import (
 )
 from training.data.shapes import (
     ShapesWorldInfo,
+    _annotation_entry,
+    _annotation_json,
     class_names,
     generate_shapes_world,
     image_streams,
     load_scenes,
+    make_image,
 )
 from training.data.world import SPLITS, Scene, ShapeObject, class_label
 
@@ -217,6 +220,18 @@ def test_image_streams_are_seeded_by_the_image_identity(seed):
             for k, rng in enumerate(streams.values()):
                 expected = np.random.default_rng([seed, split_id, index, k])
                 assert rng.bit_generator.state == expected.bit_generator.state
+
+
+def test_annotations_are_written_as_json_dumps_writes_them():
+    questions = [*make_image(SEED, "novel", 4, 64)[1]["questions"], {
+        "question": "is it \u00e9t\u00e9?", "question_type": 'a "quoted" \\ type',
+        "answer_type": "other", "multiple_choice_answer": "caf\u00e9\n\U0001f600",
+        "answers": ["caf\u00e9\n\U0001f600"] * 9 + ["</script>"]}]
+    for k, q in enumerate(questions):
+        qid, imgid = 987654 * 1000 + k, 987654
+        text = _annotation_json(qid, imgid, q)
+        assert text == json.dumps(_annotation_entry(qid, imgid, q), separators=(",", ":"))
+        assert json.loads(text)["answers"][9]["answer_id"] == 10
 
 
 def test_captions_file_is_karpathy_format(world):

@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,7 @@ def _stream_entropy(*words: int) -> list[int] | np.ndarray:
     """The entropy of one stream: the list of its identity's numbers, or, when each fits
     in 32 bits, the uint32 array that SeedSequence turns that list into (same seed, but
     SeedSequence converts an array in one step and a list number by number)."""
-    if 0 <= min(words) and max(words) < 2**32:
+    if min(words) >= 0 and max(words) < 2**32:
         return np.array(words, dtype=np.uint32)
     return list(words)
 
@@ -176,19 +177,50 @@ def caption_entry(record: dict, imgid: int) -> dict:
 def vqa_entries(record: dict, imgid: int) -> tuple[list[dict], list[dict]]:
     """VQA v2 (questions, annotations) of one image, numbered as VQA v2 does:
     question_id = image_id * 1000 + k."""
-    questions, annotations = [], []
-    for qid, q in _numbered(record["questions"], imgid, QUESTION_ID_STRIDE, "questions"):
-        questions.append({"image_id": imgid, "question": q["question"], "question_id": qid})
-        annotations.append({
-            "question_id": qid,
-            "image_id": imgid,
-            "question_type": q["question_type"],
-            "answer_type": q["answer_type"],
-            "multiple_choice_answer": q["multiple_choice_answer"],
-            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": k}
-                        for k, a in enumerate(q["answers"], start=1)],
-        })
-    return questions, annotations
+    numbered = _numbered(record["questions"], imgid, QUESTION_ID_STRIDE, "questions")
+    return ([_question_entry(qid, imgid, q) for qid, q in numbered],
+            [_annotation_entry(qid, imgid, q) for qid, q in numbered])
+
+
+def _question_entry(qid: int, imgid: int, q: dict) -> dict:
+    return {"image_id": imgid, "question": q["question"], "question_id": qid}
+
+
+def _annotation_entry(qid: int, imgid: int, q: dict) -> dict:
+    return {
+        "question_id": qid,
+        "image_id": imgid,
+        "question_type": q["question_type"],
+        "answer_type": q["answer_type"],
+        "multiple_choice_answer": q["multiple_choice_answer"],
+        "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": k}
+                    for k, a in enumerate(q["answers"], start=1)],
+    }
+
+
+def _annotation_json(qid: int, imgid: int, q: dict) -> str:
+    """_dumps(_annotation_entry(qid, imgid, q)), written directly.
+
+    Annotations are most of the VQA text (ten answer objects per question) and their
+    strings come from a small vocabulary, so their JSON pieces are cached rather than
+    encoded again for every question.
+    """
+    answers = ",".join([_answer_json(a, k) for k, a in enumerate(q["answers"], start=1)])
+    return (f'{{"question_id":{qid},"image_id":{imgid},'
+            f'"question_type":{_json_string(q["question_type"])},'
+            f'"answer_type":{_json_string(q["answer_type"])},'
+            f'"multiple_choice_answer":{_json_string(q["multiple_choice_answer"])},'
+            f'"answers":[{answers}]}}')
+
+
+@cache
+def _json_string(text: str) -> str:
+    return json.dumps(text)
+
+
+@cache
+def _answer_json(answer: str, answer_id: int) -> str:
+    return _dumps({"answer": answer, "answer_confidence": "yes", "answer_id": answer_id})
 
 
 def scene_entry(record: dict, imgid: int) -> dict:
@@ -215,20 +247,21 @@ class _Encoded:
 
     @classmethod
     def encode(cls, split: str, records: list[tuple[dict, int]]) -> _Encoded:
-        """Encode (record, imgid) pairs; one json.dumps per file keeps this cheap."""
+        """Encode (record, imgid) pairs: one json.dumps per file, annotations written
+        directly (_annotation_json)."""
         captions, scenes, questions, annotations = [], [], [], []
         for record, imgid in records:
-            image_questions, image_annotations = vqa_entries(record, imgid)
             captions.append(caption_entry(record, imgid))
             scenes.append(scene_entry(record, imgid))
-            questions += image_questions
-            annotations += image_annotations
+            for qid, q in _numbered(record["questions"], imgid, QUESTION_ID_STRIDE, "questions"):
+                questions.append(_question_entry(qid, imgid, q))
+                annotations.append(_annotation_json(qid, imgid, q))
         return cls(split=split, images=len(records),
                    num_captions=sum(len(c["sentences"]) for c in captions),
                    num_questions=len(questions),
                    captions=[_dumps(captions)[1:-1]], scenes=[_dumps(scenes)[1:-1]],
                    questions=[_dumps(questions)[1:-1]],
-                   annotations=[_dumps(annotations)[1:-1]])
+                   annotations=[",".join(annotations)])
 
     def extend(self, other: _Encoded) -> None:
         self.images += other.images
