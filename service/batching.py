@@ -12,7 +12,9 @@ Two layers, as in TGI's router:
   has already waited, a batch function returning the wrong number of results raises,
   and a failing batch fails each of its requests while the queue keeps serving.
   A caller that goes away (its await is cancelled) is removed from the queue before
-  compute.
+  compute. `admission()` holds a queue place while a request is still being prepared
+  (its image decoded), so an overloaded model refuses it before that work instead of
+  letting unbounded work pile up in front of the queue.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -139,6 +141,7 @@ class Batcher(Generic[P, R]):
                                                max_queue_delay_s=max_queue_delay_s,
                                                max_queue_size=max_queue_size)
         self.running = 0
+        self.admitted = 0  # requests holding a queue place while being prepared
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task | None = None
@@ -151,15 +154,45 @@ class Batcher(Generic[P, R]):
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batch-{self.name}")
 
+    @contextlib.contextmanager
+    def admission(self) -> Iterator[Callable[[P], Awaitable[R]]]:
+        """Hold a queue place while a request is prepared; yields its `submit`.
+
+        Raises Overloaded at once when queued plus admitted requests fill the queue, so
+        that under overload a request is refused before its preparation costs anything.
+        The place passes to the queue when the yielded `submit` runs, or is given back
+        when the block ends without it.
+        """
+        self._check_accepting()
+        waiting = len(self.queue) + self.admitted
+        if waiting >= self.queue.max_queue_size:
+            raise self._overloaded(f"{waiting} requests are already waiting")
+        self.admitted += 1
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self.admitted -= 1
+
+        async def submit(payload: P) -> R:
+            release()  # and queue it before anything else runs: the place cannot be taken
+            return await self.submit(payload)
+
+        try:
+            yield submit
+        finally:
+            release()
+
     async def submit(self, payload: P) -> R:
         """Queue `payload` and wait for its result (Overloaded, RequestTimeout, or its error)."""
-        if self._closing or self._task is None:
-            raise ServiceUnavailable(f"model {self.name} is not accepting requests")
+        self._check_accepting()
         now = self.clock()
         try:
             pending = self.queue.submit(payload, now=now, timeout_s=self.timeout_s)
         except QueueFull as exc:
-            raise Overloaded(f"model {self.name} is overloaded: {exc}; retry later") from None
+            raise self._overloaded(str(exc)) from None
         pending.request_id = request_id_var.get()
         pending.future = asyncio.get_running_loop().create_future()
         pending.future.add_done_callback(lambda f: f.cancelled() and self.queue.cancel(pending))
@@ -168,6 +201,13 @@ class Batcher(Generic[P, R]):
             return await asyncio.wait_for(pending.future, pending.deadline - now)
         except TimeoutError:
             raise self._timeout_error() from None
+
+    def _check_accepting(self) -> None:
+        if self._closing or self._task is None:
+            raise ServiceUnavailable(f"model {self.name} is not accepting requests")
+
+    def _overloaded(self, reason: str) -> Overloaded:
+        return Overloaded(f"model {self.name} is overloaded: {reason}; retry later")
 
     def _timeout_error(self) -> RequestTimeout:
         return RequestTimeout(f"request did not finish within {self.timeout_s:g} s "

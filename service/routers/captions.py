@@ -78,8 +78,8 @@ async def create_captions(request: Request, state: StateDep) -> CaptionResponse:
                               length_penalty=params.length_penalty,
                               num_captions=params.num_captions,
                               return_attention=params.return_attention)
-        image = await run_in_threadpool(_encoder_input, model, data,
-                                        state.settings.max_image_pixels)
-        caption_request = CaptionRequest(image, search)
-        result = await unless_disconnected(request, served.batcher.submit(caption_request))
+        with served.batcher.admission() as submit:
+            image = await run_in_threadpool(_encoder_input, model, data,
+                                            state.settings.max_image_pixels)
+            result = await unless_disconnected(request, submit(CaptionRequest(image, search)))
         return caption_response(served.key, result)

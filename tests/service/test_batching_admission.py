@@ -1,0 +1,85 @@
+"""Batcher.admission: queue places held while requests are prepared, refused when full."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from service.batching import Batcher
+from service.errors import Overloaded, ServiceUnavailable
+
+
+class HeldInfer:
+    """A batch function that blocks until `gate` is set and records its batches."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.batches: list[list[int]] = []
+
+    def __call__(self, payloads: list[int]) -> list[int]:
+        self.batches.append(list(payloads))
+        self.gate.wait(5)
+        return [p * 10 for p in payloads]
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 10))
+
+
+def test_admission_is_refused_before_preparation_when_places_are_taken() -> None:
+    async def main() -> tuple[int, int]:
+        b = Batcher("m", HeldInfer(), max_batch_size=1, max_queue_size=2)
+        b.start()
+        prepared = []
+        with b.admission(), b.admission():
+            assert b.admitted == 2
+            with pytest.raises(Overloaded, match="2 requests are already waiting"), \
+                    b.admission():
+                prepared.append("third")  # never reached: refused before its work
+        assert prepared == []
+        after = b.admitted  # places left unused are given back
+        with b.admission():
+            inside = b.admitted
+        await b.stop(1.0)
+        return after, inside
+
+    assert run(main()) == (0, 1)
+
+
+def test_admitted_requests_pass_their_place_to_the_queue() -> None:
+    infer = HeldInfer()
+
+    async def main() -> list[int]:
+        b = Batcher("m", infer, max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=2)
+        b.start()
+        busy = asyncio.ensure_future(b.submit(0))  # holds the worker
+        while not infer.batches:
+            await asyncio.sleep(0.001)
+
+        async def client(value: int) -> int:
+            with b.admission() as submit:
+                await asyncio.sleep(0)  # the preparation, e.g. decoding the image
+                return await submit(value)
+
+        queued = [asyncio.ensure_future(client(i)) for i in (1, 2)]
+        while len(b.queue) < 2:
+            await asyncio.sleep(0.001)
+        assert b.admitted == 0  # each place counted once: now in the queue
+        with pytest.raises(Overloaded), b.admission():
+            pass
+        infer.gate.set()
+        out = await asyncio.gather(busy, *queued)
+        await b.stop(1.0)
+        return out
+
+    assert run(main()) == [0, 10, 20]
+    assert infer.batches == [[0], [1], [2]]
+
+
+def test_admission_refuses_a_batcher_that_is_not_running() -> None:
+    b = Batcher("m", HeldInfer())
+    with pytest.raises(ServiceUnavailable, match="not accepting"), b.admission():
+        pass
+    assert b.admitted == 0
