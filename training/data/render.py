@@ -148,18 +148,30 @@ def object_mask(obj: ShapeObject, size: int) -> tuple[tuple[int, int], Image.Ima
     mask = Image.new("L", ((x1 - x0) * s, (y1 - y0) * s), 0)
     draw = ImageDraw.Draw(mask)
     cx, cy, r = (obj.x * size - x0) * s, (obj.y * size - y0) * s, obj.radius * size * s
-    outline = UNIT_OUTLINES[obj.shape]
-    if outline is None:
+    vertices = _inset_vertices(obj.shape)
+    if vertices is None:
         e = _PIL_OVERHANG
         draw.ellipse((cx - r + e, cy - r + e, cx + r - e, cy + r - e), fill=255)
     else:
         cos, sin = math.cos(obj.rotation), math.sin(obj.rotation)
-        e = _PIL_OVERHANG
-        inset = [(r * ux + e * mx, r * uy + e * my)
-                 for (ux, uy), (mx, my) in zip(outline, _unit_miters(obj.shape), strict=True)]
-        draw.polygon([(cx + px * cos - py * sin, cy + px * sin + py * cos) for px, py in inset],
-                     fill=255)
+        points = []
+        for ux, uy, ex, ey in vertices:
+            px, py = r * ux + ex, r * uy + ey  # the outline at radius r, inset by _PIL_OVERHANG
+            points.append((cx + px * cos - py * sin, cy + px * sin + py * cos))
+        draw.polygon(points, fill=255)
     return (x0, y0), mask.reduce(s)
+
+
+@cache
+def _inset_vertices(shape: str) -> tuple[tuple[float, float, float, float], ...] | None:
+    """(ux, uy, e * mx, e * my) per vertex of the unit outline (ux, uy), (mx, my) being its
+    unit miter and e _PIL_OVERHANG; None for the circle."""
+    outline = UNIT_OUTLINES[shape]
+    if outline is None:
+        return None
+    e = _PIL_OVERHANG
+    return tuple((ux, uy, e * mx, e * my)
+                 for (ux, uy), (mx, my) in zip(outline, _unit_miters(shape), strict=True))
 
 
 @cache
@@ -221,12 +233,13 @@ class Coverage:
         [0, 0, 0, 0] when no pixel is that covered.
         """
         covered = self.alpha >= BOX_COVERAGE
-        rows = np.flatnonzero(covered.any(axis=1))
-        cols = np.flatnonzero(covered.any(axis=0))
-        if rows.size == 0:
+        rows = covered.any(axis=1).tolist()
+        if True not in rows:
             return [0, 0, 0, 0]
-        return [self.x0 + int(cols[0]), self.y0 + int(rows[0]),
-                int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+        cols = covered.any(axis=0).tolist()
+        top, left = rows.index(True), cols.index(True)
+        bottom, right = len(rows) - rows[::-1].index(True), len(cols) - cols[::-1].index(True)
+        return [self.x0 + left, self.y0 + top, right - left, bottom - top]
 
     def full(self, size: int) -> np.ndarray:
         """The coverage as a (size, size) array over the whole image."""
