@@ -27,7 +27,12 @@ M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
 
-def get_state(request: Request) -> ServiceState:
+# Dependencies that never block are `async def`: FastAPI runs a plain `def` dependency in
+# its thread pool, two thread hand-offs per request that the event loop pays for in GIL
+# waits while a batch computes.
+
+
+async def get_state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
@@ -42,7 +47,7 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def require_api_key(request: Request, state: StateDep) -> None:
+async def require_api_key(request: Request, state: StateDep) -> None:
     """With GLIMPSE_API_KEYS set, demand one of them (Authorization: Bearer or X-API-Key)."""
     keys = state.settings.api_keys
     if not keys:
