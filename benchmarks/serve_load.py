@@ -7,6 +7,8 @@ One bundle, one machine, one run:
 - HTTP, batched: `python -m service` in a subprocess, closed-loop clients at each
   concurrency sending requests back to back for `--duration` seconds;
 - HTTP, unbatched: the same load on a second server with `max_batch_size` 1;
+- HTTP, batched with another `max_queue_delay_ms` (`--compare-delay-ms`, default 0):
+  what waiting for companions costs at low load and buys at high load;
 - overload: open-loop Poisson arrivals at `--overload` x the saturating throughput on
   a third server with a small queue: how fast 503s come back and whether accepted
   requests stay within the timeout;
@@ -400,6 +402,7 @@ class Config:
     max_batch_size: int
     max_queue_delay_ms: float
     max_queue_size: int
+    compare_delay_ms: float | None
     threads: int | None
     overload: float
     overload_duration_s: float
@@ -477,12 +480,12 @@ def run_batched(cfg: Config, repository: Path, bodies: Sequence[bytes],
     return {"levels": levels, "memory": memory}
 
 
-def run_unbatched(cfg: Config, repository: Path, bodies: Sequence[bytes],
-                  log_dir: Path) -> list[dict[str, Any]]:
-    settings = cfg.server_settings(max_batch_size=1)
-    with serve(repository, settings, log_dir / "unbatched.log") as server:
+def run_variant(cfg: Config, repository: Path, bodies: Sequence[bytes], log_dir: Path,
+                label: str, **changes: Any) -> list[dict[str, Any]]:
+    """The load levels on a server whose settings differ by `changes`."""
+    with serve(repository, cfg.server_settings(**changes), log_dir / f"{label}.log") as server:
         measured(server, closed_loop(server.url, bodies, 8, total=50))
-        return run_levels(server, bodies, cfg, "unbatched")
+        return run_levels(server, bodies, cfg, label)
 
 
 def run_overload(cfg: Config, repository: Path, bodies: Sequence[bytes], saturation: float,
@@ -572,8 +575,12 @@ def markdown(result: dict[str, Any]) -> str:
         "| server cores | client cores |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for label, rows in (("HTTP, batched", result["batched"]["levels"]),
-                        ("HTTP, unbatched", result["unbatched"])):
+    variants = [("HTTP, batched", result["batched"]["levels"]),
+                ("HTTP, unbatched", result["unbatched"])]
+    if "batched_other_delay" in result:
+        variants.append((f"HTTP, batched, delay {cfg['compare_delay_ms']:g} ms",
+                         result["batched_other_delay"]))
+    for label, rows in variants:
         lines += [f"| {label} | {r['concurrency']} | {r['requests_per_s']:.1f} | "
                   f"{_fmt(r['p50_ms'])} | {_fmt(r['p95_ms'])} | {_fmt(r['p99_ms'])} | "
                   f"{_fmt(r['mean_batch'])} | {r['server_cores']:.2f} | "
@@ -644,7 +651,12 @@ def run(cfg: Config) -> dict[str, Any]:
         repository = Path(tmp) / "repository"
         copy_bundle(cfg.bundle, repository)
         result["batched"] = run_batched(cfg, repository, bodies, Path(tmp))
-        result["unbatched"] = run_unbatched(cfg, repository, bodies, Path(tmp))
+        result["unbatched"] = run_variant(cfg, repository, bodies, Path(tmp), "unbatched",
+                                          max_batch_size=1)
+        if cfg.compare_delay_ms is not None:
+            result["batched_other_delay"] = run_variant(
+                cfg, repository, bodies, Path(tmp), f"delay-{cfg.compare_delay_ms:g}ms",
+                max_queue_delay_ms=cfg.compare_delay_ms)
         saturation = max(r["requests_per_s"] for r in result["batched"]["levels"])
         result["overload"] = run_overload(cfg, repository, bodies, saturation, Path(tmp))
     result["targets"] = check_targets(result)
@@ -661,6 +673,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, Path]:
     p.add_argument("--beam-size", type=int, default=None, help="default: the bundle's")
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    p.add_argument("--compare-delay-ms", type=float, default=0.0,
+                   help="also run the levels with this max_queue_delay_ms (negative: skip)")
     p.add_argument("--max-queue-size", type=int, default=256,
                    help="queue of the load servers: above the largest concurrency")
     p.add_argument("--threads", type=int, default=1,
@@ -687,6 +701,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, Path]:
         duration_s=args.duration, beam_size=args.beam_size,
         max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue_size=args.max_queue_size, threads=args.threads or None,
+        compare_delay_ms=args.compare_delay_ms if args.compare_delay_ms >= 0 else None,
         overload=args.overload, overload_duration_s=args.overload_duration,
         overload_queue_size=args.overload_queue_size, overload_timeout_s=args.overload_timeout,
         memory_requests=args.memory_requests, offline_duration_s=args.offline_duration,
