@@ -80,7 +80,8 @@ class CaptionTask:
     def __init__(self, config: CaptionTaskConfig):
         self.config = config
         self.dataset_dir = Path(config.data)
-        train = load_captions(self.dataset_dir, "train")
+        # COCO's "restval" images train too, as in most captioning papers.
+        train = load_captions(self.dataset_dir, "train", restval_as_train=True)
         val = load_captions(self.dataset_dir, "val")[: config.val_images]
         if not train:
             raise ValueError(f"{self.dataset_dir}: no training images in captions.json")

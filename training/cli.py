@@ -32,6 +32,8 @@ def _eval_captions(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", help='COCO results JSON: [{"image_id", "caption"}]')
     p.add_argument("--dataset", required=True, help="directory holding captions.json")
     p.add_argument("--split", default="test")
+    p.add_argument("--meteor", action=argparse.BooleanOptionalAction, default=None,
+                   help="score METEOR (needs Java; default: when java is on PATH)")
 
 
 def _eval_vqa(p: argparse.ArgumentParser) -> None:
@@ -46,7 +48,7 @@ def _serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repository", default=None,
                    help="model repository directory (GLIMPSE_MODEL_REPOSITORY)")
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default=None, help="GLIMPSE_LOG_LEVEL, default info")
 
 
 def _train_caption(p: argparse.ArgumentParser) -> None:
