@@ -13,6 +13,7 @@ Every answer is recomputed from the scene, so the data can be trusted exactly.
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Callable, Sequence
 from functools import cache
 
@@ -98,6 +99,17 @@ def _values(obj: ShapeObject, attributes: Attributes) -> tuple[str, ...]:
     return tuple(getattr(obj, a) for a in attributes)
 
 
+@cache
+def _values_getter(attributes: Attributes) -> Callable[[ShapeObject], tuple[str, ...]]:
+    """`lambda obj: _values(obj, attributes)`, without a Python loop per object."""
+    if len(attributes) > 1:
+        return operator.attrgetter(*attributes)
+    if attributes:
+        get = operator.attrgetter(attributes[0])
+        return lambda obj: (get(obj),)
+    return lambda obj: ()
+
+
 class _SceneFacts:
     """The lookups every question type makes about one scene, each computed once: the
     objects' values of an attribute pattern, how many objects share them, and which
@@ -114,7 +126,7 @@ class _SceneFacts:
         """Each object's values of `pattern`, in object order."""
         values = self._values.get(pattern)
         if values is None:
-            values = self._values[pattern] = [_values(o, pattern) for o in self.objects]
+            values = self._values[pattern] = list(map(_values_getter(pattern), self.objects))
             counts: dict[tuple[str, ...], int] = {}
             for v in values:
                 counts[v] = counts.get(v, 0) + 1
@@ -126,20 +138,18 @@ class _SceneFacts:
         self.values(pattern)
         return self._counts[pattern].get(values, 0)
 
-    def reference(self, k: int, patterns: Sequence[Attributes]) -> Attributes | None:
-        """The first pattern whose values single out object `k`, or None if none does."""
-        for pattern in patterns:
-            if self.count(pattern, self.values(pattern)[k]) == 1:
-                return pattern
-        return None
-
     def identifiable(self, patterns: tuple[Attributes, ...]) -> list[tuple[int, Attributes]]:
-        """(object, first pattern that singles it out) for every object that one does."""
+        """(object, first pattern whose values single it out) for every object that one
+        of `patterns` singles out."""
         found = self._identifiable.get(patterns)
         if found is None:
-            references = ((k, self.reference(k, patterns)) for k in range(len(self.objects)))
-            found = self._identifiable[patterns] = [(k, p) for k, p in references
-                                                    if p is not None]
+            tables = [(p, self.values(p), self._counts[p]) for p in patterns]
+            found = self._identifiable[patterns] = []
+            for k in range(len(self.objects)):
+                for pattern, values, counts in tables:
+                    if counts[values[k]] == 1:
+                        found.append((k, pattern))
+                        break
         return found
 
     def the(self, k: int, attributes: Attributes) -> str:
