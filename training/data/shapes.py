@@ -288,13 +288,26 @@ def _generate_chunk(chunk: _Chunk) -> _Encoded:
     Encoding here rather than in the parent keeps the parent's serial work to
     joining strings.
     """
-    folder = Path(chunk.out_dir) / "images" / chunk.split
+    folder = os.path.join(chunk.out_dir, "images", chunk.split)
     records = []
     for index in range(chunk.start, chunk.stop):
         image, record = make_image(chunk.seed, chunk.split, index, chunk.size)
-        (folder / record["filename"]).write_bytes(encode_png(image, PNG_COMPRESSION))
+        _write_new_file(os.path.join(folder, record["filename"]),
+                        encode_png(image, PNG_COMPRESSION))
         records.append((record, chunk.first_imgid + index))
     return _Encoded.encode(chunk.split, records)
+
+
+def _write_new_file(path: str, data: bytes) -> None:
+    """Write `data` to `path` with only the open, write and close system calls (a buffered
+    Python file adds three more, a noticeable share of writing thousands of small files)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def _chunks(out_dir: Path, counts: dict[str, int], size: int, seed: int) -> list[_Chunk]:
