@@ -133,10 +133,10 @@ class _SceneFacts:
             self._counts[pattern] = counts
         return values
 
-    def count(self, pattern: Attributes, values: tuple[str, ...]) -> int:
-        """How many objects have `values` for `pattern`."""
+    def counts(self, pattern: Attributes) -> dict[tuple[str, ...], int]:
+        """How many objects have each combination of values of `pattern` that some object has."""
         self.values(pattern)
-        return self._counts[pattern].get(values, 0)
+        return self._counts[pattern]
 
     def identifiable(self, patterns: tuple[Attributes, ...]) -> list[tuple[int, Attributes]]:
         """(object, first pattern whose values single it out) for every object that one
@@ -216,9 +216,9 @@ def _ask_count(facts: _SceneFacts, rng: np.random.Generator) -> Asked | None:
     "1" does not dominate as it would with a random pattern.
     """
     by_count: dict[int, list[tuple[Attributes, tuple[str, ...]]]] = {}
-    targets = {(p, v) for p in COUNT_PATTERNS for v in facts.values(p)}
-    for pattern, values in sorted(targets):
-        by_count.setdefault(facts.count(pattern, values), []).append((pattern, values))
+    counts = {p: facts.counts(p) for p in COUNT_PATTERNS}
+    for pattern, values in sorted((p, v) for p in COUNT_PATTERNS for v in counts[p]):
+        by_count.setdefault(counts[pattern][values], []).append((pattern, values))
     if not by_count:
         return None
     answer = _pick(rng, sorted(by_count))
