@@ -113,3 +113,32 @@ def test_open_loop_overload_is_refused_fast(server, bodies: list[bytes]) -> None
     assert out.count() == out.count(200) + out.count(503)
     assert serve_load.percentiles_ms(out.latencies_s[503])["p50_ms"] < HOLD_MS / 2
     assert achieved == pytest.approx(40.0, rel=0.6)
+
+
+def _level(concurrency: int, rps: float, p50: float, p99: float) -> dict:
+    return {"concurrency": concurrency, "requests_per_s": rps, "p50_ms": p50, "p95_ms": p99,
+            "p99_ms": p99, "mean_batch": 1.0, "server_cores": 1.0, "client_cores": 0.1}
+
+
+def test_targets_compare_the_runs_of_one_result() -> None:
+    result = {
+        "offline": {"pinned": {"intra_op_threads": 1,
+                               "single": {"p50_ms": 10.0, "p95_ms": 11.0, "p99_ms": 12.0,
+                                          "images_per_s": 95.0},
+                               "batched": {"batch_size": 8, "images_per_s": 300.0}}},
+        "batched": {"levels": [_level(1, 80.0, 13.0, 15.0), _level(32, 270.0, 110.0, 130.0)],
+                    "memory": {"growth_pct": 12.5, "requests_after_warmup": 10_000,
+                               "rss_after_warmup_kib": 100_000,
+                               "rss_after_requests_kib": 112_500}},
+        "unbatched": [_level(1, 85.0, 11.0, 12.0), _level(32, 88.0, 360.0, 400.0)],
+        "overload": {"request_timeout_s": 2.0, "timeouts_504": 0, "target_rate_per_s": 540.0,
+                     "achieved_rate_per_s": 530.0, "max_queue_size": 16,
+                     "accepted": {"ok": 1000, "p50_ms": 90.0, "p95_ms": 150.0, "p99_ms": 180.0},
+                     "rejected": {"count": 900, "p50_ms": 2.0, "p95_ms": 6.0, "p99_ms": 9.0}},
+    }
+    targets = serve_load.check_targets(result)
+    assert [t["met"] for t in targets] == [True, True, False, True, True, False]
+    assert targets[0]["measured"] == "90% (270.0 vs 300.0 img/s)"
+    assert targets[1]["measured"] == "3.07x (270.0 vs 88.0 req/s)"
+    assert targets[2]["measured"] == "+3.00 ms (13.00 vs 10.00 ms)"
+    assert targets[5]["measured"] == "+12.5%"
