@@ -133,3 +133,29 @@ def test_png_round_trips_and_is_deterministic():
     np.testing.assert_array_equal(decoded, image)
     with pytest.raises(ValueError):
         encode_png(image[..., 0])
+
+
+def _background_by_definition(size: int, seed: int) -> np.ndarray:
+    """make_background written plainly: worlds already generated must keep their pixels."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(35.0, 110.0) + rng.uniform(-6.0, 6.0, size=3)
+    coords = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
+    yy, xx = np.meshgrid(coords, coords, indexing="ij")
+    angle = rng.uniform(0.0, 2.0 * math.pi)
+    gradient = rng.uniform(10.0, 30.0) * (xx * math.cos(angle) + yy * math.sin(angle))
+    fx, fy = (float(f) for f in rng.uniform(0.5, 2.0, size=2))
+    ripple = rng.uniform(2.0, 7.0) * np.sin(
+        2.0 * math.pi * (fx * xx + fy * yy) + rng.uniform(0.0, 2.0 * math.pi))
+    noise_scale = rng.uniform(0.6, 1.3)
+    raw = np.frombuffer(rng.bytes(size * size * 3), dtype=np.uint8).reshape(size, size, 3)
+    pixels = ((raw & 15).astype(np.float32) - 7.5) * noise_scale
+    pixels += (gradient + ripple)[:, :, None]
+    pixels += base.astype(np.float32)
+    return np.clip(pixels, 0.0, 255.0).astype(np.uint8)
+
+
+@pytest.mark.parametrize("size", [32, 64, 97, 128])
+def test_background_pixels_follow_their_definition(size):
+    for seed in range(40):
+        np.testing.assert_array_equal(make_background(size, seed),
+                                      _background_by_definition(size, seed))

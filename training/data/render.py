@@ -116,9 +116,27 @@ def make_background(size: int, seed: SeedLike) -> np.ndarray:
     # Rows of interleaved RGB, (size, size * 3): numpy broadcasts fast along long rows.
     raw = np.frombuffer(rng.bytes(size * size * 3), dtype=np.uint8).reshape(size, size * 3)
     pixels = ((raw & 15).astype(np.float32) - 7.5) * noise_scale
-    pixels += np.repeat(gradient + ripple, 3, axis=1)
-    pixels += np.tile(base.astype(np.float32), size)
-    return np.clip(pixels, 0.0, 255.0).astype(np.uint8).reshape(size, size, 3)
+    pixels += _each_channel(gradient + ripple)
+    pixels += base.astype(np.float32).take(_channel_of_column(size))
+    np.clip(pixels, 0.0, 255.0, out=pixels)
+    return pixels.astype(np.uint8).reshape(size, size, 3)
+
+
+def _each_channel(values: np.ndarray) -> np.ndarray:
+    """(h, w) values repeated for the 3 channels as rows of interleaved RGB, (h, w * 3);
+    three strided copies are cheaper than np.repeat(values, 3, axis=1)."""
+    h, w = values.shape
+    out = np.empty((h, w, 3), dtype=values.dtype)
+    out[..., 0] = values
+    out[..., 1] = values
+    out[..., 2] = values
+    return out.reshape(h, w * 3)
+
+
+@cache
+def _channel_of_column(size: int) -> np.ndarray:
+    """Channel (0, 1, 2) of each column of a (size, size * 3) row of interleaved RGB."""
+    return np.tile(np.arange(3), size)
 
 
 @cache
