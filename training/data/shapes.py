@@ -378,7 +378,10 @@ def _dumps(obj: object) -> str:
 def _write_json_list(path: Path, head: dict, key: str, fragments: list[str]) -> None:
     """Write the object {**head, key: [...]}, the list given as _Encoded fragments."""
     prefix = _dumps(head)[:-1] + ("," if head else "")
-    path.write_text(f'{prefix}"{key}":[' + ",".join(f for f in fragments if f) + "]}\n")
+    with path.open("w") as file:  # the list written as it is, not copied into one string
+        file.write(f'{prefix}"{key}":[')
+        file.write(",".join(f for f in fragments if f))
+        file.write("]}\n")
 
 
 def _vqa_head(split: str) -> dict:
