@@ -124,7 +124,7 @@ def make_image(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray
     scene = sample_scene(rngs["scene"], split)
     image, visible = render_scene_with_coverage(scene, size, rngs["background"])
     areas = [v.area for v in visible]
-    largest = int(np.argmax(areas))
+    largest = areas.index(max(areas))  # the first largest, as np.argmax
     objects = [{**_object_dict(o), "bbox": v.box(), "area": round(a, 2)}
                for o, v, a in zip(scene.objects, visible, areas, strict=True)]
     largest_object = scene.objects[largest]
