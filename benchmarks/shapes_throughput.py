@@ -3,8 +3,10 @@
 Generates the same world (train split only, 64 px by default) per worker count
 into a temporary directory, end to end (sampling, rendering, PNG files,
 captions, questions, JSON files), keeps the best of a few runs, and times one
-process's stages on a sample so the figures can be read. Writes
-benchmarks/results/shapes_throughput.json.
+process's stages on a sample so the figures can be read. CPU time per image
+(user and system, all processes) is reported beside images/s: on a shared
+machine it shows how much of a slow run was other load rather than work.
+Writes benchmarks/results/shapes_throughput.json.
 
     .venv/bin/python benchmarks/shapes_throughput.py --images 5000 --workers 1 2
 """
@@ -16,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -30,54 +33,90 @@ from training.data.scenes import sample_scene
 from training.data.shapes import (
     CAPTIONS_PER_IMAGE,
     PNG_COMPRESSION,
+    _Encoded,
     generate_shapes_world,
     image_streams,
+    make_image,
 )
 from training.data.tokenizer import tokenize
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def end_to_end(images: int, size: int, workers: int) -> float:
-    """Seconds to generate a world of `images` training images."""
+def cpu_seconds() -> tuple[float, float]:
+    """(user, system) CPU seconds of this process and its finished worker processes."""
+    me, children = (resource.getrusage(who)
+                    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return me.ru_utime + children.ru_utime, me.ru_stime + children.ru_stime
+
+
+def end_to_end(images: int, size: int, workers: int) -> tuple[float, float, float]:
+    """(wall, user CPU, system CPU) seconds to generate a world of `images` training images."""
     with tempfile.TemporaryDirectory() as out:
+        user, system = cpu_seconds()
         start = time.perf_counter()
         generate_shapes_world(out, {"train": images}, size=size, seed=0, workers=workers,
                               progress=False)
-        return time.perf_counter() - start
+        wall = time.perf_counter() - start
+        user_after, system_after = cpu_seconds()
+        return wall, user_after - user, system_after - system
 
 
 def best_runs(images: int, size: int, workers: list[int], repeats: int) -> list[dict]:
     """Best of `repeats` timings per worker count, the counts interleaved so that
     load from other processes falls on all of them alike."""
-    seconds: dict[int, list[float]] = {w: [] for w in workers}
+    runs: dict[int, list[tuple[float, float, float]]] = {w: [] for w in workers}
     for _ in range(repeats):
         for w in workers:
-            seconds[w].append(end_to_end(images, size, w))
-    return [{"workers": w, "images": images, "seconds": round(min(seconds[w]), 3),
-             "images_per_s": round(images / min(seconds[w]), 1),
-             "all_seconds": [round(t, 3) for t in seconds[w]]} for w in workers]
+            runs[w].append(end_to_end(images, size, w))
+    results = []
+    for w in workers:
+        wall, user, system = min(runs[w])
+        results.append({
+            "workers": w, "images": images, "seconds": round(wall, 3),
+            "images_per_s": round(images / wall, 1),
+            "cpu_us_per_image": {"user": round(1e6 * user / images, 1),
+                                 "system": round(1e6 * system / images, 1)},
+            "all_seconds": [round(t[0], 3) for t in runs[w]],
+        })
+    return results
+
+
+STAGES = ("streams", "sample", "render", "png", "captions", "tokenize", "questions")
 
 
 def stage_times(images: int, size: int) -> dict[str, float]:
-    """Microseconds per image spent in each stage, in this process."""
-    totals = dict.fromkeys(("sample", "render", "png", "captions", "questions"), 0.0)
+    """CPU microseconds per image spent in each stage, in this process.
+
+    "record_json" is the encoding of the finished records into the JSON files'
+    entries; writing files and moving results between processes are the rest of
+    the end-to-end CPU time.
+    """
+    clock = time.process_time
+    totals = dict.fromkeys(STAGES, 0.0)
     for index in range(images):
+        t0 = clock()
         rngs = image_streams(0, "train", index)
-        t0 = time.perf_counter()
+        t1 = clock()
         scene = sample_scene(rngs["scene"], "train")
-        t1 = time.perf_counter()
+        t2 = clock()
         image, _ = render_scene_with_coverage(scene, size, rngs["background"])
-        t2 = time.perf_counter()
+        t3 = clock()
         encode_png(image, PNG_COMPRESSION)
-        t3 = time.perf_counter()
-        [tokenize(c) for c in generate_captions(scene, rngs["captions"], n=CAPTIONS_PER_IMAGE)]
-        t4 = time.perf_counter()
+        t4 = clock()
+        captions = generate_captions(scene, rngs["captions"], n=CAPTIONS_PER_IMAGE)
+        t5 = clock()
+        [tokenize(c) for c in captions]
+        t6 = clock()
         generate_questions(scene, rngs["questions"])
-        t5 = time.perf_counter()
-        for name, seconds in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4),
-                                 strict=True):
+        t7 = clock()
+        for name, seconds in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4,
+                                          t6 - t5, t7 - t6), strict=True):
             totals[name] += seconds
+    records = [(make_image(0, "train", index, size)[1], index) for index in range(images)]
+    start = clock()
+    _Encoded.encode("train", records)
+    totals["record_json"] = clock() - start
     return {name: round(1e6 * seconds / images, 1) for name, seconds in totals.items()}
 
 
@@ -111,14 +150,16 @@ def main() -> None:
         "runs": runs,
         "speedup": {f"{r['workers']}_vs_{runs[0]['workers']}":
                     round(r["images_per_s"] / runs[0]["images_per_s"], 2) for r in runs[1:]},
-        "stage_us_per_image": stage_times(args.stage_images, args.size),
+        "stage_cpu_us_per_image": stage_times(args.stage_images, args.size),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for r in runs:
+        cpu = r["cpu_us_per_image"]
         print(f"{r['workers']} worker(s): {r['images_per_s']:.0f} images/s "
-              f"({r['images']} images in {r['seconds']:.1f} s)")
-    print("stages (us/image, one process):", result["stage_us_per_image"])
+              f"({r['images']} images in {r['seconds']:.1f} s; CPU per image "
+              f"{cpu['user']:.0f} us user + {cpu['system']:.0f} us system)")
+    print("stages (CPU us/image, one process):", result["stage_cpu_us_per_image"])
 
 
 if __name__ == "__main__":
