@@ -610,7 +610,12 @@ def markdown(result: dict[str, Any]) -> str:
     over = result["overload"]
     acc, rej = over["accepted"], over["rejected"]
     mem = result["batched"]["memory"]
+    pinned = offline["pinned"]
+    ceiling = pinned["batched"]["images_per_s"] / pinned["single"]["images_per_s"]
     lines += [
+        "",
+        f"Offline, batches of {pinned['batched']['batch_size']} give {ceiling:.2f}x the images/s "
+        "of one image at a time: the most that batching can add on this model and machine.",
         "",
         f"Overload: Poisson arrivals at {over['target_rate_per_s']:.0f}/s "
         f"({cfg['overload']:g}x saturation; {over['achieved_rate_per_s']:.0f}/s achieved) for "
