@@ -599,7 +599,9 @@ def markdown(result: dict[str, Any]) -> str:
                   f"{_fmt(r['mean_batch'])} | {r['server_cores']:.2f} | "
                   f"{r['client_cores']:.2f} |" for r in rows]
     for row in offline.values():
-        name = f"offline ({row['intra_op_threads'] or 'default'} threads)"
+        threads = row["intra_op_threads"]
+        name = ("offline, ONNX Runtime's default threads" if threads is None
+                else f"offline, {threads} thread{'s' if threads > 1 else ''}")
         single, batched = row["single"], row["batched"]
         lines.append(f"| {name}, one image | – | {single['images_per_s']:.1f} | "
                      f"{_fmt(single['p50_ms'])} | {_fmt(single['p95_ms'])} | "
