@@ -10,13 +10,13 @@ One bundle, one machine, one run:
 - HTTP, batched with another `max_queue_delay_ms` (`--compare-delay-ms`, default 0):
   what waiting for companions costs at low load and buys at high load;
 - overload: open-loop Poisson arrivals at `--overload` x the saturating throughput on
-  a third server with a small queue: how fast 503s come back and whether accepted
+  another server with a small queue: how fast 503s come back and whether accepted
   requests stay within the timeout;
 - memory: the batched server's RSS after warm-up and after `--memory-requests`
   requests.
 
     python benchmarks/serve_load.py                 # full run, about 3 minutes on 2 cores
-    python benchmarks/serve_load.py --quick         # smoke run, about 40 s
+    python benchmarks/serve_load.py --quick         # smoke run, about 50 s
 
 Writes benchmarks/results/serve_load.json and .md (`--out` changes the stem).
 """
