@@ -1,15 +1,21 @@
 # glimpse: two commands on a fresh machine.
-#   make run   - create the environment, generate the shapes world and evaluate it
-#   make test  - create the environment (all extras) and run the test suite
+#   make run   - create .venv-serve (serve extra only, no torch) and start the service
+#                on the committed model repository; the log prints the /docs URL
+#   make test  - create .venv (every extra) and run ruff and the test suite
 PYTHON ?= python3
 VENV ?= .venv
+SERVE_VENV ?= .venv-serve
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# CPU build of PyTorch; a GPU machine installs its CUDA build before `make`.
+# CPU build of PyTorch; on a GPU machine install the CUDA build that suits the
+# driver first, or run `make test TORCH_SPEC=torch==2.13.0` with your index.
 TORCH_SPEC ?= torch==2.13.0
 DATA ?= data/shapes
+HOST ?= 127.0.0.1
+PORT ?= 8000
+REPOSITORY ?= model_repository
 
-.PHONY: run test lint data env env-dev clean
+.PHONY: run serve test lint data models env-dev env-serve clean
 
 $(VENV)/.dev-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +24,19 @@ $(VENV)/.dev-installed: pyproject.toml
 	$(PIP) install --quiet -e ".[serve,train,eval,dev]"
 	touch $@
 
+$(SERVE_VENV)/.serve-installed: pyproject.toml
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SERVE_VENV)/bin/python -m pip install --quiet -e ".[serve]"
+	touch $@
+
 env-dev: $(VENV)/.dev-installed
+env-serve: $(SERVE_VENV)/.serve-installed
 
-data: env-dev
-	$(VENV)/bin/glimpse data shapes --out $(DATA) --num-train 5000 --num-val 500 \
-		--num-test 1000 --num-novel 1000 --size 64 --seed 0
-
-run: data
+# The main job: the service on the committed default repository.
+run serve: env-serve
+	@echo "glimpse: API manual at http://$(HOST):$(PORT)/docs once the models are loaded"
+	$(SERVE_VENV)/bin/glimpse serve --host $(HOST) --port $(PORT) --repository $(REPOSITORY)
 
 test: env-dev
 	$(VENV)/bin/ruff check .
@@ -32,7 +44,15 @@ test: env-dev
 
 lint: env-dev
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+
+# The shapes world the default models are evaluated on.
+data: env-dev
+	$(VENV)/bin/glimpse data shapes --out $(DATA) --num-train 5000 --num-val 500 \
+		--num-test 1000 --num-novel 1000 --size 64 --seed 0
+
+# The default training recipe (encoder, NIC, SAT; export and evaluate into the repository).
+models: env-dev
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/train_recipe.sh
 
 clean:
-	rm -rf $(VENV) data runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(SERVE_VENV) data runs .pytest_cache .ruff_cache

@@ -26,8 +26,9 @@ import torch
 
 from service.captioning import CaptionModel, CaptionRequest
 from service.decoding import beam_search
+from training.checkpoint import checkpoint_dir
 from training.data.readers import load_captions
-from training.export import checkpoint_dir, export_caption, load_caption_model
+from training.export import export_caption, load_caption_model
 from training.onnx_caption import TorchCaptionStep
 
 RESULTS = Path(__file__).parent / "results"

@@ -13,9 +13,11 @@ RUNS_DIR=${RUNS_DIR:-runs/captions}
 DEVICE=${DEVICE:-cuda}
 TIME_LIMIT=${TIME_LIMIT:-3600}
 THREADS=${THREADS:-2}
+NUM_TRAIN=${NUM_TRAIN:-5000}
+EPOCHS=${EPOCHS:-}  # overrides the configs' epoch counts when set
 
 if [ ! -f "$DATA_DIR/captions.json" ]; then
-  $GLIMPSE data shapes --out "$DATA_DIR" --num-train 5000 --num-val 500 --num-test 1000 \
+  $GLIMPSE data shapes --out "$DATA_DIR" --num-train "$NUM_TRAIN" --num-val 500 --num-test 1000 \
     --num-novel 1000 --size 64 --seed 0 --no-progress
 fi
 mkdir -p "$RUNS_DIR"
@@ -32,7 +34,7 @@ for arch in nic sat-soft sat-hard; do
     name=$arch${ln:+-ln}
     OMP_NUM_THREADS=$THREADS timeout -s INT "$TIME_LIMIT" \
       $GLIMPSE train caption --arch "$arch" $ln --data "$DATA_DIR" --out "$RUNS_DIR/$name" \
-      --config "$config" --encoder-init "$ENCODER" --device "$DEVICE" \
+      --config "$config" --encoder-init "$ENCODER" --device "$DEVICE" ${EPOCHS:+--epochs "$EPOCHS"} \
       >"$RUNS_DIR/$name.log" 2>&1 &
     pids+=($!)
   done

@@ -155,8 +155,7 @@ class CaptionTask:
 
 def pretrained_encoder(run_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """Encoder config and weights from a `glimpse train encoder` run (best checkpoint)."""
-    from training.checkpoint import load_config
-    from training.export import checkpoint_dir
+    from training.checkpoint import checkpoint_dir, load_config
 
     ckpt = checkpoint_dir(Path(run_dir))
     config = load_config(ckpt)["model"]

@@ -147,3 +147,15 @@ def load_training_state(path: str | Path, *, optimizer: torch.optim.Optimizer,
     if restore_rng:
         set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, rng_meta)
     return state
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    """The run's best checkpoint, else its last."""
+    for which in ("best", "last"):
+        path = run_dir / "checkpoints" / which
+        if (path / "model.safetensors").exists():
+            return path
+    if (run_dir / "model.safetensors").exists():
+        return run_dir
+    raise FileNotFoundError(f"{run_dir}: no checkpoint (expected checkpoints/best or "
+                            "checkpoints/last with model.safetensors)")

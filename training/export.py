@@ -24,21 +24,9 @@ import numpy as np
 import torch
 
 from service.bundle import NAME_PATTERN, describe_graph, file_sha256, write_manifest
-from training.checkpoint import load_config, load_weights
+from training.checkpoint import checkpoint_dir, load_config, load_weights
 
 DEFAULT_TOP_K = 64
-
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    """The run's best checkpoint, else its last."""
-    for which in ("best", "last"):
-        path = run_dir / "checkpoints" / which
-        if (path / "model.safetensors").exists():
-            return path
-    if (run_dir / "model.safetensors").exists():
-        return run_dir
-    raise FileNotFoundError(f"{run_dir}: no checkpoint (expected checkpoints/best or "
-                            "checkpoints/last with model.safetensors)")
 
 
 def next_version(repository: Path, name: str) -> int:
