@@ -369,7 +369,9 @@ def test_disconnected_caller_leaves_the_queue_before_compute(
 
 def test_concurrent_requests_are_batched(make_client: MakeClient,
                                          repository: Path) -> None:
-    client = make_client(max_batch_size=4, max_queue_delay_ms=200)
+    # The batch fires when the fourth request arrives; the long delay only absorbs a slow
+    # machine, it is not waited out.
+    client = make_client(max_batch_size=4, max_queue_delay_ms=3000)
     offline = CaptionModel.from_bundle(repository / "caption-tiny" / "2")
     images = [sample_png(i) for i in range(4)]
     threads = [in_thread(lambda data=data, i=i: post_file(client, data, model="caption-tiny",
