@@ -246,14 +246,12 @@ class ServiceState:
         return [key for key, m in self.models.items() if m.task == task]
 
     def _default(self, task: str) -> ServedModel:
+        names = sorted({m.bundle.manifest.name for m in self.models.values()
+                        if m.task == task})
+        if not names:
+            raise ModelNotFound(f"no {task} model is served")
         name = self.settings.default_models.get(task)
-        if name is None:
-            names = sorted({m.bundle.manifest.name for m in self.models.values()
-                            if m.task == task})
-            if not names:
-                raise ModelNotFound(f"no {task} model is served")
-            name = names[0]
-        return self.resolve(name, task)
+        return self.resolve(name if name in names else names[0], task)
 
     def is_latest(self, served: ServedModel) -> bool:
         versions = self.versions(served.bundle.manifest.name)

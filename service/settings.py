@@ -66,8 +66,9 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(64, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
     model_overrides: dict[str, ModelSettings] = {}
-    # Task -> model name used when a request names no model (else the first name A-Z).
-    default_models: dict[str, str] = {}
+    # Task -> model name used when a request names no model. When that model is not
+    # served, the first served name A-Z is used.
+    default_models: dict[str, str] = {"caption": "caption-sat"}
 
     # Input limits.
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
