@@ -21,6 +21,7 @@ from types import FrameType
 import uvicorn
 
 from service.app import create_app
+from service.cli_args import add_serve_arguments
 from service.errors import RequestIdLogFilter
 from service.runtime import ServiceState
 from service.settings import Settings
@@ -113,12 +114,7 @@ def run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m service", description=(
         "Serve a glimpse model repository over HTTP (settings: GLIMPSE_* variables)."))
-    p.add_argument("--host", default=None, help="bind address (GLIMPSE_HOST, default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (GLIMPSE_PORT, default 8000)")
-    p.add_argument("--repository", default=None,
-                   help="model repository directory (GLIMPSE_MODEL_REPOSITORY)")
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
-    p.add_argument("--log-level", default=None, help="GLIMPSE_LOG_LEVEL, default info")
+    add_serve_arguments(p)
     return p
 
 

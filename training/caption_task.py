@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from models.caption import CaptionConfig, build_caption_model
 from training.data.readers import CaptionImage, load_captions
 from training.data.tokenizer import WordVocab
-from training.trainer import Trainer, TrainerConfig
+from training.trainer import Trainer, TrainerConfig, config_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,7 @@ class CaptionTaskConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> CaptionTaskConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown caption training settings: {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "caption training")
 
 
 def load_images(dataset_dir: Path, images: list[CaptionImage], size: int) -> torch.Tensor:

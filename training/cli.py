@@ -43,12 +43,9 @@ def _eval_vqa(p: argparse.ArgumentParser) -> None:
 
 
 def _serve(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default=None, help="bind address (GLIMPSE_HOST, default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (GLIMPSE_PORT, default 8000)")
-    p.add_argument("--repository", default=None,
-                   help="model repository directory (GLIMPSE_MODEL_REPOSITORY)")
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
-    p.add_argument("--log-level", default=None, help="GLIMPSE_LOG_LEVEL, default info")
+    from service.cli_args import add_serve_arguments
+
+    add_serve_arguments(p)
 
 
 def _train_caption(p: argparse.ArgumentParser) -> None:

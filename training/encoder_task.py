@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ from models.attributes import AttributeConfig, AttributeTagger
 from training.caption_task import load_images
 from training.data.readers import load_captions
 from training.data.world import COLOURS, SHAPES, SIZES, Scene
-from training.trainer import Trainer, TrainerConfig
+from training.trainer import Trainer, TrainerConfig, config_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,7 @@ class EncoderTaskConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> EncoderTaskConfig:
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown encoder training settings: {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "encoder training")
 
 
 class EncoderTask:

@@ -53,11 +53,15 @@ class TrainerConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainerConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown trainer settings: {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "trainer")
+
+
+def config_from_dict(cls, d: dict, what: str):
+    """`cls(**d)` for a config dataclass, naming any key it does not know."""
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {what} settings: {sorted(unknown)}")
+    return cls(**d)
 
 
 class Task(Protocol):
