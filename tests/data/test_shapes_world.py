@@ -356,3 +356,18 @@ def test_cli_rejects_bad_arguments_with_a_message(tmp_path, capsys, flags, messa
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_load_scenes_names_the_file_and_entry_at_fault(tmp_path):
+    from training.data.readers import DatasetFormatError
+
+    with pytest.raises(DatasetFormatError, match="scenes.json: cannot read"):
+        load_scenes(tmp_path)
+    (tmp_path / "scenes.json").write_text("[1, 2]")
+    with pytest.raises(DatasetFormatError, match="'images' list"):
+        load_scenes(tmp_path)
+    good = {"imgid": 0, "objects": [{"shape": "star", "colour": "red", "size": "large",
+                                     "x": 0.5, "y": 0.5, "radius": 0.16, "rotation": 0.0}]}
+    (tmp_path / "scenes.json").write_text(json.dumps({"images": [good, {"imgid": 1}]}))
+    with pytest.raises(DatasetFormatError, match=r"images\[1\] is not a scene"):
+        load_scenes(tmp_path)

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from training.data.language import generate_captions
 from training.data.questions import generate_questions
+from training.data.readers import DatasetFormatError
 from training.data.render import (
     SUPERSAMPLE,
     encode_png,
@@ -493,12 +494,28 @@ def run(args: argparse.Namespace) -> int:
 
 
 def load_scenes(dataset_dir: str | os.PathLike) -> dict[int, Scene]:
-    """Scenes of a generated world keyed by imgid (boxes and areas are dropped)."""
-    data = json.loads((Path(dataset_dir) / "scenes.json").read_text())
-    return {image["imgid"]: Scene([ShapeObject(**{k: v for k, v in o.items()
-                                                  if k in _OBJECT_FIELDS})
-                                   for o in image["objects"]])
-            for image in data["images"]}
+    """Scenes of a generated world keyed by imgid (boxes and areas are dropped).
+
+    A missing or malformed scenes.json raises DatasetFormatError naming the file
+    and the entry at fault.
+    """
+    path = Path(dataset_dir) / "scenes.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DatasetFormatError(f"{path}: cannot read scenes ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DatasetFormatError(f"{path}: expected an object with an 'images' list")
+    scenes: dict[int, Scene] = {}
+    for i, image in enumerate(data["images"]):
+        try:
+            scenes[image["imgid"]] = Scene([
+                ShapeObject(**{k: v for k, v in o.items() if k in _OBJECT_FIELDS})
+                for o in image["objects"]])
+        except (KeyError, TypeError, AttributeError) as err:
+            raise DatasetFormatError(f"{path}: images[{i}] is not a scene "
+                                     f"({type(err).__name__}: {err})") from None
+    return scenes
 
 
 @dataclass(frozen=True)
