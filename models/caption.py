@@ -18,6 +18,7 @@ includes the regularisers, and its terms are left in `model.loss_terms` for logg
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
@@ -108,7 +109,7 @@ def attention_entropy(alpha: torch.Tensor) -> torch.Tensor:
     return -torch.special.xlogy(alpha, alpha).sum(dim=-1)
 
 
-class CaptionModel(nn.Module):
+class CaptionModel(nn.Module, ABC):
     """What NIC and SAT share: encoder, word embedding, LSTM, the unrolled loop, the loss."""
 
     def __init__(self, config: CaptionConfig, *, lstm_input: int) -> None:
@@ -120,14 +121,14 @@ class CaptionModel(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.loss_terms: dict[str, torch.Tensor] = {}
 
+    @abstractmethod
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, State]:
         """images (B, 3, S, S) in [0, 1] -> context (B, L, D), initial state."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decode(self, tokens: torch.Tensor, state: State, context: torch.Tensor,
                expectation_rows: torch.Tensor | None = None) -> DecodeResult:
         """One step from the previous word: tokens (N,) -> unnormalised logits (N, V)."""
-        raise NotImplementedError
 
     def step(
         self, tokens: torch.Tensor, state: State, context: torch.Tensor
