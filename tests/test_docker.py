@@ -496,11 +496,12 @@ def test_every_recipe_command_parses_with_the_cli():
     ]
     data = parsed[0]
     assert (data.num_train, data.num_val, data.num_test, data.num_novel, data.size, data.seed) \
-        == (5000, 500, 1000, 1000, 64, 0)
+        == (15000, 500, 1000, 1000, 64, 0)
     assert parsed[1].config == "configs/encoder.json"
     assert [(p.arch, p.config) for p in parsed[2:4]] == [
         ("nic", "configs/caption_nic.json"), ("sat-soft", "configs/caption_sat.json")]
     assert {p.encoder_init for p in parsed[2:4]} == {parsed[1].out}
+    assert [(p.layer_norm, p.epochs) for p in parsed[2:4]] == [(False, 5), (True, 5)]
     assert [p.name for p in parsed[4:6]] == ["caption-nic", "caption-sat"]
     assert (parsed[6].split, parsed[6].write_manifest) == ("test", True)
 
