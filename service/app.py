@@ -63,7 +63,8 @@ def load_model(bundle: Bundle, settings: Settings, metrics: ServiceMetrics) -> S
         raise BundleError(bundle.path, f"task {task!r} is not served by this version of glimpse")
     knobs = settings.for_model(bundle.manifest.name)
     graphs = load_graphs(bundle, device=knobs.device, providers=knobs.providers,
-                         intra_op_threads=knobs.intra_op_threads)
+                         intra_op_threads=knobs.intra_op_threads,
+                         allow_spinning=settings.ort_spinning)
     pipeline = PIPELINES[task](bundle, graphs)
     started = time.perf_counter()
     try:

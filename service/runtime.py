@@ -59,12 +59,17 @@ def choose_providers(device: str = "auto", providers: Sequence[str] | None = Non
     return [(CUDA, {"device_id": device_id}), CPU]
 
 
-def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
+def session_options(intra_op_threads: int | None = None, *,
+                    allow_spinning: bool = False) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if intra_op_threads is not None:
         options.intra_op_num_threads = intra_op_threads
+    if not allow_spinning:
+        # Decoding alternates graph runs with NumPy beam-search work on the same cores;
+        # intra-op threads that spin-wait between runs take the CPU that work needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
@@ -97,7 +102,8 @@ def _check_names(bundle: Bundle, key: str, spec: GraphSpec, graph: OnnxGraph) ->
 
 
 def load_graphs(bundle: Bundle, *, device: str = "auto", providers: Sequence[str] | None = None,
-                intra_op_threads: int | None = None) -> dict[str, OnnxGraph]:
+                intra_op_threads: int | None = None,
+                allow_spinning: bool = False) -> dict[str, OnnxGraph]:
     """Create one session per graph of `bundle`, keyed like the manifest's `graphs`."""
     try:
         chosen = choose_providers(device, providers)
@@ -107,7 +113,8 @@ def load_graphs(bundle: Bundle, *, device: str = "auto", providers: Sequence[str
     for key, spec in bundle.manifest.graphs.items():
         try:
             session = ort.InferenceSession(str(bundle.path / spec.file),
-                                           sess_options=session_options(intra_op_threads),
+                                           sess_options=session_options(
+                                               intra_op_threads, allow_spinning=allow_spinning),
                                            providers=chosen)
         except Exception as exc:  # onnxruntime raises its own exception types
             reason = f"onnxruntime cannot load it: {exc}"

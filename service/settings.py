@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     providers: CommaList = []
     device: Device = "auto"
     intra_op_threads: int | None = Field(None, ge=0)
+    # Let idle intra-op threads spin-wait for the next run (ONNX Runtime's default).
+    # Off: between the step graph's runs the cores belong to beam search.
+    ort_spinning: bool = False
 
     # Dynamic batching, per model queue (Triton's dynamic batcher knobs).
     max_batch_size: int = Field(8, ge=1, le=1024)
