@@ -43,6 +43,9 @@ class CaptionTaskConfig:
     # Run directory of `glimpse train encoder`: start the image encoder from its weights
     # (and take its encoder configuration), as the papers start from a trained CNN.
     encoder_init: str | None = None
+    # Run directory of an earlier caption run to continue from (all weights; fine-tuning
+    # with a fresh optimizer and schedule). Its vocabulary must equal this run's.
+    init_from: str | None = None
     trainer: dict = field(default_factory=dict)  # TrainerConfig overrides
 
     @classmethod
@@ -97,13 +100,31 @@ class CaptionTask:
         self.encoder_weights = None
         if config.encoder_init:
             model_cfg["encoder"], self.encoder_weights = pretrained_encoder(config.encoder_init)
+        self.init_weights = None
+        if config.init_from:
+            model_cfg, self.init_weights = self._earlier_run(config.init_from)
         self.caption_config = CaptionConfig(**model_cfg)
 
     # -- Task protocol -------------------------------------------------------
+    def _earlier_run(self, run_dir: str) -> tuple[dict, dict[str, torch.Tensor]]:
+        """Model config and weights of an earlier caption run, checked against this data."""
+        from training.checkpoint import checkpoint_dir, load_config
+
+        ckpt = checkpoint_dir(Path(run_dir))
+        config = load_config(ckpt)["model"]
+        if config.get("task") != "caption":
+            raise ValueError(f"{ckpt}: not a caption run")
+        if config["vocab"] != self.vocab.to_dict():
+            raise ValueError(f"{ckpt}: its vocabulary differs from the one built from "
+                             f"{self.dataset_dir}'s training captions")
+        return config["caption"], load_file(str(ckpt / "model.safetensors"))
+
     def build_model(self) -> torch.nn.Module:
         model = build_caption_model(self.caption_config)
         if self.encoder_weights is not None:
             model.encoder.load_state_dict(self.encoder_weights)
+        if self.init_weights is not None:
+            model.load_state_dict(self.init_weights)
         return model
 
     def model_config(self) -> dict:
@@ -196,6 +217,8 @@ def _task_config_from_args(args) -> CaptionTaskConfig:
         cfg.data = args.data
     if getattr(args, "encoder_init", None):
         cfg.encoder_init = args.encoder_init
+    if getattr(args, "init_from", None):
+        cfg.init_from = args.init_from
     trainer = dict(cfg.trainer)
     for name in ("epochs", "batch_size", "lr", "device", "seed"):
         value = getattr(args, name)

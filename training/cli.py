@@ -56,6 +56,8 @@ def _train_caption(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="JSON file with any of the knobs")
     p.add_argument("--encoder-init", default=None,
                    help="run directory of `glimpse train encoder` to start the encoder from")
+    p.add_argument("--init-from", default=None,
+                   help="caption run directory to fine-tune from (same data and vocabulary)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)

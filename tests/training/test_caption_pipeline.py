@@ -114,3 +114,24 @@ def test_caption_training_runs_unchanged_under_torchrun(world, tmp_path):
     assert sorted((r["rank"], r["steps"]) for r in lines) == [(0, 10), (1, 10)]
     assert json.loads((run / "summary.json").read_text())["steps"] == 10
     assert (run / "checkpoints" / "best" / "model.safetensors").exists()
+
+
+def test_fine_tuning_starts_from_an_earlier_run(trained, world, tmp_path):
+    from safetensors.torch import load_file
+
+    from training.caption_task import CaptionTask, CaptionTaskConfig
+
+    tiny = json.loads(Path(TINY).read_text())
+    task = CaptionTask(CaptionTaskConfig.from_dict(
+        {**tiny, "data": str(world), "init_from": str(trained)}))
+    assert task.caption_config.layer_norm is True  # the earlier run's architecture
+    model = task.build_model()
+    weights = load_file(str(trained / "checkpoints" / "best" / "model.safetensors"))
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, weights[name])
+    other = tmp_path / "other"
+    generate_shapes_world(other, {"train": 3, "val": 2, "test": 2, "novel": 2}, size=64,
+                          seed=9, workers=1, progress=False)
+    with pytest.raises(ValueError, match="vocabulary differs"):
+        CaptionTask(CaptionTaskConfig.from_dict(
+            {**tiny, "data": str(other), "init_from": str(trained)}))
