@@ -2,7 +2,7 @@
 
     with GlimpseClient("http://127.0.0.1:8000", api_key="...") as client:
         answer = client.caption("cat.png", beam_size=5, num_captions=3)
-        print(answer["captions"][0]["text"])
+        best = answer["captions"][0]["text"]
 
 Every non-2xx answer raises `GlimpseAPIError` carrying the status, the error type,
 message and request id of the JSON error body, and the Retry-After delay if any.

@@ -68,7 +68,6 @@ def check_parity(model, bundle_dir: Path, image_size: int, *, seed: int = 0,
         pt_enc = EncoderGraph(model)(torch.from_numpy(images))
     diffs = {f"encoder.{name}": float(np.abs(ort_enc[name] - t.numpy()).max())
              for name, t in zip(("context", "h", "c"), pt_enc, strict=True)}
-    k = step.get_outputs()[0].shape[1]
     n = 5
     feeds = {
         "tokens": rng.integers(0, model.config.vocab_size, n).astype(np.int64),

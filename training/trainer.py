@@ -251,7 +251,7 @@ class Trainer:
             record = {"epoch": state["epoch"], "step": state["step"],
                       "train_seconds": round(state["train_seconds"], 2), **metrics}
             self.history.append(record)
-            log.info("epoch %d: %s", state["epoch"], metrics)
+            log.debug("epoch %d: %s", state["epoch"], metrics)  # the line below shows it
             tqdm.write(f"epoch {state['epoch']}: " + ", ".join(
                 f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, int | float)))
             if writer:
