@@ -56,7 +56,9 @@ class FileSpec(_Strict):
 
 
 class TokenizerSpec(_Strict):
-    type: Literal["word"] = "word"
+    # "word": a WordVocab JSON (captioning, questions, sentences); "char": a
+    # CharAlphabet JSON (the char-CNN-RNN text encoder of text-to-image).
+    type: Literal["word", "char"] = "word"
     file: str = Field(description="key of the vocabulary in the manifest's `files`")
 
 
@@ -107,6 +109,9 @@ class Manifest(_Strict):
     files: dict[str, FileSpec] = Field(default_factory=dict)
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)
     decoding: Decoding | None = None
+    # Task-specific settings read by the task's pipeline (answer count of a VQA
+    # bundle, noise size of a generator, gallery file of a retrieval bundle, ...).
+    inference: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
 
