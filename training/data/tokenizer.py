@@ -17,55 +17,17 @@ from __future__ import annotations
 
 import json
 import logging
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
+from service.text import tokenize
+
 logger = logging.getLogger(__name__)
 
-# Apostrophes join their word ("don't" -> "dont", "man's" -> "mans") as in
-# neuraltalk2; every other punctuation mark separates words, so "red,blue" and
-# "black-footed" do not fuse into one token.
-_APOSTROPHES = frozenset("'\u2019\u2018`\u00b4")
-
-
-def _is_punctuation(ch: str) -> bool:
-    return unicodedata.category(ch).startswith(("P", "S"))
-
-
-class _TokenTranslation(dict):
-    """`str.translate` table of `tokenize`: apostrophes are deleted, other punctuation marks
-    and symbols (Unicode categories P* and S*) become a space, every other character stays.
-
-    Entries are made the first time a character is looked up, so the table holds only the
-    characters seen so far instead of all 1.1 million code points.
-    """
-
-    def __missing__(self, code_point: int) -> str | None:
-        ch = chr(code_point)
-        if ch in _APOSTROPHES:
-            replacement = None
-        elif _is_punctuation(ch):
-            replacement = " "
-        else:
-            replacement = ch
-        self[code_point] = replacement
-        return replacement
-
-
-_TOKEN_TRANSLATION = _TokenTranslation()
-
-
-def tokenize(text: str) -> list[str]:
-    """Lowercase `text`, remove punctuation and split it into words.
-
-    >>> tokenize("A Red circle, left of the big-blue square.")
-    ['a', 'red', 'circle', 'left', 'of', 'the', 'big', 'blue', 'square']
-    """
-    return text.lower().translate(_TOKEN_TRANSLATION).split()
-
+# The tokeniser itself lives in the service (the lowest layer), which splits request
+# text with it; training re-exports it so both sides share one definition.
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK)
