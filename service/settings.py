@@ -71,7 +71,10 @@ class Settings(BaseSettings):
     model_overrides: dict[str, ModelSettings] = {}
     # Task -> model name used when a request names no model. When that model is not
     # served, the first served name A-Z is used.
-    default_models: dict[str, str] = {"caption": "caption-sat"}
+    default_models: dict[str, str] = {
+        "caption": "caption-sat", "vqa": "vqa-updown", "retrieval": "retrieval-vse",
+        "alignment": "align-brnn", "generation": "gan-int-cls",
+    }
 
     # Input limits.
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
