@@ -26,6 +26,9 @@ def _data_shapes(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--min-objects", type=int, default=1, help="fewest objects per image")
+    p.add_argument("--max-objects", type=int, default=4,
+                   help="most objects per image (1: single-object scenes for text-to-image)")
 
 
 def _eval_captions(p: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """Sampling shapes-world scenes.
 
-A scene holds 1-4 objects whose attributes come from the combinations its split
-allows: train, val and test never contain a held-out combination
+A scene holds 1-4 objects (a narrower range on request) whose attributes come
+from the combinations its split allows: train, val and test never contain a held-out combination
 (world.NOVEL_COLOUR_SHAPE, world.NOVEL_SIZE_SHAPE); every `novel` scene contains
 at least one. Placement is by rejection so that every fact the generator states
 about a scene is unambiguous:
@@ -147,9 +147,19 @@ def _place(rng: np.random.Generator, combos: list[Combination]) -> list[ShapeObj
     return [placed[k] for k in range(len(drafts))]
 
 
-def sample_scene(rng: np.random.Generator, split: str) -> Scene:
-    """A valid scene for `split`: the number of objects is uniform in 1..4."""
-    n = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
+def check_object_range(min_objects: int, max_objects: int) -> None:
+    """Raise ValueError unless MIN_OBJECTS <= min_objects <= max_objects <= MAX_OBJECTS."""
+    if not MIN_OBJECTS <= min_objects <= max_objects <= MAX_OBJECTS:
+        raise ValueError(f"objects per image must satisfy {MIN_OBJECTS} <= min <= max <= "
+                         f"{MAX_OBJECTS}, got min {min_objects} and max {max_objects}")
+
+
+def sample_scene(rng: np.random.Generator, split: str, *, min_objects: int = MIN_OBJECTS,
+                 max_objects: int = MAX_OBJECTS) -> Scene:
+    """A valid scene for `split`: the number of objects is uniform in
+    min_objects..max_objects (1..4 by default)."""
+    check_object_range(min_objects, max_objects)
+    n = int(rng.integers(min_objects, max_objects + 1))
     for _ in range(_SCENE_TRIES):
         objects = _place(rng, sample_combinations(rng, split, n))
         if objects is not None:

@@ -47,6 +47,7 @@ from training.data.scenes import (
     OVERLAP_TOLERANCE,
     RADIUS_JITTER,
     RELATION_MARGIN,
+    check_object_range,
     sample_scene,
 )
 from training.data.tokenizer import tokenize
@@ -113,8 +114,11 @@ def _object_dict(obj: ShapeObject) -> dict:
     return {name: getattr(obj, name) for name in _OBJECT_FIELDS}
 
 
-def make_image(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, dict]:
+def make_image(seed: int, split: str, index: int, size: int, *,
+               objects: tuple[int, int] = (MIN_OBJECTS, MAX_OBJECTS)) -> tuple[np.ndarray, dict]:
     """Image `index` of `split`: its pixels and its record.
+
+    `objects` is the (min, max) number of objects per image.
 
     The record holds the objects (scene fields plus the COCO `bbox` [x, y, w, h]
     and `area` of their visible rendered mask), the relations, the class `label`
@@ -122,7 +126,7 @@ def make_image(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray
     captions as (raw, tokens) pairs and the questions.
     """
     rngs = image_streams(seed, split, index)
-    scene = sample_scene(rngs["scene"], split)
+    scene = sample_scene(rngs["scene"], split, min_objects=objects[0], max_objects=objects[1])
     image, visible = render_scene_with_coverage(scene, size, rngs["background"])
     areas = [v.area for v in visible]
     largest = areas.index(max(areas))  # the first largest, as np.argmax
@@ -281,6 +285,7 @@ class _Chunk:
     start: int
     stop: int
     first_imgid: int  # imgid of the split's image 0
+    objects: tuple[int, int] = (MIN_OBJECTS, MAX_OBJECTS)  # (min, max) objects per image
 
 
 def _generate_chunk(chunk: _Chunk) -> _Encoded:
@@ -292,7 +297,8 @@ def _generate_chunk(chunk: _Chunk) -> _Encoded:
     folder = os.path.join(chunk.out_dir, "images", chunk.split)
     records = []
     for index in range(chunk.start, chunk.stop):
-        image, record = make_image(chunk.seed, chunk.split, index, chunk.size)
+        image, record = make_image(chunk.seed, chunk.split, index, chunk.size,
+                                   objects=chunk.objects)
         _write_new_file(os.path.join(folder, record["filename"]),
                         encode_png(image, PNG_COMPRESSION))
         records.append((record, chunk.first_imgid + index))
@@ -311,10 +317,11 @@ def _write_new_file(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-def _chunks(out_dir: Path, counts: dict[str, int], size: int, seed: int) -> list[_Chunk]:
+def _chunks(out_dir: Path, counts: dict[str, int], size: int, seed: int,
+            objects: tuple[int, int]) -> list[_Chunk]:
     first = first_image_ids(counts)
     return [_Chunk(str(out_dir), seed, size, split, start,
-                   min(start + CHUNK_SIZE, counts[split]), first[split])
+                   min(start + CHUNK_SIZE, counts[split]), first[split], objects)
             for split in SPLITS for start in range(0, counts[split], CHUNK_SIZE)]
 
 
@@ -391,12 +398,15 @@ def _vqa_head(split: str) -> dict:
 
 
 def _meta_json(counts: dict[str, int], size: int, seed: int,
-               splits: dict[str, _Encoded]) -> dict:
+               splits: dict[str, _Encoded], objects: tuple[int, int]) -> dict:
+    arguments = {**{f"num_{s}": counts[s] for s in SPLITS}, "size": size, "seed": seed}
+    if objects != (MIN_OBJECTS, MAX_OBJECTS):  # a default world's meta.json stays as it was
+        arguments |= {"min_objects": objects[0], "max_objects": objects[1]}
     return {
         "dataset": "shapes",
         "generator_version": GENERATOR_VERSION,
         # The arguments that determine the output (workers and progress do not).
-        "arguments": {**{f"num_{s}": counts[s] for s in SPLITS}, "size": size, "seed": seed},
+        "arguments": arguments,
         "seed": seed,
         "image_size": size,
         "counts": {
@@ -416,7 +426,7 @@ def _meta_json(counts: dict[str, int], size: int, seed: int,
             },
         },
         "generation": {
-            "objects_per_image": [MIN_OBJECTS, MAX_OBJECTS],
+            "objects_per_image": list(objects),
             "radius_jitter": RADIUS_JITTER,
             "overlap_tolerance": OVERLAP_TOLERANCE,
             "relation_margin": RELATION_MARGIN,
@@ -429,7 +439,7 @@ def _meta_json(counts: dict[str, int], size: int, seed: int,
 
 
 def _write_dataset(out_dir: Path, splits: dict[str, _Encoded], counts: dict[str, int],
-                   size: int, seed: int) -> None:
+                   size: int, seed: int, objects: tuple[int, int]) -> None:
     ordered = [splits[s] for s in SPLITS]
     _write_json_list(out_dir / "captions.json", {"dataset": "shapes"}, "images",
                      [c for e in ordered for c in e.captions])
@@ -441,25 +451,31 @@ def _write_dataset(out_dir: Path, splits: dict[str, _Encoded], counts: dict[str,
                          "annotations", e.annotations)
     _write_json_list(out_dir / "scenes.json", {"image_size": size}, "images",
                      [c for e in ordered for c in e.scenes])
-    meta = _meta_json(counts, size, seed, splits)
+    meta = _meta_json(counts, size, seed, splits, objects)
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def generate_shapes_world(out_dir: str | os.PathLike, counts: dict[str, int], size: int = 64,
-                          seed: int = 0, workers: int = 0, progress: bool = True) -> dict:
+                          seed: int = 0, workers: int = 0, progress: bool = True, *,
+                          min_objects: int = MIN_OBJECTS,
+                          max_objects: int = MAX_OBJECTS) -> dict:
     """Generate the shapes world into `out_dir` and return a summary.
 
     `counts` maps split names to numbers of images (missing splits: 0);
-    `workers` 0 means one process per core. Raises ValueError on bad arguments.
+    `workers` 0 means one process per core; every image holds min_objects to
+    max_objects objects (max_objects=1: single-object scenes, as text-to-image
+    models are trained on). Raises ValueError on bad arguments.
     """
     counts = {split: counts.get(split, 0) for split in SPLITS} | counts
     validate_arguments(counts, size, seed, workers)
+    check_object_range(min_objects, max_objects)
+    objects = (min_objects, max_objects)
     workers = workers or os.cpu_count() or 1
     out = Path(out_dir)
     _prepare_output(out)
     start = time.perf_counter()
-    splits = _run_chunks(_chunks(out, counts, size, seed), workers, progress)
-    _write_dataset(out, splits, counts, size, seed)
+    splits = _run_chunks(_chunks(out, counts, size, seed, objects), workers, progress)
+    _write_dataset(out, splits, counts, size, seed, objects)
     elapsed = time.perf_counter() - start
     total = sum(counts.values())
     return {
@@ -480,7 +496,9 @@ def run(args: argparse.Namespace) -> int:
               "novel": args.num_novel}
     try:
         summary = generate_shapes_world(args.out, counts, size=args.size, seed=args.seed,
-                                        workers=args.workers, progress=not args.no_progress)
+                                        workers=args.workers, progress=not args.no_progress,
+                                        min_objects=getattr(args, "min_objects", MIN_OBJECTS),
+                                        max_objects=getattr(args, "max_objects", MAX_OBJECTS))
     except ValueError as error:
         print(f"glimpse data shapes: error: {error}", file=sys.stderr)
         return 2
