@@ -204,4 +204,4 @@ def symmetric_sje_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, labels: 
     image_means, _ = class_means(image_emb, labels, num_classes)
     loss_v = _one_direction(image_emb, labels, text_means, present)
     loss_t = _one_direction(text_emb, labels, image_means, present)
-    return loss_v + loss_t, {"loss_image": float(loss_v), "loss_text": float(loss_t)}
+    return loss_v + loss_t, {"loss_image": loss_v.item(), "loss_text": loss_t.item()}

@@ -81,6 +81,36 @@ def _train_encoder(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true")
 
 
+def _train_text_encoder(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="single-object shapes world (data/t2i)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--config", default=None, help="JSON file with any of the knobs")
+    p.add_argument("--encoder-init", default=None,
+                   help="run directory of `glimpse train encoder` (the frozen image CNN)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true")
+
+
+def _eval_generation(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="generation bundle (model_repository/NAME/VERSION), or "
+                                "'real' to score the split's own images (the ceiling)")
+    p.add_argument("--data", required=True, help="single-object shapes world (data/t2i)")
+    p.add_argument("--split", choices=["test", "novel"], default="test")
+    p.add_argument("--prompts", type=int, default=200, help="number of prompts")
+    p.add_argument("--samples-per-prompt", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tagger", default="runs/encoder", help="`glimpse train encoder` run")
+    p.add_argument("--text-encoder", default="runs/text-encoder",
+                   help="`glimpse train text-encoder` run (R-precision)")
+    p.add_argument("--out", default=None, help="write the metrics as JSON here")
+    p.add_argument("--grid", default=None, help="save a sample grid PNG here")
+    p.add_argument("--grid-prompts", type=int, default=8, help="rows of the sample grid")
+
+
 def _export(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="training run directory holding a checkpoint")
     p.add_argument("--repository", default="model_repository")
@@ -120,6 +150,16 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, Configure]] = {
         "training.evaluate",
         "evaluate an exported bundle through the service runtime",
         _eval_bundle,
+    ),
+    ("eval", "generation"): (
+        "training.eval_generation",
+        "score generated images: attribute accuracy, IS, FID, R-precision, diversity",
+        _eval_generation,
+    ),
+    ("train", "text-encoder"): (
+        "training.text_encoder_task",
+        "train Reed et al.'s char-CNN-RNN text encoder in a joint embedding",
+        _train_text_encoder,
     ),
     ("train", "caption"): (
         "training.caption_task",
