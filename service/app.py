@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.alignment import AlignmentModel
 from service.batching import Batcher
 from service.bundle import Bundle, BundleError, discover
 from service.captioning import CaptionModel
@@ -33,7 +34,7 @@ from service.errors import (
     install_error_handlers,
     request_id_var,
 )
-from service.routers import captions, health, metrics, models
+from service.routers import alignments, captions, health, metrics, models
 from service.routers.metrics import ServiceMetrics
 from service.runtime import ServedModel, ServiceState, load_graphs, warm_batch_sizes
 from service.settings import Settings
@@ -42,7 +43,7 @@ log = logging.getLogger("service")
 access_log = logging.getLogger("service.access")
 
 # task -> how a bundle of that task becomes a pipeline (a batch function plus warm-up)
-PIPELINES: dict[str, Callable[..., Any]] = {"caption": CaptionModel}
+PIPELINES: dict[str, Callable[..., Any]] = {"caption": CaptionModel, "alignment": AlignmentModel}
 
 DESCRIPTION = """
 Image-language models exported to ONNX, served with ONNX Runtime and dynamic batching.
@@ -218,6 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                           "X-Request-ID"],
                            expose_headers=["X-Request-ID", "Retry-After"])
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
-    for router in (health.router, metrics.router, models.router, captions.router):
+    for router in (health.router, metrics.router, models.router, captions.router,
+                   alignments.router):
         app.include_router(router)
     return app
