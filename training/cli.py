@@ -129,6 +129,34 @@ def _eval_bundle(p: argparse.ArgumentParser) -> None:
                    help="record the metrics in the bundle's manifest")
 
 
+def _train_gan(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variant", choices=["gan", "gan-cls", "gan-int", "gan-int-cls"],
+                   default=None, help="loss of Reed et al. 2016 (default gan-int-cls)")
+    _t2i_arguments(p)
+
+
+def _train_stackgan(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stage", type=int, choices=[1, 2], required=True)
+    p.add_argument("--stage1-run", default=None, help="stage 2: the Stage-I run it refines")
+    _t2i_arguments(p)
+
+
+def _t2i_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="single-object text-to-image set (data/t2i)")
+    p.add_argument("--text-encoder", default=None,
+                   help="run directory of `glimpse train text-encoder` (phi(t), frozen)")
+    p.add_argument("--out", required=True, help="run directory for checkpoints and samples")
+    p.add_argument("--config", default=None, help="JSON file with any of the knobs")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--sample-every", type=int, default=None, help="steps between sample grids")
+    p.add_argument("--save-every", type=int, default=None, help="steps between checkpoints")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true")
+
+
 # (group, name) -> (module implementing run(args), help, argument configuration)
 COMMANDS: dict[tuple[str, str | None], tuple[str, str, Configure]] = {
     ("data", "shapes"): (
@@ -170,6 +198,16 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, Configure]] = {
         "training.encoder_task",
         "pre-train an image encoder on the shapes world's attributes",
         _train_encoder,
+    ),
+    ("train", "gan"): (
+        "training.gan_task",
+        "train a text-to-image GAN (GAN, GAN-CLS, GAN-INT, GAN-INT-CLS)",
+        _train_gan,
+    ),
+    ("train", "stackgan"): (
+        "training.gan_task",
+        "train a StackGAN stage (Stage-I 64 px, Stage-II 128 px)",
+        _train_stackgan,
     ),
     ("export", None): (
         "training.export",
