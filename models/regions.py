@@ -165,10 +165,12 @@ class RegionNet(nn.Module):
         self.encoder = ImageEncoder(config.encoder)
         if config.freeze_encoder:
             self.encoder.requires_grad_(False)
-        fine = config.encoder.channels[-2] if self._has_fine_stage() else 0
+        if config.encoder.backbone != "cnn" or len(config.encoder.channels) < 3:
+            raise ValueError("RegionNet reads the stride-4 stage of the residual CNN encoder "
+                             "(backbone 'cnn' with at least three channel entries)")
         c = config.head_channels
         self.head = nn.Sequential(
-            nn.Conv2d(fine + config.encoder.out_dim, c, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(config.encoder.channels[-2] + config.encoder.out_dim, c, 1), nn.ReLU(),
             nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
             nn.Conv2d(c, 5, 1),  # centre logit, size (w, h), offset (x, y)
         )
@@ -184,9 +186,6 @@ class RegionNet(nn.Module):
         self.feature_dim = config.feature_dim
         self.num_regions = config.max_proposals + 1
 
-    def _has_fine_stage(self) -> bool:
-        return self.config.encoder.backbone == "cnn" and len(self.config.encoder.channels) >= 3
-
     def train(self, mode: bool = True) -> RegionNet:
         super().train(mode)
         if self.config.freeze_encoder:
@@ -194,25 +193,20 @@ class RegionNet(nn.Module):
         return self
 
     def feature_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The encoder's stride-8 annotation map (B, D, S/8, S/8) and the head's input
-        (B, C, S/4, S/4): the residual CNN's stride-4 stage beside the upsampled map."""
+        """The encoder's stride-8 annotation map (B, D, S/8, S/8) and the output of its
+        stride-4 stage (B, C, S/4, S/4): all that the rest of the network reads."""
         enc = self.encoder
         x = (images - enc.mean) / enc.std
-        if self._has_fine_stage():
-            fine = enc.backbone.stages[:-1](enc.backbone.stem(x))  # (B, C4, S/4, S/4)
-            coarse = enc.project(enc.backbone.stages[-1](fine))  # (B, D, S/8, S/8)
-            up = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear",
-                               align_corners=False)
-            return coarse, torch.cat([fine, up], dim=1)
-        coarse = enc.project(enc.backbone(x))
-        h, w = coarse.shape[-2:]
-        return coarse, F.interpolate(coarse, size=(2 * h, 2 * w), mode="bilinear",
-                                     align_corners=False)
+        fine = enc.backbone.stages[:-1](enc.backbone.stem(x))  # (B, C, S/4, S/4)
+        coarse = enc.project(enc.backbone.stages[-1](fine))  # (B, D, S/8, S/8)
+        return coarse, fine
 
-    def predict_maps(self, head_input: torch.Tensor
+    def predict_maps(self, coarse: torch.Tensor, fine: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Centre logits (B, 1, h, w), box size in cells (B, 2, h, w), offset in cells."""
-        out = self.head(head_input)
+        """Centre logits (B, 1, h, w), box size in cells (B, 2, h, w) and offset in cells,
+        on the stride-4 grid: small objects get cells of their own there."""
+        up = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        out = self.head(torch.cat([fine, up], dim=1))
         size = F.softplus(out[:, 1:3])
         offset = torch.sigmoid(out[:, 3:5])
         return out[:, :1], size, offset
@@ -238,8 +232,8 @@ class RegionNet(nn.Module):
 
     def forward(self, images: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        coarse, head_input = self.feature_maps(images)
-        boxes, scores = self.propose(*self.predict_maps(head_input))  # (B, k, 4), (B, k)
+        coarse, fine = self.feature_maps(images)
+        boxes, scores = self.propose(*self.predict_maps(coarse, fine))  # (B, k, 4), (B, k)
         B = images.shape[0]
         whole = torch.tensor([0.0, 0.0, 1.0, 1.0], device=images.device, dtype=boxes.dtype)
         boxes = torch.cat([boxes, whole.expand(B, 1, 4)], dim=1)  # (B, R, 4)
@@ -250,10 +244,10 @@ class RegionNet(nn.Module):
              ) -> tuple[torch.Tensor, dict[str, float]]:
         """Detection and attribute loss for [0, 1] images; see `loss_from_maps`."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
-            coarse, head_input = self.feature_maps(images)
-        return self.loss_from_maps(coarse, head_input, targets)
+            coarse, fine = self.feature_maps(images)
+        return self.loss_from_maps(coarse, fine, targets)
 
-    def loss_from_maps(self, coarse: torch.Tensor, head_input: torch.Tensor,
+    def loss_from_maps(self, coarse: torch.Tensor, fine: torch.Tensor,
                        targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss given `feature_maps` output (precomputed when the encoder is frozen).
 
@@ -264,7 +258,7 @@ class RegionNet(nn.Module):
         (Eq. 2-3), and the attribute cross-entropy of the ground-truth regions.
         """
         cfg = self.config
-        logits, size, offset = self.predict_maps(head_input)
+        logits, size, offset = self.predict_maps(coarse, fine)
         h, w = logits.shape[-2:]
         boxes, valid = targets["boxes"], targets["valid"]
         validf = valid.to(boxes.dtype)

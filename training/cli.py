@@ -157,6 +157,29 @@ def _t2i_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true")
 
 
+def _train_regions(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="shapes world directory (scenes.json)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--encoder-init", default=None,
+                   help="run directory of `glimpse train encoder` (its encoder stays frozen)")
+    p.add_argument("--config", default=None, help="JSON file with any of the knobs")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true")
+
+
+def _features_regions(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run directory of `glimpse train regions`")
+    p.add_argument("--data", required=True,
+                   help="dataset directory; writes DATA/features/regions/SPLIT.npz")
+    p.add_argument("--splits", nargs="+", default=["train", "val", "test", "novel"])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default=None)
+
+
 # (group, name) -> (module implementing run(args), help, argument configuration)
 COMMANDS: dict[tuple[str, str | None], tuple[str, str, Configure]] = {
     ("data", "shapes"): (
@@ -208,6 +231,16 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, Configure]] = {
         "training.gan_task",
         "train a StackGAN stage (Stage-I 64 px, Stage-II 128 px)",
         _train_stackgan,
+    ),
+    ("train", "regions"): (
+        "training.region_task",
+        "train bottom-up region proposals and features on a frozen encoder",
+        _train_regions,
+    ),
+    ("features", "regions"): (
+        "training.region_task",
+        "write a region run's boxes and features for dataset splits (features/regions)",
+        _features_regions,
     ),
     ("export", None): (
         "training.export",
