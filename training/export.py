@@ -168,7 +168,7 @@ def attention_grid(model, image_size: int) -> list[int]:
 # signature of `export_caption`. Imported only when that kind of run is exported.
 EXPORTERS: dict[str, str] = {
     "caption": "training.export:export_caption",
-    "generation": "training.export_generation:export_generation",
+    "alignment": "training.export_alignment:export_alignment",
 }
 
 

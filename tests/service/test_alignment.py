@@ -80,17 +80,21 @@ def test_score_matrix_is_eq8_with_masks():
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """align-tiny/1 (exported from tiny random models) beside a caption bundle."""
-    root = tmp_path_factory.mktemp("alignment_repository")
+def torch_models() -> tuple[AlignmentModel, RegionNet]:
     torch.manual_seed(0)
-    vocab = WordVocab(WORDS)
-    model = AlignmentModel(AlignmentConfig(vocab_size=len(vocab), feature_dim=12, embed_dim=8,
-                                           hidden_dim=8, joint_dim=8))
+    model = AlignmentModel(AlignmentConfig(vocab_size=len(WORDS) + 4, feature_dim=12,
+                                           embed_dim=8, hidden_dim=8, joint_dim=8))
     net = RegionNet(RegionConfig(encoder={"out_dim": 8, "channels": [8, 8, 8]},
                                  feature_dim=12, max_proposals=3))
-    write_alignment_bundle(model, net, vocab, root / "align-tiny" / "1", image_size=32,
-                           max_words=MAX_WORDS, beta=0.5)
+    return model.eval(), net.eval()
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory, torch_models) -> Path:
+    """align-tiny/1 (exported from tiny random models, parity checked) beside a caption bundle."""
+    root = tmp_path_factory.mktemp("alignment_repository")
+    write_alignment_bundle(*torch_models, WordVocab(WORDS), root / "align-tiny" / "1",
+                           image_size=32, max_words=MAX_WORDS, beta=0.5)
     build_caption_bundle(root, "caption-tiny", 1)
     return root
 
@@ -109,6 +113,25 @@ def api(repository: Path):
 
 
 SENTENCE = "A red circle, left of the big blue square"
+
+
+def test_graphs_match_pytorch_at_batch_sizes_unseen_at_export(offline, torch_models):
+    model, net = torch_models
+    images = np.random.default_rng(7).random((5, 3, 32, 32), dtype=np.float32)
+    regions = offline.encode_images(images)
+    with torch.no_grad():
+        boxes, scores, features = net(torch.from_numpy(images))
+        expected = model.regions(features).numpy()
+    assert regions["region_vectors"].shape == (5, 4, 8)
+    np.testing.assert_allclose(regions["boxes"], boxes.numpy(), atol=1e-5)
+    np.testing.assert_allclose(regions["region_vectors"], expected, atol=1e-4)
+    ids = [[4, 5, 6], [7, 8, 9, 10, 11, 12, 13], [4], [13] * MAX_WORDS]
+    words, lengths = offline.encode_texts(ids)
+    assert words.shape == (4, MAX_WORDS, 8) and lengths.tolist() == [3, 7, 1, MAX_WORDS]
+    for row, (got, n) in enumerate(zip(words, lengths, strict=True)):
+        with torch.no_grad():
+            solo = model.words(torch.tensor([ids[row]]), torch.tensor([n]))[0].numpy()
+        np.testing.assert_allclose(got[:n], solo, atol=1e-5)
 
 
 def test_offline_alignment_is_consistent(offline):
