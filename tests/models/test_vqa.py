@@ -1,0 +1,99 @@
+"""The top-down VQA model on random region features (Anderson et al. 2018, §3.3)."""
+
+import torch
+import torch.nn.functional as F
+
+from models.vqa import GatedTanh, UpDownVqa, VqaConfig, soft_score_loss
+
+B, R, FEAT, V, A = 3, 5, 12, 20, 7
+
+
+def tiny(**overrides) -> UpDownVqa:
+    torch.manual_seed(0)
+    config = VqaConfig(vocab_size=V, num_answers=A, feature_dim=FEAT, embed_dim=8,
+                       question_dim=16, attention_dim=16, joint_dim=24, **overrides)
+    return UpDownVqa(config).eval()
+
+
+def inputs(seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(B, R, 2, generator=g) * 0.5
+    boxes = torch.cat([xy, xy + 0.1 + torch.rand(B, R, 2, generator=g) * 0.4], dim=-1)
+    return {"features": torch.randn(B, R, FEAT, generator=g), "boxes": boxes,
+            "scores": torch.rand(B, R, generator=g),
+            "question": torch.randint(4, V, (B, 6), generator=g),
+            "question_length": torch.tensor([6, 2, 4])}
+
+
+def test_gated_tanh_is_tanh_times_sigmoid_gate():
+    torch.manual_seed(0)
+    layer = GatedTanh(5, 3)
+    x = torch.randn(4, 5)
+    w, b = layer.proj.weight, layer.proj.bias
+    expected = torch.tanh(x @ w[:3].T + b[:3]) * torch.sigmoid(x @ w[3:].T + b[3:])
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_shapes_and_attention_is_a_distribution_over_regions():
+    model = tiny()
+    logits, attention, loss = model(**inputs())
+    assert logits.shape == (B, A) and attention.shape == (B, R) and loss is None
+    torch.testing.assert_close(attention.sum(1), torch.ones(B))
+    assert (attention > 0).all()
+
+
+def test_padding_after_the_question_length_changes_nothing():
+    model = tiny()
+    x = inputs()
+    padded = dict(x, question=torch.cat([x["question"], torch.zeros(B, 4, dtype=torch.long)],
+                                        dim=1))
+    junk = x["question"].clone()
+    junk[1, 2:] = 5  # words past question 1's length of 2
+    with torch.no_grad():
+        ref = model(**x)[0]
+        torch.testing.assert_close(model(**padded)[0], ref)
+        torch.testing.assert_close(model(**dict(x, question=junk))[0], ref)
+        alone = model(**{k: v[1:2] for k, v in dict(x, question=x["question"][:, :2]).items()})
+    torch.testing.assert_close(alone[0], ref[1:2])
+
+
+def test_masked_regions_get_no_attention_and_do_not_matter():
+    model = tiny(glimpses=1)
+    x = inputs()
+    mask = torch.ones(B, R, dtype=torch.bool)
+    mask[0, 3:] = False
+    with torch.no_grad():
+        logits, attention, _ = model(**x, region_mask=mask)
+        changed = dict(x, features=x["features"].clone())
+        changed["features"][0, 3:] = 100.0
+        logits2, _, _ = model(**changed, region_mask=mask)
+    assert attention[0, 3:].eq(0).all()
+    torch.testing.assert_close(attention[0, :3].sum(), torch.tensor(1.0))
+    torch.testing.assert_close(logits2, logits)
+
+
+def test_geometry_reaches_the_answer_only_when_enabled():
+    x = inputs()
+    moved = dict(x, boxes=x["boxes"].flip(1), scores=x["scores"].flip(1))
+    with torch.no_grad():
+        with_geometry = tiny(geometry=True)
+        assert not torch.allclose(with_geometry(**x)[0], with_geometry(**moved)[0])
+        without = tiny(geometry=False)
+        torch.testing.assert_close(without(**x)[0], without(**moved)[0])
+
+
+def test_loss_is_bce_summed_over_answers_and_trains():
+    model = tiny(dropout=0.0).train()
+    x = inputs()
+    targets = torch.zeros(B, A)
+    targets[0, 2], targets[1, 0], targets[2, 5] = 1.0, 1.0, 2 / 3
+    logits, _, loss = model(**x, targets=targets)
+    manual = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / B
+    torch.testing.assert_close(loss, manual)
+    torch.testing.assert_close(soft_score_loss(logits, targets), manual)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        optimizer.zero_grad()
+        model(**x, targets=targets)[2].backward()
+        optimizer.step()
+    assert model(**x, targets=targets)[2] < 0.5 * loss

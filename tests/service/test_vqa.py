@@ -1,0 +1,308 @@
+"""POST /v1/vqa in process, on a tiny random-weight vqa bundle built with onnx.helper.
+
+The graph honours the vqa.onnx contract (service/vqa.py) without any training code:
+three fixed regions (left half, right half, whole image) described by their mean
+colour, a bag-of-words question vector, dot-product attention between them, and
+sigmoid answer scores from the attended colour and the question.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from fastapi.testclient import TestClient
+from onnx import TensorProto, helper, numpy_helper
+from tiny_bundle import build_caption_bundle, sample_png
+
+from service.app import create_app
+from service.bundle import describe_graph, file_sha256, write_manifest
+from service.settings import Settings
+from service.vqa import VqaModel
+
+IMAGE_SIZE = 16
+E = 8  # question vector size
+WORDS = ["what", "color", "is", "the", "circle", "square", "how", "many", "are", "there",
+         "left", "of", "a", "red", "squares", "circles"]
+TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>", *WORDS]
+ANSWERS = ["yes", "no", "red", "green", "blue", "1", "2", "circle"]
+BOXES = [[0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]]
+MAX_QUESTION_LENGTH = 8
+PNG = sample_png(3)
+
+
+def _init(name: str, array: np.ndarray) -> TensorProto:
+    return numpy_helper.from_array(array, name)
+
+
+def vqa_graph(rng: np.random.Generator) -> onnx.ModelProto:
+    half = IMAGE_SIZE // 2
+    nodes = [
+        # regions v (B, 3, 3): mean colour of the left half, the right half, the whole image
+        helper.make_node("AveragePool", ["image"], ["halves"], kernel_shape=[IMAGE_SIZE, half],
+                         strides=[IMAGE_SIZE, half]),
+        helper.make_node("Reshape", ["halves", "halves_shape"], ["halves3"]),
+        helper.make_node("Transpose", ["halves3"], ["sides"], perm=[0, 2, 1]),
+        helper.make_node("ReduceMean", ["sides", "axis1"], ["whole"], keepdims=1),
+        helper.make_node("Concat", ["sides", "whole"], ["v"], axis=1),
+        # q (B, E): mean embedding of the question's words (<pad> embeds to zero)
+        helper.make_node("Gather", ["embedding", "question"], ["words"], axis=0),
+        helper.make_node("ReduceSum", ["words", "axis1"], ["word_sum"], keepdims=0),
+        helper.make_node("Cast", ["question_length"], ["length_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["length_f", "axis1"], ["length_col"]),
+        helper.make_node("Div", ["word_sum", "length_col"], ["q"]),
+        # attention over the regions, attended colour, scores
+        helper.make_node("MatMul", ["v", "w_v"], ["keys"]),
+        helper.make_node("Unsqueeze", ["q", "axis2"], ["q3"]),
+        helper.make_node("MatMul", ["keys", "q3"], ["logits3"]),
+        helper.make_node("Squeeze", ["logits3", "axis2"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["attention"], axis=1),
+        helper.make_node("Unsqueeze", ["attention", "axis1"], ["attention3"]),
+        helper.make_node("MatMul", ["attention3", "v"], ["v_hat3"]),
+        helper.make_node("Squeeze", ["v_hat3", "axis1"], ["v_hat"]),
+        helper.make_node("MatMul", ["v_hat", "w_ov"], ["from_v"]),
+        helper.make_node("MatMul", ["q", "w_oq"], ["from_q"]),
+        helper.make_node("Add", ["from_v", "from_q"], ["answer_logits"]),
+        helper.make_node("Sigmoid", ["answer_logits"], ["answer_scores"]),
+        # boxes (B, 3, 4): the fixed boxes for every image
+        helper.make_node("Shape", ["image"], ["image_shape"], end=1),
+        helper.make_node("Concat", ["image_shape", "box_dims"], ["boxes_shape"], axis=0),
+        helper.make_node("Expand", ["box_table", "boxes_shape"], ["boxes"]),
+    ]
+    embedding = rng.normal(0, 1.0, (len(TOKENS), E)).astype(np.float32)
+    embedding[0] = 0.0
+    inits = [
+        _init("halves_shape", np.array([0, 3, 2], dtype=np.int64)),
+        _init("axis1", np.array([1], dtype=np.int64)),
+        _init("axis2", np.array([2], dtype=np.int64)),
+        _init("embedding", embedding),
+        _init("w_v", rng.normal(0, 3.0, (3, E)).astype(np.float32)),
+        _init("w_ov", rng.normal(0, 3.0, (3, len(ANSWERS))).astype(np.float32)),
+        _init("w_oq", rng.normal(0, 1.0, (E, len(ANSWERS))).astype(np.float32)),
+        _init("box_dims", np.array([3, 4], dtype=np.int64)),
+        _init("box_table", np.array([BOXES], dtype=np.float32)),
+    ]
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    graph = helper.make_graph(
+        nodes, "vqa",
+        [helper.make_tensor_value_info("image", f32, ["batch", 3, IMAGE_SIZE, IMAGE_SIZE]),
+         helper.make_tensor_value_info("question", i64, ["batch", "words"]),
+         helper.make_tensor_value_info("question_length", i64, ["batch"])],
+        [helper.make_tensor_value_info("answer_scores", f32, ["batch", len(ANSWERS)]),
+         helper.make_tensor_value_info("attention", f32, ["batch", 3]),
+         helper.make_tensor_value_info("boxes", f32, ["batch", 3, 4])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def build_vqa_bundle(repository: Path, name: str = "vqa-tiny", version: int = 1, *,
+                     seed: int = 0) -> Path:
+    """Write model_repository/NAME/VERSION with vqa.onnx, vocab.json, answers.json."""
+    bundle = Path(repository) / name / str(version)
+    bundle.mkdir(parents=True)
+    onnx.save(vqa_graph(np.random.default_rng(seed)), bundle / "vqa.onnx")
+    (bundle / "vocab.json").write_text(json.dumps({"type": "word", "tokens": TOKENS,
+                                                   "min_count": 1}))
+    (bundle / "answers.json").write_text(json.dumps({"type": "answers", "answers": ANSWERS}))
+    write_manifest(bundle, {
+        "name": name, "version": version, "task": "vqa", "architecture": "updown-tiny",
+        "created": datetime(2025, 1, 1, tzinfo=UTC).isoformat(),
+        "graphs": {"vqa": describe_graph(bundle, "vqa.onnx")},
+        "files": {key: {"file": f"{key}.json", "sha256": file_sha256(bundle / f"{key}.json")}
+                  for key in ("vocab", "answers")},
+        "preprocessing": {"image_size": IMAGE_SIZE,
+                          "tokenizer": {"type": "word", "file": "vocab"}},
+        "inference": {"answers": "answers", "max_question_length": MAX_QUESTION_LENGTH},
+        "metrics": {"test": {"overall": 0.0}},
+    })
+    return bundle
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def vqa_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """vqa-tiny (versions 1 and 2), vqa-other, and a caption model."""
+    root = tmp_path_factory.mktemp("vqa_repository")
+    build_vqa_bundle(root, "vqa-tiny", 1, seed=0)
+    build_vqa_bundle(root, "vqa-tiny", 2, seed=1)
+    build_vqa_bundle(root, "vqa-other", 1, seed=2)
+    build_caption_bundle(root, "caption-tiny", 1, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def vqa_api(vqa_repository: Path) -> Iterator[TestClient]:
+    settings = Settings(model_repository=vqa_repository,
+                        default_models={"vqa": "vqa-tiny"}, max_queue_delay_ms=0)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def ask(client: TestClient, question: str = "what color is the circle?", data: bytes = PNG,
+        **fields: object):
+    form = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in fields.items()}
+    return client.post("/v1/vqa", files={"file": ("x.png", data, "image/png")},
+                       data={"question": question, **form})
+
+
+def ask_json(client: TestClient, data: bytes = PNG, **fields: object):
+    return client.post("/v1/vqa", json={"image": base64.b64encode(data).decode(), **fields})
+
+
+def assert_error(response, status: int, error_type: str, *words: str) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["type"] == error_type
+    for word in words:
+        assert word in error["message"], error["message"]
+
+
+# ---------------------------------------------------------------------------- pipeline
+
+
+def test_batched_answers_equal_solo_answers(vqa_repository: Path) -> None:
+    model = VqaModel.from_bundle(vqa_repository / "vqa-tiny" / "2")
+    questions = ["what color is the circle", "how many squares are there",
+                 "is a red circle left of the square", "what"]
+    requests = [model.request(sample_png(i), q, top_k=len(ANSWERS), return_attention=True)
+                for i, q in enumerate(questions)]
+    batched = model.run_batch(requests)
+    for request, together in zip(requests, batched, strict=True):
+        alone = model.run_batch([request])[0]
+        assert [a.answer for a in together.answers] == [a.answer for a in alone.answers]
+        np.testing.assert_allclose([a.score for a in together.answers],
+                                   [a.score for a in alone.answers], atol=1e-6)
+        np.testing.assert_allclose([r.weight for r in together.attention],
+                                   [r.weight for r in alone.attention], atol=1e-6)
+    scores = [a.score for a in batched[0].answers]
+    assert scores == sorted(scores, reverse=True) and len(scores) == len(ANSWERS)
+    assert sum(r.weight for r in batched[0].attention) == pytest.approx(1.0, abs=1e-5)
+    assert [r.box for r in batched[0].attention] == [tuple(b) for b in BOXES]
+
+
+def test_question_encoding_refuses_what_it_cannot_read(vqa_repository: Path) -> None:
+    from service.errors import InvalidParameter
+
+    model = VqaModel.from_bundle(vqa_repository / "vqa-tiny" / "1")
+    assert model.encode_question("What color is the circle?") == tuple(
+        TOKENS.index(w) for w in ["what", "color", "is", "the", "circle"])
+    with pytest.raises(InvalidParameter, match="'zebra', 'purple', 'or' are not in the vocabulary"):
+        model.encode_question("is the zebra purple or a zebra")
+    with pytest.raises(InvalidParameter, match="has no words"):
+        model.encode_question(" ?! ")
+    with pytest.raises(InvalidParameter, match="9 words; model vqa-tiny/1 reads at most 8"):
+        model.encode_question("what " * 9)
+
+
+# ---------------------------------------------------------------------------- HTTP
+
+
+def test_answers_equal_the_offline_pipeline(vqa_api: TestClient, vqa_repository: Path) -> None:
+    response = ask(vqa_api, "how many circles are there?", top_k=4)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    offline = VqaModel.from_bundle(vqa_repository / "vqa-tiny" / "2").answer(
+        PNG, "how many circles are there?", top_k=4)
+    assert body["model"] == "vqa-tiny/2"
+    assert body["question"] == "how many circles are there?"
+    assert [a["answer"] for a in body["answers"]] == [a.answer for a in offline.answers]
+    assert [a["score"] for a in body["answers"]] == pytest.approx(
+        [a.score for a in offline.answers], abs=1e-6)
+    assert "attention" not in body
+
+
+def test_json_and_multipart_give_the_same_answer(vqa_api: TestClient) -> None:
+    multipart = ask(vqa_api, "what color is the square", model="vqa-other")
+    as_json = ask_json(vqa_api, question="what color is the square", model="vqa-other")
+    assert multipart.status_code == as_json.status_code == 200
+    assert multipart.json() == as_json.json()
+    assert multipart.json()["model"] == "vqa-other/1"
+    assert len(multipart.json()["answers"]) == 3  # the default top_k
+
+
+def test_attention_boxes_are_in_pixels_of_the_upload(vqa_api: TestClient) -> None:
+    wide = sample_png(5, size=32)  # 32 x 32 upload, the model reads 16 x 16
+    body = ask(vqa_api, "what color is the circle", data=wide, return_attention=True,
+               model="vqa-tiny/1").json()
+    assert [r["box"] for r in body["attention"]] == [[0.0, 0.0, 16.0, 32.0],
+                                                     [16.0, 0.0, 32.0, 32.0],
+                                                     [0.0, 0.0, 32.0, 32.0]]
+    weights = [r["weight"] for r in body["attention"]]
+    assert sum(weights) == pytest.approx(1.0, abs=1e-5) and min(weights) > 0
+
+
+def test_model_selection_and_unknown_models(vqa_api: TestClient) -> None:
+    assert ask(vqa_api, model="vqa-tiny/1").json()["model"] == "vqa-tiny/1"
+    assert_error(ask(vqa_api, model="vqa-missing"), 404, "model_not_found", "vqa-tiny/2")
+    assert_error(ask(vqa_api, model="caption-tiny"), 422, "invalid_parameter",
+                 "is a caption model")
+    models = {m["id"]: m["task"] for m in vqa_api.get("/v1/models").json()["models"]}
+    assert models["vqa-tiny/2"] == "vqa" and models["caption-tiny/1"] == "caption"
+
+
+@pytest.mark.parametrize(("fields", "words"), [
+    ({"question": "what colour is the circle"}, ["'colour' is not in the vocabulary"]),
+    ({"question": "?"}, ["has no words"]),
+    ({"question": "what is " * 5}, ["10 words", "at most 8"]),
+    ({"question": ""}, ["question"]),
+    ({"question": "what", "top_k": 0}, ["top_k"]),
+    ({"question": "what", "top_k": 21}, ["top_k"]),
+    ({"question": "what", "top_k": 9}, ["top_k must be between 1 and 8"]),
+    ({"question": "what", "beam_size": 3}, ["beam_size"]),
+])
+def test_bad_parameters_are_422_naming_them(vqa_api: TestClient, fields: dict,
+                                            words: list[str]) -> None:
+    assert_error(ask_json(vqa_api, **fields), 422, "invalid_parameter", *words)
+
+
+def test_missing_question_image_or_bad_media(vqa_api: TestClient) -> None:
+    missing = vqa_api.post("/v1/vqa", files={"file": ("x.png", PNG, "image/png")})
+    assert_error(missing, 422, "invalid_parameter", "question")
+    assert_error(vqa_api.post("/v1/vqa", json={"question": "what"}), 422,
+                 "invalid_parameter", "image")
+    assert_error(ask(vqa_api, data=b"not an image"), 415, "unsupported_media_type")
+    assert_error(vqa_api.post("/v1/vqa", content=b"x", headers={"content-type": "text/plain"}),
+                 415, "unsupported_media_type")
+
+
+def test_full_queue_is_503(vqa_repository: Path) -> None:
+    settings = Settings(model_repository=vqa_repository, max_batch_size=1, max_queue_size=1,
+                        max_queue_delay_ms=0)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        served = client.app.state.service.models["vqa-tiny/2"]
+        release, started = threading.Event(), threading.Event()
+        original = served.batcher.infer
+
+        def held(requests):
+            started.set()
+            release.wait(10)
+            return original(requests)
+
+        served.batcher.infer = held
+        out: list = []
+        first = threading.Thread(target=lambda: out.append(ask(client, model="vqa-tiny")))
+        first.start()
+        assert started.wait(10)
+        second = threading.Thread(target=lambda: out.append(ask(client, model="vqa-tiny")))
+        second.start()
+        while len(served.batcher.queue) < 1:
+            threading.Event().wait(0.002)
+        refused = ask(client, model="vqa-tiny")
+        release.set()
+        first.join(10)
+        second.join(10)
+    assert_error(refused, 503, "overloaded")
+    assert refused.headers["retry-after"] == "1"
+    assert [r.status_code for r in out] == [200, 200]

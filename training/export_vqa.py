@@ -1,0 +1,173 @@
+"""Export of a VQA run: one ONNX graph with the frozen region detector inside.
+
+    model_repository/NAME/VERSION/
+        manifest.json  task "vqa"; inference {"answers": "answers", "max_question_length"}
+        vqa.onnx       image [batch, 3, S, S] in [0, 1], question [batch, T] int64
+                       (right-padded word ids), question_length [batch] int64
+                       -> answer_scores [batch, A] (sigmoid scores s), attention
+                          [batch, R] (alpha, mean over glimpses), boxes [batch, R, 4]
+                          (normalised x0, y0, x1, y1)
+        vocab.json     question words (WordVocab JSON)
+        answers.json   {"type": "answers", "answers": [...]}: row a of answer_scores
+
+Training reads region features precomputed by the detector of `regions_run`; the
+graph recomputes them from the image with that same detector, so the service
+takes a plain image. The export is followed by a parity check of ONNX Runtime
+against PyTorch on fresh random inputs and refuses to write a bundle that fails it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from models.regions import RegionNet
+from models.vqa import UpDownVqa, VqaConfig
+from service.bundle import NAME_PATTERN, describe_graph, file_sha256, write_manifest
+from training.checkpoint import checkpoint_dir, load_config, load_weights
+from training.data.tokenizer import WordVocab
+from training.export import next_version
+from training.onnx_caption import DEFAULT_OPSET, _onnx_export
+
+GRAPH_FILE = "vqa.onnx"
+INPUTS = ("image", "question", "question_length")
+OUTPUTS = ("answer_scores", "attention", "boxes")
+
+
+class VqaGraph(nn.Module):
+    """Region detector + top-down VQA model: the contract of vqa.onnx."""
+
+    def __init__(self, regions: RegionNet, vqa: UpDownVqa) -> None:
+        super().__init__()
+        self.regions = regions
+        self.vqa = vqa
+
+    def forward(self, image: torch.Tensor, question: torch.Tensor,
+                question_length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        boxes, scores, features = self.regions(image)  # (B, R, 4), (B, R), (B, R, F)
+        logits, attention, _ = self.vqa(features, boxes, scores, question, question_length)
+        return torch.sigmoid(logits), attention, boxes
+
+
+def load_vqa_run(ckpt: Path) -> tuple[UpDownVqa, WordVocab, list[str], dict]:
+    """The trained model (eval mode), its question vocabulary, answers and config."""
+    config = load_config(ckpt)
+    model_cfg = config["model"]
+    if model_cfg.get("task") != "vqa":
+        raise ValueError(f"{ckpt}: task {model_cfg.get('task')!r} is not a VQA model")
+    model = UpDownVqa(VqaConfig.from_dict(model_cfg["vqa"]))
+    load_weights(model, ckpt)
+    model.eval()
+    return model, WordVocab.from_dict(model_cfg["vocab"]), list(model_cfg["answers"]), config
+
+
+def export_vqa_graph(graph: VqaGraph, path: Path, image_size: int,
+                     opset: int = DEFAULT_OPSET) -> None:
+    """Write vqa.onnx with symbolic batch and question length."""
+    graph.eval()
+    # Example sizes above 1, so that torch.export specialises neither dimension.
+    vocab_size = graph.vqa.config.vocab_size
+    image = torch.rand(2, 3, image_size, image_size)
+    question = torch.randint(4, vocab_size, (2, 5)) if vocab_size > 4 else torch.zeros(
+        2, 5, dtype=torch.long)
+    length = torch.tensor([5, 3])
+    batch, words = torch.export.Dim("batch"), torch.export.Dim("words")
+    dynamic = {"image": {0: batch}, "question": {0: batch, 1: words},
+               "question_length": {0: batch}}
+    _onnx_export(graph, (image, question, length), path, INPUTS, OUTPUTS, dynamic, opset)
+
+
+def check_parity(graph: VqaGraph, path: Path, image_size: int, *, seed: int = 0,
+                 atol: float = 1e-4) -> dict[str, float]:
+    """Max |ONNX Runtime - PyTorch| of each output on fresh random inputs of new sizes."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batch, words = 3, 7
+    feeds = {
+        "image": rng.random((batch, 3, image_size, image_size), dtype=np.float32),
+        "question": rng.integers(0, graph.vqa.config.vocab_size, (batch, words)),
+        "question_length": np.array([words, 1, 4], dtype=np.int64),
+    }
+    got = dict(zip(OUTPUTS, session.run(list(OUTPUTS), feeds), strict=True))
+    with torch.no_grad():
+        want = graph(*(torch.from_numpy(feeds[name]) for name in INPUTS))
+    diffs = {name: float(np.abs(got[name] - w.numpy()).max())
+             for name, w in zip(OUTPUTS, want, strict=True)}
+    bad = {k: v for k, v in diffs.items() if not v <= atol}
+    if bad:
+        raise RuntimeError(f"ONNX Runtime and PyTorch disagree on {bad} (atol {atol})")
+    return diffs
+
+
+def write_vqa_bundle(graph: VqaGraph, bundle: Path, *, name: str, version: int,
+                     image_size: int, vocab: WordVocab, answers: list[str],
+                     max_question_length: int, training: dict) -> Path:
+    """Export, check and describe everything under `bundle` (written atomically)."""
+    if bundle.exists():
+        raise FileExistsError(f"{bundle} exists; choose another --version")
+    tmp = bundle.with_name(f".{bundle.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        export_vqa_graph(graph, tmp / GRAPH_FILE, image_size)
+        parity = check_parity(graph, tmp / GRAPH_FILE, image_size)
+        vocab.save(tmp / "vocab.json")
+        (tmp / "answers.json").write_text(json.dumps({"type": "answers", "answers": answers},
+                                                     indent=1) + "\n")
+        encoder = graph.regions.config.encoder
+        manifest = {
+            "name": name, "version": version, "task": "vqa",
+            "architecture": f"updown-g{graph.vqa.config.glimpses}",
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "graphs": {"vqa": describe_graph(tmp, GRAPH_FILE).model_dump()},
+            "files": {key: {"file": f"{key}.json", "sha256": file_sha256(tmp / f"{key}.json")}
+                      for key in ("vocab", "answers")},
+            "preprocessing": {"image_size": image_size, "resize": "bilinear",
+                              "pixel_range": [0.0, 1.0], "layout": "NCHW",
+                              "mean": list(encoder.mean), "std": list(encoder.std),
+                              "tokenizer": {"type": "word", "file": "vocab"}},
+            "inference": {"answers": "answers", "max_question_length": max_question_length},
+            "training": {**training, "parity_max_abs_diff": parity},
+            "metrics": {},
+        }
+        write_manifest(tmp, manifest)
+        tmp.rename(bundle)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return bundle
+
+
+def export_vqa(run_dir: Path, repository: Path, name: str, version: int | None = None
+               ) -> Path:
+    """`glimpse export` of a `glimpse train vqa` run (EXPORTERS["vqa"])."""
+    from training.region_task import load_region_net
+
+    if not re.match(NAME_PATTERN, name):
+        raise ValueError(f"model name {name!r} must be lowercase letters, digits and '-'")
+    ckpt = checkpoint_dir(Path(run_dir))
+    model, vocab, answers, config = load_vqa_run(ckpt)
+    model_cfg = config["model"]
+    regions = load_region_net(model_cfg["regions_run"])
+    image_size = int(load_config(checkpoint_dir(Path(model_cfg["regions_run"])))["model"]
+                     ["image_size"])
+    version = version or next_version(Path(repository), name)
+    training = {"config": {"vqa": model_cfg["vqa"], "trainer": config.get("trainer", {}),
+                           "task": model_cfg.get("task_config", {})},
+                "dataset": model_cfg.get("data", {}), "regions_run": model_cfg["regions_run"],
+                "checkpoint": str(ckpt)}
+    graph = VqaGraph(regions, model).eval()
+    return write_vqa_bundle(graph, Path(repository) / name / str(version), name=name,
+                            version=version, image_size=image_size, vocab=vocab,
+                            answers=answers,
+                            max_question_length=int(model_cfg["max_question_length"]),
+                            training=training)
