@@ -157,6 +157,29 @@ def _t2i_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true")
 
 
+def _train_regions(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="shapes world directory (scenes.json)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--encoder-init", default=None,
+                   help="run directory of `glimpse train encoder` (its encoder stays frozen)")
+    p.add_argument("--config", default=None, help="JSON file with any of the knobs")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true")
+
+
+def _features_regions(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run directory of `glimpse train regions`")
+    p.add_argument("--data", required=True,
+                   help="dataset directory; writes DATA/features/regions/SPLIT.npz")
+    p.add_argument("--splits", nargs="+", default=["train", "val", "test", "novel"])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default=None)
+
+
 def _train_alignment(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="dataset directory (captions.json, scenes.json)")
     p.add_argument("--features", default=None,
@@ -182,33 +205,6 @@ def _eval_alignment(p: argparse.ArgumentParser) -> None:
     p.add_argument("--betas", type=float, nargs="+", default=[0.0, 1.0, 4.0],
                    help="MRF bonus values to measure alignment at")
     p.add_argument("--limit", type=int, default=None, help="the first N images only")
-    p.add_argument("--write-manifest", action="store_true",
-                   help="record the metrics in the bundle's manifest")
-
-
-def _train_vqa(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=None, help="dataset directory (vqa/ questions and answers)")
-    p.add_argument("--features", default=None,
-                   help="directory of precomputed region features {split}.npz "
-                        "(default: DATA/features/regions)")
-    p.add_argument("--regions-run", default=None,
-                   help="run directory of the region detector that computed the features")
-    p.add_argument("--out", required=True, help="run directory for checkpoints and logs")
-    p.add_argument("--config", default=None, help="JSON file with any of the knobs")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--resume", action="store_true")
-
-
-def _eval_vqa_bundle(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="vqa bundle directory (model_repository/NAME/VERSION)")
-    p.add_argument("--data", required=True, help="dataset directory (vqa/ and the images)")
-    p.add_argument("--splits", nargs="+", default=["test", "novel"])
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--limit", type=int, default=None, help="the first N questions only")
     p.add_argument("--write-manifest", action="store_true",
                    help="record the metrics in the bundle's manifest")
 
@@ -265,6 +261,16 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, Configure]] = {
         "train a StackGAN stage (Stage-I 64 px, Stage-II 128 px)",
         _train_stackgan,
     ),
+    ("train", "regions"): (
+        "training.region_task",
+        "train bottom-up region proposals and features on a frozen encoder",
+        _train_regions,
+    ),
+    ("features", "regions"): (
+        "training.region_task",
+        "write a region run's boxes and features for dataset splits (features/regions)",
+        _features_regions,
+    ),
     ("train", "alignment"): (
         "training.alignment_task",
         "train region-word alignment (Karpathy & Fei-Fei 2015) on region features",
@@ -274,16 +280,6 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, Configure]] = {
         "training.alignment_task",
         "retrieval and noun-phrase alignment accuracy of an alignment bundle",
         _eval_alignment,
-    ),
-    ("train", "vqa"): (
-        "training.vqa_task",
-        "train a Bottom-Up/Top-Down VQA model on precomputed region features",
-        _train_vqa,
-    ),
-    ("eval", "vqa-bundle"): (
-        "training.evaluate_vqa",
-        "VQA accuracy of a vqa bundle per split and question type, through the service runtime",
-        _eval_vqa_bundle,
     ),
     ("export", None): (
         "training.export",
