@@ -34,16 +34,18 @@ from service.errors import (
     install_error_handlers,
     request_id_var,
 )
-from service.routers import alignments, captions, health, metrics, models
+from service.routers import alignments, captions, health, metrics, models, vqa
 from service.routers.metrics import ServiceMetrics
 from service.runtime import ServedModel, ServiceState, load_graphs, warm_batch_sizes
 from service.settings import Settings
+from service.vqa import VqaModel
 
 log = logging.getLogger("service")
 access_log = logging.getLogger("service.access")
 
 # task -> how a bundle of that task becomes a pipeline (a batch function plus warm-up)
-PIPELINES: dict[str, Callable[..., Any]] = {"caption": CaptionModel, "alignment": AlignmentModel}
+PIPELINES: dict[str, Callable[..., Any]] = {"caption": CaptionModel, "alignment": AlignmentModel,
+                                            "vqa": VqaModel}
 
 DESCRIPTION = """
 Image-language models exported to ONNX, served with ONNX Runtime and dynamic batching.
@@ -220,6 +222,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            expose_headers=["X-Request-ID", "Retry-After"])
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     for router in (health.router, metrics.router, models.router, captions.router,
-                   alignments.router):
+                   alignments.router, vqa.router):
         app.include_router(router)
     return app

@@ -209,6 +209,33 @@ def _eval_alignment(p: argparse.ArgumentParser) -> None:
                    help="record the metrics in the bundle's manifest")
 
 
+def _train_vqa(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="dataset directory (vqa/ questions and answers)")
+    p.add_argument("--features", default=None,
+                   help="directory of precomputed region features {split}.npz "
+                        "(default: DATA/features/regions)")
+    p.add_argument("--regions-run", default=None,
+                   help="run directory of the region detector that computed the features")
+    p.add_argument("--out", required=True, help="run directory for checkpoints and logs")
+    p.add_argument("--config", default=None, help="JSON file with any of the knobs")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true")
+
+
+def _eval_vqa_bundle(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="vqa bundle directory (model_repository/NAME/VERSION)")
+    p.add_argument("--data", required=True, help="dataset directory (vqa/ and the images)")
+    p.add_argument("--splits", nargs="+", default=["test", "novel"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=int, default=None, help="the first N questions only")
+    p.add_argument("--write-manifest", action="store_true",
+                   help="record the metrics in the bundle's manifest")
+
+
 # (group, name) -> (module implementing run(args), help, argument configuration)
 COMMANDS: dict[tuple[str, str | None], tuple[str, str, Configure]] = {
     ("data", "shapes"): (
@@ -280,6 +307,16 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, Configure]] = {
         "training.alignment_task",
         "retrieval and noun-phrase alignment accuracy of an alignment bundle",
         _eval_alignment,
+    ),
+    ("train", "vqa"): (
+        "training.vqa_task",
+        "train a Bottom-Up/Top-Down VQA model on precomputed region features",
+        _train_vqa,
+    ),
+    ("eval", "vqa-bundle"): (
+        "training.evaluate_vqa",
+        "VQA accuracy of a vqa bundle per split and question type, through the service runtime",
+        _eval_vqa_bundle,
     ),
     ("export", None): (
         "training.export",

@@ -168,6 +168,7 @@ def attention_grid(model, image_size: int) -> list[int]:
 # signature of `export_caption`. Imported only when that kind of run is exported.
 EXPORTERS: dict[str, str] = {
     "caption": "training.export:export_caption",
+    "vqa": "training.export_vqa:export_vqa",
     "alignment": "training.export_alignment:export_alignment",
     "generation": "training.export_generation:export_generation",
 }
