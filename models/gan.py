@@ -26,8 +26,8 @@ class GanConfig:
     embed_dim: int = 128  # E, size of the frozen sentence embedding phi(t)
     noise_dim: int = 100  # size of z ~ N(0, I)
     proj_dim: int = 32  # phi(t) compressed to this size in G and in D
-    ngf: int = 32  # generator width: 8*ngf channels at 4x4 down to ngf at 32x32
-    ndf: int = 32  # discriminator width: ndf channels at 32x32 up to 8*ndf at 4x4
+    ngf: int = 16  # generator width: 8*ngf channels at 4x4 down to ngf at 32x32
+    ndf: int = 16  # discriminator width: ndf channels at 32x32 up to 8*ndf at 4x4
     image_size: int = 64
 
     def __post_init__(self) -> None:

@@ -30,8 +30,8 @@ class StackGanConfig:
     z_dim: int = 100  # Stage-I noise z ~ N(0, I)
     c_dim: int = 64  # conditioning code c (128 in the paper)
     proj_dim: int = 32  # phi(t) compressed to this size in the discriminators
-    ngf: int = 32  # Stage-I: 8*ngf channels at 4x4; Stage-II: 4*ngf at 16x16
-    ndf: int = 32
+    ngf: int = 16  # Stage-I: 8*ngf channels at 4x4; Stage-II: 4*ngf at 16x16
+    ndf: int = 16
     num_residual: int = 2  # Stage-II residual blocks (4 in the paper)
 
     def to_dict(self) -> dict:
