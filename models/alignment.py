@@ -101,12 +101,15 @@ def pair_scores(region_vectors: torch.Tensor, num_regions: torch.Tensor,
     region_vectors (K, R, D) with num_regions (K,) valid regions each;
     word_vectors (L, T, D) with lengths (L,) real words each.
     """
-    dots = torch.einsum("krd,ltd->kltr", region_vectors, word_vectors)  # (K, L, T, R)
-    region_ok = length_mask(num_regions, region_vectors.shape[1])  # (K, R)
-    dots = dots.masked_fill(~region_ok[:, None, None, :], float("-inf"))
-    best = dots.max(dim=-1).values  # (K, L, T): each word's best region
-    word_ok = length_mask(lengths, word_vectors.shape[1])  # (L, T)
-    return best.masked_fill(~word_ok[None, :, :], 0.0).sum(dim=-1)
+    (K, R, D), (L, T, _) = region_vectors.shape, word_vectors.shape
+    # One (L*T, D) x (D, K*R) product, regions last so that the max runs over contiguous memory.
+    dots = (word_vectors.reshape(L * T, D) @ region_vectors.reshape(K * R, D).T).view(L, T, K, R)
+    region_ok = length_mask(num_regions, R)  # (K, R)
+    if not bool(region_ok.all()):
+        dots = dots.masked_fill(~region_ok, float("-inf"))
+    best = dots.max(dim=-1).values  # (L, T, K): each word's best region in each image
+    word_ok = length_mask(lengths, T)  # (L, T)
+    return best.masked_fill(~word_ok[..., None], 0.0).sum(dim=1).T
 
 
 def ranking_loss(scores: torch.Tensor, margin: float,

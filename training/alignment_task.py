@@ -328,7 +328,8 @@ def evaluate_bundle(path: str | Path, data: str | Path, *, split: str = "test",
     boxes, mask, regions = (np.concatenate([p[k] for p in parts])
                             for k in ("boxes", "region_mask", "region_vectors"))
     dataset.boxes = boxes
-    ids = [model.encode_sentence(" ".join(t)).ids for t in dataset.token_lists]
+    # Reference words the bundle does not know count as <unk> here instead of refusing.
+    ids = [model.words.encode(" ".join(t)).ids[:model.max_words] for t in dataset.token_lists]
     words, lengths = zip(*(model.encode_texts(ids[s:s + batch_size])
                            for s in range(0, len(ids), batch_size)), strict=True)
     words, lengths = np.concatenate(words), np.concatenate(lengths)
