@@ -34,7 +34,9 @@ from service.errors import (
     install_error_handlers,
     request_id_var,
 )
+from service.generation import GenerationModel
 from service.routers import alignments, captions, health, metrics, models, vqa
+from service.routers.generations import router as generations_router
 from service.routers.metrics import ServiceMetrics
 from service.runtime import ServedModel, ServiceState, load_graphs, warm_batch_sizes
 from service.settings import Settings
@@ -45,7 +47,8 @@ access_log = logging.getLogger("service.access")
 
 # task -> how a bundle of that task becomes a pipeline (a batch function plus warm-up)
 PIPELINES: dict[str, Callable[..., Any]] = {"caption": CaptionModel, "alignment": AlignmentModel,
-                                            "vqa": VqaModel}
+                                            "vqa": VqaModel,
+                                            "generation": GenerationModel}
 
 DESCRIPTION = """
 Image-language models exported to ONNX, served with ONNX Runtime and dynamic batching.
@@ -222,6 +225,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            expose_headers=["X-Request-ID", "Retry-After"])
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     for router in (health.router, metrics.router, models.router, captions.router,
-                   alignments.router, vqa.router):
+                   alignments.router, vqa.router, generations_router):
         app.include_router(router)
     return app
