@@ -1,7 +1,8 @@
 """`glimpse eval generation`: score a text-to-image bundle on the single-object world.
 
 Prompts are captions of the split's images that name the object's shape, colour
-and size (so that every attribute the evaluator checks is asked for). The bundle
+and size (so that every attribute the evaluator checks is asked for); R-precision
+draws its mismatched prompts from the same kind of caption. The bundle
 draws `n` samples per prompt through the service's runtime
 (service.generation.GenerationModel); PATH `real` instead answers each prompt
 with real images of its class from the split, the ceiling a generator can reach.
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from training.caption_task import load_images
@@ -135,9 +137,12 @@ def score(evaluator: GenerationEvaluator, images: np.ndarray, prompts: list[Prom
     metrics |= {"inception_score": is_mean, "inception_score_std": is_std,
                 "fid": evaluator.fid(split.pixels, images)}
     if evaluator.text_encoder is not None:
-        pool_texts = [c for caps in split.captions for c in caps]
-        pool_labels = [attributes_class(a) for caps, a in zip(split.captions, split.attributes,
-                                                             strict=True) for _ in caps]
+        # Mismatched prompts name all three attributes too: a vaguer caption of another
+        # image ("a diamond") can be true of this one and would count against it.
+        pool = [(c, attributes_class(a)) for caps, a in zip(split.captions, split.attributes,
+                                                           strict=True)
+                for c in caps if names_every_attribute(c, a)]
+        pool_texts, pool_labels = [t for t, _ in pool], [label for _, label in pool]
         metrics["r_precision"] = evaluator.r_precision(
             images, [p.text for p in prompts for _ in range(n)],
             [attributes_class(a) for a in attributes], pool_texts, pool_labels, seed=seed)
@@ -195,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"the generator returned {images.shape} {images.dtype}; expected "
                          f"uint8 ({len(prompts) * n}, S, S, 3)")
     evaluator = GenerationEvaluator.from_runs(args.tagger, args.text_encoder)
+    torch.manual_seed(args.seed)  # torchmetrics shuffles the Inception score's splits
     metrics = score(evaluator, images, prompts, n, split, args.seed)
     name = args.path if args.path == REAL else "/".join(Path(args.path).parts[-2:])
     result = {"model": name, "split": args.split, "prompts": len(prompts),
