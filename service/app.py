@@ -35,7 +35,8 @@ from service.errors import (
     request_id_var,
 )
 from service.generation import GenerationModel
-from service.routers import alignments, captions, health, metrics, models, vqa
+from service.retrieval import RetrievalModel
+from service.routers import alignments, captions, health, metrics, models, retrieval, vqa
 from service.routers.generations import router as generations_router
 from service.routers.metrics import ServiceMetrics
 from service.runtime import ServedModel, ServiceState, load_graphs, warm_batch_sizes
@@ -48,7 +49,8 @@ access_log = logging.getLogger("service.access")
 # task -> how a bundle of that task becomes a pipeline (a batch function plus warm-up)
 PIPELINES: dict[str, Callable[..., Any]] = {"caption": CaptionModel, "alignment": AlignmentModel,
                                             "vqa": VqaModel,
-                                            "generation": GenerationModel}
+                                            "generation": GenerationModel,
+                                            "retrieval": RetrievalModel}
 
 DESCRIPTION = """
 Image-language models exported to ONNX, served with ONNX Runtime and dynamic batching.
@@ -225,6 +227,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            expose_headers=["X-Request-ID", "Retry-After"])
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     for router in (health.router, metrics.router, models.router, captions.router,
-                   alignments.router, vqa.router, generations_router):
+                   alignments.router, vqa.router, generations_router, retrieval.router):
         app.include_router(router)
     return app

@@ -1,0 +1,289 @@
+"""The retrieval pipeline: images and sentences into one joint space, and exact search.
+
+`RetrievalModel` serves /v1/embeddings, /v1/retrieval/images and
+/v1/retrieval/captions, and is what `glimpse index` and `glimpse eval retrieval`
+use offline, so galleries and published recall come from the same code as the
+answers. A batch mixes image and text queries: images go through
+`image_encoder` together, sentences through `text_encoder` together, and the
+queries that search a gallery are scored against it with one matrix product.
+
+Graph contract (training/export_vse.py): `image_encoder` maps `image`
+[batch, 3, S, S] and `text_encoder` maps `tokens` [batch, T] int64 with `lengths`
+[batch] int64 to a unit-length `embedding` [batch, E]; scores are dot products,
+i.e. cosine similarities. The manifest's `inference` section holds E
+(`embedding_dim`), T (`text_length`) and `galleries`, e.g.
+
+    "galleries": {"images":   {"embeddings": "gallery_images",
+                               "entries": "gallery_images_entries"},
+                  "captions": {"embeddings": "gallery_captions",
+                               "entries": "gallery_captions_entries"}}
+
+whose values are keys of `files`: an [N, E] float32 .npy file and a JSON file of
+columns (`{"ids": [...], "files": [...]}` for images, `{"texts": [...],
+"image_ids": [...]}` for captions), one entry per row.
+
+Words outside the vocabulary: a sentence of which some words are unknown is
+embedded with <unk> in their place (training replaces random words by <unk>, so
+the token means "some word") and the answer names them; a sentence with no known
+word, no word at all, or more than T words is refused with InvalidParameter (422).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from service.bundle import Bundle, BundleError, load_bundle
+from service.errors import InvalidParameter, ServiceError
+from service.images import decode_image, stack, to_array, to_rgb
+from service.runtime import OnnxGraph, load_graphs
+from service.text import WordIndex, pad_ids
+
+IMAGE_GRAPH = "image_encoder"
+TEXT_GRAPH = "text_encoder"
+GalleryKind = Literal["images", "captions"]
+GALLERY_COLUMNS: dict[str, tuple[str, str]] = {"images": ("ids", "files"),
+                                               "captions": ("texts", "image_ids")}
+MAX_TOP_K = 100
+
+
+class NoGallery(ServiceError):
+    """The model can embed but holds no gallery of the kind a search needs."""
+
+    status, error_type = 409, "no_gallery"
+
+
+@dataclass(frozen=True)
+class TextQuery:
+    ids: tuple[int, ...]
+    unknown: tuple[str, ...] = ()  # words embedded as <unk>
+
+
+@dataclass(frozen=True)
+class Query:
+    """One request: an image ([3, S, S] float32) or a sentence, and what it searches."""
+
+    image: np.ndarray | None = None
+    text: TextQuery | None = None
+    search: GalleryKind | None = None
+    top_k: int = 5
+
+
+@dataclass
+class Hit:
+    index: int  # row of the gallery
+    score: float  # cosine similarity
+    entry: dict[str, Any]  # {"id", "file"} (images) or {"text", "image_id"} (captions)
+
+
+@dataclass
+class QueryResult:
+    embedding: np.ndarray  # [E] float32, unit length
+    hits: list[Hit] = field(default_factory=list)
+
+
+@dataclass
+class Gallery:
+    """Unit-length embeddings [N, E] and one entry per row."""
+
+    embeddings: np.ndarray
+    entries: list[dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and scores [n, min(k, N)] of the best matches of each query, best first."""
+        return top_k_search(queries, self.embeddings, k)
+
+
+def top_k_search(queries: np.ndarray, gallery: np.ndarray, k: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact search: scores = queries @ gallery.T, then the top k of each row.
+
+    argpartition selects the k best in O(N) per query; only those k are sorted
+    (ties by row), so the cost beyond the matrix product does not grow with N log N.
+    """
+    scores = queries @ gallery.T  # (n, N)
+    k = min(k, scores.shape[1])
+    if k < scores.shape[1]:
+        rows = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        rows = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+    top = np.take_along_axis(scores, rows, axis=1)
+    order = np.lexsort((rows, -top), axis=1)
+    rows = np.take_along_axis(rows, order, axis=1)
+    return rows, np.take_along_axis(top, order, axis=1)
+
+
+def load_gallery(bundle: Bundle, kind: str, spec: Mapping[str, str], dim: int) -> Gallery:
+    """Read one gallery named by the manifest (BundleError says what is wrong)."""
+    files = bundle.manifest.files
+    for role in ("embeddings", "entries"):
+        if spec.get(role) not in files:
+            raise BundleError(bundle.path, f"gallery {kind!r}: {role} {spec.get(role)!r} is "
+                              "not an entry of `files`")
+    emb_file, entries_file = files[spec["embeddings"]].file, files[spec["entries"]].file
+    try:
+        embeddings = np.load(bundle.path / emb_file, allow_pickle=False)
+        columns = json.loads((bundle.path / entries_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BundleError(bundle.path, f"unreadable gallery: {exc}", emb_file) from None
+    if embeddings.dtype != np.float32 or embeddings.ndim != 2 or embeddings.shape[1] != dim:
+        raise BundleError(bundle.path, f"expected float32 [N, {dim}], got {embeddings.dtype} "
+                          f"{list(embeddings.shape)}", emb_file)
+    names = GALLERY_COLUMNS[kind]
+    if not isinstance(columns, dict) or any(
+            not isinstance(columns.get(n), list) or len(columns[n]) != len(embeddings)
+            for n in names):
+        raise BundleError(bundle.path, f"expected lists {list(names)} of {len(embeddings)} "
+                          "entries", entries_file)
+    keys = ("id", "file") if kind == "images" else ("text", "image_id")
+    entries = [dict(zip(keys, values, strict=True))
+               for values in zip(*(columns[n] for n in names), strict=True)]
+    return Gallery(np.ascontiguousarray(embeddings), entries)
+
+
+class RetrievalModel:
+    """An image graph and a text graph into one joint space, with optional galleries."""
+
+    def __init__(self, bundle: Bundle, graphs: Mapping[str, OnnxGraph]) -> None:
+        manifest = bundle.manifest
+        if manifest.task != "retrieval":
+            raise BundleError(bundle.path, f"task {manifest.task!r} is not a retrieval bundle")
+        missing = [g for g in (IMAGE_GRAPH, TEXT_GRAPH) if g not in graphs]
+        if missing:
+            raise BundleError(bundle.path, f"a retrieval bundle needs graphs {missing}")
+        self.bundle = bundle
+        self.image_graph = graphs[IMAGE_GRAPH]
+        self.text_graph = graphs[TEXT_GRAPH]
+        self.image_size = int(manifest.preprocessing.image_size or 0)
+        self.pixel_range = manifest.preprocessing.pixel_range
+        inference = manifest.inference
+        try:
+            self.dimensions = int(inference["embedding_dim"])
+            self.text_length = int(inference["text_length"])
+        except (KeyError, TypeError, ValueError):
+            raise BundleError(bundle.path, "manifest `inference` needs integers embedding_dim "
+                              "and text_length") from None
+        if self.image_size < 1:
+            raise BundleError(bundle.path, "a retrieval bundle needs preprocessing.image_size")
+        self.words = self._word_index()
+        self.galleries: dict[str, Gallery] = {}
+        for kind, spec in dict(inference.get("galleries") or {}).items():
+            if kind not in GALLERY_COLUMNS or not isinstance(spec, Mapping):
+                raise BundleError(bundle.path, f"unknown gallery {kind!r} (known: images, "
+                                  "captions)")
+            self.galleries[kind] = load_gallery(bundle, kind, spec, self.dimensions)
+
+    def _word_index(self) -> WordIndex:
+        tokenizer = self.bundle.manifest.preprocessing.tokenizer
+        if tokenizer is None or tokenizer.type != "word" or tokenizer.file not in (
+                self.bundle.manifest.files):
+            raise BundleError(self.bundle.path, "a retrieval bundle needs a word tokenizer "
+                              "naming an entry of `files`")
+        try:
+            return WordIndex.from_file(self.bundle.file(tokenizer.file))
+        except (ValueError, OSError) as exc:
+            raise BundleError(self.bundle.path, str(exc),
+                              self.bundle.manifest.files[tokenizer.file].file) from None
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, *, device: str = "auto",
+                    providers: Sequence[str] | None = None,
+                    intra_op_threads: int | None = None) -> RetrievalModel:
+        """Load a bundle directory for offline use (validation as in the service)."""
+        bundle = load_bundle(path)
+        return cls(bundle, load_graphs(bundle, device=device, providers=providers,
+                                       intra_op_threads=intra_op_threads))
+
+    # ------------------------------------------------------------------ requests
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return to_array(image, self.image_size, self.pixel_range)
+
+    def load_image(self, image: bytes | str | Path | Image.Image) -> np.ndarray:
+        """The image_encoder input [3, S, S] of image bytes, a file path or a PIL image."""
+        if isinstance(image, str | Path):
+            image = Path(image).read_bytes()
+        if isinstance(image, bytes):
+            image = decode_image(image, max_pixels=Image.MAX_IMAGE_PIXELS or 1 << 30)
+        return self.preprocess(to_rgb(image))
+
+    def text_query(self, text: str) -> TextQuery:
+        """Ids of a sentence; InvalidParameter if it has no known word or too many words."""
+        encoded = self.words.encode(text)
+        if not encoded.words:
+            raise InvalidParameter("text: no words (after lowercasing and removing "
+                                   "punctuation)")
+        if len(encoded.ids) > self.text_length:
+            raise InvalidParameter(f"text: {len(encoded.ids)} words; model "
+                                   f"{self.bundle.key} reads at most {self.text_length}")
+        if len(encoded.unknown) == len(set(encoded.words)):
+            raise InvalidParameter(f"text: no word is in the vocabulary of {self.bundle.key} "
+                                   f"(unknown: {', '.join(encoded.unknown)})")
+        return TextQuery(tuple(encoded.ids), tuple(encoded.unknown))
+
+    def check_search(self, kind: GalleryKind, top_k: int) -> None:
+        """NoGallery (409) without a gallery of `kind`, InvalidParameter for a bad top_k."""
+        if kind not in self.galleries:
+            raise NoGallery(f"model {self.bundle.key} has no {kind} gallery; build one with "
+                            f"`glimpse index {self.bundle.path} --data DIR` "
+                            + ("or `--images FOLDER`" if kind == "images" else ""))
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise InvalidParameter(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
+
+    # ------------------------------------------------------------------ inference
+
+    def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """[n, E] embeddings of [3, S, S] image arrays."""
+        if not images:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        return self.image_graph.run({"image": stack(images)})["embedding"]
+
+    def embed_texts(self, sentences: Sequence[Sequence[int]]) -> np.ndarray:
+        """[n, E] embeddings of id sequences of 1..T ids each."""
+        if not sentences:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        tokens = pad_ids(sentences, length=self.text_length, pad_id=0)
+        lengths = np.array([len(s) for s in sentences], dtype=np.int64)
+        return self.text_graph.run({"tokens": tokens, "lengths": lengths})["embedding"]
+
+    def run_batch(self, queries: Sequence[Query]) -> list[QueryResult]:
+        """Embed every query (images and texts each in one graph run), then search."""
+        embeddings = np.zeros((len(queries), self.dimensions), dtype=np.float32)
+        is_image = [q.image is not None for q in queries]
+        picked = [i for i, flag in enumerate(is_image) if flag]
+        embeddings[picked] = self.embed_images([queries[i].image for i in picked])
+        picked = [i for i, flag in enumerate(is_image) if not flag]
+        embeddings[picked] = self.embed_texts([queries[i].text.ids for i in picked])
+        results = [QueryResult(embedding=e) for e in embeddings]
+        for kind in GALLERY_COLUMNS:
+            picked = [i for i, q in enumerate(queries) if q.search == kind]
+            if not picked:
+                continue
+            self.check_search(kind, max(queries[i].top_k for i in picked))
+            gallery = self.galleries[kind]
+            rows, scores = gallery.search(embeddings[picked],
+                                          max(queries[i].top_k for i in picked))
+            for n, i in enumerate(picked):
+                k = queries[i].top_k
+                results[i].hits = [Hit(int(r), float(s), gallery.entries[r])
+                                   for r, s in zip(rows[n, :k], scores[n, :k], strict=True)]
+        return results
+
+    def warm_up(self, batch_sizes: Sequence[int]) -> None:
+        """Run each batch size once through both graphs and every gallery."""
+        image = np.zeros((3, self.image_size, self.image_size), dtype=np.float32)
+        text = TextQuery((self.words.UNK_ID,))
+        for size in batch_sizes:
+            self.run_batch([Query(image=image, search="captions" if "captions" in
+                                  self.galleries else None)] * size)
+            self.run_batch([Query(text=text, search="images" if "images" in
+                                  self.galleries else None)] * size)
