@@ -171,6 +171,7 @@ EXPORTERS: dict[str, str] = {
     "vqa": "training.export_vqa:export_vqa",
     "alignment": "training.export_alignment:export_alignment",
     "generation": "training.export_generation:export_generation",
+    "retrieval": "training.export_vse:export_retrieval",
 }
 
 
