@@ -52,7 +52,8 @@ def _serve(p: argparse.ArgumentParser) -> None:
 
 
 def _train_caption(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", choices=["nic", "sat-soft", "sat-hard"], default=None)
+    p.add_argument("--arch", choices=["nic", "sat-soft", "sat-hard", "updown", "mrnn"],
+                   default=None)
     p.add_argument("--layer-norm", action="store_true", help="layer-normalised LSTM")
     p.add_argument("--data", default=None, help="dataset directory (captions.json)")
     p.add_argument("--out", default=None, help="run directory for checkpoints and logs")
@@ -61,6 +62,10 @@ def _train_caption(p: argparse.ArgumentParser) -> None:
                    help="run directory of `glimpse train encoder` to start the encoder from")
     p.add_argument("--init-from", default=None,
                    help="caption run directory to fine-tune from (same data and vocabulary)")
+    p.add_argument("--regions-run", default=None,
+                   help="updown: run directory of `glimpse train regions` (frozen RegionNet)")
+    p.add_argument("--features", default=None,
+                   help="updown: directory of the precomputed region features {split}.npz")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
@@ -306,7 +311,7 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, Configure]] = {
     ),
     ("train", "caption"): (
         "training.caption_task",
-        "train a captioning model (NIC, SAT soft/hard attention)",
+        "train a captioning model (NIC, SAT soft/hard, Up-Down, m-RNN)",
         _train_caption,
     ),
     ("train", "encoder"): (

@@ -54,7 +54,7 @@ def check_parity(model, bundle_dir: Path, image_size: int, *, seed: int = 0,
     """Max |ONNX Runtime − PyTorch| of every graph output on fresh random inputs."""
     import onnxruntime as ort
 
-    from training.onnx_caption import EncoderGraph, StepGraph
+    from training.onnx_caption import EncoderGraph, StepGraph, encoder_output_names
 
     rng = np.random.default_rng(seed)
     opts = ort.SessionOptions()
@@ -68,14 +68,14 @@ def check_parity(model, bundle_dir: Path, image_size: int, *, seed: int = 0,
     with torch.no_grad():
         pt_enc = EncoderGraph(model)(torch.from_numpy(images))
     diffs = {f"encoder.{name}": float(np.abs(ort_enc[name] - t.numpy()).max())
-             for name, t in zip(("context", "h", "c"), pt_enc, strict=True)}
+             for name, t in zip(encoder_output_names(model), pt_enc, strict=True)}
     n = 5
     feeds = {
         "tokens": rng.integers(0, model.config.vocab_size, n).astype(np.int64),
         "parents": rng.integers(0, 3, n).astype(np.int64),
-        "h": rng.standard_normal(ort_enc["h"].shape).astype(np.float32),
-        "c": rng.standard_normal(ort_enc["c"].shape).astype(np.float32),
-        "context": ort_enc["context"][rng.integers(0, 3, n)],
+        **{name: rng.standard_normal(ort_enc[name].shape).astype(np.float32)
+           for name in model.state_names},
+        **{name: ort_enc[name][rng.integers(0, 3, n)] for name in model.context_names},
     }
     ort_step = step.run(None, feeds)
     names = [o.name for o in step.get_outputs()]
@@ -120,7 +120,7 @@ def export_caption(run_dir: Path, repository: Path, name: str, version: int | No
         cap = model_cfg["caption"]
         k = graphs["decoder_step"]["outputs"][0]["shape"][1]
         attention = None
-        if cap["arch"] != "nic":
+        if model.attends:
             attention = {"output": "alpha", "grid": attention_grid(model, image_size)}
         task_cfg = model_cfg.get("task_config", {})
         manifest = {
@@ -131,11 +131,12 @@ def export_caption(run_dir: Path, repository: Path, name: str, version: int | No
             "files": {"vocab": {"file": "vocab.json", "sha256": file_sha256(tmp / "vocab.json")}},
             "preprocessing": {"image_size": image_size, "resize": "bilinear",
                               "pixel_range": [0.0, 1.0], "layout": "NCHW",
-                              "mean": list(cap["encoder"]["mean"]),
-                              "std": list(cap["encoder"]["std"]),
+                              "mean": list(image_encoder(cap)["mean"]),
+                              "std": list(image_encoder(cap)["std"]),
                               "tokenizer": {"type": "word", "file": "vocab"}},
             "decoding": {"bos_id": vocab.bos_id, "eos_id": vocab.eos_id, "pad_id": vocab.pad_id,
-                         "top_k": int(k), "state": ["h", "c"], "context": ["context"],
+                         "top_k": int(k), "state": list(model.state_names),
+                         "context": list(model.context_names),
                          "attention": attention, "beam_size": 3,
                          "max_length": int(task_cfg.get("max_length", 20)),
                          "length_penalty": 0.0},
@@ -153,11 +154,20 @@ def export_caption(run_dir: Path, repository: Path, name: str, version: int | No
     return bundle
 
 
+def image_encoder(caption_config: dict) -> dict:
+    """Config of the CNN that sees the pixels: the RegionNet's for Up-Down, else the model's."""
+    regions = caption_config.get("regions")
+    return regions["encoder"] if regions else caption_config["encoder"]
+
+
 def attention_grid(model, image_size: int) -> list[int]:
-    """[rows, cols] of the annotation grid the attention weights cover (square grids)."""
+    """[rows, cols] of what the attention weights cover: a square annotation grid, or
+    [R, 1] for the R regions of Up-Down (in the order of the RegionNet's boxes)."""
     with torch.no_grad():
         context, _ = model.encode(torch.zeros(1, 3, image_size, image_size))
     L = context.shape[1]
+    if model.config.arch == "updown":
+        return [L, 1]
     side = int(round(L ** 0.5))
     if side * side != L:
         raise ValueError(f"attention grid of {L} locations is not square")

@@ -16,6 +16,7 @@ from training.data.region_features import load_region_features
 from training.data.shapes import generate_shapes_world
 from training.region_task import (
     SceneBoxes,
+    best_ious,
     box_iou,
     load_region_net,
     load_scene_boxes,
@@ -55,7 +56,8 @@ def test_box_iou_and_recall_count_matched_objects():
     torch.testing.assert_close(iou[1, 1], torch.tensor(0.64))
     assert proposal_recall(props, gt) == pytest.approx(2 / 3)
     assert proposal_recall(props, gt, iou=0.7) == pytest.approx(1 / 3)
-    assert proposal_recall(props, [np.zeros((0, 4))]) != proposal_recall(props, gt)
+    torch.testing.assert_close(best_ious(props, gt), torch.tensor([0.8, 0.64, 0.0]))
+    assert np.isnan(proposal_recall(props, [np.zeros((0, 4))]))
 
 
 def test_scene_boxes_are_normalised_visible_boxes(world):
@@ -94,7 +96,9 @@ def test_train_regions_then_write_features(world, encoder_run, tmp_path):
                     "--encoder-init", str(encoder_run), "--config", str(config),
                     "--epochs", "2"]) == 0
     history = json.loads((run / "history.json").read_text())
-    assert len(history) == 2 and 0 <= history[-1]["recall"] <= 1
+    last = history[-1]
+    assert len(history) == 2 and 0 <= last["recall_iou_0.7"] <= last["recall"] <= 1
+    assert 0 <= last["mean_iou"] <= 1
     assert 0 <= history[-1]["attribute_accuracy"] <= 1
 
     net = load_region_net(run)
