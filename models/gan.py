@@ -8,6 +8,11 @@ it to z; D replicates it over the 4x4 grid of its last feature map and
 concatenates it in depth before the final convolutions, so that the decision
 "real image matching this text" is taken jointly.
 
+Both networks first standardise phi(t) per dimension with statistics of the
+training captions, kept as buffers (EmbeddingNorm): a sentence embedding varies
+by ~0.1 per dimension, so without it the text code starts orders of magnitude
+below z and the networks learn to ignore the text.
+
 The same networks serve GAN, GAN-CLS, GAN-INT and GAN-INT-CLS: the variants
 differ only in their losses (training/gan_task.py). Widths are small so that
 the shapes world trains on a CPU.
@@ -40,6 +45,27 @@ class GanConfig:
     @classmethod
     def from_dict(cls, d: dict) -> GanConfig:
         return cls(**d)
+
+
+class EmbeddingNorm(nn.Module):
+    """(phi(t) - mean) / std with per-dimension statistics of the training captions.
+
+    Identity until `set_statistics`; the buffers travel with the weights, so a
+    loaded or exported generator takes raw text-encoder output.
+    """
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(embed_dim))
+        self.register_buffer("std", torch.ones(embed_dim))
+
+    def set_statistics(self, embeddings: torch.Tensor) -> None:
+        """Take mean and std of `embeddings` (N, E), e.g. every training pair's phi(t)."""
+        self.mean.copy_(embeddings.mean(0))
+        self.std.copy_(embeddings.std(0).clamp(min=1e-6))
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return (embedding - self.mean) / self.std
 
 
 def text_projection(embed_dim: int, proj_dim: int) -> nn.Sequential:
@@ -107,6 +133,7 @@ class Generator(nn.Module):
         self.embed_dim = config.embed_dim
         self.image_size = config.image_size
         ngf = config.ngf
+        self.embed_norm = EmbeddingNorm(config.embed_dim)
         self.project = text_projection(config.embed_dim, config.proj_dim)
         self.net = nn.Sequential(
             # (B, Z + P, 1, 1) -> (B, 8 ngf, 4, 4)
@@ -120,7 +147,7 @@ class Generator(nn.Module):
         )
 
     def forward(self, noise: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        code = torch.cat([noise, self.project(embedding)], dim=1)  # (B, Z + P)
+        code = torch.cat([noise, self.project(self.embed_norm(embedding))], dim=1)  # (B, Z + P)
         return self.net(code[:, :, None, None])
 
     def sample(self, embedding: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -134,17 +161,21 @@ class Discriminator(nn.Module):
     def __init__(self, config: GanConfig) -> None:
         super().__init__()
         self.config = config
+        self.embed_norm = EmbeddingNorm(config.embed_dim)
         self.encode = image_encoder(config.ndf, num_halvings=4)  # 64 -> 4
         self.head = MatchingHead(config.ndf * 8, config.embed_dim, config.proj_dim)
 
     def forward(self, image: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encode(image), embedding)
+        return self.head(self.encode(image), self.embed_norm(embedding))
 
 
 def init_dcgan_weights(module: nn.Module) -> None:
-    """N(0, 0.02) convolutions, N(1, 0.02) batch-norm scales (Radford et al. 2016)."""
+    """N(0, 0.02) convolutions, N(1, 0.02) batch-norm scales (Radford et al. 2016).
+
+    Fully connected layers keep PyTorch's default, which preserves the scale of
+    the standardised text embedding (N(0, 0.02) would shrink it fivefold)."""
     for m in module.modules():
-        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

@@ -5,7 +5,8 @@ sample c = mu(phi_t) + sigma(phi_t) * eps, eps ~ N(0, I), and regularises the
 conditioning distribution with KL(N(mu, Sigma) || N(0, I)) (Eq. 3 and 4, weight
 lambda). Stage-I (Sec. 3.2) draws a 64x64 sketch from (c0, z); Stage-II
 (Sec. 3.3) reads the Stage-I image, joins it with its own c, refines it through
-residual blocks and draws 128x128. Each stage has a matching-aware
+residual blocks and draws 128x128. Every network standardises phi(t) first
+(models.gan.EmbeddingNorm). Each stage has a matching-aware
 discriminator: phi(t) compressed, replicated over the 4x4 feature map and
 concatenated in depth (models.gan.MatchingHead).
 
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from models.gan import MatchingHead, image_encoder
+from models.gan import EmbeddingNorm, MatchingHead, image_encoder
 
 
 @dataclass
@@ -99,6 +100,7 @@ class StageIGenerator(nn.Module):
         self.noise_dim = config.z_dim + config.c_dim
         self.image_size = 64
         ngf = config.ngf
+        self.embed_norm = EmbeddingNorm(config.embed_dim)
         self.ca = ConditioningAugmentation(config.embed_dim, config.c_dim)
         self.fc = nn.Sequential(nn.Linear(config.c_dim + config.z_dim, ngf * 8 * 16, bias=False),
                                 nn.BatchNorm1d(ngf * 8 * 16), nn.ReLU(inplace=True))
@@ -111,7 +113,7 @@ class StageIGenerator(nn.Module):
     def forward(self, embedding: torch.Tensor, noise: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         z, eps = noise.split([self.config.z_dim, self.config.c_dim], dim=1)
-        c, mu, log_sigma = self.ca(embedding, eps)
+        c, mu, log_sigma = self.ca(self.embed_norm(embedding), eps)
         h = self.fc(torch.cat([c, z], dim=1)).view(-1, self.config.ngf * 8, 4, 4)
         return self.up(h), mu, log_sigma
 
@@ -134,6 +136,7 @@ class StageIIGenerator(nn.Module):
         self.noise_dim = stage1.noise_dim + config.c_dim
         self.image_size = 128
         ngf = config.ngf
+        self.embed_norm = EmbeddingNorm(config.embed_dim)
         self.ca = ConditioningAugmentation(config.embed_dim, config.c_dim)
         self.encode = nn.Sequential(
             nn.Conv2d(3, ngf, 3, 1, 1), nn.ReLU(inplace=True),  # 64x64
@@ -156,7 +159,7 @@ class StageIIGenerator(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         noise1, eps = noise.split([self.stage1.noise_dim, self.config.c_dim], dim=1)
         low = self.stage1.sample(embedding, noise1)  # (B, 3, 64, 64)
-        c, mu, log_sigma = self.ca(embedding, eps)
+        c, mu, log_sigma = self.ca(self.embed_norm(embedding), eps)
         h = self.encode(low)  # (B, 4 ngf, 16, 16)
         code = c[:, :, None, None].expand(-1, -1, *h.shape[2:])
         h = self.residual(self.joint(torch.cat([h, code], dim=1)))
@@ -175,8 +178,9 @@ class StageDiscriminator(nn.Module):
         halvings = {64: 4, 128: 5}.get(image_size)
         if halvings is None:
             raise ValueError(f"StackGAN discriminators see 64 or 128 pixels, not {image_size}")
+        self.embed_norm = EmbeddingNorm(config.embed_dim)
         self.encode = image_encoder(config.ndf, num_halvings=halvings)  # -> 4x4
         self.head = MatchingHead(config.ndf * 8, config.embed_dim, config.proj_dim)
 
     def forward(self, image: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encode(image), embedding)
+        return self.head(self.encode(image), self.embed_norm(embedding))

@@ -20,29 +20,32 @@ DATA_DIR=${DATA_DIR:-data/t2i}
 TEXT_ENCODER=${TEXT_ENCODER:-runs/text-encoder}
 RUNS_DIR=${RUNS_DIR:-runs}
 GAN_STEPS=${GAN_STEPS:-600}
-STAGE1_STEPS=${STAGE1_STEPS:-400}
+STAGE1_STEPS=${STAGE1_STEPS:-700}
 STAGE2_STEPS=${STAGE2_STEPS:-200}
 BATCH_SIZE=${BATCH_SIZE:-32}
+STAGE2_BATCH_SIZE=${STAGE2_BATCH_SIZE:-16}  # 128 px steps cost ~5x a 64 px step
 WHICH=${1:-all}
 
 train() {  # NAME ARGS...: one run, niced, one thread, logged
   local name=$1
   shift
   nice -n 10 env OMP_NUM_THREADS=1 "$GLIMPSE" train "$@" --data "$DATA_DIR" \
-    --out "$RUNS_DIR/$name" --batch-size "$BATCH_SIZE" --device cpu --sample-every 100 \
-    --save-every 100 > "$RUNS_DIR/$name.log" 2>&1
+    --out "$RUNS_DIR/$name" --device cpu --sample-every 100 --save-every 100 \
+    > "$RUNS_DIR/$name.log" 2>&1
 }
 
 chain_gan() {
   for variant in gan gan-cls gan-int gan-int-cls; do
-    train "$variant" gan --variant "$variant" --text-encoder "$TEXT_ENCODER" --steps "$GAN_STEPS"
+    train "$variant" gan --variant "$variant" --text-encoder "$TEXT_ENCODER" \
+      --steps "$GAN_STEPS" --batch-size "$BATCH_SIZE"
   done
 }
 
 chain_stackgan() {
-  train stackgan-1 stackgan --stage 1 --text-encoder "$TEXT_ENCODER" --steps "$STAGE1_STEPS"
+  train stackgan-1 stackgan --stage 1 --text-encoder "$TEXT_ENCODER" \
+    --steps "$STAGE1_STEPS" --batch-size "$BATCH_SIZE"
   train stackgan-2 stackgan --stage 2 --stage1-run "$RUNS_DIR/stackgan-1" \
-    --steps "$STAGE2_STEPS"
+    --steps "$STAGE2_STEPS" --batch-size "$STAGE2_BATCH_SIZE"
 }
 
 mkdir -p "$RUNS_DIR"

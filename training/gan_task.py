@@ -392,6 +392,9 @@ class GanTraining:
                                                                               probe.shape[1])
         self.image_size = self.generator.image_size
         self.pairs = load_pairs(self.data_dir, self.image_size, self.embed)
+        train_embeddings = self.pairs.embeddings[self.pairs.pair_text]
+        self.generator.embed_norm.set_statistics(train_embeddings)  # Stage-II: its own only
+        self.discriminator.embed_norm.set_statistics(train_embeddings)
         self.grid_embeddings = self.embed(GRID_PROMPTS)
         self.models = nn.ModuleDict({"generator": self.generator,
                                      "discriminator": self.discriminator}).to(self.device)
@@ -465,6 +468,8 @@ class GanTraining:
             load_weights(self.models, last)
             self.state.update(load_training_state(last, optimizer=self.optimizer))
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (self.run_dir / "history.jsonl").unlink(missing_ok=True)
         self.models.train()
         bar = tqdm(total=cfg.steps, initial=self.state["step"], disable=not cfg.progress,
                    desc=cfg.variant, unit="step", dynamic_ncols=True)

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models.gan import Discriminator, GanConfig, Generator
+from models.gan import Discriminator, EmbeddingNorm, GanConfig, Generator
 from training.onnx_caption import _onnx_export
 
 TINY = GanConfig(embed_dim=12, noise_dim=8, proj_dim=4, ngf=4, ndf=4)
@@ -41,6 +41,18 @@ def test_discriminator_scores_image_and_text_jointly():
     logits = d(x, e)
     assert logits.shape == (4,)
     assert (logits - d(x, torch.randn(4, 12))).abs().max() > 1e-6
+
+
+def test_embedding_norm_standardises_with_training_statistics():
+    torch.manual_seed(0)
+    norm = EmbeddingNorm(3)
+    x = torch.randn(200, 3) * torch.tensor([0.1, 1.0, 5.0]) + torch.tensor([1.0, 0.0, -2.0])
+    torch.testing.assert_close(norm(x), x)  # identity before statistics are set
+    norm.set_statistics(x)
+    y = norm(x)
+    torch.testing.assert_close(y.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.std(0), torch.ones(3), atol=1e-5, rtol=0)
+    assert set(dict(norm.named_buffers())) == {"mean", "std"}
 
 
 def test_only_64px_images_are_supported():

@@ -107,6 +107,9 @@ def test_only_single_object_images_train(world):
 def test_one_step_changes_both_networks(world, tmp_path, variant):
     training = GanTraining(config(world, variant), tmp_path / "run")
     g, d = weights(training.generator), weights(training.discriminator)
+    pairs = training.pairs
+    torch.testing.assert_close(training.generator.embed_norm.mean,
+                               pairs.embeddings[pairs.pair_text].mean(0))
     terms = training.train_step(training.batch(4))
     assert changed(g, training.generator) and changed(d, training.discriminator)
     assert {"loss_d", "loss_g", "s_real", "s_fake", "s_wrong"} <= set(terms)
