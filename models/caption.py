@@ -1,5 +1,9 @@
 """Captioning models: Show and Tell (NIC) and Show, Attend and Tell (soft and hard).
 
+Two more families live in their own files and plug into the same base class:
+Bottom-Up and Top-Down attention (models/updown.py) and Karpathy & Fei-Fei's
+multimodal RNN generator (models/mrnn.py).
+
 Vinyals et al. 2015, "Show and Tell" (NIC): the image embedding is the LSTM's
 input at t = -1, then the words. Xu et al. 2015, "Show, Attend and Tell" (SAT):
 at every step an attention over the L annotation vectors of the image grid
@@ -11,6 +15,13 @@ ONNX export, so the three agree by construction.
 
     context, state = model.encode(images)        # (B, L, D), {"h": (B, H), "c": (B, H)}
     log_probs, state, alpha = model.step(tokens, state, context)   # (N, V), ..., (N, L) | None
+
+The state's keys are `model.state_names`; a model without per-image context
+(`context_names` empty) encodes to context None. Models that train on frozen,
+precomputed image features (`trains_on_features`) also offer
+`image_features(images)` and `encode_features(*features)`, with
+`encode(images) == encode_features(*image_features(images))`, and `forward`
+takes that tuple of features in place of the images.
 
 `forward(images, captions_in, captions_out)` returns `(logits, loss)`; the loss
 includes the regularisers, and its terms are left in `model.loss_terms` for logging.
@@ -29,15 +40,16 @@ import torch.nn.functional as F
 from models.encoder import EncoderConfig, ImageEncoder
 from models.lstm import LSTMCell
 
-ARCHS = ("nic", "sat-soft", "sat-hard")
+ARCHS = ("nic", "sat-soft", "sat-hard", "updown", "mrnn")
+FEATURE_ARCHS = ("updown", "mrnn")  # the models with trains_on_features
 HARD_INFERENCE = ("expected", "argmax")
 
-State = dict[str, torch.Tensor]  # {"h": (N, H), "c": (N, H)}
+State = dict[str, torch.Tensor]  # {"h": (N, H), "c": (N, H)}, keys model.state_names
 
 
 @dataclass
 class CaptionConfig:
-    arch: str = "sat-soft"  # "nic" | "sat-soft" | "sat-hard"
+    arch: str = "sat-soft"  # "nic" | "sat-soft" | "sat-hard" | "updown" | "mrnn"
     vocab_size: int = 64
     embed_dim: int = 64
     hidden_dim: int = 128
@@ -55,6 +67,11 @@ class CaptionConfig:
     # ("expected", as in the paper) or the single most attended location ("argmax").
     hard_inference: str = "expected"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    # Up-Down: size F of the region features, and the RegionNet configuration (as its
+    # JSON dict) whose frozen copy the model carries for `encode(images)`; None builds
+    # a captioner that only encodes precomputed features.
+    region_feature_dim: int = 0
+    regions: dict | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.encoder, dict):
@@ -110,28 +127,37 @@ def attention_entropy(alpha: torch.Tensor) -> torch.Tensor:
 
 
 class CaptionModel(nn.Module, ABC):
-    """What NIC and SAT share: encoder, word embedding, LSTM, the unrolled loop, the loss."""
+    """What every captioner shares: the step, the unrolled teacher-forced loop, the loss."""
 
-    def __init__(self, config: CaptionConfig, *, lstm_input: int) -> None:
+    state_names: tuple[str, ...] = ("h", "c")  # keys of State, in graph order
+    context_names: tuple[str, ...] = ("context",)  # () when encode gives context None
+    attends = True  # whether step returns attention weights over the context
+    trains_on_features = False  # whether training reads precomputed image features
+
+    def __init__(self, config: CaptionConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = ImageEncoder(config.encoder)
-        self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
-        self.lstm = LSTMCell(lstm_input, config.hidden_dim, layer_norm=config.layer_norm)
-        self.drop = nn.Dropout(config.dropout)
         self.loss_terms: dict[str, torch.Tensor] = {}
 
     @abstractmethod
-    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, State]:
-        """images (B, 3, S, S) in [0, 1] -> context (B, L, D), initial state."""
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor | None, State]:
+        """images (B, 3, S, S) in [0, 1] -> context (B, L, D) or None, initial state."""
 
     @abstractmethod
-    def decode(self, tokens: torch.Tensor, state: State, context: torch.Tensor,
+    def decode(self, tokens: torch.Tensor, state: State, context: torch.Tensor | None,
                expectation_rows: torch.Tensor | None = None) -> DecodeResult:
         """One step from the previous word: tokens (N,) -> unnormalised logits (N, V)."""
 
+    def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The frozen features `encode_features` reads (models with trains_on_features)."""
+        raise NotImplementedError(f"{type(self).__name__} encodes images end to end")
+
+    def encode_features(self, *features: torch.Tensor) -> tuple[torch.Tensor | None, State]:
+        """Context and initial state from `image_features(images)`, precomputed or not."""
+        raise NotImplementedError(f"{type(self).__name__} encodes images end to end")
+
     def step(
-        self, tokens: torch.Tensor, state: State, context: torch.Tensor
+        self, tokens: torch.Tensor, state: State, context: torch.Tensor | None
     ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
         """tokens (N,), state (N, H) each, context (N, L, D) -> log p (N, V), state, α (N, L)."""
         out = self.decode(tokens, state, context)
@@ -139,14 +165,30 @@ class CaptionModel(nn.Module, ABC):
 
     def forward(
         self,
-        images: torch.Tensor,
+        images: torch.Tensor | tuple[torch.Tensor, ...],
         captions_in: torch.Tensor,
         captions_out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Teacher forcing: captions_in (B, T) starts with BOS, captions_out (B, T) is it shifted
-        by one and padded with pad_id. Returns logits (B, T, V) and the loss (or None)."""
-        context, state = self.encode(images)
-        expectation_rows = self.expectation_rows(images.shape[0], images.device)
+        by one and padded with pad_id. Returns logits (B, T, V) and the loss (or None).
+
+        `images` may instead be the tuple `image_features(images)`, precomputed (it goes
+        through forward, not a method of its own, so that DDP sees the pass)."""
+        if isinstance(images, tuple):
+            context, state = self.encode_features(*images)
+        else:
+            context, state = self.encode(images)
+        return self.teacher_forced(context, state, captions_in, captions_out)
+
+    def teacher_forced(
+        self,
+        context: torch.Tensor | None,
+        state: State,
+        captions_in: torch.Tensor,
+        captions_out: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Unroll `decode` over captions_in from the encoded context and state."""
+        expectation_rows = self.expectation_rows(captions_in.shape[0], captions_in.device)
         steps = []
         for t in range(captions_in.shape[1]):
             out = self.decode(captions_in[:, t], state, context, expectation_rows)
@@ -181,8 +223,21 @@ class CaptionModel(nn.Module, ABC):
         return token_nll.new_zeros(())
 
 
-class ShowAndTell(CaptionModel):
+class GridCaptioner(CaptionModel):
+    """What NIC and SAT share: an image encoder trained with them, word embedding, one LSTM."""
+
+    def __init__(self, config: CaptionConfig, *, lstm_input: int) -> None:
+        super().__init__(config)
+        self.encoder = ImageEncoder(config.encoder)
+        self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
+        self.lstm = LSTMCell(lstm_input, config.hidden_dim, layer_norm=config.layer_norm)
+        self.drop = nn.Dropout(config.dropout)
+
+
+class ShowAndTell(GridCaptioner):
     """NIC (Vinyals et al. 2015): x_{-1} = W_I CNN(I), x_t = W_e S_t, p_{t+1} = softmax(W h_t)."""
+
+    attends = False
 
     def __init__(self, config: CaptionConfig) -> None:
         super().__init__(config, lstm_input=config.embed_dim)
@@ -220,7 +275,7 @@ class SoftAttention(nn.Module):
         return self.score(att).squeeze(-1)
 
 
-class ShowAttendTell(CaptionModel):
+class ShowAttendTell(GridCaptioner):
     """SAT (Xu et al. 2015) with soft (deterministic) or hard (stochastic) attention."""
 
     def __init__(self, config: CaptionConfig) -> None:
@@ -337,4 +392,12 @@ def build_caption_model(config: CaptionConfig) -> CaptionModel:
     """The captioning model that config.arch names."""
     if config.arch == "nic":
         return ShowAndTell(config)
+    if config.arch == "updown":
+        from models.updown import UpDownCaptioner
+
+        return UpDownCaptioner(config)
+    if config.arch == "mrnn":
+        from models.mrnn import MultimodalRNN
+
+        return MultimodalRNN(config)
     return ShowAttendTell(config)

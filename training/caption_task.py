@@ -6,6 +6,12 @@ as uint8. One training example is one (image, reference caption) pair, so an
 epoch sees every reference once. Validation decodes greedily through the same
 NumPy beam search the service uses and scores CIDEr-D (plus semantic exactness
 and coverage on the shapes world), which drives early stopping.
+
+Up-Down and the m-RNN generator see the image only through frozen features, so
+they train on those features computed once instead of on pixels: Up-Down reads
+the RegionNet features precomputed for the dataset (`--features DIR` holding
+`{split}.npz`, written by `glimpse features regions` from `--regions-run`), and
+the m-RNN runs its pre-trained encoder once over the training images at start.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from models.caption import CaptionConfig, build_caption_model
+from models.caption import FEATURE_ARCHS, CaptionConfig, build_caption_model
 from training.data.readers import CaptionImage, load_captions
 from training.data.tokenizer import WordVocab
 from training.trainer import Trainer, TrainerConfig, config_from_dict
@@ -46,6 +52,10 @@ class CaptionTaskConfig:
     # Run directory of an earlier caption run to continue from (all weights; fine-tuning
     # with a fresh optimizer and schedule). Its vocabulary must equal this run's.
     init_from: str | None = None
+    # Up-Down: run directory of `glimpse train regions` (the frozen bottom-up stage the
+    # exported model carries) and the directory of its precomputed `{split}.npz` features.
+    regions_run: str | None = None
+    features: str | None = None
     trainer: dict = field(default_factory=dict)  # TrainerConfig overrides
 
     @classmethod
@@ -86,11 +96,19 @@ class CaptionTask:
             raise ValueError(f"{self.dataset_dir}: no training images in captions.json")
         self.vocab = WordVocab.build([t for im in train for t in im.tokens],
                                      min_count=config.min_count)
-        t0 = time.perf_counter()
-        self.train_images = load_images(self.dataset_dir, train, config.image_size)
-        self.val_images = load_images(self.dataset_dir, val, config.image_size)
-        log.info("loaded %d train + %d val images in %.1fs", len(train), len(val),
-                 time.perf_counter() - t0)
+        self.on_features = config.arch in FEATURE_ARCHS
+        self.train_features: tuple[torch.Tensor, ...] = ()
+        self.val_features: tuple[torch.Tensor, ...] = ()
+        if config.arch == "updown":
+            self.train_features = region_features(config, "train", train)
+            self.val_features = region_features(config, "val", val)
+        else:
+            t0 = time.perf_counter()
+            self.train_images = load_images(self.dataset_dir, train, config.image_size)
+            self.val_images = load_images(self.dataset_dir, val, config.image_size)
+            log.info("loaded %d train + %d val images in %.1fs", len(train), len(val),
+                     time.perf_counter() - t0)
+        self.num_train_images = len(train)
         pairs = [(i, toks) for i, im in enumerate(train) for toks in im.tokens]
         self.pair_image = torch.tensor([i for i, _ in pairs], dtype=torch.long)
         self.pair_caption = encode_captions(self.vocab, [t for _, t in pairs], config.max_length)
@@ -100,9 +118,16 @@ class CaptionTask:
         self.encoder_weights = None
         if config.encoder_init:
             model_cfg["encoder"], self.encoder_weights = pretrained_encoder(config.encoder_init)
+        self.region_weights = None
+        if config.arch == "updown":
+            model_cfg["regions"], self.region_weights = pretrained_regions(config)
+            model_cfg["region_feature_dim"] = int(self.train_features[2].shape[-1])
         self.init_weights = None
         if config.init_from:
             model_cfg, self.init_weights = self._earlier_run(config.init_from)
+        if config.arch == "mrnn" and self.encoder_weights is None and self.init_weights is None:
+            raise ValueError("--arch mrnn reads CNN(I) from a trained encoder: give "
+                             "--encoder-init (or --init-from an m-RNN run)")
         self.caption_config = CaptionConfig(**model_cfg)
 
     # -- Task protocol -------------------------------------------------------
@@ -121,16 +146,21 @@ class CaptionTask:
 
     def build_model(self) -> torch.nn.Module:
         model = build_caption_model(self.caption_config)
-        if self.encoder_weights is not None:
+        if self.encoder_weights is not None and hasattr(model, "encoder"):
             model.encoder.load_state_dict(self.encoder_weights)
+        if self.region_weights is not None:
+            model.region_net.load_state_dict(self.region_weights)
         if self.init_weights is not None:
             model.load_state_dict(self.init_weights)
+        if self.caption_config.arch == "mrnn":
+            self.train_features = encoder_features(model, self.train_images)
+            self.val_features = encoder_features(model, self.val_images)
         return model
 
     def model_config(self) -> dict:
         return {"task": "caption", "caption": self.caption_config.to_dict(),
                 "image_size": self.config.image_size, "vocab": self.vocab.to_dict(),
-                "data": {"dir": str(self.dataset_dir), "train_images": len(self.train_images),
+                "data": {"dir": str(self.dataset_dir), "train_images": self.num_train_images,
                          "train_pairs": len(self.pair_image)},
                 "task_config": asdict(self.config)}
 
@@ -138,23 +168,31 @@ class CaptionTask:
         return len(self.pair_image)
 
     def batch(self, indices: torch.Tensor, device: torch.device):
-        images = self.train_images[self.pair_image[indices]].to(device).float().div_(255)
+        rows = self.pair_image[indices]
+        if self.on_features:
+            inputs = tuple(f[rows].to(device) for f in self.train_features)
+        else:
+            inputs = self.train_images[rows].to(device).float().div_(255)
         caps = self.pair_caption[indices]
         length = int((caps != self.vocab.pad_id).sum(1).max())
         caps = caps[:, :length].to(device)
-        return images, caps[:, :-1], caps[:, 1:]
+        return inputs, caps[:, :-1], caps[:, 1:]
 
     def loss(self, model, batch):
-        images, captions_in, captions_out = batch
-        _, loss = model(images, captions_in, captions_out)
+        inputs, captions_in, captions_out = batch  # inputs: images, or a tuple of features
+        _, loss = model(inputs, captions_in, captions_out)
         terms = getattr(model, "module", model).loss_terms
         return loss, {k: float(v) for k, v in terms.items()}
 
     def evaluate(self, model) -> dict[str, float]:
         from training.metrics.captions import caption_metrics
 
-        captions = decode_images(model, self.val_images, self.vocab, beam_size=1,
-                                 max_length=self.config.max_length)
+        if self.on_features:
+            captions = decode_features(model, self.val_features, self.vocab, beam_size=1,
+                                       max_length=self.config.max_length)
+        else:
+            captions = decode_images(model, self.val_images, self.vocab, beam_size=1,
+                                     max_length=self.config.max_length)
         results = {im.imgid: captions[i] for i, im in enumerate(self.val)}
         refs = {im.imgid: list(im.captions) for im in self.val}
         metrics = caption_metrics(results, refs, meteor=False)
@@ -182,6 +220,66 @@ def pretrained_encoder(run_dir: str | Path) -> tuple[dict, dict[str, torch.Tenso
     prefix = "encoder."
     return (config["attributes"]["encoder"],
             {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+
+
+def pretrained_regions(config: CaptionTaskConfig) -> tuple[dict, dict[str, torch.Tensor]]:
+    """RegionNet config and weights of the `glimpse train regions` run named by the config."""
+    if not config.regions_run:
+        raise ValueError("--arch updown needs --regions-run (the bottom-up RegionNet run)")
+    from training.region_task import load_region_net
+
+    net = load_region_net(config.regions_run)
+    return net.config.to_dict(), {k: v.detach().cpu() for k, v in net.state_dict().items()}
+
+
+def region_features(config: CaptionTaskConfig, split: str, images: list[CaptionImage]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Precomputed (boxes, scores, features) of these images, in their order, from
+    `config.features/{split}.npz`. Every region must be real: the exported model sees
+    all R regions the RegionNet proposes, so training must too."""
+    from training.data.region_features import load_region_features
+
+    if not config.features:
+        raise ValueError("--arch updown trains on precomputed region features: give --features")
+    path = Path(config.features) / f"{split}.npz"
+    rf = load_region_features(path)
+    rows = np.array([rf.index_of(im.imgid) for im in images], dtype=np.int64)
+    if (rf.num_regions[rows] != rf.max_regions).any():
+        raise ValueError(f"{path}: some images have fewer than {rf.max_regions} real regions; "
+                         "Up-Down trains on RegionNet's own features, which always have R")
+    return (torch.from_numpy(rf.boxes[rows]), torch.from_numpy(rf.scores[rows]),
+            torch.from_numpy(rf.features[rows]))
+
+
+@torch.no_grad()
+def encoder_features(model, images_uint8: torch.Tensor, batch_size: int = 256
+                     ) -> tuple[torch.Tensor, ...]:
+    """`model.image_features` of (N, 3, S, S) uint8 images, computed once, on the CPU."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    chunks = [model.image_features(images_uint8[i:i + batch_size].to(device).float().div_(255))
+              for i in range(0, len(images_uint8), batch_size)]
+    model.train(was_training)
+    return tuple(torch.cat([c[k] for c in chunks]).cpu() for k in range(len(chunks[0])))
+
+
+@torch.no_grad()
+def decode_features(model, features: tuple[torch.Tensor, ...], vocab: WordVocab, *,
+                    beam_size: int, max_length: int, batch_size: int = 128) -> list[str]:
+    """Captions from precomputed `image_features` through the service's beam search."""
+    from service.decoding import beam_search
+    from training.onnx_caption import TorchCaptionStep
+
+    model.eval()
+    step = TorchCaptionStep(model)
+    texts: list[str] = []
+    for start in range(0, len(features[0]), batch_size):
+        context, state = step.encode_features(*(f[start:start + batch_size] for f in features))
+        hyps = beam_search(step, state, context, bos_id=vocab.bos_id, eos_id=vocab.eos_id,
+                           beam_size=beam_size, max_length=max_length, top_k=step.top_k)
+        texts.extend(vocab.decode(h[0].tokens) for h in hyps)
+    return texts
 
 
 @torch.no_grad()
@@ -219,6 +317,10 @@ def _task_config_from_args(args) -> CaptionTaskConfig:
         cfg.encoder_init = args.encoder_init
     if getattr(args, "init_from", None):
         cfg.init_from = args.init_from
+    if getattr(args, "regions_run", None):
+        cfg.regions_run = args.regions_run
+    if getattr(args, "features", None):
+        cfg.features = args.features
     trainer = dict(cfg.trainer)
     for name in ("epochs", "batch_size", "lr", "device", "seed"):
         value = getattr(args, name)

@@ -9,7 +9,15 @@ The step graph gathers the state rows named by `parents` itself (beam re-orderin
 stays on the device) and returns only the top K of the vocabulary, sorted by
 descending log-probability, K = min(top_k, V) fixed at export. NIC has no
 attention: its context is the pooled image vector (B, 1, D), which the step
-takes but does not read, so every caption bundle has the same inputs.
+takes but does not read.
+
+The state and context names are the model's (`state_names`, `context_names`):
+h, c for NIC and SAT; h1, c1, h2, c2 and the region vectors as context for
+Up-Down, whose alpha weighs the R regions; h and the pending image bias, with no
+context, for the m-RNN. The encoder graph returns the context names, then the
+state names; the step graph takes tokens, parents, the state names, then the
+context names, and returns log_probs, token_ids, `<name>_out` per state name and
+alpha for the attention models.
 
 `TorchCaptionStep` runs the PyTorch model behind the same NumPy contract as the
 step graph (service.decoding's StepFn), so beam search over a bundle and over
@@ -33,10 +41,6 @@ from service.decoding import StepOutput
 ENCODER_FILE = "encoder.onnx"
 STEP_FILE = "decoder_step.onnx"
 ENCODER_INPUTS = ("image",)
-ENCODER_OUTPUTS = ("context", "h", "c")
-STEP_INPUTS = ("tokens", "parents", "h", "c", "context")
-STATE_NAMES = ("h", "c")  # step input h, c -> step output h_out, c_out
-CONTEXT_NAMES = ("context",)
 # The dynamo exporter (torch.export) is used: unlike dynamo=False it keeps a graph
 # input the step does not read (NIC's context), names symbolic dimensions after
 # their torch.export.Dim and infers the static ones. Its translations start at
@@ -44,50 +48,71 @@ CONTEXT_NAMES = ("context",)
 DEFAULT_OPSET = 18
 
 
+def encoder_output_names(model: CaptionModel) -> tuple[str, ...]:
+    return (*model.context_names, *model.state_names)
+
+
+def step_input_names(model: CaptionModel) -> tuple[str, ...]:
+    return ("tokens", "parents", *model.state_names, *model.context_names)
+
+
 def step_output_names(model: CaptionModel) -> tuple[str, ...]:
-    outputs = ("log_probs", "token_ids", "h_out", "c_out")
-    return outputs if model.config.arch == "nic" else (*outputs, "alpha")
+    outputs = ("log_probs", "token_ids", *(f"{name}_out" for name in model.state_names))
+    return (*outputs, "alpha") if model.attends else outputs
+
+
+def _encoded_outputs(model: CaptionModel, context: torch.Tensor | None,
+                     state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    contexts = () if context is None else (context,)
+    return (*contexts, *(state[name] for name in model.state_names))
 
 
 class EncoderGraph(nn.Module):
-    """image (B, 3, S, S) in [0, 1] -> context (B, L, D), h (B, H), c (B, H)."""
+    """image (B, 3, S, S) in [0, 1] -> the context, then the initial state (B, H) each."""
 
     def __init__(self, model: CaptionModel) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        context, state = self.model.encode(image)
-        return context, state["h"], state["c"]
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return _encoded_outputs(self.model, *self.model.encode(image))
 
 
 class StepGraph(nn.Module):
-    """One decoding step with beam re-ordering and top-k inside (see the module docstring)."""
+    """One decoding step with beam re-ordering and top-k inside (see the module docstring).
+
+    forward(tokens (N,), parents (N,), *state (M, ...) each, *context (N, ...) each).
+    """
 
     def __init__(self, model: CaptionModel, top_k: int) -> None:
         super().__init__()
         self.model = model
         self.top_k = min(top_k, model.config.vocab_size)
 
-    def forward(self, tokens: torch.Tensor, parents: torch.Tensor, h: torch.Tensor,
-                c: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        state = {"h": h.index_select(0, parents), "c": c.index_select(0, parents)}  # (N, H)
+    def forward(self, tokens: torch.Tensor, parents: torch.Tensor,
+                *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        names = self.model.state_names
+        state = {name: t.index_select(0, parents)
+                 for name, t in zip(names, tensors[:len(names)], strict=True)}  # (N, ...)
+        context = tensors[len(names)] if self.model.context_names else None
         log_probs, state, alpha = self.model.step(tokens, state, context)  # (N, V)
         top_log_probs, token_ids = log_probs.topk(self.top_k, dim=-1)  # (N, K), sorted
-        outputs = (top_log_probs, token_ids, state["h"], state["c"])
+        outputs = (top_log_probs, token_ids, *(state[name] for name in names))
         return outputs if alpha is None else (*outputs, alpha)
 
 
 class TorchCaptionStep:
     """The PyTorch model as a NumPy step function with decoder_step.onnx's contract.
 
-    Puts the model in eval mode. `encode(images)` gives `(context, state)` dicts
+    Puts the model in eval mode. `encode(images)` (or `encode_features(*features)`
+    for models that train on precomputed features) gives `(context, state)` dicts
     with one row per image; calling the object advances N rows by one token and
     returns a service.decoding.StepOutput (extras {"alpha"} for attention models).
     """
 
     def __init__(self, model: CaptionModel, top_k: int = 64) -> None:
         model.eval()
+        self.model = model
         self.encoder = EncoderGraph(model)
         self.graph = StepGraph(model, top_k)
         self.top_k = self.graph.top_k
@@ -96,23 +121,37 @@ class TorchCaptionStep:
     def _tensor(self, x: np.ndarray | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(x).to(device=self.device, dtype=dtype)
 
+    def _dicts(self, outputs: tuple[torch.Tensor, ...]
+               ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        arrays = dict(zip(encoder_output_names(self.model), (o.cpu().numpy() for o in outputs),
+                          strict=True))
+        return ({name: arrays[name] for name in self.model.context_names},
+                {name: arrays[name] for name in self.model.state_names})
+
     @torch.no_grad()
     def encode(self, images: np.ndarray | torch.Tensor
                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        context, h, c = self.encoder(self._tensor(images, torch.float32))
-        return {"context": context.cpu().numpy()}, {"h": h.cpu().numpy(), "c": c.cpu().numpy()}
+        return self._dicts(self.encoder(self._tensor(images, torch.float32)))
+
+    @torch.no_grad()
+    def encode_features(self, *features: np.ndarray | torch.Tensor
+                        ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        encoded = self.model.encode_features(*(self._tensor(f, torch.float32) for f in features))
+        return self._dicts(_encoded_outputs(self.model, *encoded))
 
     @torch.no_grad()
     def __call__(self, tokens: np.ndarray, parents: np.ndarray, state: dict[str, np.ndarray],
                  context: dict[str, np.ndarray]) -> StepOutput:
-        outputs = self.graph(
-            self._tensor(tokens, torch.long), self._tensor(parents, torch.long),
-            self._tensor(state["h"], torch.float32), self._tensor(state["c"], torch.float32),
-            self._tensor(context["context"], torch.float32),
-        )
-        log_probs, token_ids, h, c, *alpha = (o.cpu().numpy() for o in outputs)
-        extras = {"alpha": alpha[0]} if alpha else {}
-        return StepOutput(log_probs, token_ids, {"h": h, "c": c}, extras)
+        model = self.model
+        inputs = [*(state[name] for name in model.state_names),
+                  *(context[name] for name in model.context_names)]
+        outputs = self.graph(self._tensor(tokens, torch.long), self._tensor(parents, torch.long),
+                             *(self._tensor(x, torch.float32) for x in inputs))
+        arrays = [o.cpu().numpy() for o in outputs]
+        n = len(model.state_names)
+        new_state = dict(zip(model.state_names, arrays[2:2 + n], strict=True))
+        extras = {"alpha": arrays[2 + n]} if model.attends else {}
+        return StepOutput(arrays[0], arrays[1], new_state, extras)
 
 
 def export_caption_graphs(model: CaptionModel, out_dir: str | Path, *, image_size: int,
@@ -146,22 +185,25 @@ def _example_images(model: CaptionModel, image_size: int, batch: int) -> torch.T
 def _export_encoder(model: CaptionModel, path: Path, image_size: int, opset: int) -> None:
     # Example sizes above 1, so that torch.export does not specialise the batch to 1.
     image = _example_images(model, image_size, batch=2)
-    _onnx_export(EncoderGraph(model).eval(), (image,), path, ENCODER_INPUTS, ENCODER_OUTPUTS,
-                 {"image": {0: torch.export.Dim("batch")}}, opset)
+    _onnx_export(EncoderGraph(model).eval(), (image,), path, ENCODER_INPUTS,
+                 encoder_output_names(model), {"image": {0: torch.export.Dim("batch")}}, opset)
 
 
 def _export_step(model: CaptionModel, path: Path, image_size: int, top_k: int,
                  opset: int) -> None:
     with torch.no_grad():
         context, state = model.encode(_example_images(model, image_size, batch=2))  # M = 2
-    parents = torch.tensor([0, 1, 1], device=context.device)  # N = 3 rows continue M = 2
-    tokens = torch.randint(0, model.config.vocab_size, (3,), device=context.device)
-    args = (tokens, parents, state["h"], state["c"], context.index_select(0, parents))
+    device = next(model.parameters()).device
+    parents = torch.tensor([0, 1, 1], device=device)  # N = 3 rows continue M = 2
+    tokens = torch.randint(0, model.config.vocab_size, (3,), device=device)
+    # Distinct tensors: the export would take one tensor passed as two inputs for aliases.
+    states = [torch.randn_like(state[name]) for name in model.state_names]
+    contexts = [] if context is None else [context.index_select(0, parents)]
     rows, prev_rows = torch.export.Dim("batch"), torch.export.Dim("prev_batch")
-    dynamic = {"tokens": {0: rows}, "parents": {0: rows}, "h": {0: prev_rows},
-               "c": {0: prev_rows}, "context": {0: rows}}
-    _onnx_export(StepGraph(model, top_k).eval(), args, path, STEP_INPUTS,
-                 step_output_names(model), dynamic, opset)
+    dynamic = ({0: rows}, {0: rows},
+               tuple([{0: prev_rows}] * len(states) + [{0: rows}] * len(contexts)))
+    _onnx_export(StepGraph(model, top_k).eval(), (tokens, parents, *states, *contexts), path,
+                 step_input_names(model), step_output_names(model), dynamic, opset)
 
 
 def _onnx_export(module: nn.Module, args: tuple, path: Path, input_names: tuple[str, ...],

@@ -1,0 +1,76 @@
+"""Karpathy & Fei-Fei 2015's multimodal RNN generator (Sec. 3.2, Eq. 13).
+
+The image enters the recurrence once, as a bias on the first step:
+
+    b_v = W_hi CNN(I)
+    h_t = f(W_hx x_t + W_hh h_{t-1} + b_h + 1(t = 1) ⊙ b_v),   f = ReLU
+    y_t = softmax(W_oh h_t + b_o)
+
+with h_0 = 0 and x_1 the START (<bos>) word vector. CNN(I) is the pooled vector
+of a frozen, pre-trained `ImageEncoder`, so training reads it precomputed.
+
+The indicator 1(t = 1) lives in the recurrent state: `encode` returns
+{"h": 0, "image_bias": b_v}, and every step adds `image_bias` and hands on
+zeros. The first step of any decoder (teacher forcing, beam search, the
+exported step graph) therefore adds b_v, and no later step does, without the
+step knowing t.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.caption import CaptionConfig, CaptionModel, DecodeResult, State
+from models.encoder import ImageEncoder
+
+
+class MultimodalRNN(CaptionModel):
+    """The m-RNN generator: a ReLU RNN whose first step is biased by the image."""
+
+    state_names = ("h", "image_bias")
+    context_names = ()
+    attends = False
+    trains_on_features = True
+
+    def __init__(self, config: CaptionConfig) -> None:
+        super().__init__(config)
+        if config.layer_norm:
+            raise ValueError("the m-RNN generator has no layer-normalised variant")
+        d, e, h = config.encoder.out_dim, config.embed_dim, config.hidden_dim
+        self.encoder = ImageEncoder(config.encoder)
+        self.encoder.requires_grad_(False)  # CNN(I) is a fixed, pre-trained feature
+        self.encoder.eval()
+        self.image_bias = nn.Linear(d, h)  # W_hi
+        self.embed = nn.Embedding(config.vocab_size, e)  # x_t
+        self.input = nn.Linear(e, h)  # W_hx, b_h
+        self.recurrent = nn.Linear(h, h, bias=False)  # W_hh
+        self.out = nn.Linear(h, config.vocab_size)  # W_oh, b_o
+        self.drop = nn.Dropout(config.dropout)
+
+    def train(self, mode: bool = True) -> MultimodalRNN:
+        super().train(mode)
+        self.encoder.eval()  # frozen: BatchNorm keeps its pre-trained statistics
+        return self
+
+    def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor]:
+        pooled, _ = self.encoder(images)  # (B, D) CNN(I)
+        return (pooled,)
+
+    def encode_features(self, pooled: torch.Tensor) -> tuple[None, State]:
+        """pooled (B, D) -> no context; h_0 = 0 and the pending image bias b_v (B, H)."""
+        b_v = self.image_bias(pooled)  # (B, H)
+        return None, {"h": torch.zeros_like(b_v), "image_bias": b_v}
+
+    def encode(self, images: torch.Tensor) -> tuple[None, State]:
+        return self.encode_features(*self.image_features(images))
+
+    def decode(self, tokens: torch.Tensor, state: State, context: torch.Tensor | None,
+               expectation_rows: torch.Tensor | None = None) -> DecodeResult:
+        x = self.embed(tokens)  # (N, E)
+        pre = self.input(x) + self.recurrent(state["h"]) + state["image_bias"]  # (N, H)
+        h = F.relu(pre)
+        logits = self.out(self.drop(h))  # (N, V)
+        # 1(t = 1): the bias is spent on this step.
+        return DecodeResult(logits, {"h": h, "image_bias": torch.zeros_like(h)}, None, None)

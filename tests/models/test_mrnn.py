@@ -1,0 +1,100 @@
+"""Karpathy & Fei-Fei's m-RNN generator: Eq. 13, with the image bias at t = 1 only."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.caption import CaptionConfig, build_caption_model
+from models.encoder import EncoderConfig
+from models.mrnn import MultimodalRNN
+
+V, B, T, S = 13, 3, 5, 32
+
+
+def tiny_model(seed: int = 0) -> MultimodalRNN:
+    torch.manual_seed(seed)
+    cfg = CaptionConfig(arch="mrnn", vocab_size=V, embed_dim=8, hidden_dim=12, dropout=0.0,
+                        encoder=EncoderConfig(out_dim=8, channels=(4, 8, 8)))
+    return build_caption_model(cfg)
+
+
+def captions(seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.ones(B, 1, dtype=torch.long),
+                      torch.randint(3, V, (B, T - 1), generator=g)], dim=1)
+
+
+def reference_logits(model: MultimodalRNN, images: torch.Tensor,
+                     captions_in: torch.Tensor) -> torch.Tensor:
+    """Eq. 13 of Karpathy & Fei-Fei 2015 written out, with the indicator 1(t = 1)."""
+    pooled, _ = model.encoder(images)
+    b_v = pooled @ model.image_bias.weight.T + model.image_bias.bias
+    h = torch.zeros(images.shape[0], model.config.hidden_dim)
+    out = []
+    for t in range(captions_in.shape[1]):
+        x = model.embed(captions_in[:, t])
+        pre = x @ model.input.weight.T + model.input.bias + h @ model.recurrent.weight.T
+        h = torch.relu(pre + (b_v if t == 0 else 0.0))
+        out.append(h @ model.out.weight.T + model.out.bias)
+    return torch.stack(out, dim=1)
+
+
+def test_teacher_forcing_is_eq_13_with_the_image_bias_at_the_first_step_only():
+    model = tiny_model().eval()
+    images = torch.rand(B, 3, S, S)
+    caps = captions()
+    with torch.no_grad():
+        logits, _ = model(images, caps)
+        torch.testing.assert_close(logits, reference_logits(model, images, caps))
+
+
+def test_the_image_reaches_later_steps_only_through_the_first_hidden_state():
+    model = tiny_model().eval()
+    caps = captions()
+    with torch.no_grad():
+        _, state_a = model.encode(torch.rand(B, 3, S, S))
+        _, state_b = model.encode(torch.rand(B, 3, S, S))
+        assert (state_a["h"] == 0).all()
+        assert not torch.allclose(state_a["image_bias"], state_b["image_bias"])
+        _, after_a, _ = model.step(caps[:, 0], state_a, None)
+        assert (after_a["image_bias"] == 0).all()  # the bias is spent on step 1
+        # Image B's bias at step 2 would change the step; the recurrence never adds it there.
+        h1 = after_a["h"]
+        from_a, _, _ = model.step(caps[:, 1], after_a, None)
+        with_b = model.step(caps[:, 1], {"h": h1, "image_bias": state_b["image_bias"]}, None)[0]
+        assert not torch.allclose(from_a, with_b)
+        again, _, _ = model.step(caps[:, 1], {"h": h1, "image_bias": torch.zeros_like(h1)}, None)
+        torch.testing.assert_close(from_a, again)
+
+
+def test_step_by_step_decoding_matches_teacher_forcing():
+    model = tiny_model().eval()
+    images, caps = torch.rand(B, 3, S, S), captions()
+    with torch.no_grad():
+        logits, _ = model(images, caps)
+        context, state = model.encode(images)
+        assert context is None
+        for t in range(T):
+            log_probs, state, alpha = model.step(caps[:, t], state, context)
+            assert alpha is None
+            torch.testing.assert_close(log_probs, F.log_softmax(logits[:, t], dim=-1))
+
+
+def test_precomputed_features_give_the_same_loss_and_leave_the_encoder_frozen():
+    model = tiny_model().train()
+    images, caps = torch.rand(B, 3, S, S), captions()
+    targets = torch.cat([caps[:, 1:], torch.full((B, 1), 2)], dim=1)
+    _, from_images = model(images, caps, targets)
+    with torch.no_grad():
+        features = model.image_features(images)
+    _, from_features = model(features, caps, targets)
+    torch.testing.assert_close(from_images, from_features)
+    from_features.backward()
+    assert not model.encoder.training  # BatchNorm keeps its pre-trained statistics
+    assert all(p.grad is None and not p.requires_grad for p in model.encoder.parameters())
+    assert model.image_bias.weight.grad.abs().sum() > 0
+
+
+def test_the_m_rnn_has_no_layer_norm_variant():
+    with pytest.raises(ValueError, match="layer-normalised"):
+        build_caption_model(CaptionConfig(arch="mrnn", layer_norm=True))
