@@ -322,3 +322,20 @@ def test_not_an_image_is_415(api: TestClient):
     r = api.post("/v1/retrieval/captions", files={"file": ("x.png", b"not a png", "image/png")},
                  data={"model": "retrieval-tiny"})
     assert r.status_code == 415
+
+
+# ---------------------------------------------------------------------------- committed bundle
+
+COMMITTED = Path(__file__).parents[2] / "model_repository" / "retrieval-vse" / "1"
+
+
+def test_committed_bundle_finds_the_image_a_test_sentence_was_written_for():
+    model = RetrievalModel.from_bundle(COMMITTED)
+    images, captions = model.galleries["images"], model.galleries["captions"]
+    assert (len(images), len(captions)) == (1000, 5000)
+    picked = captions.entries[::250]  # 20 test sentences
+    queries = [Query(text=model.text_query(e["text"]), search="images", top_k=5)
+               for e in picked]
+    found = [entry["image_id"] in [h.entry["id"] for h in result.hits]
+             for entry, result in zip(picked, model.run_batch(queries), strict=True)]
+    assert sum(found) >= 16  # the bundle's text -> image R@5 on this gallery is 91.7%
