@@ -128,6 +128,16 @@ def proposal_recall(boxes: torch.Tensor | np.ndarray,
     return float((best >= iou).float().mean()) if len(best) else float("nan")
 
 
+def proposal_metrics(boxes: torch.Tensor | np.ndarray,
+                     gt_boxes: Sequence[torch.Tensor | np.ndarray]) -> dict[str, float]:
+    """recall (at IoU 0.5), recall_iou_0.7 and mean_iou (the mean over objects of the
+    best proposal's IoU) of proposals (N, k, 4) against N ground-truth arrays."""
+    best = best_ious(boxes, gt_boxes)
+    return {"recall": float((best >= 0.5).float().mean()),
+            "recall_iou_0.7": float((best >= 0.7).float().mean()),
+            "mean_iou": float(best.mean())}
+
+
 def load_region_net(run_dir: str | Path) -> RegionNet:
     """The trained RegionNet of a `glimpse train regions` run, in eval mode and frozen."""
     ckpt = checkpoint_dir(Path(run_dir))
@@ -225,22 +235,17 @@ class RegionTask:
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
-        """recall (recall_iou_0.7): proposal recall at IoU 0.5 (0.7) over the k proposals
-        on val images; mean_iou: mean over objects of the best proposal's IoU;
-        attribute_accuracy: ground-truth regions whose features name shape, colour
-        and size right."""
+        """`proposal_metrics` of the k proposals on val images, and attribute_accuracy:
+        ground-truth regions whose features name shape, colour and size right."""
         k = model.config.max_proposals
         boxes, _, _ = run_region_net(model, self.val_x)
-        best = best_ious(boxes[:, :k], [s.boxes for s in self.val_scenes])
         device = next(model.parameters()).device
         t = padded_targets(self.val_scenes)
         coarse, _ = model.feature_maps(self.val_x.to(device).float().div_(255))
         feats = model.region_features(coarse, t["boxes"].to(device))
         right = torch.stack([model.attributes[name](feats).argmax(-1).cpu() == t[name]
                              for name in ("shape", "colour", "size")]).all(0)
-        return {"recall": float((best >= 0.5).float().mean()),
-                "recall_iou_0.7": float((best >= 0.7).float().mean()),
-                "mean_iou": float(best.mean()),
+        return {**proposal_metrics(boxes[:, :k], [s.boxes for s in self.val_scenes]),
                 "attribute_accuracy": float(right[t["valid"]].float().mean())}
 
 
@@ -272,9 +277,9 @@ def train(args) -> int:
 
 def write_split_features(model: RegionNet, data: Path, split: str, *, image_size: int,
                          batch_size: int = 256, progress: bool = True
-                         ) -> tuple[Path, float | None]:
-    """Write DATA/features/regions/SPLIT.npz; return it and the split's proposal recall
-    at IoU 0.5 when scenes.json is there to score it."""
+                         ) -> tuple[Path, dict[str, float]]:
+    """Write DATA/features/regions/SPLIT.npz; return it and the split's
+    `proposal_metrics` when scenes.json is there to score them (else {})."""
     images = load_captions(data, split)
     if not images:
         raise ValueError(f"{data}: split {split!r} has no images")
@@ -288,12 +293,11 @@ def write_split_features(model: RegionNet, data: Path, split: str, *, image_size
                         scores=scores, features=feats,
                         num_regions=np.full(len(images), model.num_regions, np.int64))
     path = save_region_features(data / FEATURES_DIR / f"{split}.npz", rf)
-    recall = None
-    if (data / "scenes.json").exists():
-        scenes = load_scene_boxes(data)
-        recall = proposal_recall(boxes[:, :model.config.max_proposals],
-                                 [scenes[im.imgid].boxes for im in images])
-    return path, recall
+    if not (data / "scenes.json").exists():
+        return path, {}
+    scenes = load_scene_boxes(data)
+    return path, proposal_metrics(boxes[:, :model.config.max_proposals],
+                                  [scenes[im.imgid].boxes for im in images])
 
 
 def features(args) -> int:
@@ -305,22 +309,22 @@ def features(args) -> int:
     data = Path(args.data)
     results = {}
     for split in args.splits:
-        path, recall = write_split_features(model, data, split, image_size=image_size,
-                                            batch_size=args.batch_size)
-        results[split] = {"file": str(path), "recall": recall}
+        path, metrics = write_split_features(model, data, split, image_size=image_size,
+                                             batch_size=args.batch_size)
+        results[split] = {"file": str(path), **metrics}
     meta = {"run": str(args.run), "checkpoint": str(ckpt),
             "max_proposals": model.config.max_proposals, "num_regions": model.num_regions,
             "feature_dim": model.feature_dim, "pool": model.config.pool,
             "image_size": image_size, "last_region": "whole image [0, 0, 1, 1]",
-            "splits": {s: {"recall_iou_0.5": r["recall"]} for s, r in results.items()}}
+            "splits": {s: {k: v for k, v in r.items() if k != "file"}
+                       for s, r in results.items()}}
     meta_path = data / FEATURES_DIR / "meta.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
         if old.get("checkpoint") == meta["checkpoint"]:
             meta["splits"] = {**old.get("splits", {}), **meta["splits"]}
     meta_path.write_text(json.dumps(meta, indent=2))
-    print(json.dumps({s: {"file": r["file"], "recall_iou_0.5": r["recall"]}
-                      for s, r in results.items()}, indent=2))
+    print(json.dumps(results, indent=2))
     return 0
 
 
