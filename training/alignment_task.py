@@ -63,7 +63,7 @@ class AlignmentTaskConfig:
     min_count: int = 1
     max_words: int = 24  # T of the exported text graph: longest sentence it aligns
     beta: float = 1.0  # default MRF bonus of the bundle (inference.beta)
-    min_region_score: float = 0.0  # regions scoring lower are left out (training and serving)
+    min_region_score: float = 0.2  # regions scoring lower are left out (training and serving)
     val_images: int = 500
     model: dict = field(default_factory=dict)  # AlignmentConfig overrides
     trainer: dict = field(default_factory=dict)  # TrainerConfig overrides
