@@ -94,19 +94,19 @@ def length_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
     return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
 
 
-def pair_scores(region_vectors: torch.Tensor, num_regions: torch.Tensor,
+def pair_scores(region_vectors: torch.Tensor, region_mask: torch.Tensor,
                 word_vectors: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """S_kl of every image k against every sentence l (Eq. 8), shape (K, L).
 
-    region_vectors (K, R, D) with num_regions (K,) valid regions each;
-    word_vectors (L, T, D) with lengths (L,) real words each.
+    region_vectors (K, R, D) with region_mask (K, R) True for the regions to use
+    (padding and regions the detector rejects are False); word_vectors (L, T, D)
+    with lengths (L,) real words each.
     """
     (K, R, D), (L, T, _) = region_vectors.shape, word_vectors.shape
     # One (L*T, D) x (D, K*R) product, regions last so that the max runs over contiguous memory.
     dots = (word_vectors.reshape(L * T, D) @ region_vectors.reshape(K * R, D).T).view(L, T, K, R)
-    region_ok = length_mask(num_regions, R)  # (K, R)
-    if not bool(region_ok.all()):
-        dots = dots.masked_fill(~region_ok, float("-inf"))
+    if not bool(region_mask.all()):
+        dots = dots.masked_fill(~region_mask, float("-inf"))
     best = dots.max(dim=-1).values  # (L, T, K): each word's best region in each image
     word_ok = length_mask(lengths, T)  # (L, T)
     return best.masked_fill(~word_ok[..., None], 0.0).sum(dim=1).T
@@ -146,10 +146,13 @@ class AlignmentModel(nn.Module):
         """tokens (B, T), lengths (B,) -> word vectors s_t (B, T, D) (Eq. 2-6)."""
         return self.sentence(tokens, lengths)
 
-    def forward(self, features: torch.Tensor, num_regions: torch.Tensor, tokens: torch.Tensor,
+    def forward(self, features: torch.Tensor, region_mask: torch.Tensor, tokens: torch.Tensor,
                 lengths: torch.Tensor, same_image: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores (B, B) of a batch of matching (image, sentence) pairs and the loss of Eq. 9."""
-        scores = pair_scores(self.regions(features), num_regions,
+        """Scores (B, B) of a batch of matching (image, sentence) pairs and the loss of Eq. 9.
+
+        features (B, R, F) with region_mask (B, R); tokens (B, T) with lengths (B,).
+        """
+        scores = pair_scores(self.regions(features), region_mask,
                              self.words(tokens, lengths), lengths)
         return scores, ranking_loss(scores, self.config.margin, same_image)

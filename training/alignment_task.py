@@ -150,14 +150,12 @@ class AlignmentTask:
         lengths = self.pair_lengths[indices]
         tokens = self.pair_tokens[indices, :int(lengths.max())]
         same_image = image[:, None] == image[None, :]
-        # The mask travels as a region count: valid regions come first in every file.
-        num_regions = self.regions_ok[image].sum(dim=1)
-        return tuple(t.to(device) for t in (self.features[image], num_regions, tokens, lengths,
-                                             same_image))
+        return tuple(t.to(device) for t in (self.features[image], self.regions_ok[image], tokens,
+                                             lengths, same_image))
 
     def loss(self, model, batch):
-        features, num_regions, tokens, lengths, same_image = batch
-        scores, loss = model(features, num_regions, tokens, lengths, same_image)
+        features, region_mask, tokens, lengths, same_image = batch
+        scores, loss = model(features, region_mask, tokens, lengths, same_image)
         positive = scores.diagonal().detach().mean()
         return loss, {"positive_score": float(positive)}
 
@@ -171,7 +169,7 @@ class AlignmentTask:
         mask = val.region_mask(self.config.min_region_score)
         result = evaluate_vectors(val, regions.cpu().numpy(), mask, words.cpu().numpy(),
                                   lengths.numpy(), betas=(0.0, self.config.beta))
-        return flat_metrics(result)
+        return flat_metrics(result, self.config.beta)
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -299,13 +297,14 @@ def evaluate_vectors(data: ValidationSet, region_vectors: np.ndarray, mask: np.n
     return out
 
 
-def flat_metrics(result: dict) -> dict[str, float]:
-    """Scalars for the trainer's log: R@K, rsum, accuracy at each beta, the bound."""
+def flat_metrics(result: dict, beta: float) -> dict[str, float]:
+    """Scalars for the trainer's log: R@K, rsum, accuracy at each beta, the bound, and
+    `alignment_accuracy`, the accuracy at the bundle's default beta (early stopping)."""
     out = {k: v for k, v in result["retrieval"].items() if not k.endswith("meanr")}
     for key, values in result["alignment"].items():
         out[f"accuracy_{key}"] = values["accuracy"]
         out[f"words_per_segment_{key}"] = values["words_per_segment"]
-    out["alignment_accuracy"] = result["alignment"]["beta0"]["accuracy"]
+    out["alignment_accuracy"] = result["alignment"][f"beta{beta:g}"]["accuracy"]
     out["proposal_bound"] = result["proposal_bound"]
     return out
 

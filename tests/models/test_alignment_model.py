@@ -6,6 +6,7 @@ import torch
 from models.alignment import (
     AlignmentConfig,
     AlignmentModel,
+    length_mask,
     pair_scores,
     ranking_loss,
     reverse_within_length,
@@ -44,11 +45,11 @@ def test_word_vectors_ignore_padding_and_see_both_directions():
 def test_pair_scores_is_sum_over_words_of_best_region():
     regions = torch.randn(2, 3, D)
     words = torch.randn(3, 4, D)
-    num_regions, lengths = torch.tensor([3, 2]), torch.tensor([4, 2, 1])
-    scores = pair_scores(regions, num_regions, words, lengths)
+    mask, lengths = torch.tensor([[True, True, True], [True, False, True]]), torch.tensor([4, 2, 1])
+    scores = pair_scores(regions, mask, words, lengths)
     for k in range(2):
         for l in range(3):
-            dots = words[l, :lengths[l]] @ regions[k, :num_regions[k]].T  # (T, R)
+            dots = words[l, :lengths[l]] @ regions[k, mask[k]].T  # (T, R)
             torch.testing.assert_close(scores[k, l], dots.max(dim=1).values.sum())
 
 
@@ -68,7 +69,7 @@ def test_ranking_loss_matches_eq9_by_hand():
 
 def test_loss_falls_when_training_on_one_batch():
     model = tiny_model().train()
-    feats, num = torch.randn(6, 4, F), torch.tensor([4, 4, 3, 4, 2, 4])
+    feats, num = torch.randn(6, 4, F), length_mask(torch.tensor([4, 4, 3, 4, 2, 4]), 4)
     tokens = torch.randint(4, V, (6, 5))
     lengths = torch.tensor([5, 4, 5, 3, 5, 2])
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)

@@ -89,10 +89,14 @@ def test_batches_pair_each_caption_with_its_image_features(world):
     task = AlignmentTask(AlignmentTaskConfig(data=str(data), regions_run=str(regions_run),
                                              val_images=8, model={"joint_dim": 8}))
     assert task.num_examples() == 32 * 5 and task.features.shape == (32, 4, 12)
-    features, num_regions, tokens, lengths, same = task.batch(torch.tensor([0, 1, 5]),
-                                                              torch.device("cpu"))
+    features, mask, tokens, lengths, same = task.batch(torch.tensor([0, 1, 5]),
+                                                       torch.device("cpu"))
     assert torch.equal(features[0], features[1]) and torch.equal(same[0, 1], torch.tensor(True))
-    assert not same[0, 2] and num_regions.tolist() == [4, 4, 4]
+    assert not same[0, 2]
+    # Regions the detector scores below min_region_score (0.2) are masked; the whole image
+    # (score 1, the last row) never is.
+    scores = torch.from_numpy(task.train_features.scores[[0, 0, 1]])
+    assert torch.equal(mask, scores >= 0.2) and mask[:, -1].all()
     expected, expected_lengths = encode_sentences(task.vocab, [load_tokens(data, 0, 0),
                                                                load_tokens(data, 1, 0)], 24)
     assert tokens.shape[1] == int(lengths.max())
@@ -120,6 +124,7 @@ def test_train_export_and_evaluate_the_bundle(world, tmp_path):
     history = json.loads((run / "history.json").read_text())
     assert len(history) == 2
     assert 0 <= history[-1]["alignment_accuracy"] <= history[-1]["proposal_bound"] <= 1
+    assert history[-1]["alignment_accuracy"] == history[-1]["accuracy_beta0.5"]  # the default
     assert 0 <= history[-1]["i2t_r1"] <= history[-1]["i2t_r10"] <= 100
     repo = tmp_path / "repo"
     assert glimpse(["export", str(run), "--repository", str(repo), "--name", "align-x"]) == 0
