@@ -163,7 +163,10 @@ def check_generation_parity(models: GenerationModels, bundle_dir: Path, *, seed:
                 for f in (TEXT_ENCODER_FILE, GENERATOR_FILE)}
     chars = _random_chars(rng, models, 5)
     (ort_embedding,) = sessions[TEXT_ENCODER_FILE].run(None, {"chars": chars})
-    embedding = ort_embedding + rng.standard_normal(ort_embedding.shape).astype(np.float32)
+    # The generator is fed the text encoder's own embeddings: generators that standardise
+    # phi(t) saturate to all-0/1 pixels on embeddings of another scale, which would make
+    # the comparison vacuous.
+    embedding = ort_embedding
     noise = rng.standard_normal((5, models.noise_dim)).astype(np.float32)
     (ort_image,) = sessions[GENERATOR_FILE].run(None, {"embedding": embedding, "noise": noise})
     with torch.no_grad():
