@@ -45,7 +45,10 @@ class VqaConfig:
     attention_dim: int = 128  # f_a output
     joint_dim: int = 256  # f_q, f_v and f_o outputs
     glimpses: int = 2
+    attention_fusion: str = "product"  # or "concat" (see TopDownAttention)
+    glimpse_queries: bool = True  # each glimpse attends over the words first (GlimpseQueries)
     geometry: bool = True  # append GEOMETRY_FEATURES to each region feature
+    normalize_features: bool = True  # layer-normalise each region feature (see `regions`)
     dropout: float = 0.1
     pad_id: int = 0
 
@@ -78,30 +81,76 @@ class QuestionEncoder(nn.Module):
                                   padding_idx=config.pad_id)
         self.gru = nn.GRU(config.embed_dim, config.question_dim, batch_first=True)
 
-    def forward(self, question: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
-        """question (B, T) right-padded ids, length (B,) >= 1 -> q (B, Dq)."""
+    def forward(self, question: torch.Tensor, length: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """question (B, T) right-padded ids, length (B,) >= 1 -> q (B, Dq), and the
+        state after every word (B, T, Dq)."""
         states, _ = self.gru(self.embed(question))  # (B, T, Dq)
         # The GRU reads left to right, so the right padding never reaches the state at
         # position length - 1: gathering it equals running each question unpadded.
         last = (length - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, states.shape[2])
-        return states.gather(1, last).squeeze(1)
+        return states.gather(1, last).squeeze(1), states
+
+
+class GlimpseQueries(nn.Module):
+    """One query per glimpse: an attention-weighted sum of the GRU's per-word states.
+
+    With one shared q, every glimpse looks for the same thing; a question about two
+    objects ("is the red circle left of the blue square?") then gets both glimpses on one
+    of them. Attending over the words first lets glimpse g pick its own phrase.
+    """
+
+    def __init__(self, config: VqaConfig) -> None:
+        super().__init__()
+        self.score = nn.Linear(config.question_dim, config.glimpses)
+
+    def forward(self, states: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        """states (B, T, Dq), length (B,) -> queries (B, G, Dq)."""
+        words = torch.arange(states.shape[1], device=states.device)
+        real = words.unsqueeze(0) < length.unsqueeze(1)  # (B, T)
+        logits = self.score(states).masked_fill(~real.unsqueeze(-1), -1e9)  # (B, T, G)
+        return torch.bmm(logits.softmax(dim=1).transpose(1, 2), states)
 
 
 class TopDownAttention(nn.Module):
-    """a_i = w_a^T f_a([v_i; q]) for each glimpse; softmax over the unmasked regions."""
+    """Attention logits a_i per glimpse; softmax over the unmasked regions.
+
+    fusion "concat": a_i = w_a^T f_a([v_i; q]), as written in §3.3.
+    fusion "product": a_i = w_a^T (f_av(v_i) * f_aq(q)), the element-wise product of the
+    widely used PyTorch re-implementation of the paper: matching a region against the
+    objects a question names is a multiplicative interaction, which one gated tanh layer
+    over the concatenation learns only slowly.
+    """
 
     def __init__(self, region_dim: int, config: VqaConfig) -> None:
         super().__init__()
-        self.f_a = GatedTanh(region_dim + config.question_dim, config.attention_dim)
+        self.fusion = config.attention_fusion
+        if self.fusion == "concat":
+            self.f_a = GatedTanh(region_dim + config.question_dim, config.attention_dim)
+        elif self.fusion == "product":
+            self.f_av = GatedTanh(region_dim, config.attention_dim)
+            self.f_aq = GatedTanh(config.question_dim, config.attention_dim)
+        else:
+            raise ValueError(f"attention_fusion must be 'concat' or 'product', not "
+                             f"{self.fusion!r}")
         self.dropout = nn.Dropout(config.dropout)
         self.w_a = nn.Linear(config.attention_dim, config.glimpses)
 
     def forward(self, v: torch.Tensor, q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """v (B, R, Dv), q (B, Dq), mask (B, R) bool -> alpha (B, G, R)."""
-        q_tiled = q.unsqueeze(1).expand(-1, v.shape[1], -1)  # (B, R, Dq)
-        a = self.w_a(self.dropout(self.f_a(torch.cat([v, q_tiled], dim=-1))))  # (B, R, G)
-        a = a.masked_fill(~mask.unsqueeze(-1), torch.finfo(a.dtype).min)
-        return a.softmax(dim=1).transpose(1, 2)
+        """v (B, R, Dv), q (B, G, Dq) one query per glimpse, mask (B, R) bool
+        -> alpha (B, G, R)."""
+        G, R = q.shape[1], v.shape[1]
+        if self.fusion == "concat":
+            pairs = torch.cat([v.unsqueeze(1).expand(-1, G, -1, -1),
+                               q.unsqueeze(2).expand(-1, -1, R, -1)], dim=-1)
+            joint = self.f_a(pairs)  # (B, G, R, Da)
+        else:
+            joint = self.f_av(v).unsqueeze(1) * self.f_aq(q).unsqueeze(2)  # (B, G, R, Da)
+        # Glimpse g reads its own joint vectors with its own row of w_a.
+        a = (self.dropout(joint) * self.w_a.weight[:, None, :]).sum(-1) \
+            + self.w_a.bias[:, None]  # (B, G, R)
+        a = a.masked_fill(~mask.unsqueeze(1), torch.finfo(a.dtype).min)
+        return a.softmax(dim=2)
 
 
 class UpDownVqa(nn.Module):
@@ -111,7 +160,14 @@ class UpDownVqa(nn.Module):
         super().__init__()
         self.config = config
         region_dim = config.feature_dim + (GEOMETRY_FEATURES if config.geometry else 0)
+        # Detector features are ReLU outputs with norms in the tens: as they are, they
+        # saturate the tanh of f_a and f_v; L2-normalised (Teney et al. 2018, §3) these
+        # all-positive vectors point almost the same way and differ by a few hundredths.
+        # Layer normalisation centres and scales each one, keeping them apart.
+        self.feature_norm = nn.LayerNorm(config.feature_dim) if config.normalize_features \
+            else nn.Identity()
         self.question = QuestionEncoder(config)
+        self.glimpse_queries = GlimpseQueries(config) if config.glimpse_queries else None
         self.attention = TopDownAttention(region_dim, config)
         self.f_q = GatedTanh(config.question_dim, config.joint_dim)
         self.f_v = GatedTanh(config.glimpses * region_dim, config.joint_dim)
@@ -121,7 +177,9 @@ class UpDownVqa(nn.Module):
 
     def regions(self, features: torch.Tensor, boxes: torch.Tensor,
                 scores: torch.Tensor) -> torch.Tensor:
-        """v_i: the region feature, with its box geometry and score when `geometry` is on."""
+        """v_i: the (normalised) region feature, with box geometry and score appended."""
+        if self.config.normalize_features:
+            features = self.feature_norm(features)
         if not self.config.geometry:
             return features
         wh = boxes[..., 2:] - boxes[..., :2]
@@ -143,8 +201,12 @@ class UpDownVqa(nn.Module):
             region_mask = torch.ones(features.shape[:2], dtype=torch.bool,
                                      device=features.device)
         v = self.regions(features, boxes, scores)  # (B, R, Dv)
-        q = self.question(question, question_length)  # (B, Dq)
-        alpha = self.attention(v, q, region_mask)  # (B, G, R)
+        q, states = self.question(question, question_length)  # (B, Dq), (B, T, Dq)
+        if self.glimpse_queries is not None:
+            queries = self.glimpse_queries(states, question_length)  # (B, G, Dq)
+        else:
+            queries = q.unsqueeze(1).expand(-1, self.config.glimpses, -1)
+        alpha = self.attention(v, queries, region_mask)  # (B, G, R)
         v_hat = torch.bmm(alpha, v).flatten(1)  # (B, G * Dv)
         h = self.f_q(q) * self.f_v(v_hat)  # (B, J)
         logits = self.w_o(self.dropout(self.f_o(self.dropout(h))))  # (B, A)

@@ -97,3 +97,13 @@ def test_loss_is_bce_summed_over_answers_and_trains():
         model(**x, targets=targets)[2].backward()
         optimizer.step()
     assert model(**x, targets=targets)[2] < 0.5 * loss
+
+
+def test_normalised_features_ignore_the_detector_scale():
+    x = inputs()
+    scaled = dict(x, features=x["features"] * 50.0)
+    with torch.no_grad():
+        model = tiny()
+        torch.testing.assert_close(model(**scaled)[0], model(**x)[0], atol=1e-5, rtol=1e-4)
+        raw = tiny(normalize_features=False)
+        assert not torch.allclose(raw(**scaled)[0], raw(**x)[0], atol=1e-3)
