@@ -1,0 +1,220 @@
+"""The text-to-image pipeline: prompt -> characters -> text encoder -> generator -> PNGs.
+
+`GenerationModel` is what the service batches behind /v1/images/generations and what
+evaluation uses offline (`GenerationModel.from_bundle(path).generate(prompts, n, seed)`),
+so both draw the same images. The generator G(z, phi(t)) of Reed et al. 2016 (Eq. 1
+conditions G on the text embedding phi(t)) is sampled with z ~ N(0, I) drawn by
+`numpy.random.default_rng(seed)`: a request's images depend only on its prompt, n and
+seed, never on the other requests of its batch.
+
+Graph contract (bundle written by training/export_generation.py):
+    text_encoder  chars [batch, T] int64, 0 pads -> embedding [batch, E]
+    generator     embedding [batch, E], noise [batch, Z] -> image [batch, 3, S, S] in [0, 1]
+with T = inference.max_prompt_length, Z = inference.noise_dim, S = inference.image_size.
+
+Batching: the queue's max_batch_size counts requests, as for every model; one request
+of n images is one entry. A batch's images are drawn in generator runs of at most
+`MAX_IMAGES_PER_RUN`, and the text encoder runs once over the batch's distinct prompts.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from service.bundle import Bundle, BundleError, load_bundle
+from service.errors import InvalidParameter
+from service.runtime import OnnxGraph, load_graphs
+from service.text import CharIndex, WordIndex, pad_ids
+
+MAX_IMAGES_PER_REQUEST = 16
+MAX_IMAGES_PER_RUN = 64
+MAX_SEED = 2**63 - 1
+GRAPHS = ("text_encoder", "generator")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated request: the prompt's character ids and the images to draw."""
+
+    prompt: str
+    chars: tuple[int, ...]  # alphabet ids of the prompt, unpadded
+    n: int
+    seed: int
+
+
+@dataclass
+class GenerationResult:
+    images: np.ndarray  # uint8 [n, S, S, 3]
+    seed: int
+    pngs: list[bytes]
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """[B, 3, S, S] floats in [0, 1] -> [B, S, S, 3] uint8 (rounded)."""
+    pixels = np.rint(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of one [S, S, 3] uint8 image."""
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def draw_noise(seed: int, n: int, noise_dim: int) -> np.ndarray:
+    """z ~ N(0, I) of one request: float32 [n, noise_dim] from default_rng(seed).
+
+    Rows are drawn in order, so the first k images of n are those of a request for k.
+    """
+    return np.random.default_rng(seed).standard_normal((n, noise_dim), dtype=np.float32)
+
+
+class GenerationModel:
+    """A char-CNN-RNN text encoder graph and a generator graph sampled with seeded noise."""
+
+    def __init__(self, bundle: Bundle, graphs: Mapping[str, OnnxGraph]) -> None:
+        manifest = bundle.manifest
+        if manifest.task != "generation":
+            raise BundleError(bundle.path, f"task {manifest.task!r} is not a generation bundle")
+        missing = [g for g in GRAPHS if g not in graphs]
+        if missing:
+            raise BundleError(bundle.path, f"a generation bundle needs graphs {missing}")
+        self.bundle = bundle
+        self.text_encoder = graphs["text_encoder"]
+        self.generator = graphs["generator"]
+        try:
+            self.noise_dim = int(manifest.inference["noise_dim"])
+            self.max_prompt_length = int(manifest.inference["max_prompt_length"])
+            self.image_size = int(manifest.inference["image_size"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(bundle.path, f"inference needs noise_dim, max_prompt_length and "
+                              f"image_size as integers ({exc!r})", "manifest.json") from None
+        self.alphabet = self._alphabet()
+        self.vocabulary = self._vocabulary()
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, *, device: str = "auto",
+                    providers: Sequence[str] | None = None,
+                    intra_op_threads: int | None = None) -> GenerationModel:
+        """Load a bundle directory for offline use (validation as in the service)."""
+        bundle = load_bundle(path)
+        return cls(bundle, load_graphs(bundle, device=device, providers=providers,
+                                       intra_op_threads=intra_op_threads))
+
+    def _alphabet(self) -> CharIndex:
+        tokenizer = self.bundle.manifest.preprocessing.tokenizer
+        if tokenizer is None or tokenizer.type != "char" or tokenizer.file not in \
+                self.bundle.manifest.files:
+            raise BundleError(self.bundle.path, "a generation bundle needs preprocessing."
+                              "tokenizer of type 'char' naming an entry of `files`")
+        try:
+            return CharIndex.from_file(self.bundle.file(tokenizer.file))
+        except (ValueError, OSError) as exc:
+            raise BundleError(self.bundle.path, str(exc),
+                              self.bundle.manifest.files[tokenizer.file].file) from None
+
+    def _vocabulary(self) -> WordIndex | None:
+        key = self.bundle.manifest.inference.get("vocabulary")
+        if key is None:
+            return None
+        if key not in self.bundle.manifest.files:
+            raise BundleError(self.bundle.path, f"inference.vocabulary names {key!r}, which is "
+                              "not an entry of `files`", "manifest.json")
+        try:
+            return WordIndex.from_file(self.bundle.file(key))
+        except (ValueError, OSError) as exc:
+            raise BundleError(self.bundle.path, str(exc),
+                              self.bundle.manifest.files[key].file) from None
+
+    # ------------------------------------------------------------------ requests
+
+    def request(self, prompt: str, n: int = 1, seed: int | None = None) -> GenerationRequest:
+        """Validate a prompt, image count and seed (InvalidParameter names what is wrong).
+
+        Without a seed one is drawn at random; it is returned with the images.
+        """
+        if not 1 <= n <= MAX_IMAGES_PER_REQUEST:
+            raise InvalidParameter(f"n: must be between 1 and {MAX_IMAGES_PER_REQUEST}, got {n}")
+        if seed is None:
+            seed = secrets.randbelow(MAX_SEED + 1)
+        elif not 0 <= seed <= MAX_SEED:
+            raise InvalidParameter(f"seed: must be between 0 and {MAX_SEED}, got {seed}")
+        text = prompt.strip()
+        if not text:
+            raise InvalidParameter("prompt: must not be empty")
+        if len(text) > self.max_prompt_length:
+            raise InvalidParameter(f"prompt: {len(text)} characters, this model reads at most "
+                                   f"{self.max_prompt_length}")
+        encoded = self.alphabet.encode(text)
+        if encoded.unknown:
+            raise InvalidParameter(f"prompt: characters outside the model's alphabet: "
+                                   f"{', '.join(map(repr, encoded.unknown))}")
+        if self.vocabulary is not None:
+            unknown = self.vocabulary.encode(text).unknown
+            if unknown:
+                raise InvalidParameter(f"prompt: words the model was not trained on: "
+                                       f"{', '.join(map(repr, unknown))}")
+        return GenerationRequest(prompt=text, chars=tuple(encoded.ids), n=n, seed=seed)
+
+    # ------------------------------------------------------------------ inference
+
+    def _embed(self, requests: Sequence[GenerationRequest]) -> np.ndarray:
+        """phi(t) of each request's prompt, [len(requests), E]; one row per distinct prompt
+        goes through the text encoder."""
+        distinct = list(dict.fromkeys(r.chars for r in requests))
+        chars = pad_ids(distinct, length=self.max_prompt_length)
+        embeddings = self.text_encoder.run({"chars": chars})["embedding"]
+        row = {c: i for i, c in enumerate(distinct)}
+        return embeddings[[row[r.chars] for r in requests]]
+
+    def images(self, requests: Sequence[GenerationRequest]) -> list[np.ndarray]:
+        """uint8 [n, S, S, 3] images of each request, drawn in batched generator runs."""
+        if not requests:
+            return []
+        per_request = self._embed(requests)
+        embedding = np.repeat(per_request, [r.n for r in requests], axis=0)
+        noise = np.concatenate([draw_noise(r.seed, r.n, self.noise_dim) for r in requests])
+        drawn = [self.generator.run({"embedding": embedding[i:i + MAX_IMAGES_PER_RUN],
+                                     "noise": noise[i:i + MAX_IMAGES_PER_RUN]})["image"]
+                 for i in range(0, len(noise), MAX_IMAGES_PER_RUN)]
+        pixels = to_uint8(np.concatenate(drawn))
+        bounds = np.cumsum([r.n for r in requests])[:-1]
+        return np.split(pixels, bounds)
+
+    def run_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """The batch function of the service's queue: images and their PNGs per request."""
+        return [GenerationResult(images=images, seed=r.seed,
+                                 pngs=[encode_png(image) for image in images])
+                for r, images in zip(requests, self.images(requests), strict=True)]
+
+    def generate(self, prompts: Sequence[str], n: int = 1, seed: int = 0) -> np.ndarray:
+        """uint8 [len(prompts) * n, S, S, 3], prompt-major.
+
+        Each prompt's n images are the ones /v1/images/generations returns for that
+        prompt, n and seed (so every prompt is drawn with the same noise).
+        """
+        requests = [self.request(p, n, seed) for p in prompts]
+        step = max(1, MAX_IMAGES_PER_RUN // n)  # requests whose images fill one run
+        images = [image for start in range(0, len(requests), step)
+                  for image in self.images(requests[start:start + step])]
+        if not images:
+            return np.empty((0, self.image_size, self.image_size, 3), np.uint8)
+        return np.concatenate(images)
+
+    def warm_up(self, batch_sizes: Sequence[int]) -> None:
+        """Run each batch size once so that first requests do not pay for allocation."""
+        letters = self.alphabet.alphabet
+        for size in batch_sizes:
+            size = min(size, MAX_IMAGES_PER_RUN)
+            # distinct one-character prompts, so that the text encoder sees the batch size too
+            self.images([GenerationRequest(prompt=letters[i % len(letters)],
+                                           chars=(1 + i % len(letters),), n=1, seed=i)
+                         for i in range(size)])
