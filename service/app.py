@@ -49,8 +49,8 @@ access_log = logging.getLogger("service.access")
 # task -> how a bundle of that task becomes a pipeline (a batch function plus warm-up)
 PIPELINES: dict[str, Callable[..., Any]] = {"caption": CaptionModel, "alignment": AlignmentModel,
                                             "vqa": VqaModel,
-                                            "generation": GenerationModel,
-                                            "retrieval": RetrievalModel}
+                                            "retrieval": RetrievalModel,
+                                            "generation": GenerationModel}
 
 DESCRIPTION = """
 Image-language models exported to ONNX, served with ONNX Runtime and dynamic batching.
@@ -227,6 +227,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            expose_headers=["X-Request-ID", "Retry-After"])
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     for router in (health.router, metrics.router, models.router, captions.router,
-                   alignments.router, vqa.router, generations_router, retrieval.router):
+                   alignments.router, vqa.router, retrieval.router, generations_router):
         app.include_router(router)
     return app

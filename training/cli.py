@@ -134,6 +134,69 @@ def _eval_bundle(p: argparse.ArgumentParser) -> None:
                    help="record the metrics in the bundle's manifest")
 
 
+def _train_retrieval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="dataset directory (captions.json)")
+    p.add_argument("--out", required=True, help="run directory for checkpoints and logs")
+    p.add_argument("--config", default=None, help="JSON file with any of the knobs")
+    p.add_argument("--layer-norm", action="store_true", help="layer-normalised GRU")
+    p.add_argument("--loss", choices=["sum", "max"], default=None,
+                   help="hinge over all negatives (VSE) or the hardest one (VSE++)")
+    p.add_argument("--encoder-init", default=None,
+                   help="run directory of `glimpse train encoder` (the frozen image encoder)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="stop after this many steps")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true")
+
+
+def _index(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="retrieval bundle directory (model_repository/NAME/VERSION)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="dataset directory: index a split's images and sentences")
+    source.add_argument("--images", help="folder of images: index the images only")
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch-size", type=int, default=64)
+
+
+def _eval_retrieval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="retrieval bundle directory (model_repository/NAME/VERSION)")
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--write-manifest", action="store_true",
+                   help="record the metrics in the bundle's manifest")
+
+
+def _train_vqa(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="dataset directory (vqa/ questions and answers)")
+    p.add_argument("--features", default=None,
+                   help="directory of precomputed region features {split}.npz "
+                        "(default: DATA/features/regions)")
+    p.add_argument("--regions-run", default=None,
+                   help="run directory of the region detector that computed the features")
+    p.add_argument("--out", required=True, help="run directory for checkpoints and logs")
+    p.add_argument("--config", default=None, help="JSON file with any of the knobs")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true")
+
+
+def _eval_vqa_bundle(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="vqa bundle directory (model_repository/NAME/VERSION)")
+    p.add_argument("--data", required=True, help="dataset directory (vqa/ and the images)")
+    p.add_argument("--splits", nargs="+", default=["test", "novel"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=int, default=None, help="the first N questions only")
+    p.add_argument("--write-manifest", action="store_true",
+                   help="record the metrics in the bundle's manifest")
+
+
 def _train_gan(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", choices=["gan", "gan-cls", "gan-int", "gan-int-cls"],
                    default=None, help="loss of Reed et al. 2016 (default gan-int-cls)")
@@ -214,69 +277,6 @@ def _eval_alignment(p: argparse.ArgumentParser) -> None:
                    help="record the metrics in the bundle's manifest")
 
 
-def _train_vqa(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=None, help="dataset directory (vqa/ questions and answers)")
-    p.add_argument("--features", default=None,
-                   help="directory of precomputed region features {split}.npz "
-                        "(default: DATA/features/regions)")
-    p.add_argument("--regions-run", default=None,
-                   help="run directory of the region detector that computed the features")
-    p.add_argument("--out", required=True, help="run directory for checkpoints and logs")
-    p.add_argument("--config", default=None, help="JSON file with any of the knobs")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--resume", action="store_true")
-
-
-def _eval_vqa_bundle(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="vqa bundle directory (model_repository/NAME/VERSION)")
-    p.add_argument("--data", required=True, help="dataset directory (vqa/ and the images)")
-    p.add_argument("--splits", nargs="+", default=["test", "novel"])
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--limit", type=int, default=None, help="the first N questions only")
-    p.add_argument("--write-manifest", action="store_true",
-                   help="record the metrics in the bundle's manifest")
-
-
-def _train_retrieval(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=None, help="dataset directory (captions.json)")
-    p.add_argument("--out", required=True, help="run directory for checkpoints and logs")
-    p.add_argument("--config", default=None, help="JSON file with any of the knobs")
-    p.add_argument("--layer-norm", action="store_true", help="layer-normalised GRU")
-    p.add_argument("--loss", choices=["sum", "max"], default=None,
-                   help="hinge over all negatives (VSE) or the hardest one (VSE++)")
-    p.add_argument("--encoder-init", default=None,
-                   help="run directory of `glimpse train encoder` (the frozen image encoder)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--resume", action="store_true")
-
-
-def _index(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="retrieval bundle directory (model_repository/NAME/VERSION)")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", help="dataset directory: index a split's images and sentences")
-    source.add_argument("--images", help="folder of images: index the images only")
-    p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", type=int, default=64)
-
-
-def _eval_retrieval(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="retrieval bundle directory (model_repository/NAME/VERSION)")
-    p.add_argument("--data", required=True, help="dataset directory")
-    p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--write-manifest", action="store_true",
-                   help="record the metrics in the bundle's manifest")
-
-
 # (group, name) -> (module implementing run(args), help, argument configuration)
 COMMANDS: dict[tuple[str, str | None], tuple[str, str, Configure]] = {
     ("data", "shapes"): (
@@ -319,6 +319,31 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, Configure]] = {
         "pre-train an image encoder on the shapes world's attributes",
         _train_encoder,
     ),
+    ("train", "retrieval"): (
+        "training.vse_task",
+        "train an image-sentence embedding for retrieval (VSE, VSE++)",
+        _train_retrieval,
+    ),
+    ("index", None): (
+        "training.index",
+        "embed a dataset split or an image folder as a retrieval bundle's gallery",
+        _index,
+    ),
+    ("eval", "retrieval"): (
+        "training.index",
+        "recall of a retrieval bundle on a dataset split, through the service runtime",
+        _eval_retrieval,
+    ),
+    ("train", "vqa"): (
+        "training.vqa_task",
+        "train a Bottom-Up/Top-Down VQA model on precomputed region features",
+        _train_vqa,
+    ),
+    ("eval", "vqa-bundle"): (
+        "training.evaluate_vqa",
+        "VQA accuracy of a vqa bundle per split and question type, through the service runtime",
+        _eval_vqa_bundle,
+    ),
     ("train", "gan"): (
         "training.gan_task",
         "train a text-to-image GAN (GAN, GAN-CLS, GAN-INT, GAN-INT-CLS)",
@@ -348,31 +373,6 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, Configure]] = {
         "training.alignment_task",
         "retrieval and noun-phrase alignment accuracy of an alignment bundle",
         _eval_alignment,
-    ),
-    ("train", "vqa"): (
-        "training.vqa_task",
-        "train a Bottom-Up/Top-Down VQA model on precomputed region features",
-        _train_vqa,
-    ),
-    ("eval", "vqa-bundle"): (
-        "training.evaluate_vqa",
-        "VQA accuracy of a vqa bundle per split and question type, through the service runtime",
-        _eval_vqa_bundle,
-    ),
-    ("train", "retrieval"): (
-        "training.vse_task",
-        "train an image-sentence embedding for retrieval (VSE, VSE++)",
-        _train_retrieval,
-    ),
-    ("index", None): (
-        "training.index",
-        "embed a dataset split or an image folder as a retrieval bundle's gallery",
-        _index,
-    ),
-    ("eval", "retrieval"): (
-        "training.index",
-        "recall of a retrieval bundle on a dataset split, through the service runtime",
-        _eval_retrieval,
     ),
     ("export", None): (
         "training.export",

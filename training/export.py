@@ -178,10 +178,10 @@ def attention_grid(model, image_size: int) -> list[int]:
 # signature of `export_caption`. Imported only when that kind of run is exported.
 EXPORTERS: dict[str, str] = {
     "caption": "training.export:export_caption",
-    "vqa": "training.export_vqa:export_vqa",
     "alignment": "training.export_alignment:export_alignment",
-    "generation": "training.export_generation:export_generation",
+    "vqa": "training.export_vqa:export_vqa",
     "retrieval": "training.export_vse:export_retrieval",
+    "generation": "training.export_generation:export_generation",
 }
 
 
