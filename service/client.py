@@ -3,6 +3,11 @@
     with GlimpseClient("http://127.0.0.1:8000", api_key="...") as client:
         answer = client.caption("cat.png", beam_size=5, num_captions=3)
         best = answer["captions"][0]["text"]
+        client.vqa("cat.png", "what colour is the circle?")["answers"][0]["answer"]
+        png = client.generate_images("a small green star", n=1, seed=7)[0]
+
+Images go up as multipart form data; each method's keyword arguments are the
+endpoint's other fields (docs/service.md lists them).
 
 Every non-2xx answer raises `GlimpseAPIError` carrying the status, the error type,
 message and request id of the JSON error body, and the Retry-After delay if any.
@@ -11,6 +16,7 @@ message and request id of the JSON error body, and the Retry-After delay if any.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +50,58 @@ def _form_fields(params: dict[str, Any]) -> dict[str, str]:
             continue
         fields[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
     return fields
+
+
+def _image_post(path: str, image: ImageInput, params: dict[str, Any]) -> dict[str, Any]:
+    """Arguments of an httpx POST sending `image` as multipart `file` plus form fields."""
+    files = {"file": ("image", _image_bytes(image), "application/octet-stream")}
+    return {"url": path, "files": files, "data": _form_fields(params)}
+
+
+def _json_post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {"url": path, "json": {k: v for k, v in body.items() if v is not None}}
+
+
+def _pngs(answer: dict[str, Any]) -> list[bytes]:
+    return [base64.b64decode(item["b64_json"]) for item in answer["data"]]
+
+
+class _Requests:
+    """The request of each endpoint, shared by the synchronous and asynchronous clients."""
+
+    @staticmethod
+    def caption(image: ImageInput, params: dict[str, Any]) -> dict[str, Any]:
+        return _image_post("/v1/captions", image, params)
+
+    @staticmethod
+    def vqa(image: ImageInput, question: str, params: dict[str, Any]) -> dict[str, Any]:
+        return _image_post("/v1/vqa", image, {"question": question, **params})
+
+    @staticmethod
+    def align(image: ImageInput, sentence: str, params: dict[str, Any]) -> dict[str, Any]:
+        return _image_post("/v1/alignments", image, {"sentence": sentence, **params})
+
+    @staticmethod
+    def embed(text: str | None, image: ImageInput | None, model: str | None) -> dict[str, Any]:
+        if (text is None) == (image is None):
+            raise ValueError("embed takes exactly one of text= and image=")
+        if image is not None:
+            return _image_post("/v1/embeddings", image, {"model": model})
+        return _json_post("/v1/embeddings", {"text": text, "model": model})
+
+    @staticmethod
+    def search_images(text: str, top_k: int, model: str | None) -> dict[str, Any]:
+        return _json_post("/v1/retrieval/images", {"text": text, "top_k": top_k, "model": model})
+
+    @staticmethod
+    def search_captions(image: ImageInput, top_k: int, model: str | None) -> dict[str, Any]:
+        return _image_post("/v1/retrieval/captions", image, {"top_k": top_k, "model": model})
+
+    @staticmethod
+    def generate(prompt: str, n: int, seed: int | None, model: str | None) -> dict[str, Any]:
+        return _json_post("/v1/images/generations", {"prompt": prompt, "n": n, "seed": seed,
+                                                     "model": model,
+                                                     "response_format": "b64_json"})
 
 
 def _checked(response: httpx.Response) -> Any:
@@ -80,8 +138,35 @@ class GlimpseClient:
     def caption(self, image: ImageInput, **params: Any) -> dict[str, Any]:
         """POST /v1/captions; params: model, beam_size, max_length, length_penalty,
         num_captions, return_attention."""
-        files = {"file": ("image", _image_bytes(image), "application/octet-stream")}
-        return _checked(self.http.post("/v1/captions", files=files, data=_form_fields(params)))
+        return _checked(self.http.post(**_Requests.caption(image, params)))
+
+    def vqa(self, image: ImageInput, question: str, **params: Any) -> dict[str, Any]:
+        """POST /v1/vqa; params: model, top_k, return_attention."""
+        return _checked(self.http.post(**_Requests.vqa(image, question, params)))
+
+    def align(self, image: ImageInput, sentence: str, **params: Any) -> dict[str, Any]:
+        """POST /v1/alignments; params: model, beta."""
+        return _checked(self.http.post(**_Requests.align(image, sentence, params)))
+
+    def embed(self, *, text: str | None = None, image: ImageInput | None = None,
+              model: str | None = None) -> dict[str, Any]:
+        """POST /v1/embeddings of a sentence or an image."""
+        return _checked(self.http.post(**_Requests.embed(text, image, model)))
+
+    def search_images(self, text: str, top_k: int = 5,
+                      model: str | None = None) -> dict[str, Any]:
+        """POST /v1/retrieval/images: the gallery images that best match `text`."""
+        return _checked(self.http.post(**_Requests.search_images(text, top_k, model)))
+
+    def search_captions(self, image: ImageInput, top_k: int = 5,
+                        model: str | None = None) -> dict[str, Any]:
+        """POST /v1/retrieval/captions: the gallery sentences that best describe `image`."""
+        return _checked(self.http.post(**_Requests.search_captions(image, top_k, model)))
+
+    def generate_images(self, prompt: str, n: int = 1, seed: int | None = None,
+                        model: str | None = None) -> list[bytes]:
+        """POST /v1/images/generations; the PNG files, in order."""
+        return _pngs(_checked(self.http.post(**_Requests.generate(prompt, n, seed, model))))
 
     def models(self) -> list[dict[str, Any]]:
         return _checked(self.http.get("/v1/models"))["models"]
@@ -125,9 +210,30 @@ class AsyncGlimpseClient:
                                       timeout=timeout, transport=transport, limits=limits)
 
     async def caption(self, image: ImageInput, **params: Any) -> dict[str, Any]:
-        files = {"file": ("image", _image_bytes(image), "application/octet-stream")}
-        response = await self.http.post("/v1/captions", files=files, data=_form_fields(params))
-        return _checked(response)
+        return _checked(await self.http.post(**_Requests.caption(image, params)))
+
+    async def vqa(self, image: ImageInput, question: str, **params: Any) -> dict[str, Any]:
+        return _checked(await self.http.post(**_Requests.vqa(image, question, params)))
+
+    async def align(self, image: ImageInput, sentence: str, **params: Any) -> dict[str, Any]:
+        return _checked(await self.http.post(**_Requests.align(image, sentence, params)))
+
+    async def embed(self, *, text: str | None = None, image: ImageInput | None = None,
+                    model: str | None = None) -> dict[str, Any]:
+        return _checked(await self.http.post(**_Requests.embed(text, image, model)))
+
+    async def search_images(self, text: str, top_k: int = 5,
+                            model: str | None = None) -> dict[str, Any]:
+        return _checked(await self.http.post(**_Requests.search_images(text, top_k, model)))
+
+    async def search_captions(self, image: ImageInput, top_k: int = 5,
+                              model: str | None = None) -> dict[str, Any]:
+        return _checked(await self.http.post(**_Requests.search_captions(image, top_k, model)))
+
+    async def generate_images(self, prompt: str, n: int = 1, seed: int | None = None,
+                              model: str | None = None) -> list[bytes]:
+        answer = _checked(await self.http.post(**_Requests.generate(prompt, n, seed, model)))
+        return _pngs(answer)
 
     async def models(self) -> list[dict[str, Any]]:
         return _checked(await self.http.get("/v1/models"))["models"]

@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     # Task -> model name used when a request names no model. When that model is not
     # served, the first served name A-Z is used.
     default_models: dict[str, str] = {
-        "caption": "caption-sat", "vqa": "vqa-updown", "retrieval": "retrieval-vse",
+        "caption": "caption-updown", "vqa": "vqa-updown", "retrieval": "retrieval-vse",
         "alignment": "align-brnn", "generation": "gan-int-cls",
     }
 
