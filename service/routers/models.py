@@ -14,9 +14,13 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_
 
 
 def _defaults(served: ServedModel) -> dict[str, Any]:
-    d = served.bundle.manifest.decoding
+    """Decoding defaults of a caption model; the numeric inference settings of the others
+    (alignment beta, prompt and question limits, noise size, ...)."""
+    manifest = served.bundle.manifest
+    d = manifest.decoding
     if d is None:
-        return {}
+        return {key: value for key, value in manifest.inference.items()
+                if isinstance(value, int | float | bool)}
     return {"beam_size": d.beam_size, "max_length": d.max_length,
             "length_penalty": d.length_penalty, "attention": d.attention is not None}
 

@@ -56,7 +56,11 @@ def images(world: Path) -> list[tuple[int, Path, list[str]]]:
 def test_every_task_is_served_and_ready(glimpse: GlimpseClient) -> None:
     health = glimpse.health()
     assert health["ready"] is True and health["errors"] == []
-    assert {m["task"] for m in glimpse.models()} >= TASKS
+    models = glimpse.models()
+    assert {m["task"] for m in models} >= TASKS
+    defaults = {m["task"]: m["defaults"] for m in models if m["latest"]}
+    assert defaults["alignment"]["beta"] >= 0
+    assert defaults["generation"]["max_prompt_length"] > 0
 
 
 def test_default_captioner_describes_the_scenes(glimpse: GlimpseClient, world: Path,
