@@ -114,6 +114,8 @@ def _eval_generation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="write the metrics as JSON here")
     p.add_argument("--grid", default=None, help="save a sample grid PNG here")
     p.add_argument("--grid-prompts", type=int, default=8, help="rows of the sample grid")
+    p.add_argument("--write-manifest", action="store_true",
+                   help="record the metrics in the bundle's manifest under metrics[split]")
 
 
 def _export(p: argparse.ArgumentParser) -> None:

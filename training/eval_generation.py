@@ -185,6 +185,17 @@ def _generator(path: str, split: SplitImages) -> Generator:
     return GenerationModel.from_bundle(path)
 
 
+def record_generation_metrics(bundle: Path, split: str, result: dict) -> None:
+    """Store the metrics in the bundle's manifest under metrics[split] (the manifest is not
+    among the files whose sha256 it records, so the bundle stays valid)."""
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.setdefault("metrics", {})[split] = {
+        "prompts": result["prompts"], "samples_per_prompt": result["samples_per_prompt"],
+        "seed": result["seed"], **result["metrics"]}
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     n = args.samples_per_prompt
@@ -211,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     if args.grid:
         save_grid(images, n, args.grid_prompts, [p.text for p in prompts], args.grid)
+    if args.write_manifest and args.path != REAL:
+        record_generation_metrics(Path(args.path), args.split, result)
     print(json.dumps(metrics, indent=2))
     print(markdown_header())
     print(result["markdown"])

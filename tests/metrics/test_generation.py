@@ -214,10 +214,15 @@ def test_eval_generation_cli_scores_real_images_above_a_noise_generator(world, t
     assert Image.open(tmp_path / "grid.png").size == (200 + 3 * 64, 2 * 64)
 
     monkeypatch.setattr(eval_generation, "_generator", lambda path, split: NoiseModel())
-    assert main(["eval", "generation", "model_repository/t2i/1", *common,
-                 "--out", str(tmp_path / "noise.json")]) == 0
+    bundle = tmp_path / "repo" / "t2i" / "1"
+    bundle.mkdir(parents=True)
+    (bundle / "manifest.json").write_text(json.dumps({"name": "t2i", "metrics": {}}))
+    assert main(["eval", "generation", str(bundle), *common,
+                 "--out", str(tmp_path / "noise.json"), "--write-manifest"]) == 0
     noise = json.loads((tmp_path / "noise.json").read_text())
     assert noise["model"] == "t2i/1"
+    recorded = json.loads((bundle / "manifest.json").read_text())["metrics"]["test"]
+    assert recorded["fid"] == noise["metrics"]["fid"] and recorded["prompts"] == 6
     assert noise["metrics"]["fid"] > real["metrics"]["fid"]
     assert set(noise["metrics"]) >= {"attribute_all", "inception_score", "r_precision",
                                      "diversity"}
