@@ -18,6 +18,8 @@ import importlib
 import json
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +35,49 @@ DEFAULT_TOP_K = 64
 def next_version(repository: Path, name: str) -> int:
     existing = [int(p.name) for p in (repository / name).glob("*") if p.name.isdigit()]
     return max(existing, default=0) + 1
+
+
+@contextmanager
+def staged_bundle(repository: Path, name: str,
+                  version: int | None = None) -> Iterator[tuple[Path, int]]:
+    """Yield (staging directory, version) for bundle repository/name/version.
+
+    The version defaults to the next free one. Everything is written into a hidden
+    staging directory that becomes the bundle only when the block ends without an
+    error, so an export that fails (a parity check, say) leaves no half-written
+    bundle for the service to find.
+    """
+    if not re.match(NAME_PATTERN, name):
+        raise ValueError(f"model name {name!r} must be lowercase letters, digits and '-'")
+    repository = Path(repository)
+    version = version or next_version(repository, name)
+    bundle = repository / name / str(version)
+    if bundle.exists():
+        raise FileExistsError(f"{bundle} exists; choose another --version")
+    tmp = bundle.with_name(f".{version}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp, version
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.rename(bundle)
+
+
+def file_entry(directory: Path, filename: str) -> dict[str, str]:
+    """A manifest `files` entry: the file's name and sha256."""
+    return {"file": filename, "sha256": file_sha256(Path(directory) / filename)}
+
+
+def image_preprocessing(image_size: int, mean, std, *, tokenizer: dict | None = None) -> dict:
+    """The manifest's `preprocessing` of a bundle whose graphs take `image` in [0, 1]."""
+    return {"image_size": image_size, "resize": "bilinear", "pixel_range": [0.0, 1.0],
+            "layout": "NCHW", "mean": list(mean), "std": list(std), "tokenizer": tokenizer}
+
+
+def created_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def load_caption_model(ckpt: Path):
@@ -98,20 +143,11 @@ def export_caption(run_dir: Path, repository: Path, name: str, version: int | No
                    *, top_k: int = DEFAULT_TOP_K) -> Path:
     from training.onnx_caption import export_caption_graphs
 
-    if not re.match(NAME_PATTERN, name):
-        raise ValueError(f"model name {name!r} must be lowercase letters, digits and '-'")
     ckpt = checkpoint_dir(run_dir)
     model, vocab, config = load_caption_model(ckpt)
     model_cfg = config["model"]
     image_size = int(model_cfg["image_size"])
-    version = version or next_version(repository, name)
-    bundle = repository / name / str(version)
-    if bundle.exists():
-        raise FileExistsError(f"{bundle} exists; choose another --version")
-    tmp = bundle.with_name(f".{version}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_bundle(repository, name, version) as (tmp, version):
         export_caption_graphs(model, tmp, image_size=image_size, top_k=min(top_k, len(vocab)))
         vocab.save(tmp / "vocab.json")
         parity = check_parity(model, tmp, image_size)
@@ -123,17 +159,15 @@ def export_caption(run_dir: Path, repository: Path, name: str, version: int | No
         if model.attends:
             attention = {"output": "alpha", "grid": attention_grid(model, image_size)}
         task_cfg = model_cfg.get("task_config", {})
+        encoder = image_encoder(cap)
         manifest = {
             "name": name, "version": version, "task": "caption",
             "architecture": cap["arch"] + ("-ln" if cap["layer_norm"] else ""),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": created_now(),
             "graphs": graphs,
-            "files": {"vocab": {"file": "vocab.json", "sha256": file_sha256(tmp / "vocab.json")}},
-            "preprocessing": {"image_size": image_size, "resize": "bilinear",
-                              "pixel_range": [0.0, 1.0], "layout": "NCHW",
-                              "mean": list(image_encoder(cap)["mean"]),
-                              "std": list(image_encoder(cap)["std"]),
-                              "tokenizer": {"type": "word", "file": "vocab"}},
+            "files": {"vocab": file_entry(tmp, "vocab.json")},
+            "preprocessing": image_preprocessing(image_size, encoder["mean"], encoder["std"],
+                                                 tokenizer={"type": "word", "file": "vocab"}),
             "decoding": {"bos_id": vocab.bos_id, "eos_id": vocab.eos_id, "pad_id": vocab.pad_id,
                          "top_k": int(k), "state": list(model.state_names),
                          "context": list(model.context_names),
@@ -147,11 +181,7 @@ def export_caption(run_dir: Path, repository: Path, name: str, version: int | No
             "metrics": {},
         }
         write_manifest(tmp, manifest)
-        tmp.rename(bundle)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return bundle
+    return Path(repository) / name / str(version)
 
 
 def image_encoder(caption_config: dict) -> dict:

@@ -17,9 +17,6 @@ disagrees is not written (service/alignment.py reads these graphs).
 
 from __future__ import annotations
 
-import re
-import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +25,16 @@ import torch.nn as nn
 
 from models.alignment import AlignmentConfig, AlignmentModel
 from service.alignment import IMAGE_OUTPUTS, TEXT_INPUTS, TEXT_OUTPUTS
-from service.bundle import NAME_PATTERN, describe_graph, file_sha256, write_manifest
+from service.bundle import describe_graph, write_manifest
 from training.checkpoint import checkpoint_dir, load_config, load_weights
 from training.data.tokenizer import WordVocab
-from training.export import next_version
+from training.export import (
+    created_now,
+    file_entry,
+    image_preprocessing,
+    next_version,
+    staged_bundle,
+)
 from training.onnx_caption import DEFAULT_OPSET, _onnx_export
 
 IMAGE_FILE = "image.onnx"
@@ -123,15 +126,7 @@ def write_alignment_bundle(model: AlignmentModel, region_net: nn.Module, vocab: 
                            min_region_score: float = 0.0, training: dict | None = None,
                            metrics: dict | None = None) -> Path:
     """Export, check parity and write the bundle directory `bundle` (NAME/VERSION)."""
-    if bundle.exists():
-        raise FileExistsError(f"{bundle} exists; choose another --version")
-    name, version = bundle.parent.name, int(bundle.name)
-    if not re.match(NAME_PATTERN, name):
-        raise ValueError(f"model name {name!r} must be lowercase letters, digits and '-'")
-    tmp = bundle.with_name(f".{version}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_bundle(bundle.parent.parent, bundle.parent.name, int(bundle.name)) as (tmp, _):
         export_alignment_graphs(model, region_net, tmp, image_size=image_size,
                                 max_words=max_words)
         vocab.save(tmp / "vocab.json")
@@ -139,26 +134,20 @@ def write_alignment_bundle(model: AlignmentModel, region_net: nn.Module, vocab: 
                               max_words=max_words)
         encoder = region_net.config.encoder
         manifest = {
-            "name": name, "version": version, "task": "alignment",
+            "name": bundle.parent.name, "version": int(bundle.name), "task": "alignment",
             "architecture": "brnn-regions",
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": created_now(),
             "graphs": {"image": describe_graph(tmp, IMAGE_FILE).model_dump(),
                        "text": describe_graph(tmp, TEXT_FILE).model_dump()},
-            "files": {"vocab": {"file": "vocab.json", "sha256": file_sha256(tmp / "vocab.json")}},
-            "preprocessing": {"image_size": image_size, "resize": "bilinear",
-                              "pixel_range": [0.0, 1.0], "layout": "NCHW",
-                              "mean": list(encoder.mean), "std": list(encoder.std),
-                              "tokenizer": {"type": "word", "file": "vocab"}},
+            "files": {"vocab": file_entry(tmp, "vocab.json")},
+            "preprocessing": image_preprocessing(image_size, encoder.mean, encoder.std,
+                                                 tokenizer={"type": "word", "file": "vocab"}),
             "inference": {"beta": float(beta), "max_words": int(max_words),
                           "min_region_score": float(min_region_score)},
             "training": {**(training or {}), "parity_max_abs_diff": parity},
             "metrics": metrics or {},
         }
         write_manifest(tmp, manifest)
-        tmp.rename(bundle)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return bundle
 
 

@@ -22,11 +22,8 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import re
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +32,10 @@ import onnx
 import torch
 import torch.nn as nn
 
-from service.bundle import NAME_PATTERN, describe_graph, file_sha256, write_manifest
+from service.bundle import describe_graph, write_manifest
 from training.checkpoint import checkpoint_dir, load_config
 from training.data.tokenizer import SPECIAL_TOKENS, CharAlphabet, WordVocab
-from training.export import next_version
+from training.export import created_now, file_entry, staged_bundle
 from training.onnx_caption import DEFAULT_OPSET, _onnx_export
 
 log = logging.getLogger(__name__)
@@ -187,30 +184,16 @@ def check_generation_parity(models: GenerationModels, bundle_dir: Path, *, seed:
 def write_generation_bundle(models: GenerationModels, repository: Path, name: str,
                             version: int | None = None) -> Path:
     """Export, parity-check and write model_repository/NAME/VERSION; returns its path."""
-    if not re.match(NAME_PATTERN, name):
-        raise ValueError(f"model name {name!r} must be lowercase letters, digits and '-'")
-    version = version or next_version(repository, name)
-    bundle = repository / name / str(version)
-    if bundle.exists():
-        raise FileExistsError(f"{bundle} exists; choose another --version")
-    tmp = bundle.with_name(f".{version}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_bundle(repository, name, version) as (tmp, version):
         export_generation_graphs(models, tmp)
         parity = check_generation_parity(models, tmp)
         models.alphabet.save(tmp / ALPHABET_FILE)
-        files = {"alphabet": {"file": ALPHABET_FILE,
-                              "sha256": file_sha256(tmp / ALPHABET_FILE)}}
+        files = {"alphabet": file_entry(tmp, ALPHABET_FILE)}
         if models.words is not None:
             WordVocab(models.words).save(tmp / VOCAB_FILE)
-            files["vocab"] = {"file": VOCAB_FILE, "sha256": file_sha256(tmp / VOCAB_FILE)}
+            files["vocab"] = file_entry(tmp, VOCAB_FILE)
         write_manifest(tmp, _manifest(models, tmp, name, version, files, parity))
-        tmp.rename(bundle)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return bundle
+    return Path(repository) / name / str(version)
 
 
 def _manifest(models: GenerationModels, bundle_dir: Path, name: str, version: int,
@@ -221,7 +204,7 @@ def _manifest(models: GenerationModels, bundle_dir: Path, name: str, version: in
     return {
         "name": name, "version": version, "task": "generation",
         "architecture": models.variant,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": created_now(),
         "graphs": graphs,
         "files": files,
         "preprocessing": {"image_size": models.image_size, "pixel_range": [0.0, 1.0],

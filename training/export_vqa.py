@@ -19,9 +19,6 @@ against PyTorch on fresh random inputs and refuses to write a bundle that fails 
 from __future__ import annotations
 
 import json
-import re
-import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +27,10 @@ import torch.nn as nn
 
 from models.regions import RegionNet
 from models.vqa import UpDownVqa, VqaConfig
-from service.bundle import NAME_PATTERN, describe_graph, file_sha256, write_manifest
+from service.bundle import describe_graph, write_manifest
 from training.checkpoint import checkpoint_dir, load_config, load_weights
 from training.data.tokenizer import WordVocab
-from training.export import next_version
+from training.export import created_now, file_entry, image_preprocessing, staged_bundle
 from training.onnx_caption import DEFAULT_OPSET, _onnx_export
 
 GRAPH_FILE = "vqa.onnx"
@@ -108,16 +105,11 @@ def check_parity(graph: VqaGraph, path: Path, image_size: int, *, seed: int = 0,
     return diffs
 
 
-def write_vqa_bundle(graph: VqaGraph, bundle: Path, *, name: str, version: int,
+def write_vqa_bundle(graph: VqaGraph, repository: Path, name: str, version: int | None, *,
                      image_size: int, vocab: WordVocab, answers: list[str],
                      max_question_length: int, training: dict) -> Path:
-    """Export, check and describe everything under `bundle` (written atomically)."""
-    if bundle.exists():
-        raise FileExistsError(f"{bundle} exists; choose another --version")
-    tmp = bundle.with_name(f".{bundle.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    """Export, check and describe everything of bundle repository/name/version."""
+    with staged_bundle(repository, name, version) as (tmp, version):
         export_vqa_graph(graph, tmp / GRAPH_FILE, image_size)
         parity = check_parity(graph, tmp / GRAPH_FILE, image_size)
         vocab.save(tmp / "vocab.json")
@@ -127,24 +119,17 @@ def write_vqa_bundle(graph: VqaGraph, bundle: Path, *, name: str, version: int,
         manifest = {
             "name": name, "version": version, "task": "vqa",
             "architecture": f"updown-g{graph.vqa.config.glimpses}",
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": created_now(),
             "graphs": {"vqa": describe_graph(tmp, GRAPH_FILE).model_dump()},
-            "files": {key: {"file": f"{key}.json", "sha256": file_sha256(tmp / f"{key}.json")}
-                      for key in ("vocab", "answers")},
-            "preprocessing": {"image_size": image_size, "resize": "bilinear",
-                              "pixel_range": [0.0, 1.0], "layout": "NCHW",
-                              "mean": list(encoder.mean), "std": list(encoder.std),
-                              "tokenizer": {"type": "word", "file": "vocab"}},
+            "files": {key: file_entry(tmp, f"{key}.json") for key in ("vocab", "answers")},
+            "preprocessing": image_preprocessing(image_size, encoder.mean, encoder.std,
+                                                 tokenizer={"type": "word", "file": "vocab"}),
             "inference": {"answers": "answers", "max_question_length": max_question_length},
             "training": {**training, "parity_max_abs_diff": parity},
             "metrics": {},
         }
         write_manifest(tmp, manifest)
-        tmp.rename(bundle)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return bundle
+    return Path(repository) / name / str(version)
 
 
 def export_vqa(run_dir: Path, repository: Path, name: str, version: int | None = None
@@ -152,22 +137,19 @@ def export_vqa(run_dir: Path, repository: Path, name: str, version: int | None =
     """`glimpse export` of a `glimpse train vqa` run (EXPORTERS["vqa"])."""
     from training.region_task import load_region_net
 
-    if not re.match(NAME_PATTERN, name):
-        raise ValueError(f"model name {name!r} must be lowercase letters, digits and '-'")
     ckpt = checkpoint_dir(Path(run_dir))
     model, vocab, answers, config = load_vqa_run(ckpt)
     model_cfg = config["model"]
     regions = load_region_net(model_cfg["regions_run"])
     image_size = int(load_config(checkpoint_dir(Path(model_cfg["regions_run"])))["model"]
                      ["image_size"])
-    version = version or next_version(Path(repository), name)
     training = {"config": {"vqa": model_cfg["vqa"], "trainer": config.get("trainer", {}),
                            "task": model_cfg.get("task_config", {})},
                 "dataset": model_cfg.get("data", {}), "regions_run": model_cfg["regions_run"],
                 "checkpoint": str(ckpt)}
     graph = VqaGraph(regions, model).eval()
-    return write_vqa_bundle(graph, Path(repository) / name / str(version), name=name,
-                            version=version, image_size=image_size, vocab=vocab,
+    return write_vqa_bundle(graph, Path(repository), name, version,
+                            image_size=image_size, vocab=vocab,
                             answers=answers,
                             max_question_length=int(model_cfg["max_question_length"]),
                             training=training)

@@ -15,9 +15,6 @@ random inputs and refuses to write a bundle that fails it.
 
 from __future__ import annotations
 
-import re
-import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +22,10 @@ import torch
 import torch.nn as nn
 
 from models.vse import VSE, VSEConfig
-from service.bundle import NAME_PATTERN, describe_graph, file_sha256, write_manifest
+from service.bundle import describe_graph, write_manifest
 from training.checkpoint import checkpoint_dir, load_config, load_weights
 from training.data.tokenizer import WordVocab
-from training.export import next_version
+from training.export import created_now, file_entry, image_preprocessing, staged_bundle
 from training.onnx_caption import DEFAULT_OPSET, _onnx_export
 
 IMAGE_GRAPH = "image_encoder"
@@ -132,20 +129,11 @@ def architecture(config: VSEConfig) -> str:
 def export_retrieval(run_dir: Path, repository: Path, name: str, version: int | None = None
                      ) -> Path:
     """Export a retrieval run to repository/name/version (a bundle without gallery)."""
-    if not re.match(NAME_PATTERN, name):
-        raise ValueError(f"model name {name!r} must be lowercase letters, digits and '-'")
     ckpt = checkpoint_dir(Path(run_dir))
     model, vocab, config = load_vse_model(ckpt)
     model_cfg = config["model"]
     image_size, text_length = int(model_cfg["image_size"]), int(model_cfg["max_length"])
-    version = version or next_version(repository, name)
-    bundle = repository / name / str(version)
-    if bundle.exists():
-        raise FileExistsError(f"{bundle} exists; choose another --version")
-    tmp = bundle.with_name(f".{version}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_bundle(repository, name, version) as (tmp, version):
         export_vse_graphs(model, tmp, image_size=image_size, text_length=text_length)
         vocab.save(tmp / "vocab.json")
         parity = check_vse_parity(model, tmp, image_size, text_length)
@@ -153,14 +141,12 @@ def export_retrieval(run_dir: Path, repository: Path, name: str, version: int | 
         manifest = {
             "name": name, "version": version, "task": "retrieval",
             "architecture": architecture(vse),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": created_now(),
             "graphs": {g: describe_graph(tmp, f"{g}.onnx").model_dump()
                        for g in (IMAGE_GRAPH, TEXT_GRAPH)},
-            "files": {"vocab": {"file": "vocab.json", "sha256": file_sha256(tmp / "vocab.json")}},
-            "preprocessing": {"image_size": image_size, "resize": "bilinear",
-                              "pixel_range": [0.0, 1.0], "layout": "NCHW",
-                              "mean": list(vse.encoder.mean), "std": list(vse.encoder.std),
-                              "tokenizer": {"type": "word", "file": "vocab"}},
+            "files": {"vocab": file_entry(tmp, "vocab.json")},
+            "preprocessing": image_preprocessing(image_size, vse.encoder.mean, vse.encoder.std,
+                                                 tokenizer={"type": "word", "file": "vocab"}),
             "inference": {"embedding_dim": vse.embed_dim, "text_length": text_length,
                           "similarity": "cosine", "galleries": {}},
             "training": {"config": {"vse": vse.to_dict(), "trainer": config.get("trainer", {}),
@@ -170,8 +156,4 @@ def export_retrieval(run_dir: Path, repository: Path, name: str, version: int | 
             "metrics": {},
         }
         write_manifest(tmp, manifest)
-        tmp.rename(bundle)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return bundle
+    return Path(repository) / name / str(version)
