@@ -51,6 +51,18 @@ def _serve(p: argparse.ArgumentParser) -> None:
     add_serve_arguments(p)
 
 
+def _trainer_arguments(p: argparse.ArgumentParser, *, epochs: bool = True) -> None:
+    """The knobs every trainer-driven `glimpse train` command shares (training.trainer)."""
+    if epochs:
+        p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run directory's last checkpoint")
+
+
 def _train_caption(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", choices=["nic", "sat-soft", "sat-hard", "updown", "mrnn"],
                    default=None)
@@ -66,24 +78,14 @@ def _train_caption(p: argparse.ArgumentParser) -> None:
                    help="updown: run directory of `glimpse train regions` (frozen RegionNet)")
     p.add_argument("--features", default=None,
                    help="updown: directory of the precomputed region features {split}.npz")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's checkpoint")
+    _trainer_arguments(p)
 
 
 def _train_encoder(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="shapes world directory (scenes.json)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--config", default=None, help="JSON file with any of the knobs")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--resume", action="store_true")
+    _trainer_arguments(p)
 
 
 def _train_text_encoder(p: argparse.ArgumentParser) -> None:
@@ -92,12 +94,7 @@ def _train_text_encoder(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="JSON file with any of the knobs")
     p.add_argument("--encoder-init", default=None,
                    help="run directory of `glimpse train encoder` (the frozen image CNN)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--resume", action="store_true")
+    _trainer_arguments(p)
 
 
 def _eval_generation(p: argparse.ArgumentParser) -> None:
@@ -147,11 +144,7 @@ def _train_retrieval(p: argparse.ArgumentParser) -> None:
                    help="run directory of `glimpse train encoder` (the frozen image encoder)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--resume", action="store_true")
+    _trainer_arguments(p, epochs=False)
 
 
 def _index(p: argparse.ArgumentParser) -> None:
@@ -181,12 +174,7 @@ def _train_vqa(p: argparse.ArgumentParser) -> None:
                    help="run directory of the region detector that computed the features")
     p.add_argument("--out", required=True, help="run directory for checkpoints and logs")
     p.add_argument("--config", default=None, help="JSON file with any of the knobs")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--resume", action="store_true")
+    _trainer_arguments(p)
 
 
 def _eval_vqa_bundle(p: argparse.ArgumentParser) -> None:
@@ -233,12 +221,7 @@ def _train_regions(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder-init", default=None,
                    help="run directory of `glimpse train encoder` (its encoder stays frozen)")
     p.add_argument("--config", default=None, help="JSON file with any of the knobs")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--resume", action="store_true")
+    _trainer_arguments(p)
 
 
 def _features_regions(p: argparse.ArgumentParser) -> None:
@@ -260,12 +243,7 @@ def _train_alignment(p: argparse.ArgumentParser) -> None:
                         "(its RegionNet goes into the exported image graph)")
     p.add_argument("--out", required=True, help="run directory for checkpoints and logs")
     p.add_argument("--config", default=None, help="JSON file with any of the knobs")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--resume", action="store_true")
+    _trainer_arguments(p)
 
 
 def _eval_alignment(p: argparse.ArgumentParser) -> None:
