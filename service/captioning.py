@@ -15,7 +15,6 @@ al. 2015, one row per word).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,27 +28,15 @@ from service.decoding import MAX_BEAM_SIZE, Hypothesis, StepOutput, beam_search
 from service.errors import InvalidParameter
 from service.images import decode_image, stack, to_array, to_rgb
 from service.runtime import OnnxGraph, load_graphs
+from service.text import WordIndex
 
 MAX_LENGTH = 100
 ATTENTION = "alpha"  # name of the attention weights among a hypothesis' extras
 SPECIAL_IDS = range(4)  # <pad>, <bos>, <eos>, <unk> of training/data/tokenizer.py
 
 
-class Vocabulary:
-    """Ids -> words, read from a bundle's vocab.json (the WordVocab JSON of training)."""
-
-    def __init__(self, tokens: Sequence[str]) -> None:
-        self.tokens = list(tokens)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> Vocabulary:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        if data.get("type") != "word" or not isinstance(data.get("tokens"), list):
-            raise ValueError(f"{path}: expected a word vocabulary with a 'tokens' list")
-        return cls(data["tokens"])
-
-    def __len__(self) -> int:
-        return len(self.tokens)
+class Vocabulary(WordIndex):
+    """Ids <-> words of a bundle's vocab.json (the WordVocab JSON of training)."""
 
     def kept(self, ids: Sequence[int]) -> list[int]:
         """Positions of the ids that are words (not <pad>, <bos>, <eos> or <unk>)."""
