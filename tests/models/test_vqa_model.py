@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from models.vqa import GatedTanh, UpDownVqa, VqaConfig, soft_score_loss
+from models.vqa import GatedTanh, RelationNetwork, UpDownVqa, VqaConfig, soft_score_loss
 
 B, R, FEAT, V, A = 3, 5, 12, 20, 7
 
@@ -107,3 +107,68 @@ def test_normalised_features_ignore_the_detector_scale():
         torch.testing.assert_close(model(**scaled)[0], model(**x)[0], atol=1e-5, rtol=1e-4)
         raw = tiny(normalize_features=False)
         assert not torch.allclose(raw(**scaled)[0], raw(**x)[0], atol=1e-3)
+
+
+def relation_inputs(seed: int = 2) -> tuple[torch.Tensor, ...]:
+    x = inputs(seed)
+    q = torch.randn(B, 16, generator=torch.Generator().manual_seed(seed))
+    return x["features"], x["boxes"], x["scores"], q, torch.ones(B, R, dtype=torch.bool)
+
+
+def test_relation_pairs_are_ordered_distinct_proposals():
+    i, j = RelationNetwork.pair_indices(4)
+    assert len(i) == 4 * 3
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == {
+        (a, b) for a in range(4) for b in range(4) if a != b}
+
+
+def test_relation_sum_is_order_free_over_proposals_and_ignores_the_whole_image():
+    model = tiny(relations=True, relation_feature_dim=4, relation_dim=8)
+    net = model.relations
+    features, boxes, scores, q, mask = relation_inputs()
+    with torch.no_grad():
+        r = net(features, boxes, scores, q, mask)
+        assert r.shape == (B, 8)
+        order = torch.tensor([2, 0, 3, 1, R - 1])  # proposals shuffled, whole image last
+        torch.testing.assert_close(
+            net(features[:, order], boxes[:, order], scores[:, order], q, mask), r)
+        # The last region (the whole image) takes part in no pair.
+        other = features.clone()
+        other[:, -1] = 100.0
+        torch.testing.assert_close(net(other, boxes, scores, q, mask), r)
+        # A pair's (i, j) order matters: g sees [o_i; o_j], so swapping which proposal is
+        # "left" of the pair changes r unless the boxes are swapped too.
+        swapped = boxes.clone()
+        swapped[:, [0, 1]] = boxes[:, [1, 0]]
+        assert not torch.allclose(net(features, swapped, scores, q, mask), r)
+
+
+def test_relation_pairs_are_weighted_by_both_detection_scores():
+    model = tiny(relations=True, relation_feature_dim=4, relation_dim=8)
+    features, boxes, scores, q, mask = relation_inputs()
+    empty = scores.clone()
+    empty[:, 3] = 0.0  # a proposal with no object: none of its pairs count
+    masked = mask.clone()
+    masked[:, 3] = False
+    with torch.no_grad():
+        r = model.relations(features, boxes, empty, q, mask)
+        changed = features.clone()
+        changed[:, 3] = 100.0
+        torch.testing.assert_close(model.relations(changed, boxes, empty, q, mask), r)
+        torch.testing.assert_close(model.relations(changed, boxes, scores, q, masked), r)
+        keep = torch.tensor([0, 1, 2, R - 1])
+        torch.testing.assert_close(
+            model.relations(features[:, keep], boxes[:, keep], scores[:, keep], q,
+                            mask[:, keep]), r)
+
+
+def test_relation_branch_reaches_the_answer_only_when_enabled():
+    x = inputs()
+    assert tiny().relations is None
+    model = tiny(relations=True, relation_feature_dim=4, relation_dim=8)
+    with torch.no_grad():
+        base, _, _ = model(**x)
+        model.f_r.proj.weight.zero_()
+        model.f_r.proj.bias.zero_()
+        without, _, _ = model(**x)
+    assert not torch.allclose(base, without)

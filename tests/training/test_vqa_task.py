@@ -70,7 +70,9 @@ def test_train_export_and_evaluate_through_the_bundle(world_with_regions, tmp_pa
     config = tmp_path / "vqa.json"
     config.write_text(json.dumps({
         "min_answer_count": 3,
-        "model": {"embed_dim": 8, "question_dim": 16, "attention_dim": 16, "joint_dim": 16},
+        # The relation-network branch on, so that its export is checked for parity too.
+        "model": {"embed_dim": 8, "question_dim": 16, "attention_dim": 16, "joint_dim": 16,
+                  "relations": True, "relation_feature_dim": 4, "relation_dim": 8},
         "trainer": {"batch_size": 32, "warmup_steps": 2, "progress": False}}))
     run = tmp_path / "run"
     assert glimpse(["train", "vqa", "--data", str(world), "--out", str(run),
@@ -80,6 +82,7 @@ def test_train_export_and_evaluate_through_the_bundle(world_with_regions, tmp_pa
     assert all(0.0 <= h["vqa_accuracy"] <= 100.0 for h in history)
     assert "vqa_accuracy/count" in history[-1]
     task = json.loads((run / "task.json").read_text())
+    assert load_vqa_run(run / "checkpoints" / "best")[0].relations is not None
     assert task["regions_run"] == str(regions)  # found in the features' meta.json
 
     assert glimpse(["export", str(run), "--repository", str(tmp_path / "repo"),
@@ -121,3 +124,4 @@ def test_train_export_and_evaluate_through_the_bundle(world_with_regions, tmp_pa
     record_metrics(bundle, metrics)
     assert VqaModel.from_bundle(bundle).bundle.manifest.metrics["test"]["overall"] == (
         metrics["overall"])
+
