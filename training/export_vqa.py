@@ -118,7 +118,8 @@ def write_vqa_bundle(graph: VqaGraph, repository: Path, name: str, version: int 
         encoder = graph.regions.config.encoder
         manifest = {
             "name": name, "version": version, "task": "vqa",
-            "architecture": f"updown-g{graph.vqa.config.glimpses}",
+            "architecture": f"updown-g{graph.vqa.config.glimpses}"
+                            + ("-rn" if graph.vqa.config.relations else ""),
             "created": created_now(),
             "graphs": {"vqa": describe_graph(tmp, GRAPH_FILE).model_dump()},
             "files": {key: file_entry(tmp, f"{key}.json") for key in ("vocab", "answers")},
