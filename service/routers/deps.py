@@ -64,8 +64,31 @@ async def require_api_key(request: Request, state: StateDep) -> None:
 # ---------------------------------------------------------------------------- image requests
 
 
-def _media_type(request: Request) -> str:
+def media_type(request: Request) -> str:
+    """The request's Content-Type without parameters, lowercased ("" when absent)."""
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """The JSON object of the body (400 when it is not JSON or not an object)."""
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the JSON body must be an object")
+    return body
+
+
+async def read_json_request(request: Request, params: type[M]) -> M:
+    """The validated parameters of a JSON-only request (415 for another content type)."""
+    media = media_type(request)
+    if media != "application/json":
+        raise UnsupportedMediaType(f"send application/json, not {media or 'no content type'}")
+    try:
+        return params.model_validate(await json_object(request))
+    except ValidationError as exc:
+        raise InvalidParameter(validation_message(exc)) from None
 
 
 def _b64decode(text: str) -> bytes:
@@ -91,12 +114,7 @@ async def _from_multipart(request: Request) -> tuple[bytes, dict[str, Any]]:
 
 
 async def _from_json(request: Request) -> tuple[bytes, dict[str, Any]]:
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the JSON body must be an object")
+    body = await json_object(request)
     image = body.pop("image", None)
     if not isinstance(image, str):
         raise InvalidParameter("image: required, the image file encoded as a base64 string")
@@ -105,7 +123,7 @@ async def _from_json(request: Request) -> tuple[bytes, dict[str, Any]]:
 
 async def read_image_request(request: Request, params: type[M]) -> tuple[bytes, M]:
     """The image bytes and the validated parameters of a multipart or JSON request."""
-    media = _media_type(request)
+    media = media_type(request)
     if media == "multipart/form-data":
         data, fields = await _from_multipart(request)
     elif media == "application/json":

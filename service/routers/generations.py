@@ -10,16 +10,20 @@ whatever else is batched with the request.
 from __future__ import annotations
 
 import base64
-import json
 import time
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from service.errors import BadRequest, InvalidParameter, UnsupportedMediaType, validation_message
+from service.errors import InvalidParameter
 from service.generation import MAX_IMAGES_PER_REQUEST, MAX_SEED, GenerationModel
-from service.routers.deps import StateDep, require_api_key, unless_disconnected
+from service.routers.deps import (
+    StateDep,
+    read_json_request,
+    require_api_key,
+    unless_disconnected,
+)
 from service.schemas import MODEL_FIELD_DOC, error_responses
 
 router = APIRouter(prefix="/v1", tags=["images"], dependencies=[Depends(require_api_key)])
@@ -61,19 +65,7 @@ class GenerationResponse(BaseModel):
 
 async def read_params(request: Request) -> GenerationParams:
     """The validated JSON body (415 for another content type, 400 for malformed JSON)."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/json":
-        raise UnsupportedMediaType(f"send application/json, not {media or 'no content type'}")
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the JSON body must be an object")
-    try:
-        return GenerationParams.model_validate(body)
-    except ValidationError as exc:
-        raise InvalidParameter(validation_message(exc)) from None
+    return await read_json_request(request, GenerationParams)
 
 
 def wants_png(request: Request) -> bool:

@@ -7,7 +7,6 @@ come as multipart `file` or JSON base64 `image`, like every image endpoint.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -16,11 +15,13 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from service.errors import BadRequest, InvalidParameter, validation_message
+from service.errors import InvalidParameter, validation_message
 from service.images import decode_image
 from service.retrieval import MAX_TOP_K, Query, QueryResult, RetrievalModel
 from service.routers.deps import (
     StateDep,
+    json_object,
+    media_type,
     read_image_request,
     require_api_key,
     unless_disconnected,
@@ -142,14 +143,9 @@ def _validated(params: type[BaseModel], fields: dict[str, Any]) -> Any:
 
 async def _text_fields(request: Request) -> dict[str, Any] | None:
     """The fields of a text embedding request, or None when it carries an image."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    media = media_type(request)
     if media == "application/json":
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise BadRequest("the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise BadRequest("the JSON body must be an object")
+        body = await json_object(request)
         fields, has_image = body, "image" in body
     elif media in ("multipart/form-data", "application/x-www-form-urlencoded"):
         form = await request.form(max_files=1, max_fields=32)
