@@ -44,7 +44,7 @@ from training.data.region_features import RegionFeatures, load_region_features
 from training.data.tokenizer import WordVocab
 from training.data.world import SHAPES, Scene
 from training.metrics.retrieval import retrieval_metrics
-from training.trainer import Trainer, TrainerConfig, config_from_dict
+from training.trainer import Trainer, TrainerConfig, config_from_dict, with_cli_overrides
 
 log = logging.getLogger(__name__)
 
@@ -359,11 +359,7 @@ def _task_config_from_args(args) -> AlignmentTaskConfig:
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
-    trainer = {**DEFAULT_TRAINER, **cfg.trainer}
-    for name in ("epochs", "batch_size", "lr", "device", "seed"):
-        value = getattr(args, name)
-        if value is not None:
-            trainer[name] = value
+    trainer = with_cli_overrides({**DEFAULT_TRAINER, **cfg.trainer}, args)
     cfg.trainer = trainer
     return cfg
 

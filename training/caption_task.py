@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 from models.caption import FEATURE_ARCHS, CaptionConfig, build_caption_model
 from training.data.readers import CaptionImage, load_captions
 from training.data.tokenizer import WordVocab
-from training.trainer import Trainer, TrainerConfig, config_from_dict
+from training.trainer import Trainer, TrainerConfig, config_from_dict, with_cli_overrides
 
 log = logging.getLogger(__name__)
 
@@ -321,12 +321,7 @@ def _task_config_from_args(args) -> CaptionTaskConfig:
         cfg.regions_run = args.regions_run
     if getattr(args, "features", None):
         cfg.features = args.features
-    trainer = dict(cfg.trainer)
-    for name in ("epochs", "batch_size", "lr", "device", "seed"):
-        value = getattr(args, name)
-        if value is not None:
-            trainer[name] = value
-    cfg.trainer = trainer
+    cfg.trainer = with_cli_overrides(dict(cfg.trainer), args)
     return cfg
 
 

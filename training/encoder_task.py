@@ -19,7 +19,7 @@ from models.attributes import AttributeConfig, AttributeTagger
 from training.caption_task import load_images
 from training.data.readers import load_captions
 from training.data.world import COLOURS, SHAPES, SIZES, Scene
-from training.trainer import Trainer, TrainerConfig, config_from_dict
+from training.trainer import Trainer, TrainerConfig, config_from_dict, with_cli_overrides
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +127,7 @@ def run(args) -> int:
     cfg = EncoderTaskConfig.from_dict(raw)
     if args.data:
         cfg.data = args.data
-    trainer = {"early_stop_metric": "object_accuracy", **cfg.trainer}
-    for name in ("epochs", "batch_size", "lr", "device", "seed"):
-        if getattr(args, name) is not None:
-            trainer[name] = getattr(args, name)
+    trainer = with_cli_overrides({"early_stop_metric": "object_accuracy", **cfg.trainer}, args)
     run_dir = Path(args.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     task = EncoderTask(cfg)

@@ -30,7 +30,7 @@ from training.checkpoint import checkpoint_dir, load_config, load_weights
 from training.data.readers import CaptionImage, DatasetFormatError, load_captions
 from training.data.region_features import RegionFeatures, save_region_features
 from training.data.world import COLOURS, SHAPES, SIZES
-from training.trainer import Trainer, TrainerConfig, config_from_dict
+from training.trainer import Trainer, TrainerConfig, config_from_dict, with_cli_overrides
 
 log = logging.getLogger(__name__)
 
@@ -257,10 +257,7 @@ def train(args) -> int:
     if args.encoder_init:
         cfg.encoder_init = args.encoder_init
     # Recall at IoU 0.5 saturates early on the shapes world; box tightness keeps improving.
-    trainer = {"early_stop_metric": "mean_iou", **cfg.trainer}
-    for name in ("epochs", "batch_size", "lr", "device", "seed"):
-        if getattr(args, name) is not None:
-            trainer[name] = getattr(args, name)
+    trainer = with_cli_overrides({"early_stop_metric": "mean_iou", **cfg.trainer}, args)
     cfg.trainer = trainer
     run_dir = Path(args.out)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ from training.caption_task import load_images, pretrained_encoder
 from training.data.readers import CaptionImage, load_captions
 from training.data.tokenizer import CharAlphabet, UnknownPolicy
 from training.data.world import COLOURS, SHAPES, SIZES, ShapeObject
-from training.trainer import Trainer, TrainerConfig, config_from_dict
+from training.trainer import Trainer, TrainerConfig, config_from_dict, with_cli_overrides
 
 log = logging.getLogger(__name__)
 
@@ -262,12 +262,9 @@ def _task_config_from_args(args) -> TextEncoderTaskConfig:
         cfg.data = args.data
     if args.encoder_init:
         cfg.encoder_init = args.encoder_init
-    trainer = {"early_stop_metric": "mean_accuracy", "lr": 1e-3, "batch_size": 128,
-               "epochs": 20, "patience": 4, **cfg.trainer}
-    for name in ("epochs", "batch_size", "lr", "device", "seed"):
-        if getattr(args, name) is not None:
-            trainer[name] = getattr(args, name)
-    cfg.trainer = trainer
+    defaults = {"early_stop_metric": "mean_accuracy", "lr": 1e-3, "batch_size": 128,
+                "epochs": 20, "patience": 4}
+    cfg.trainer = with_cli_overrides({**defaults, **cfg.trainer}, args)
     return cfg
 
 

@@ -56,6 +56,16 @@ class TrainerConfig:
         return config_from_dict(cls, d, "trainer")
 
 
+TRAINER_FLAGS = ("epochs", "batch_size", "lr", "device", "seed")
+
+
+def with_cli_overrides(trainer: dict[str, Any], args: Any) -> dict[str, Any]:
+    """`trainer` (a TrainerConfig dict) with every trainer flag given on the command line
+    (--epochs, --batch-size, --lr, --device, --seed) taking precedence."""
+    given = {name: getattr(args, name, None) for name in TRAINER_FLAGS}
+    return {**trainer, **{name: value for name, value in given.items() if value is not None}}
+
+
 def config_from_dict(cls, d: dict, what: str):
     """`cls(**d)` for a config dataclass, naming any key it does not know."""
     unknown = set(d) - {f.name for f in fields(cls)}

@@ -31,7 +31,7 @@ from service.text import tokenize
 from training.data.readers import VQAQuestion, load_vqa_split
 from training.data.tokenizer import WordVocab
 from training.metrics.vqa import normalize_answer, vqa_accuracy
-from training.trainer import Trainer, TrainerConfig, config_from_dict
+from training.trainer import Trainer, TrainerConfig, config_from_dict, with_cli_overrides
 
 log = logging.getLogger(__name__)
 
@@ -238,11 +238,7 @@ def _task_config_from_args(args) -> VqaTaskConfig:
         value = getattr(args, name, None)
         if value:
             setattr(cfg, name, value)
-    trainer = {"early_stop_metric": "vqa_accuracy", **cfg.trainer}
-    for name in ("epochs", "batch_size", "lr", "device", "seed"):
-        value = getattr(args, name)
-        if value is not None:
-            trainer[name] = value
+    trainer = with_cli_overrides({"early_stop_metric": "vqa_accuracy", **cfg.trainer}, args)
     cfg.trainer = trainer
     return cfg
 
