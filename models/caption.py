@@ -18,9 +18,9 @@ ONNX export, so the three agree by construction.
 
 The state's keys are `model.state_names`; a model without per-image context
 (`context_names` empty) encodes to context None. Models that train on frozen,
-precomputed image features (`trains_on_features`) also offer
+precomputed image features (`FeatureCaptioner`: Up-Down, m-RNN) also offer
 `image_features(images)` and `encode_features(*features)`, with
-`encode(images) == encode_features(*image_features(images))`, and `forward`
+`encode(images) == encode_features(*image_features(images))`, and their `forward`
 takes that tuple of features in place of the images.
 
 `forward(images, captions_in, captions_out)` returns `(logits, loss)`; the loss
@@ -41,7 +41,7 @@ from models.encoder import EncoderConfig, ImageEncoder
 from models.lstm import LSTMCell
 
 ARCHS = ("nic", "sat-soft", "sat-hard", "updown", "mrnn")
-FEATURE_ARCHS = ("updown", "mrnn")  # the models with trains_on_features
+FEATURE_ARCHS = ("updown", "mrnn")  # the FeatureCaptioner architectures
 HARD_INFERENCE = ("expected", "argmax")
 
 State = dict[str, torch.Tensor]  # {"h": (N, H), "c": (N, H)}, keys model.state_names
@@ -132,7 +132,6 @@ class CaptionModel(nn.Module, ABC):
     state_names: tuple[str, ...] = ("h", "c")  # keys of State, in graph order
     context_names: tuple[str, ...] = ("context",)  # () when encode gives context None
     attends = True  # whether step returns attention weights over the context
-    trains_on_features = False  # whether training reads precomputed image features
 
     def __init__(self, config: CaptionConfig) -> None:
         super().__init__()
@@ -148,13 +147,10 @@ class CaptionModel(nn.Module, ABC):
                expectation_rows: torch.Tensor | None = None) -> DecodeResult:
         """One step from the previous word: tokens (N,) -> unnormalised logits (N, V)."""
 
-    def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The frozen features `encode_features` reads (models with trains_on_features)."""
-        raise NotImplementedError(f"{type(self).__name__} encodes images end to end")
-
-    def encode_features(self, *features: torch.Tensor) -> tuple[torch.Tensor | None, State]:
-        """Context and initial state from `image_features(images)`, precomputed or not."""
-        raise NotImplementedError(f"{type(self).__name__} encodes images end to end")
+    def encode_input(self, images: torch.Tensor | tuple[torch.Tensor, ...]
+                     ) -> tuple[torch.Tensor | None, State]:
+        """What `forward` encodes: images here; FeatureCaptioner also takes features."""
+        return self.encode(images)
 
     def step(
         self, tokens: torch.Tensor, state: State, context: torch.Tensor | None
@@ -172,12 +168,10 @@ class CaptionModel(nn.Module, ABC):
         """Teacher forcing: captions_in (B, T) starts with BOS, captions_out (B, T) is it shifted
         by one and padded with pad_id. Returns logits (B, T, V) and the loss (or None).
 
-        `images` may instead be the tuple `image_features(images)`, precomputed (it goes
-        through forward, not a method of its own, so that DDP sees the pass)."""
-        if isinstance(images, tuple):
-            context, state = self.encode_features(*images)
-        else:
-            context, state = self.encode(images)
+        A FeatureCaptioner takes the tuple `image_features(images)`, precomputed, in place
+        of the images (it goes through forward, not a method of its own, so that DDP sees
+        the pass)."""
+        context, state = self.encode_input(images)
         return self.teacher_forced(context, state, captions_in, captions_out)
 
     def teacher_forced(
@@ -221,6 +215,27 @@ class CaptionModel(nn.Module, ABC):
                      terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """Extra loss terms; each is also recorded in `terms` under its name."""
         return token_nll.new_zeros(())
+
+
+class FeatureCaptioner(CaptionModel):
+    """A captioner over a frozen image network, trained on its precomputed features."""
+
+    @abstractmethod
+    def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The frozen network's features of images (B, 3, S, S) in [0, 1]."""
+
+    @abstractmethod
+    def encode_features(self, *features: torch.Tensor) -> tuple[torch.Tensor | None, State]:
+        """Context and initial state from `image_features(images)`, precomputed or not."""
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor | None, State]:
+        return self.encode_features(*self.image_features(images))
+
+    def encode_input(self, images: torch.Tensor | tuple[torch.Tensor, ...]
+                     ) -> tuple[torch.Tensor | None, State]:
+        if isinstance(images, tuple):
+            return self.encode_features(*images)
+        return self.encode(images)
 
 
 class GridCaptioner(CaptionModel):

@@ -22,17 +22,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.caption import CaptionConfig, CaptionModel, DecodeResult, State
+from models.caption import CaptionConfig, DecodeResult, FeatureCaptioner, State
 from models.encoder import ImageEncoder
 
 
-class MultimodalRNN(CaptionModel):
+class MultimodalRNN(FeatureCaptioner):
     """The m-RNN generator: a ReLU RNN whose first step is biased by the image."""
 
     state_names = ("h", "image_bias")
     context_names = ()
     attends = False
-    trains_on_features = True
 
     def __init__(self, config: CaptionConfig) -> None:
         super().__init__(config)
@@ -63,8 +62,6 @@ class MultimodalRNN(CaptionModel):
         b_v = self.image_bias(pooled)  # (B, H)
         return None, {"h": torch.zeros_like(b_v), "image_bias": b_v}
 
-    def encode(self, images: torch.Tensor) -> tuple[None, State]:
-        return self.encode_features(*self.image_features(images))
 
     def decode(self, tokens: torch.Tensor, state: State, context: torch.Tensor | None,
                expectation_rows: torch.Tensor | None = None) -> DecodeResult:

@@ -25,19 +25,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.caption import CaptionConfig, CaptionModel, DecodeResult, SoftAttention, State
+from models.caption import CaptionConfig, DecodeResult, FeatureCaptioner, SoftAttention, State
 from models.lstm import LSTMCell
 
 BOX_DIM = 4  # normalised [x0, y0, x1, y1]
 
 
-class UpDownCaptioner(CaptionModel):
+class UpDownCaptioner(FeatureCaptioner):
     """The top-down captioner over a fixed set of R bottom-up regions per image."""
 
     state_names = ("h1", "c1", "h2", "c2")
     context_names = ("context",)  # the region vectors v_i (N, R, D)
     attends = True
-    trains_on_features = True
 
     def __init__(self, config: CaptionConfig) -> None:
         super().__init__(config)
@@ -88,8 +87,6 @@ class UpDownCaptioner(CaptionModel):
         size = (v.shape[0], self.config.hidden_dim)
         return v, {name: v.new_zeros(size) for name in self.state_names}
 
-    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, State]:
-        return self.encode_features(*self.image_features(images))
 
     def decode(self, tokens: torch.Tensor, state: State, context: torch.Tensor | None,
                expectation_rows: torch.Tensor | None = None) -> DecodeResult:
