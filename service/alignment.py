@@ -38,7 +38,7 @@ from PIL import Image
 
 from service.bundle import Bundle, BundleError, load_bundle
 from service.errors import InvalidParameter
-from service.images import decode_image, stack, to_array, to_rgb
+from service.images import offline_rgb, stack, to_array
 from service.runtime import OnnxGraph, load_graphs
 from service.text import EncodedText, WordIndex, pad_ids
 
@@ -234,11 +234,7 @@ class AlignmentModel:
     def request(self, image: bytes | str | Path | Image.Image, sentence: str,
                 beta: float | None = None) -> AlignmentRequest:
         """An offline request from an image (bytes, path or PIL image) and a sentence."""
-        if isinstance(image, str | Path):
-            image = Path(image).read_bytes()
-        if isinstance(image, bytes):
-            image = decode_image(image, max_pixels=Image.MAX_IMAGE_PIXELS or 1 << 30)
-        image = to_rgb(image)
+        image = offline_rgb(image)
         return AlignmentRequest(self.preprocess(image), image.size,
                                 self.encode_sentence(sentence), self.beta(beta))
 

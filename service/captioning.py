@@ -26,7 +26,7 @@ from PIL import Image
 from service.bundle import Bundle, BundleError, Decoding, load_bundle
 from service.decoding import MAX_BEAM_SIZE, Hypothesis, StepOutput, beam_search
 from service.errors import InvalidParameter
-from service.images import decode_image, stack, to_array, to_rgb
+from service.images import image_input, stack, to_array
 from service.runtime import OnnxGraph, load_graphs
 from service.text import WordIndex
 
@@ -166,16 +166,7 @@ class CaptionModel:
 
     def as_array(self, image: bytes | str | Path | Image.Image | np.ndarray) -> np.ndarray:
         """The encoder input [3, S, S] of an image given as bytes, path, PIL image or array."""
-        if isinstance(image, str | Path):
-            image = Path(image).read_bytes()
-        if isinstance(image, bytes):
-            image = decode_image(image, max_pixels=Image.MAX_IMAGE_PIXELS or 1 << 30)
-        if isinstance(image, Image.Image):
-            return self.preprocess(to_rgb(image))
-        expected = (3, self.image_size, self.image_size)
-        if image.shape != expected:
-            raise InvalidParameter(f"image array must have shape {expected}, got {image.shape}")
-        return image.astype(np.float32, copy=False)
+        return image_input(image, self.image_size, self.pixel_range)
 
     # ------------------------------------------------------------------ inference
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.errors import PayloadTooLarge, UnsupportedMediaType
+from service.errors import InvalidParameter, PayloadTooLarge, UnsupportedMediaType
 
 ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 INT_GREY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
@@ -101,3 +102,25 @@ def to_array(image: Image.Image, size: int,
 def stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
     """Per-image [3, S, S] arrays -> one float32 batch [B, 3, S, S]."""
     return np.stack(arrays).astype(np.float32, copy=False)
+
+
+def offline_rgb(image: bytes | str | Path | Image.Image) -> Image.Image:
+    """An RGB image of bytes, a file path or a PIL image, decoded as uploads are (offline
+    callers: the only pixel limit is Pillow's own)."""
+    if isinstance(image, str | Path):
+        image = Path(image).read_bytes()
+    if isinstance(image, bytes):
+        image = decode_image(image, max_pixels=Image.MAX_IMAGE_PIXELS or 1 << 30)
+    return to_rgb(image)
+
+
+def image_input(image: bytes | str | Path | Image.Image | np.ndarray, size: int,
+                pixel_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """A graph's `image` input [3, size, size] of an image given as bytes, a path, a PIL
+    image, or an array already of that shape (InvalidParameter otherwise)."""
+    if not isinstance(image, np.ndarray):
+        return to_array(offline_rgb(image), size, pixel_range)
+    if image.shape != (3, size, size):
+        raise InvalidParameter(f"image array must have shape {(3, size, size)}, "
+                               f"got {image.shape}")
+    return image.astype(np.float32, copy=False)

@@ -41,7 +41,7 @@ from PIL import Image
 
 from service.bundle import Bundle, BundleError, load_bundle
 from service.errors import InvalidParameter, ServiceError
-from service.images import decode_image, stack, to_array, to_rgb
+from service.images import image_input, stack, to_array
 from service.runtime import OnnxGraph, load_graphs
 from service.text import WordIndex, pad_ids
 
@@ -210,11 +210,7 @@ class RetrievalModel:
 
     def load_image(self, image: bytes | str | Path | Image.Image) -> np.ndarray:
         """The image_encoder input [3, S, S] of image bytes, a file path or a PIL image."""
-        if isinstance(image, str | Path):
-            image = Path(image).read_bytes()
-        if isinstance(image, bytes):
-            image = decode_image(image, max_pixels=Image.MAX_IMAGE_PIXELS or 1 << 30)
-        return self.preprocess(to_rgb(image))
+        return image_input(image, self.image_size, self.pixel_range)
 
     def text_query(self, text: str) -> TextQuery:
         """Ids of a sentence; InvalidParameter if it has no known word or too many words."""

@@ -30,7 +30,7 @@ from PIL import Image
 
 from service.bundle import Bundle, BundleError, load_bundle
 from service.errors import InvalidParameter
-from service.images import decode_image, stack, to_array, to_rgb
+from service.images import image_input, stack, to_array
 from service.runtime import OnnxGraph, load_graphs
 from service.text import WordIndex, pad_ids
 
@@ -143,16 +143,7 @@ class VqaModel:
 
     def as_array(self, image: bytes | str | Path | Image.Image | np.ndarray) -> np.ndarray:
         """The graph's image input [3, S, S] of bytes, a path, a PIL image or an array."""
-        if isinstance(image, str | Path):
-            image = Path(image).read_bytes()
-        if isinstance(image, bytes):
-            image = decode_image(image, max_pixels=Image.MAX_IMAGE_PIXELS or 1 << 30)
-        if isinstance(image, Image.Image):
-            return self.preprocess(to_rgb(image))
-        expected = (3, self.image_size, self.image_size)
-        if image.shape != expected:
-            raise InvalidParameter(f"image array must have shape {expected}, got {image.shape}")
-        return image.astype(np.float32, copy=False)
+        return image_input(image, self.image_size, self.pixel_range)
 
     def encode_question(self, text: str) -> tuple[int, ...]:
         """Word ids of a question; InvalidParameter if empty, too long or with unknown words."""
