@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from e2e_server import running_server
 from PIL import Image
 
 from service.client import AsyncGlimpseClient, GlimpseAPIError, GlimpseClient
@@ -40,23 +37,10 @@ def _scene_png(seed: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     log_path = tmp_path_factory.mktemp("e2e_repository") / "server.log"
-    env = {**os.environ, "GLIMPSE_MAX_QUEUE_DELAY_MS": "20", "GLIMPSE_INTRA_OP_THREADS": "1"}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port),
-                                 "--repository", str(REPOSITORY)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with GlimpseClient(url) as client:
-            client.wait_ready(timeout=60)
+    env = {"GLIMPSE_MAX_QUEUE_DELAY_MS": "20", "GLIMPSE_INTRA_OP_THREADS": "1"}
+    with running_server(REPOSITORY, log_path, env, ready_timeout=60) as (_, url):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _calls(client: AsyncGlimpseClient, image: bytes, k: int) -> list:

@@ -12,17 +12,15 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from e2e_server import running_server
 
 from service.captioning import CaptionModel
 from service.client import AsyncGlimpseClient, GlimpseAPIError, GlimpseClient
@@ -52,33 +50,14 @@ def offline(repository: Path) -> CaptionModel:
     return CaptionModel.from_bundle(repository / "caption-tiny" / "1")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(repository: Path, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[tuple[subprocess.Popen, str, Path]]:
-    port = free_port()
     log_path = tmp_path_factory.mktemp("e2e_logs") / "server.log"
-    env = {**os.environ, "GLIMPSE_MODEL_OVERRIDES": json.dumps(OVERRIDES),
-           "GLIMPSE_MAX_QUEUE_DELAY_MS": "5", "GLIMPSE_DRAIN_TIMEOUT_S": "10",
-           "GLIMPSE_INTRA_OP_THREADS": "1"}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port),
-                                 "--repository", str(repository)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with GlimpseClient(url) as client:
-            client.wait_ready(timeout=30)
+    env = {"GLIMPSE_MODEL_OVERRIDES": json.dumps(OVERRIDES), "GLIMPSE_MAX_QUEUE_DELAY_MS": "5",
+           "GLIMPSE_DRAIN_TIMEOUT_S": "10", "GLIMPSE_INTRA_OP_THREADS": "1"}
+    with running_server(repository, log_path, env) as (proc, url):
         yield proc, url, log_path
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 def caption_texts(answer: dict) -> list[str]:

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
 import re
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from e2e_server import running_server
 
-from service.client import GlimpseClient
 from service.vqa import VqaModel
 
 HERE = Path(__file__).parents[1] / "service"
@@ -44,24 +40,11 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     log_path = tmp_path_factory.mktemp("e2e_vqa_logs") / "server.log"
-    env = {**os.environ, "GLIMPSE_MAX_QUEUE_DELAY_MS": "200", "GLIMPSE_MAX_BATCH_SIZE": "8",
+    env = {"GLIMPSE_MAX_QUEUE_DELAY_MS": "200", "GLIMPSE_MAX_BATCH_SIZE": "8",
            "GLIMPSE_INTRA_OP_THREADS": "1"}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port),
-                                 "--repository", str(repository)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with GlimpseClient(url) as client:
-            client.wait_ready(timeout=30)
+    with running_server(repository, log_path, env) as (_, url):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_concurrent_questions_are_batched_and_answered_as_offline(

@@ -1,0 +1,44 @@
+"""Start `python -m service` on a free port for the end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from service.client import GlimpseClient
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(repository: Path, log_path: Path, env: dict[str, str], *,
+                   ready_timeout: float = 30) -> Iterator[tuple[subprocess.Popen, str]]:
+    """(process, base URL) of a server on `repository`, ready; killed on exit if still up.
+
+    `env` adds GLIMPSE_* settings to this process's environment; the server's output
+    goes to `log_path`.
+    """
+    port = free_port()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port),
+                                 "--repository", str(repository)],
+                                env={**os.environ, **env}, stdout=log,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with GlimpseClient(url) as client:
+            client.wait_ready(timeout=ready_timeout)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
