@@ -14,8 +14,9 @@ by ~0.1 per dimension, so without it the text code starts orders of magnitude
 below z and the networks learn to ignore the text.
 
 The same networks serve GAN, GAN-CLS, GAN-INT and GAN-INT-CLS: the variants
-differ only in their losses (training/gan_task.py). Widths are small so that
-the shapes world trains on a CPU.
+differ only in their losses (below; StackGAN's stages use them too), which
+training/tasks/gan.py combines. Widths are small so that the shapes world
+trains on a CPU.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 @dataclass
@@ -182,3 +184,35 @@ def init_dcgan_weights(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def discriminator_loss(real: torch.Tensor, fake: torch.Tensor,
+                       wrong: torch.Tensor | None = None) -> torch.Tensor:
+    """D's loss from logits of (real, right text), (fake, right text) and (real, wrong text).
+
+    Without `wrong`: the conditional GAN, -log s_r - log(1 - s_f). With it, Reed et
+    al. Algorithm 1: L_D = log s_r + (log(1 - s_w) + log(1 - s_f)) / 2, negated.
+    """
+    loss_real = F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+    loss_fake = F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+    if wrong is None:
+        return loss_real + loss_fake
+    loss_wrong = F.binary_cross_entropy_with_logits(wrong, torch.zeros_like(wrong))
+    return loss_real + 0.5 * (loss_wrong + loss_fake)
+
+
+def generator_loss(fake: torch.Tensor, interpolated: torch.Tensor | None = None) -> torch.Tensor:
+    """G's non-saturating loss -log s_f, plus -log D(G(z, t_int), t_int) for GAN-INT (Eq. 5)."""
+    loss = F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+    if interpolated is not None:
+        loss = loss + F.binary_cross_entropy_with_logits(interpolated,
+                                                         torch.ones_like(interpolated))
+    return loss
+
+
+def interpolate_embeddings(t1: torch.Tensor, t2: torch.Tensor, beta: float) -> torch.Tensor:
+    """beta t1 + (1 - beta) t2 (Reed et al. Eq. 5): points between two captions' embeddings."""
+    return beta * t1 + (1.0 - beta) * t2

@@ -321,7 +321,7 @@ def _task_config_from_args(args) -> CaptionTaskConfig:
         cfg.regions_run = args.regions_run
     if getattr(args, "features", None):
         cfg.features = args.features
-    cfg.trainer = with_cli_overrides(dict(cfg.trainer), args)
+    cfg.trainer = with_cli_overrides({"early_stop_metric": "cider_d", **cfg.trainer}, args)
     return cfg
 
 

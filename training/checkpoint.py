@@ -4,8 +4,9 @@ A checkpoint is a directory:
 
     config.json            how to rebuild the model (and the task that trained it)
     model.safetensors      weights of the unwrapped model
-    optimizer.safetensors  optimizer tensors, keyed "<param index>.<name>"
-    trainer_state.json     step, epoch, scheduler, optimizer hyper-parameters, RNG states,
+    optimizer.safetensors  optimizer tensors, keyed "<param index>.<name>" (a task with
+                           several optimizers: "<optimizer>/<param index>.<name>")
+    trainer_state.json     step, epoch, scheduler(s), optimizer hyper-parameters, RNG states,
                            early-stopping bookkeeping
 
 Export and the service read only the first two; the rest makes resume exact.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,9 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
+
+# One optimizer, or several by name (a GAN's generator and discriminator).
+Optimizers = torch.optim.Optimizer | Mapping[str, torch.optim.Optimizer]
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -63,6 +68,44 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def _optimizers_state(optimizer: Optimizers, scheduler: Any) -> tuple[dict, dict]:
+    """Tensors and JSON state of one optimizer (and scheduler), or of several by name."""
+    if not isinstance(optimizer, Mapping):
+        tensors, meta = _optimizer_tensors(optimizer)
+        return tensors, {"optimizer": meta,
+                         "scheduler": scheduler.state_dict() if scheduler is not None else None}
+    tensors, metas = {}, {}
+    for name, opt in optimizer.items():
+        opt_tensors, metas[name] = _optimizer_tensors(opt)
+        tensors.update({f"{name}/{key}": value for key, value in opt_tensors.items()})
+    schedulers = {name: s.state_dict() for name, s in (scheduler or {}).items()}
+    return tensors, {"optimizers": metas, "schedulers": schedulers}
+
+
+def _load_optimizers(path: Path, optimizer: Optimizers, scheduler: Any,
+                     tensors: dict[str, torch.Tensor], state: dict) -> None:
+    if not isinstance(optimizer, Mapping):
+        if "optimizer" not in state:
+            raise ValueError(f"{path}: saved with optimizers {sorted(state['optimizers'])}, "
+                             "not one")
+        _load_optimizer(optimizer, tensors, state.pop("optimizer"))
+        sched = state.pop("scheduler")
+        if scheduler is not None and sched is not None:
+            scheduler.load_state_dict(sched)
+        return
+    metas = state.pop("optimizers", None)
+    if metas is None or set(metas) != set(optimizer):
+        saved = sorted(metas) if metas is not None else "one unnamed optimizer"
+        raise ValueError(f"{path}: saved with {saved}, not optimizers {sorted(optimizer)}")
+    for name, opt in optimizer.items():
+        prefix = f"{name}/"
+        _load_optimizer(opt, {k[len(prefix):]: v for k, v in tensors.items()
+                              if k.startswith(prefix)}, metas[name])
+    schedulers = state.pop("schedulers")
+    for name, sched in (scheduler or {}).items():
+        sched.load_state_dict(schedulers[name])
+
+
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
     tensors = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -94,7 +137,7 @@ def _jsonable(x: Any) -> Any:
 
 
 def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict,
-                    optimizer: torch.optim.Optimizer | None = None,
+                    optimizer: Optimizers | None = None,
                     scheduler: Any = None, trainer_state: dict | None = None) -> Path:
     """Write a checkpoint directory atomically enough for a crash not to leave half a model."""
     path = Path(path)
@@ -104,15 +147,10 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: dict,
     save_file(weights, str(tmp / MODEL_FILE))
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
     if optimizer is not None:
-        opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+        opt_tensors, opt_state = _optimizers_state(optimizer, scheduler)
         rng_tensors, rng_meta = rng_state()
         save_file({**opt_tensors, **rng_tensors}, str(tmp / OPTIMIZER_FILE))
-        state = {
-            "optimizer": opt_meta,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": rng_meta,
-            **(trainer_state or {}),
-        }
+        state = {**opt_state, "rng": rng_meta, **(trainer_state or {})}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
     if path.exists():
         for f in path.iterdir():
@@ -132,17 +170,17 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     return model
 
 
-def load_training_state(path: str | Path, *, optimizer: torch.optim.Optimizer,
+def load_training_state(path: str | Path, *, optimizer: Optimizers,
                         scheduler: Any = None, restore_rng: bool = True) -> dict:
-    """Restore optimizer, scheduler and RNG state; return the trainer's own bookkeeping."""
+    """Restore optimizer(s), scheduler(s) and RNG state; return the trainer's own bookkeeping.
+
+    `optimizer` and `scheduler` take the form they were saved in: one each, or
+    mappings by the same names."""
     path = Path(path)
     state = json.loads((path / STATE_FILE).read_text())
     tensors = load_file(str(path / OPTIMIZER_FILE))
     opt_tensors = {k: v for k, v in tensors.items() if not k.startswith("rng.")}
-    _load_optimizer(optimizer, opt_tensors, state.pop("optimizer"))
-    sched = state.pop("scheduler")
-    if scheduler is not None and sched is not None:
-        scheduler.load_state_dict(sched)
+    _load_optimizers(path, optimizer, scheduler, opt_tensors, state)
     rng_meta = state.pop("rng")
     if restore_rng:
         set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, rng_meta)

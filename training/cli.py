@@ -325,12 +325,12 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, Configure]] = {
         _eval_vqa_bundle,
     ),
     ("train", "gan"): (
-        "training.gan_task",
+        "training.tasks.gan",
         "train a text-to-image GAN (GAN, GAN-CLS, GAN-INT, GAN-INT-CLS)",
         _train_gan,
     ),
     ("train", "stackgan"): (
-        "training.gan_task",
+        "training.tasks.stackgan",
         "train a StackGAN stage (Stage-I 64 px, Stage-II 128 px)",
         _train_stackgan,
     ),

@@ -269,7 +269,7 @@ def load_generation_models(run_dir: Path) -> GenerationModels:
     task = config.get("model", {}).get("task")
     if task != "generation":
         raise ValueError(f"{run_dir}: task {task!r} is not a text-to-image run")
-    gan_task = importlib.import_module("training.gan_task")
+    gan_task = importlib.import_module("training.tasks.gan")
     text_task = importlib.import_module("training.text_encoder_task")
     generator, info = gan_task.load_generator(run_dir)
     text_run = _text_encoder_run(run_dir, str(info["text_encoder_run"]))

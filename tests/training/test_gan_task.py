@@ -1,4 +1,5 @@
-"""Text-to-image GAN training: losses, wrong texts, interpolation, steps, resume, loading."""
+"""Text-to-image GAN and StackGAN training: losses, wrong texts, interpolation, steps,
+resume, loading."""
 
 from __future__ import annotations
 
@@ -8,20 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.gan import discriminator_loss, generator_loss, interpolate_embeddings
+from training.checkpoint import load_training_state
 from training.cli import build_parser
 from training.data.shapes import generate_shapes_world
-from training.gan_task import (
-    BagOfWordsEmbedder,
-    GanTaskConfig,
-    GanTraining,
-    discriminator_loss,
-    generator_loss,
-    interpolate_embeddings,
-    load_generator,
-    mismatched_pairs,
-    single_object_images,
-    task_config_from_args,
-)
+from training.data.text_image import mismatched_pairs, single_object_images
+from training.tasks import gan, stackgan
+from training.tasks.gan import BagOfWordsEmbedder, GanTask, GanTaskConfig, load_generator
+from training.tasks.stackgan import StackGanTask, StackGanTaskConfig
+from training.trainer import Trainer
 
 TINY_GAN = {"ngf": 4, "ndf": 4, "noise_dim": 8, "proj_dim": 4}
 TINY_STACK = {"ngf": 4, "ndf": 4, "z_dim": 8, "c_dim": 4, "proj_dim": 4, "num_residual": 1}
@@ -39,11 +35,20 @@ def world(tmp_path_factory) -> Path:
 
 
 def config(world: Path, variant: str, **overrides) -> GanTaskConfig:
-    model = TINY_STACK if variant.startswith("stackgan") else TINY_GAN
-    return GanTaskConfig.from_dict({
+    stack = variant.startswith("stackgan")
+    return (StackGanTaskConfig if stack else GanTaskConfig).from_dict({
         "variant": variant, "data": str(world), "text_encoder": "bag-of-words",
-        "model": model, "steps": 2, "batch_size": 4, "sample_every": 2, "save_every": 2,
-        "progress": False, "device": "cpu", **overrides})
+        "model": TINY_STACK if stack else TINY_GAN, "steps": 2, "batch_size": 4,
+        "sample_every": 2, "save_every": 2, "progress": False, "device": "cpu", **overrides})
+
+
+def task(cfg: GanTaskConfig) -> GanTask:
+    return (StackGanTask if isinstance(cfg, StackGanTaskConfig) else GanTask)(cfg)
+
+
+def trainer(cfg: GanTaskConfig, run_dir: Path) -> Trainer:
+    """What `glimpse train gan|stackgan` runs."""
+    return Trainer(task(cfg), gan.trainer_config(cfg), run_dir)
 
 
 def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -104,64 +109,74 @@ def test_only_single_object_images_train(world):
 
 
 @pytest.mark.parametrize("variant", ["gan-int-cls", "stackgan-1"])
-def test_one_step_changes_both_networks(world, tmp_path, variant):
-    training = GanTraining(config(world, variant), tmp_path / "run")
-    g, d = weights(training.generator), weights(training.discriminator)
-    pairs = training.pairs
-    torch.testing.assert_close(training.generator.embed_norm.mean,
+def test_one_step_changes_both_networks(world, variant):
+    t = task(config(world, variant))
+    model = t.build_model()
+    g, d = weights(model["generator"]), weights(model["discriminator"])
+    pairs = t.pairs
+    torch.testing.assert_close(model["generator"].embed_norm.mean,
                                pairs.embeddings[pairs.pair_text].mean(0))
-    terms = training.train_step(training.batch(4))
-    assert changed(g, training.generator) and changed(d, training.discriminator)
+    terms = t.train_step(model, t.batch(torch.arange(4), torch.device("cpu")),
+                         t.configure_optimizers(model))
+    assert changed(g, model["generator"]) and changed(d, model["discriminator"])
     assert {"loss_d", "loss_g", "s_real", "s_fake", "s_wrong"} <= set(terms)
     assert (terms["kl"] > 0) == variant.startswith("stackgan")
 
 
 def test_stage2_trains_on_a_frozen_stage1(world, tmp_path):
-    GanTraining(config(world, "stackgan-1"), tmp_path / "s1").fit()
-    training = GanTraining(config(world, "stackgan-2", stage1_run=str(tmp_path / "s1")),
-                           tmp_path / "s2")
-    stage1 = weights(training.generator.stage1)
-    stage2 = weights(training.generator)
-    training.train_step(training.batch(4))
-    assert not changed(stage1, training.generator.stage1)
-    assert changed(stage2, training.generator)
+    trainer(config(world, "stackgan-1"), tmp_path / "s1").fit()
+    t = task(config(world, "stackgan-2", stage1_run=str(tmp_path / "s1")))
+    model = t.build_model()
+    stage1 = weights(model["generator"].stage1)
+    stage2 = weights(model["generator"])
+    t.train_step(model, t.batch(torch.arange(4), torch.device("cpu")),
+                 t.configure_optimizers(model))
+    assert not changed(stage1, model["generator"].stage1)
+    assert changed(stage2, model["generator"])
     generator, info = load_generator(tmp_path / "s1")
     assert info == {"variant": "stackgan-1", "noise_dim": 12, "embed_dim": 128,
                     "image_size": 64, "text_encoder_run": None}
 
 
 def test_resume_continues_exactly(world, tmp_path):
-    straight = GanTraining(config(world, "gan-cls", steps=4), tmp_path / "straight")
+    straight = trainer(config(world, "gan-cls", steps=4), tmp_path / "straight")
     straight.fit()
-    GanTraining(config(world, "gan-cls", steps=2), tmp_path / "split").fit()
-    resumed = GanTraining(config(world, "gan-cls", steps=4), tmp_path / "split")
+    trainer(config(world, "gan-cls", steps=2), tmp_path / "split").fit()
+    resumed = trainer(config(world, "gan-cls", steps=4), tmp_path / "split")
     summary = resumed.fit(resume=True)
-    assert summary["step"] == 4
-    for k, v in straight.models.state_dict().items():
-        torch.testing.assert_close(resumed.models.state_dict()[k], v, rtol=0, atol=0)
+    assert summary["steps"] == 4
+    for k, v in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=0, atol=0)
     assert (tmp_path / "split" / "samples" / "step_000004.png").exists()
+    # Both players' Adam states are in the checkpoint, by name.
+    t = task(config(world, "gan-cls"))
+    optimizers = t.configure_optimizers(t.build_model())
+    state = load_training_state(tmp_path / "split" / "checkpoints" / "last",
+                                optimizer=optimizers, restore_rng=False)
+    assert state["step"] == 4
+    assert all(opt.state for opt in optimizers.values())
 
 
 def test_load_generator_gives_the_trained_generator_in_eval_mode(world, tmp_path):
-    training = GanTraining(config(world, "gan-int"), tmp_path / "run")
+    training = trainer(config(world, "gan-int"), tmp_path / "run")
     training.fit()
     generator, info = load_generator(tmp_path / "run")
     assert not generator.training
     assert info == {"variant": "gan-int", "noise_dim": 8, "embed_dim": 128, "image_size": 64,
                     "text_encoder_run": None}
-    training.generator.eval()
+    trained = training.model["generator"].eval()
     e, z = torch.randn(2, 128), torch.randn(2, 8)
     with torch.no_grad():
-        torch.testing.assert_close(generator.sample(e, z), training.generator.sample(e, z))
+        torch.testing.assert_close(generator.sample(e, z), trained.sample(e, z))
 
 
 def test_cli_arguments_select_the_variant():
     args = build_parser().parse_args(["train", "stackgan", "--stage", "2", "--stage1-run", "r1",
                                       "--out", "r2", "--steps", "7"])
-    cfg = task_config_from_args(args)
+    cfg = stackgan.task_config_from_args(args)
     assert (cfg.variant, cfg.stage1_run, cfg.steps) == ("stackgan-2", "r1", 7)
     args = build_parser().parse_args(["train", "gan", "--variant", "gan-int", "--out", "r"])
-    assert task_config_from_args(args).variant == "gan-int"
+    assert gan.task_config_from_args(args).variant == "gan-int"
     with pytest.raises(ValueError, match="stage1-run"):
-        task_config_from_args(build_parser().parse_args(["train", "stackgan", "--stage", "2",
-                                                         "--out", "r"]))
+        stackgan.task_config_from_args(build_parser().parse_args(
+            ["train", "stackgan", "--stage", "2", "--out", "r"]))

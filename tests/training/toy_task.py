@@ -37,4 +37,38 @@ class ToyTask:
         with torch.no_grad():
             mse = torch.nn.functional.mse_loss(model(self.x).squeeze(-1), self.y).item()
         score = self.eval_scores.pop(0) if self.eval_scores else -mse
-        return {"cider_d": score, "mse": mse}
+        return {"score": score, "mse": mse}
+
+
+class TwoOptimizerToyTask(ToyTask):
+    """The same regression fitted by two linear heads, each with its own optimizer and step
+    (the shape of a GAN's D step then G step): `first` fits y, `second` what `first` misses.
+    SGD with momentum and Adam both carry state that an exact resume must restore."""
+
+    def build_model(self) -> torch.nn.Module:
+        return torch.nn.ModuleDict({"first": torch.nn.Linear(self.dim, 1),
+                                    "second": torch.nn.Linear(self.dim, 1)})
+
+    def configure_optimizers(self, model) -> dict[str, torch.optim.Optimizer]:
+        return {"first": torch.optim.SGD(model["first"].parameters(), lr=0.05, momentum=0.9),
+                "second": torch.optim.Adam(model["second"].parameters(), lr=0.01)}
+
+    def train_step(self, model, batch, optimizers) -> dict[str, float]:
+        x, y = batch
+        first = model["first"](x).squeeze(-1)
+        loss_first = torch.nn.functional.mse_loss(first, y)
+        optimizers["first"].zero_grad(set_to_none=True)
+        loss_first.backward()
+        optimizers["first"].step()
+        residual = y - first.detach()
+        loss_second = torch.nn.functional.mse_loss(model["second"](x).squeeze(-1), residual)
+        optimizers["second"].zero_grad(set_to_none=True)
+        loss_second.backward()
+        optimizers["second"].step()
+        return {"loss_first": loss_first.item(), "loss_second": loss_second.item()}
+
+    def evaluate(self, model) -> dict[str, float]:
+        with torch.no_grad():
+            fit = model["first"](self.x) + model["second"](self.x)
+            mse = torch.nn.functional.mse_loss(fit.squeeze(-1), self.y).item()
+        return {"score": -mse, "mse": mse}

@@ -1,0 +1,118 @@
+"""(image, caption) pairs of the single-object text-to-image set, for the GANs.
+
+The set is the shapes world generated with one object per image at 128 px
+(`glimpse data shapes --max-objects 1 --size 128`). Images are resized once to a
+generator's side and held in memory as uint8; every distinct caption is embedded
+once by a frozen text embedding phi(t). One example is one (image, caption) pair.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from training.data.readers import load_captions
+from training.data.shapes import load_scenes
+from training.data.world import class_label
+
+log = logging.getLogger(__name__)
+
+TextEmbedder = Callable[[Sequence[str]], torch.Tensor]  # texts -> phi(t), (N, E) on the CPU
+
+
+@dataclass
+class TextImagePairs:
+    """Training pairs of the single-object set: images, their classes, caption embeddings."""
+
+    images: torch.Tensor  # (N, 3, S, S) uint8
+    image_class: torch.Tensor  # (N,) shape-colour class of each image's object
+    pair_image: torch.Tensor  # (P,) image of each (image, caption) pair
+    pair_text: torch.Tensor  # (P,) row of the pair's caption in `embeddings`
+    embeddings: torch.Tensor  # (U, E) phi(t) of every distinct caption
+
+    def __len__(self) -> int:
+        return len(self.pair_image)
+
+    @property
+    def pair_class(self) -> torch.Tensor:
+        return self.image_class[self.pair_image]
+
+    @property
+    def pair_embeddings(self) -> torch.Tensor:
+        """(P, E) phi(t) of every pair's caption: what the networks standardise phi(t) by."""
+        return self.embeddings[self.pair_text]
+
+
+def single_object_images(data_dir: Path, split: str = "train") -> list[tuple[str, list[str], int]]:
+    """(image path, captions, class) of the split's images that hold exactly one object."""
+    scenes = load_scenes(data_dir)
+    out = []
+    for im in load_captions(data_dir, split):
+        objects = scenes[im.imgid].objects
+        if len(objects) == 1:
+            out.append((im.path, list(im.captions), class_label(objects[0].shape,
+                                                                 objects[0].colour)))
+    if not out:
+        raise ValueError(f"{data_dir}: no single-object {split} images")
+    return out
+
+
+def load_resized_images(data_dir: Path, paths: Sequence[str], size: int) -> torch.Tensor:
+    """(N, 3, size, size) uint8, resized bilinearly (the 128 px set feeds 64 px models too)."""
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        with Image.open(data_dir / path) as img:
+            img = img.convert("RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR)
+            out[i] = np.asarray(img)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def embed_unique(embedder: TextEmbedder, texts: Sequence[str], chunk: int = 512
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings of the distinct texts (U, E) and each text's row in them (N,)."""
+    unique = list(dict.fromkeys(texts))
+    row = {t: i for i, t in enumerate(unique)}
+    table = torch.cat([embedder(unique[i:i + chunk]) for i in range(0, len(unique), chunk)])
+    return table, torch.tensor([row[t] for t in texts], dtype=torch.long)
+
+
+def load_pairs(data_dir: Path, image_size: int, embedder: TextEmbedder) -> TextImagePairs:
+    """Every (image, caption) pair of the training split, images at `image_size`."""
+    items = single_object_images(data_dir)
+    t0 = time.perf_counter()
+    images = load_resized_images(data_dir, [path for path, _, _ in items], image_size)
+    texts = [c for _, captions, _ in items for c in captions]
+    embeddings, pair_text = embed_unique(embedder, texts)
+    pair_image = torch.tensor([i for i, (_, captions, _) in enumerate(items) for _ in captions])
+    log.info("%d images, %d pairs, %d distinct captions in %.1fs", len(items), len(texts),
+             len(embeddings), time.perf_counter() - t0)
+    return TextImagePairs(images=images, image_class=torch.tensor([c for _, _, c in items]),
+                          pair_image=pair_image, pair_text=pair_text, embeddings=embeddings)
+
+
+def mismatched_pairs(classes: torch.Tensor, chosen: torch.Tensor, *, tries: int = 20
+                     ) -> torch.Tensor:
+    """For each pair index in `chosen`, a random pair whose image is of another class
+    (the "wrong text" of GAN-CLS: a caption that does not describe the image)."""
+    n = len(classes)
+    other = torch.randint(0, n, chosen.shape)
+    for _ in range(tries):
+        same = classes[other] == classes[chosen]
+        if not same.any():
+            return other
+        other[same] = torch.randint(0, n, (int(same.sum()),))
+    raise ValueError("mismatched texts need images of at least two classes")
+
+
+def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1], the range of the generators' tanh."""
+    return images_uint8.float().div_(127.5).sub_(1.0)

@@ -1,0 +1,424 @@
+"""Text-to-image GANs of Reed et al. 2016 on the Trainer: `glimpse train gan`.
+
+The text embedding phi(t) is frozen, as in the paper: every distinct training
+caption is embedded once by the char-CNN-RNN of a `glimpse train text-encoder`
+run (training.data.text_image holds the pairs). The variants differ only in
+their losses (models.gan):
+
+    gan          D sees (real, right text) and (fake, right text)
+    gan-cls      Algorithm 1: D also sees (real, wrong text), a caption of another class
+    gan-int      G also learns from interpolated embeddings beta t1 + (1 - beta) t2 (Eq. 5);
+                 D never sees them, as they have no real image
+    gan-int-cls  both
+
+Each batch takes one D step then one G step, each with its own Adam: the task
+brings its own `configure_optimizers` and `train_step`, and the Trainer does
+the rest (batches, progress, checkpoints of both optimizers, exact resume).
+StackGAN (training.tasks.stackgan) is this task with other networks and a KL
+term; the pieces it shares live here: phi(t), the two-player step, sample
+grids and loading a trained generator.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+from safetensors.torch import load_file
+
+from models.gan import (
+    Discriminator,
+    GanConfig,
+    Generator,
+    discriminator_loss,
+    generator_loss,
+    init_dcgan_weights,
+    interpolate_embeddings,
+)
+from models.stackgan import StackGanConfig, StageIGenerator, StageIIGenerator
+from training.callbacks import Callback, JsonLines
+from training.checkpoint import checkpoint_dir, load_config
+from training.data.text_image import (
+    TextEmbedder,
+    load_pairs,
+    mismatched_pairs,
+    single_object_images,
+    to_unit_range,
+)
+from training.trainer import Trainer, TrainerConfig, config_from_dict
+
+log = logging.getLogger(__name__)
+
+GAN_VARIANTS = ("gan", "gan-cls", "gan-int", "gan-int-cls")
+BAG_OF_WORDS = "bag-of-words"  # --text-encoder value selecting the development stand-in
+# Prompts of the sample grids: every colour, every shape, both sizes, no held-out combination.
+GRID_PROMPTS = (
+    "a large red circle", "a small orange square", "a large yellow triangle",
+    "a small green diamond", "a large cyan star", "a small blue cross",
+    "a large purple hexagon", "a small white star",
+)
+
+
+@dataclass
+class GanTaskConfig:
+    variant: str = "gan-int-cls"  # one of VARIANTS
+    data: str = "data/t2i"
+    text_encoder: str = "runs/text-encoder"  # run directory, or "bag-of-words" (development)
+    model: dict = field(default_factory=dict)  # GanConfig (StackGAN: StackGanConfig) overrides
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 2e-4
+    beta1: float = 0.5
+    interpolation_beta: float = 0.5  # beta of Reed et al. Eq. 5
+    sample_every: int = 250
+    save_every: int = 250
+    log_every: int = 25
+    seed: int = 0
+    device: str | None = None
+    progress: bool = True
+
+    VARIANTS: ClassVar[tuple[str, ...]] = GAN_VARIANTS
+    # Knobs that a `glimpse train` flag of the same name sets.
+    FLAGS: ClassVar[tuple[str, ...]] = ("data", "text_encoder", "steps", "batch_size", "lr",
+                                        "device", "seed", "sample_every", "save_every")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GanTaskConfig:
+        cfg = config_from_dict(cls, d, "text-to-image training")
+        if cfg.variant not in cls.VARIANTS:
+            raise ValueError(f"unknown variant {cfg.variant!r}")
+        return cfg
+
+    @property
+    def matching_aware(self) -> bool:
+        return self.variant in ("gan-cls", "gan-int-cls")
+
+    @property
+    def interpolates(self) -> bool:
+        return self.variant in ("gan-int", "gan-int-cls")
+
+
+def trainer_config(cfg: GanTaskConfig) -> TrainerConfig:
+    """The Trainer's side of a text-to-image config: `steps` steps at a constant learning
+    rate, no clipping or autocast (as in the papers), no evaluation (the sample grids and
+    `glimpse eval generation` on the exported bundle judge a run)."""
+    return TrainerConfig(max_steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                         grad_clip=0.0, warmup_steps=0, schedule="constant", amp=False,
+                         log_every=cfg.log_every, save_every=cfg.save_every, eval_every=0,
+                         seed=cfg.seed, device=cfg.device, progress=cfg.progress)
+
+
+# ------------------------------------------------------------------------ text embeddings
+
+
+class BagOfWordsEmbedder:
+    """Development stand-in for the char-CNN-RNN: a random, frozen linear map of word counts.
+
+    Deterministic given (words, embed_dim, seed); unknown words are ignored.
+    """
+
+    def __init__(self, words: Sequence[str], embed_dim: int = 128, seed: int = 0) -> None:
+        self.words = list(words)
+        self.embed_dim = embed_dim
+        self.seed = seed
+        self.index = {w: i for i, w in enumerate(self.words)}
+        g = torch.Generator().manual_seed(seed)
+        self.weight = torch.randn(len(self.words), embed_dim, generator=g)
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        counts = torch.zeros(len(texts), len(self.words))
+        for row, text in enumerate(texts):
+            for word in text.lower().replace(",", " ").replace(";", " ").split():
+                if word in self.index:
+                    counts[row, self.index[word]] += 1.0
+        return counts @ self.weight / counts.sum(1, keepdim=True).clamp(min=1.0).sqrt()
+
+    def describe(self) -> dict:
+        return {"type": BAG_OF_WORDS, "words": self.words, "embed_dim": self.embed_dim,
+                "seed": self.seed}
+
+
+def char_cnn_rnn_embedder(run_dir: str | Path) -> tuple[TextEmbedder, dict]:
+    """phi(t) of a `glimpse train text-encoder` run, and its description."""
+    from training.text_encoder_task import embed_texts, load_text_encoder
+
+    encoder, alphabet, info = load_text_encoder(run_dir)
+    encoder.eval()
+    max_length = int(info["max_length"])
+
+    def embed(texts: Sequence[str]) -> torch.Tensor:
+        with torch.no_grad():
+            return embed_texts(encoder, alphabet, list(texts), max_length).float().cpu()
+
+    return embed, {"type": "char-cnn-rnn", "run": str(run_dir),
+                   "embed_dim": int(info["embed_dim"]), "max_length": max_length}
+
+
+def text_embedder(spec: str | dict, captions: Sequence[str]) -> tuple[TextEmbedder, dict]:
+    """The embedder named by --text-encoder (or a recorded description) and its description."""
+    if isinstance(spec, dict):
+        if spec["type"] == BAG_OF_WORDS:
+            bag = BagOfWordsEmbedder(spec["words"], spec["embed_dim"], spec["seed"])
+            return bag, bag.describe()
+        return char_cnn_rnn_embedder(spec["run"])
+    if spec == BAG_OF_WORDS:
+        words = sorted({w for c in captions for w in c.lower().replace(",", " ").split()})
+        bag = BagOfWordsEmbedder(words)
+        return bag, bag.describe()
+    return char_cnn_rnn_embedder(spec)
+
+
+# ------------------------------------------------------------------- trained generators
+
+
+def generator_from_config(model_cfg: dict) -> nn.Module:
+    """An untrained generator of the architecture a checkpoint config describes."""
+    if model_cfg["architecture"] == "dcgan":
+        return Generator(GanConfig.from_dict(model_cfg["generator"]))
+    stack = StackGanConfig.from_dict(model_cfg["generator"])
+    if model_cfg["stage"] == 1:
+        return StageIGenerator(stack)
+    stage1 = StageIGenerator(StackGanConfig.from_dict(model_cfg["stage1"]))
+    return StageIIGenerator(stack, stage1)
+
+
+def load_generator(run_dir: str | Path) -> tuple[nn.Module, dict]:
+    """The trained generator of a GAN or StackGAN run (eval mode) and what a consumer needs
+    to drive it: {"variant", "noise_dim", "embed_dim", "image_size", "text_encoder_run"}."""
+    ckpt = checkpoint_dir(Path(run_dir))
+    model_cfg = load_config(ckpt)["model"]
+    if model_cfg.get("task") != "generation":
+        raise ValueError(f"{ckpt}: task {model_cfg.get('task')!r} is not a text-to-image run")
+    generator = generator_from_config(model_cfg)
+    prefix = "generator."
+    weights = load_file(str(ckpt / "model.safetensors"))
+    generator.load_state_dict({k[len(prefix):]: v for k, v in weights.items()
+                               if k.startswith(prefix)})
+    generator.eval()
+    return generator, {"variant": model_cfg["variant"], "noise_dim": generator.noise_dim,
+                       "embed_dim": generator.embed_dim, "image_size": generator.image_size,
+                       "text_encoder_run": model_cfg["text_encoder"].get("run")}
+
+
+# --------------------------------------------------------------------------------- task
+
+
+@dataclass
+class Batch:
+    real: torch.Tensor  # (B, 3, S, S) in [-1, 1]
+    text: torch.Tensor  # (B, E) phi of each image's own caption
+    wrong_text: torch.Tensor  # (B, E) phi of a caption of another class
+    interpolated: torch.Tensor  # (B, E) between the batch's captions and those of a shift
+
+
+def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One gradient step of `optimizer` on `loss`."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+class GanTask:
+    """The two-player game as a Trainer task: per batch, one D step then one G step."""
+
+    kl_weight = 0.0  # conditioning augmentation's lambda; a DCGAN has no KL term
+
+    def __init__(self, cfg: GanTaskConfig) -> None:
+        self.cfg = cfg
+        self.data_dir = Path(cfg.data)
+        captions = [c for _, cs, _ in single_object_images(self.data_dir) for c in cs]
+        self.embed, self.text_info = text_embedder(self.text_encoder_spec(), captions)
+        self.grid_embeddings = self.embed(GRID_PROMPTS)
+        self.embed_dim = self.grid_embeddings.shape[1]
+        sizes = generator_from_config(self.model_section())  # untrained: only its sizes count
+        self.image_size, self.noise_dim = sizes.image_size, sizes.noise_dim
+        self.pairs = load_pairs(self.data_dir, self.image_size, self.embed)
+
+    # -- what differs between GAN and StackGAN -------------------------------
+    def text_encoder_spec(self) -> str | dict:
+        return self.cfg.text_encoder
+
+    def model_section(self) -> dict:
+        """The architecture part of the checkpoint's model config."""
+        gan = GanConfig.from_dict({"embed_dim": self.embed_dim, **self.cfg.model})
+        return {"architecture": "dcgan", "generator": gan.to_dict()}
+
+    def build_networks(self) -> tuple[nn.Module, nn.Module]:
+        """Generator and discriminator, initialised as in DCGAN."""
+        gan = GanConfig.from_dict({"embed_dim": self.embed_dim, **self.cfg.model})
+        generator, discriminator = Generator(gan), Discriminator(gan)
+        init_dcgan_weights(discriminator)
+        init_dcgan_weights(generator)
+        return generator, discriminator
+
+    def generate(self, generator: nn.Module, text: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fake images for a batch of embeddings, and the KL term of conditioning augmentation
+        (zero here)."""
+        noise = torch.randn(len(text), self.noise_dim, device=text.device)
+        return generator(noise, text), torch.zeros((), device=text.device)
+
+    # -- the Trainer's side ---------------------------------------------------
+    def build_model(self) -> nn.ModuleDict:
+        generator, discriminator = self.build_networks()
+        for network in (generator, discriminator):  # Stage-II: its own networks only
+            network.embed_norm.set_statistics(self.pairs.pair_embeddings)
+        return nn.ModuleDict({"generator": generator, "discriminator": discriminator})
+
+    def model_config(self) -> dict:
+        return {"task": "generation", "variant": self.cfg.variant, **self.model_section(),
+                "image_size": self.image_size, "noise_dim": self.noise_dim,
+                "embed_dim": self.embed_dim, "text_encoder": self.text_info,
+                "data": {"dir": str(self.data_dir), "train_images": len(self.pairs.images),
+                         "train_pairs": len(self.pairs)},
+                "task_config": asdict(self.cfg)}
+
+    def num_examples(self) -> int:
+        return len(self.pairs)
+
+    def batch(self, indices: torch.Tensor, device: torch.device) -> Batch:
+        pairs = self.pairs
+        wrong = mismatched_pairs(pairs.pair_class, indices) if self.cfg.matching_aware else indices
+        text = pairs.embeddings[pairs.pair_text[indices]]
+        partner = text.roll(1, dims=0)
+        return Batch(
+            real=to_unit_range(pairs.images[pairs.pair_image[indices]]).to(device),
+            text=text.to(device),
+            wrong_text=pairs.embeddings[pairs.pair_text[wrong]].to(device),
+            interpolated=interpolate_embeddings(text, partner,
+                                                self.cfg.interpolation_beta).to(device),
+        )
+
+    def configure_optimizers(self, model: nn.ModuleDict) -> dict[str, torch.optim.Optimizer]:
+        def adam(parameters) -> torch.optim.Adam:
+            return torch.optim.Adam([p for p in parameters if p.requires_grad], lr=self.cfg.lr,
+                                    betas=(self.cfg.beta1, 0.999))
+
+        return {"generator": adam(model["generator"].parameters()),
+                "discriminator": adam(model["discriminator"].parameters())}
+
+    def train_step(self, model: nn.ModuleDict, batch: Batch,
+                   optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+        """One D update then one G update (Reed et al. Algorithm 1); returns logged terms."""
+        cfg, generator, D = self.cfg, model["generator"], model["discriminator"]
+        fake, kl = self.generate(generator, batch.text)
+        s_r = D(batch.real, batch.text)
+        s_f = D(fake.detach(), batch.text)
+        s_w = D(batch.real, batch.wrong_text) if cfg.matching_aware else None
+        loss_d = discriminator_loss(s_r, s_f, s_w)
+        descend(optimizers["discriminator"], loss_d)
+
+        D.requires_grad_(False)  # G's loss flows through D to G; D's own gradients are unused
+        s_g = D(fake, batch.text)
+        s_i = None
+        if cfg.interpolates:
+            fake_int, _ = self.generate(generator, batch.interpolated)
+            s_i = D(fake_int, batch.interpolated)
+        loss_g = generator_loss(s_g, s_i) + self.kl_weight * kl
+        descend(optimizers["generator"], loss_g)
+        D.requires_grad_(True)
+        terms = {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "kl": kl.item(),
+                 "s_real": torch.sigmoid(s_r).mean().item(),
+                 "s_fake": torch.sigmoid(s_f).mean().item()}
+        if s_w is not None:
+            terms["s_wrong"] = torch.sigmoid(s_w).mean().item()
+        return terms
+
+    def callbacks(self) -> list[Callback]:
+        return [SampleGrid(self.grid_embeddings, every=self.cfg.sample_every),
+                JsonLines("history.jsonl")]
+
+
+# --------------------------------------------------------------------------- samples
+
+
+class SampleGrid(Callback):
+    """RUN/samples/step_NNNNNN.png every `every` steps and after the last: one row per
+    GRID_PROMPTS entry, fixed noise, the generator in eval mode (what a bundle draws)."""
+
+    def __init__(self, embeddings: torch.Tensor, *, every: int, per_prompt: int = 8) -> None:
+        self.embeddings = embeddings
+        self.every = every
+        self.per_prompt = per_prompt
+
+    def on_train_batch_end(self, trainer: Trainer) -> None:
+        step = trainer.state["step"]
+        if (self.every and step % self.every == 0) or step == trainer.total_steps:
+            images = sample_grid(trainer.model["generator"], self.embeddings, self.per_prompt)
+            save_grid(images, self.per_prompt, trainer.run_dir / "samples" / f"step_{step:06d}.png")
+
+
+@torch.no_grad()
+def sample_grid(generator: nn.Module, embeddings: torch.Tensor, per_prompt: int
+                ) -> torch.Tensor:
+    """(len(embeddings) * per_prompt, 3, S, S): each embedding with the same `per_prompt`
+    noises (seeded), drawn in eval mode; the generator is left in the mode it was in."""
+    g = torch.Generator().manual_seed(1234)
+    device = next(generator.parameters()).device
+    noise = torch.randn(per_prompt, generator.noise_dim, generator=g).repeat(len(embeddings), 1)
+    text = embeddings.repeat_interleave(per_prompt, dim=0)
+    was_training = generator.training
+    generator.eval()
+    images = generator.sample(text.to(device), noise.to(device)).cpu()
+    generator.train(was_training)
+    return images
+
+
+def save_grid(images: torch.Tensor, columns: int, path: Path) -> None:
+    """Write (N, 3, S, S) images in [-1, 1] as one PNG, `columns` to a row, 2 px apart."""
+    n, _, s, _ = images.shape
+    rows = -(-n // columns)
+    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+    canvas = np.full((rows * (s + 2), columns * (s + 2), 3), 255, dtype=np.uint8)
+    for i, image in enumerate(pixels.numpy()):
+        r, c = divmod(i, columns)
+        canvas[r * (s + 2):r * (s + 2) + s, c * (s + 2):c * (s + 2) + s] = image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas).save(path)
+
+
+# ----------------------------------------------------------------------------------- CLI
+
+
+def config_from_args(config_cls: type[GanTaskConfig], args: Any,
+                     variant: str | None) -> GanTaskConfig:
+    """--config's JSON, then `variant` and every flag given, as a `config_cls`."""
+    raw: dict = json.loads(Path(args.config).read_text()) if args.config else {}
+    if variant:
+        raw["variant"] = variant
+    for name in config_cls.FLAGS:
+        value = getattr(args, name, None)
+        if value is not None:
+            raw[name] = value
+    return config_cls.from_dict(raw)
+
+
+def task_config_from_args(args: Any) -> GanTaskConfig:
+    return config_from_args(GanTaskConfig, args, getattr(args, "variant", None))
+
+
+def train(task_cls: type[GanTask], cfg: GanTaskConfig, args: Any) -> int:
+    """`glimpse train gan|stackgan`: fit a `task_cls` of `cfg` in --out, writing task.json
+    and summary.json."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    task = task_cls(cfg)
+    run_dir = Path(args.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "task.json").write_text(json.dumps(asdict(task.cfg), indent=2))
+    summary = Trainer(task, trainer_config(task.cfg), run_dir).fit(resume=args.resume)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps({"run_dir": str(run_dir), "variant": task.cfg.variant,
+                      "steps": summary["steps"], "train_seconds": summary["train_seconds"]}))
+    return 0
+
+
+def run(args: Any) -> int:
+    return train(GanTask, task_config_from_args(args), args)

@@ -1,0 +1,131 @@
+"""StackGAN (Zhang et al. 2017) on the Trainer: `glimpse train stackgan --stage 1|2`.
+
+Both stages train as the GAN task does (training.tasks.gan), with the
+matching-aware loss of GAN-CLS, plus the KL term of conditioning augmentation
+in G's loss (Eq. 3-6). Stage-I draws 64 px; Stage-II refines it to 128 px on top
+of a frozen Stage-I run and embeds text as that run did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from models.gan import init_dcgan_weights
+from models.stackgan import (
+    StackGanConfig,
+    StageDiscriminator,
+    StageIGenerator,
+    StageIIGenerator,
+    kl_to_standard_normal,
+)
+from training.checkpoint import checkpoint_dir, load_config
+from training.tasks.gan import GanTask, GanTaskConfig, config_from_args, load_generator, train
+
+STACKGAN_VARIANTS = ("stackgan-1", "stackgan-2")
+
+
+@dataclass
+class StackGanTaskConfig(GanTaskConfig):
+    variant: str = "stackgan-1"  # one of VARIANTS
+    stage1_run: str | None = None  # stackgan-2: the Stage-I run it refines
+    kl_weight: float = 1.0  # lambda of Zhang et al. Eq. 6
+
+    VARIANTS: ClassVar[tuple[str, ...]] = STACKGAN_VARIANTS
+    FLAGS: ClassVar[tuple[str, ...]] = (*GanTaskConfig.FLAGS, "stage1_run")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StackGanTaskConfig:
+        cfg = super().from_dict(d)
+        if cfg.variant == "stackgan-2" and not cfg.stage1_run:
+            raise ValueError("stackgan-2 needs the Stage-I run (--stage1-run)")
+        return cfg
+
+    @property
+    def stage(self) -> int:
+        return STACKGAN_VARIANTS.index(self.variant) + 1
+
+    @property
+    def matching_aware(self) -> bool:
+        return True
+
+    @property
+    def interpolates(self) -> bool:
+        return False
+
+
+def load_stage1_generator(run_dir: Path) -> tuple[StageIGenerator, dict]:
+    """The trained, frozen Stage-I generator of a run, and its run's model config."""
+    generator, info = load_generator(run_dir)
+    if info["variant"] != "stackgan-1":
+        raise ValueError(f"{run_dir}: a {info['variant']} run, not a StackGAN Stage-I run")
+    for p in generator.parameters():
+        p.requires_grad_(False)
+    return generator, load_config(checkpoint_dir(run_dir))["model"]
+
+
+class StackGanTask(GanTask):
+    """A StackGAN stage: the GAN task's two-player step with StackGAN's networks and KL."""
+
+    cfg: StackGanTaskConfig
+
+    @property
+    def kl_weight(self) -> float:
+        return self.cfg.kl_weight
+
+    def text_encoder_spec(self) -> str | dict:
+        """Stage-II embeds text exactly as the Stage-I run it refines."""
+        if self.cfg.stage == 2:
+            return self.stage1_config()["text_encoder"]
+        return self.cfg.text_encoder
+
+    def stage1_config(self) -> dict:
+        return load_config(checkpoint_dir(Path(self.cfg.stage1_run)))["model"]
+
+    def stack_config(self) -> StackGanConfig:
+        return StackGanConfig.from_dict({"embed_dim": self.embed_dim, **self.cfg.model})
+
+    def model_section(self) -> dict:
+        section = {"architecture": "stackgan", "stage": self.cfg.stage,
+                   "generator": self.stack_config().to_dict()}
+        if self.cfg.stage == 2:
+            section.update(stage1=self.stage1_config()["generator"],
+                           stage1_run=self.cfg.stage1_run)
+        return section
+
+    def build_networks(self) -> tuple[nn.Module, nn.Module]:
+        stack = self.stack_config()
+        if self.cfg.stage == 1:
+            generator, discriminator = StageIGenerator(stack), StageDiscriminator(stack, 64)
+            init_dcgan_weights(discriminator)
+            init_dcgan_weights(generator)
+            return generator, discriminator
+        stage1, _ = load_stage1_generator(Path(self.cfg.stage1_run))
+        generator, discriminator = StageIIGenerator(stack, stage1), StageDiscriminator(stack, 128)
+        init_dcgan_weights(discriminator)
+        for module in (generator.ca, generator.encode, generator.joint, generator.residual,
+                       generator.up):  # everything but the trained Stage-I
+            init_dcgan_weights(module)
+        return generator, discriminator
+
+    def generate(self, generator: nn.Module, text: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fake images and KL(N(mu, Sigma) || N(0, I)) of this stage's conditioning."""
+        noise = torch.randn(len(text), self.noise_dim, device=text.device)
+        outputs = generator(text, noise)
+        mu, log_sigma = outputs[-2], outputs[-1]
+        return outputs[0], kl_to_standard_normal(mu, log_sigma)
+
+
+def task_config_from_args(args: Any) -> StackGanTaskConfig:
+    stage = getattr(args, "stage", None)
+    return config_from_args(StackGanTaskConfig, args,
+                            f"stackgan-{stage}" if stage is not None else None)
+
+
+def run(args: Any) -> int:
+    return train(StackGanTask, task_config_from_args(args), args)
