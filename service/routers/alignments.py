@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from service.alignment import AlignmentModel, AlignmentRequest, AlignmentResult
 from service.images import decode_image, to_rgb
+from service.pipelines.alignment import AlignmentModel, AlignmentRequest, AlignmentResult
 from service.routers.deps import (
     StateDep,
     read_image_request,

@@ -6,8 +6,8 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from service.captioning import CaptionModel, CaptionRequest, CaptionResult
 from service.images import decode_image
+from service.pipelines.caption import CaptionModel, CaptionRequest, CaptionResult
 from service.routers.deps import (
     StateDep,
     read_image_request,

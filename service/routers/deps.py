@@ -21,7 +21,7 @@ from service.errors import (
     UnsupportedMediaType,
     validation_message,
 )
-from service.runtime import ServiceState
+from service.state import ServiceState
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")

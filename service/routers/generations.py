@@ -17,7 +17,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import InvalidParameter
-from service.generation import MAX_IMAGES_PER_REQUEST, MAX_SEED, GenerationModel
+from service.pipelines.base import MAX_SEED
+from service.pipelines.generation import MAX_IMAGES_PER_REQUEST, GenerationModel
 from service.routers.deps import (
     StateDep,
     read_json_request,

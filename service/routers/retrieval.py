@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.errors import InvalidParameter, validation_message
 from service.images import decode_image
-from service.retrieval import MAX_TOP_K, Query, QueryResult, RetrievalModel
+from service.pipelines.retrieval import MAX_TOP_K, Query, QueryResult, RetrievalModel
 from service.routers.deps import (
     StateDep,
     json_object,
@@ -26,8 +26,8 @@ from service.routers.deps import (
     require_api_key,
     unless_disconnected,
 )
-from service.runtime import ServedModel
 from service.schemas import MODEL_FIELD_DOC, ErrorResponse, error_responses
+from service.state import ServedModel
 
 router = APIRouter(prefix="/v1", tags=["retrieval"], dependencies=[Depends(require_api_key)])
 

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from service.images import decode_image
+from service.pipelines.vqa import DEFAULT_TOP_K, MAX_TOP_K, VqaModel, VqaRequest, VqaResult
 from service.routers.deps import (
     StateDep,
     read_image_request,
@@ -15,7 +16,6 @@ from service.routers.deps import (
     unless_disconnected,
 )
 from service.schemas import MODEL_FIELD_DOC, error_responses
-from service.vqa import DEFAULT_TOP_K, MAX_TOP_K, VqaModel, VqaRequest, VqaResult
 
 router = APIRouter(prefix="/v1", tags=["vqa"], dependencies=[Depends(require_api_key)])
 

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from tiny_bundle import GRID, build_caption_bundle, sample_png
 
 from service.app import create_app
-from service.captioning import CaptionModel
+from service.pipelines.caption import CaptionModel
 from service.settings import Settings
 
 PNG = sample_png(7)

@@ -25,7 +25,7 @@ from service.bundle import (
     validation_problems,
     write_manifest,
 )
-from service.captioning import CaptionModel
+from service.pipelines.caption import CaptionModel
 from service.runtime import CPU, CUDA, choose_providers, load_graphs, warm_batch_sizes
 
 COMMITTED = Path(__file__).parents[2] / "model_repository"

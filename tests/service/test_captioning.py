@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from tiny_bundle import GRID, IMAGE_SIZE, sample_png
 
-from service.captioning import CaptionModel, CaptionRequest, Vocabulary
 from service.errors import InvalidParameter
 from service.images import decode_image
+from service.pipelines.caption import CaptionModel, CaptionRequest, Vocabulary
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from tiny_bundle import sample_png
 
-from service.captioning import CaptionModel
 from service.client import AsyncGlimpseClient, GlimpseAPIError, GlimpseClient
+from service.pipelines.caption import CaptionModel
 
 
 @pytest.fixture

@@ -17,17 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from service.bundle import Bundle, BundleError, Decoding, load_bundle
-from service.decoding import MAX_BEAM_SIZE, Hypothesis, StepOutput, beam_search
+from service.bundle import Bundle, Decoding
+from service.decoding import MAX_BEAM_SIZE, Hypothesis, StepFn, StepOutput, beam_search
 from service.errors import InvalidParameter
-from service.images import image_input, stack, to_array
-from service.runtime import OnnxGraph, load_graphs
+from service.images import stack
+from service.pipelines.base import GraphContract, ImageInput, ImagePipeline
+from service.runtime import OnnxGraph
 from service.text import WordIndex
 
 MAX_LENGTH = 100
@@ -78,58 +77,38 @@ class CaptionResult:
     captions: list[Caption] = field(default_factory=list)
 
 
-class CaptionModel:
+class CaptionModel(ImagePipeline[CaptionRequest, CaptionResult], task="caption"):
     """An encoder graph and a step graph decoded with beam search."""
 
     def __init__(self, bundle: Bundle, graphs: Mapping[str, OnnxGraph]) -> None:
-        manifest = bundle.manifest
-        if manifest.task != "caption" or manifest.decoding is None:
-            raise BundleError(bundle.path, f"task {manifest.task!r} is not a caption bundle")
-        self.bundle = bundle
-        self.decoding: Decoding = manifest.decoding
+        decoding = bundle.manifest.decoding
+        assert decoding is not None  # a caption manifest has one (Manifest validation)
+        self.decoding: Decoding = decoding
+        super().__init__(bundle, graphs)
         self.encoder = graphs["encoder"]
         self.decoder = graphs["decoder_step"]
-        self.image_size = int(manifest.preprocessing.image_size or 0)
-        self.pixel_range = manifest.preprocessing.pixel_range
-        tokenizer = manifest.preprocessing.tokenizer
-        assert tokenizer is not None  # guaranteed by Manifest validation
-        try:
-            self.vocab = Vocabulary.from_file(bundle.file(tokenizer.file))
-        except (ValueError, OSError) as exc:
-            vocab_file = manifest.files[tokenizer.file].file
-            raise BundleError(bundle.path, str(exc), vocab_file) from None
-        self._check_contract()
+        self.vocab = self.read_file(self.tokenizer_file("word"), Vocabulary.from_file)
 
-    @classmethod
-    def from_bundle(cls, path: str | Path, *, device: str = "auto",
-                    providers: Sequence[str] | None = None,
-                    intra_op_threads: int | None = None) -> CaptionModel:
-        """Load a bundle directory for offline use (validation as in the service)."""
-        bundle = load_bundle(path)
-        return cls(bundle, load_graphs(bundle, device=device, providers=providers,
-                                       intra_op_threads=intra_op_threads))
+    def contract(self) -> dict[str, GraphContract]:
+        d = self.decoding
+        return {
+            "encoder": GraphContract(inputs=frozenset({"image"}),
+                                     outputs=frozenset({*d.state, *d.context})),
+            "decoder_step": GraphContract(
+                inputs=frozenset({"tokens", "parents", *d.state, *d.context}),
+                outputs=frozenset({"log_probs", "token_ids", *(f"{s}_out" for s in d.state)})),
+        }
 
     @property
     def has_attention(self) -> bool:
         return self.decoding.attention is not None
 
-    def _check_contract(self) -> None:
+    def defaults(self) -> dict[str, Any]:
         d = self.decoding
-        needs = {
-            "encoder outputs": (set(d.state) | set(d.context), set(self.encoder.output_names)),
-            "decoder_step inputs": ({"tokens", "parents", *d.state, *d.context},
-                                    set(self.decoder.input_names)),
-            "decoder_step outputs": ({"log_probs", "token_ids", *(f"{s}_out" for s in d.state)},
-                                     set(self.decoder.output_names)),
-        }
-        for what, (needed, present) in needs.items():
-            if missing := sorted(needed - present):
-                raise BundleError(self.bundle.path, f"{what} lack {missing}")
+        return {"beam_size": d.beam_size, "max_length": d.max_length,
+                "length_penalty": d.length_penalty, "attention": d.attention is not None}
 
     # ------------------------------------------------------------------ requests
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return to_array(image, self.image_size, self.pixel_range)
 
     def params(self, *, beam_size: int | None = None, max_length: int | None = None,
                length_penalty: float | None = None, num_captions: int = 1,
@@ -140,23 +119,29 @@ class CaptionModel:
         max_beam = min(MAX_BEAM_SIZE, d.top_k)
         if not 1 <= beam <= max_beam:
             raise InvalidParameter(f"beam_size must be between 1 and {max_beam}, got {beam}")
-        length = d.max_length if max_length is None else max_length
-        if not 1 <= length <= MAX_LENGTH:
-            raise InvalidParameter(f"max_length must be between 1 and {MAX_LENGTH}, got {length}")
         penalty = d.length_penalty if length_penalty is None else length_penalty
         if not (np.isfinite(penalty) and penalty >= 0):
             raise InvalidParameter(f"length_penalty must be >= 0, got {penalty}")
         if not 1 <= num_captions <= beam:
             raise InvalidParameter(f"num_captions must be between 1 and beam_size ({beam}), "
                                    f"got {num_captions}")
+        return SearchParams(beam_size=beam, max_length=self._max_length(max_length),
+                            length_penalty=float(penalty), num_captions=num_captions,
+                            return_attention=self._attention(return_attention))
+
+    def _max_length(self, max_length: int | None) -> int:
+        length = self.decoding.max_length if max_length is None else max_length
+        if not 1 <= length <= MAX_LENGTH:
+            raise InvalidParameter(f"max_length must be between 1 and {MAX_LENGTH}, got {length}")
+        return length
+
+    def _attention(self, return_attention: bool) -> bool:
         if return_attention and not self.has_attention:
             raise InvalidParameter(f"return_attention: model {self.bundle.key} "
                                    f"({self.bundle.manifest.architecture}) has no attention")
-        return SearchParams(beam_size=beam, max_length=length, length_penalty=float(penalty),
-                            num_captions=num_captions, return_attention=return_attention)
+        return return_attention
 
-    def caption(self, image: bytes | str | Path | Image.Image | np.ndarray,
-                **params: Any) -> CaptionResult:
+    def caption(self, image: ImageInput, **params: Any) -> CaptionResult:
         """Caption one image offline: bytes, a file path, a PIL image or a [3, S, S] array.
 
         `params` are those of `params()`; the answer equals the service's for that image.
@@ -164,23 +149,27 @@ class CaptionModel:
         request = CaptionRequest(self.as_array(image), self.params(**params))
         return self.caption_batch([request])[0]
 
-    def as_array(self, image: bytes | str | Path | Image.Image | np.ndarray) -> np.ndarray:
-        """The encoder input [3, S, S] of an image given as bytes, path, PIL image or array."""
-        return image_input(image, self.image_size, self.pixel_range)
-
     # ------------------------------------------------------------------ inference
 
     def caption_batch(self, requests: Sequence[CaptionRequest]) -> list[CaptionResult]:
         """Encode all images at once and beam-search them as one batch."""
         if not requests:
             return []
-        d = self.decoding
         encoded = self.encoder.run({"image": stack([r.image for r in requests])})
         params = [r.params for r in requests]
-        with_attention = any(p.return_attention for p in params)
-        hypotheses = beam_search(
-            self._step_fn(with_attention),
-            {name: encoded[name] for name in d.state},
+        step = self._step_fn(any(p.return_attention for p in params))
+        hypotheses = self._beam_search(step, encoded, params)
+        return [CaptionResult([self._caption(h, p.return_attention) for h in hyps])
+                for p, hyps in zip(params, hypotheses, strict=True)]
+
+    def run_batch(self, requests: Sequence[CaptionRequest]) -> list[CaptionResult]:
+        return self.caption_batch(requests)
+
+    def _beam_search(self, step: StepFn, encoded: Mapping[str, np.ndarray],
+                     params: Sequence[SearchParams]) -> list[list[Hypothesis]]:
+        d = self.decoding
+        return beam_search(
+            step, {name: encoded[name] for name in d.state},
             {name: encoded[name] for name in d.context},
             bos_id=d.bos_id, eos_id=d.eos_id, top_k=d.top_k,
             beam_size=np.array([p.beam_size for p in params]),
@@ -188,12 +177,8 @@ class CaptionModel:
             length_penalty=np.array([p.length_penalty for p in params]),
             num_return=np.array([p.num_captions for p in params]),
         )
-        return [CaptionResult([self._caption(h, p.return_attention) for h in hyps])
-                for p, hyps in zip(params, hypotheses, strict=True)]
 
-    run_batch = caption_batch
-
-    def _step_fn(self, with_attention: bool):
+    def _step_fn(self, with_attention: bool) -> StepFn:
         d = self.decoding
         attention = d.attention.output if (with_attention and d.attention) else None
         outputs = ["log_probs", "token_ids", *(f"{s}_out" for s in d.state)]
@@ -221,10 +206,8 @@ class CaptionModel:
         return Caption(text=" ".join(words), log_prob=hyp.log_prob, score=hyp.score,
                        tokens=list(hyp.tokens), words=words, attention=attention)
 
-    def warm_up(self, batch_sizes: Sequence[int]) -> None:
-        """Run each batch size once so that first requests do not pay for allocation."""
-        image = np.zeros((3, self.image_size, self.image_size), dtype=np.float32)
+    def warm_up_batches(self, size: int) -> list[list[CaptionRequest]]:
         params = self.params(max_length=min(2, self.decoding.max_length),
                              return_attention=self.has_attention)
-        for size in batch_sizes:
-            self.caption_batch([CaptionRequest(image, params)] * size)
+        return [[CaptionRequest(self.blank_image(), params)] * size]
+
