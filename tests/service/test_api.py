@@ -288,6 +288,24 @@ def test_full_queue_is_503_with_retry_after(make_client: MakeClient) -> None:
     assert gate.computed == 2
 
 
+def test_a_full_queue_refuses_before_the_image_is_decoded(make_client: MakeClient) -> None:
+    client = make_client(max_batch_size=1, max_queue_size=1, max_queue_delay_ms=0)
+    gate = Gate(client, "caption-tiny/2")
+    b = gate.batcher
+    first, out1 = in_thread(lambda: post_file(client, model="caption-tiny"))
+    wait_until(lambda: b.running == 1)
+    second, out2 = in_thread(lambda: post_file(client, model="caption-tiny"))
+    wait_until(lambda: len(b.queue) == 1)
+    # Not an image, but the queue has no place for it: 503 before any decoding (not 415).
+    assert_error(post_file(client, b"not an image", model="caption-tiny"), 503, "overloaded")
+    gate.event.set()
+    first.join(10)
+    second.join(10)
+    assert [out1[0].status_code, out2[0].status_code] == [200, 200]
+    assert_error(post_file(client, b"not an image", model="caption-tiny"), 415,
+                 "unsupported_media_type")
+
+
 def test_timeout_in_queue_is_504_and_never_computed(make_client: MakeClient) -> None:
     client = make_client(model_overrides={"caption-tiny": {"max_queue_delay_ms": 2000,
                                                            "request_timeout_s": 0.05}})
