@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.decoding import MAX_BEAM_SIZE
 from service.pipelines.base import MAX_SEED
-from service.pipelines.caption import MAX_LENGTH
+from service.pipelines.caption import MAX_CAPTIONS, MAX_LENGTH, MAX_TEMPERATURE
 from service.pipelines.generation import MAX_IMAGES_PER_REQUEST
 from service.pipelines.retrieval import MAX_TOP_K as MAX_SEARCH_TOP_K
 from service.pipelines.vqa import DEFAULT_TOP_K as DEFAULT_ANSWERS
@@ -76,23 +76,43 @@ def json_request_body(body: type[BaseModel]) -> dict[str, Any]:
 
 
 class CaptionParams(ModelParams):
-    """Search parameters of /v1/captions; omitted ones take the bundle's defaults."""
+    """Decoding parameters of /v1/captions; omitted ones take the bundle's defaults."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description=MODEL_FIELD_DOC, examples=["caption-sat"])
-    beam_size: int | None = Field(None, ge=1, le=MAX_BEAM_SIZE, description="beams kept per step",
-                                  examples=[3])
+    beam_size: int | None = Field(None, ge=1, le=MAX_BEAM_SIZE,
+                                  description="beam search: beams kept per step", examples=[3])
     max_length: int | None = Field(None, ge=1, le=MAX_LENGTH,
                                    description="decoding steps, the final <eos> included",
                                    examples=[20])
     length_penalty: float | None = Field(
         None, ge=0, le=10, examples=[0.0],
-        description="GNMT alpha: captions rank by log_prob / ((5 + |Y|) / 6)^alpha")
-    num_captions: int = Field(1, ge=1, le=MAX_BEAM_SIZE,
-                              description="captions returned, <= beam_size", examples=[1])
+        description="beam search: GNMT alpha, captions rank by log_prob / ((5 + |Y|) / 6)^alpha")
+    num_captions: int = Field(1, ge=1, le=MAX_CAPTIONS,
+                              description="captions returned; with beam search <= beam_size",
+                              examples=[1])
     return_attention: bool = Field(
         False, description="per-word attention maps (attention models only)")
+    decoding: Literal["beam", "sample"] = Field(
+        "beam", description="beam: beam search, the best captions first; sample: captions "
+                            "drawn at random from the model's distribution, in the order drawn")
+    temperature: float | None = Field(
+        None, gt=0, le=MAX_TEMPERATURE, examples=[0.7],
+        description="sampling: divides the log-probabilities; below 1 sharpens, above 1 "
+                    "flattens (default 1)")
+    top_k: int | None = Field(
+        None, ge=0, examples=[5],
+        description="sampling: draw among the k most likely words only (default 0: every "
+                    "word the step graph returns, at most the bundle's decoding.top_k)")
+    top_p: float | None = Field(
+        None, gt=0, le=1, examples=[0.9],
+        description="sampling: draw among the most likely words whose probabilities reach "
+                    "top_p (nucleus sampling; default 1: no cut)")
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, examples=[7],
+        description="sampling: the same image and seed give the same captions; omitted: "
+                    "drawn at random and returned in the X-Seed header")
 
 
 class CaptionJSONRequest(CaptionParams):
@@ -100,8 +120,10 @@ class CaptionJSONRequest(CaptionParams):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"image": IMAGE_EXAMPLE, "model": "caption-sat",
-                                         "beam_size": 3, "num_captions": 2}]})
+        json_schema_extra={"examples": [
+            {"image": IMAGE_EXAMPLE, "model": "caption-sat", "beam_size": 3, "num_captions": 2},
+            {"image": IMAGE_EXAMPLE, "decoding": "sample", "temperature": 0.7, "top_p": 0.9,
+             "seed": 7, "num_captions": 3}]})
 
     image: str = Field(description=IMAGE_FIELD_DOC)
 

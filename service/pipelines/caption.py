@@ -1,9 +1,12 @@
-"""The caption pipeline: preprocess -> encoder graph -> batched beam search -> text.
+"""The caption pipeline: preprocess -> encoder graph -> batched decoding -> text.
 
 `CaptionModel` is what the service batches behind /v1/captions and what evaluation
 and tests use offline (`CaptionModel.from_bundle(path).caption(image)`), so both give
-the same answer. A batch mixes requests with different beam sizes, lengths and
-caption counts; `service.decoding.beam_search` gives each its solo answer.
+the same answer. A batch mixes requests with different decoding methods, beam sizes,
+lengths and caption counts: beam-search requests are decoded together by
+`service.decoding.beam_search`, sampled ones together by `service.decoding.sample`,
+and each request gets its solo answer. A sampled request draws from its own seed, so
+the same image and seed give the same captions whatever else is in the batch.
 
 Graph contract (names recorded in the manifest's `decoding` section): the encoder
 maps `image` to every name in `decoding.state` and `decoding.context`; the step
@@ -17,21 +20,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from service.bundle import Bundle, Decoding
-from service.decoding import MAX_BEAM_SIZE, Hypothesis, StepFn, StepOutput, beam_search
+from service.decoding import MAX_BEAM_SIZE, Hypothesis, StepFn, StepOutput, beam_search, sample
 from service.errors import InvalidParameter
 from service.images import stack
-from service.pipelines.base import GraphContract, ImageInput, ImagePipeline
+from service.pipelines.base import (
+    GraphContract,
+    ImageInput,
+    ImagePipeline,
+    request_seed,
+)
 from service.runtime import OnnxGraph
 from service.text import WordIndex
 
 MAX_LENGTH = 100
+MAX_CAPTIONS = MAX_BEAM_SIZE  # sampled captions per request, as many as a beam returns
+MAX_TEMPERATURE = 10.0  # far past the point where the draws are near uniform
 ATTENTION = "alpha"  # name of the attention weights among a hypothesis' extras
 SPECIAL_IDS = range(4)  # <pad>, <bos>, <eos>, <unk> of training/data/tokenizer.py
+DecodingMethod = Literal["beam", "sample"]
 
 
 class Vocabulary(WordIndex):
@@ -57,16 +68,29 @@ class SearchParams:
 
 
 @dataclass(frozen=True)
+class SampleParams:
+    """Sampling parameters of one request, defaults filled in and validated."""
+
+    max_length: int
+    seed: int
+    temperature: float = 1.0
+    top_k: int = 0  # 0: every candidate the step graph returns
+    top_p: float = 1.0
+    num_captions: int = 1
+    return_attention: bool = False
+
+
+@dataclass(frozen=True)
 class CaptionRequest:
     image: np.ndarray  # float32 [3, S, S], see service.images.to_array
-    params: SearchParams
+    params: SearchParams | SampleParams
 
 
 @dataclass
 class Caption:
     text: str
     log_prob: float  # sum of token log-probabilities, eos included when finished
-    score: float  # log_prob / GNMT length penalty, the ranking key
+    score: float  # the ranking key: log_prob / GNMT length penalty (sampled: log_prob)
     tokens: list[int]
     words: list[str]
     attention: np.ndarray | None = None  # [len(words), grid_h, grid_w]
@@ -77,8 +101,18 @@ class CaptionResult:
     captions: list[Caption] = field(default_factory=list)
 
 
+def refuse_unused(method: DecodingMethod, **given: object) -> None:
+    """InvalidParameter naming a parameter of the other decoding method, rather than
+    silently ignoring it."""
+    for name, value in given.items():
+        if value is not None:
+            other = "sample" if method == "beam" else "beam"
+            raise InvalidParameter(f"{name} applies to decoding '{other}' only; this request "
+                                   f"decodes with '{method}'")
+
+
 class CaptionModel(ImagePipeline[CaptionRequest, CaptionResult], task="caption"):
-    """An encoder graph and a step graph decoded with beam search."""
+    """An encoder graph and a step graph, decoded with beam search or sampling."""
 
     def __init__(self, bundle: Bundle, graphs: Mapping[str, OnnxGraph]) -> None:
         decoding = bundle.manifest.decoding
@@ -110,10 +144,35 @@ class CaptionModel(ImagePipeline[CaptionRequest, CaptionResult], task="caption")
 
     # ------------------------------------------------------------------ requests
 
-    def params(self, *, beam_size: int | None = None, max_length: int | None = None,
-               length_penalty: float | None = None, num_captions: int = 1,
-               return_attention: bool = False) -> SearchParams:
-        """Search parameters with the bundle's defaults; InvalidParameter names a bad one."""
+    def params(self, *, decoding: DecodingMethod = "beam", max_length: int | None = None,
+               num_captions: int = 1, return_attention: bool = False,
+               beam_size: int | None = None, length_penalty: float | None = None,
+               temperature: float | None = None, top_k: int | None = None,
+               top_p: float | None = None, seed: int | None = None
+               ) -> SearchParams | SampleParams:
+        """Decoding parameters with the bundle's defaults; InvalidParameter names a bad one.
+
+        Beam search ("beam") reads beam_size and length_penalty; sampling ("sample")
+        reads temperature, top_k, top_p and seed (omitted: a random seed, recorded in the
+        result's parameters). A parameter of the other method is refused.
+        """
+        if decoding == "beam":
+            refuse_unused("beam", temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+            return self.search_params(beam_size=beam_size, max_length=max_length,
+                                      length_penalty=length_penalty, num_captions=num_captions,
+                                      return_attention=return_attention)
+        if decoding == "sample":
+            refuse_unused("sample", beam_size=beam_size, length_penalty=length_penalty)
+            return self.sample_params(max_length=max_length, temperature=temperature,
+                                      top_k=top_k, top_p=top_p, seed=seed,
+                                      num_captions=num_captions,
+                                      return_attention=return_attention)
+        raise InvalidParameter(f"decoding must be 'beam' or 'sample', got {decoding!r}")
+
+    def search_params(self, *, beam_size: int | None = None, max_length: int | None = None,
+                      length_penalty: float | None = None, num_captions: int = 1,
+                      return_attention: bool = False) -> SearchParams:
+        """Beam-search parameters with the bundle's defaults."""
         d = self.decoding
         beam = d.beam_size if beam_size is None else beam_size
         max_beam = min(MAX_BEAM_SIZE, d.top_k)
@@ -127,6 +186,32 @@ class CaptionModel(ImagePipeline[CaptionRequest, CaptionResult], task="caption")
                                    f"got {num_captions}")
         return SearchParams(beam_size=beam, max_length=self._max_length(max_length),
                             length_penalty=float(penalty), num_captions=num_captions,
+                            return_attention=self._attention(return_attention))
+
+    def sample_params(self, *, max_length: int | None = None, temperature: float | None = None,
+                      top_k: int | None = None, top_p: float | None = None,
+                      seed: int | None = None, num_captions: int = 1,
+                      return_attention: bool = False) -> SampleParams:
+        """Sampling parameters: temperature 1, every candidate (top_k 0, top_p 1) unless
+        given; without a seed one is drawn at random."""
+        t = 1.0 if temperature is None else temperature
+        if not (np.isfinite(t) and 0 < t <= MAX_TEMPERATURE):
+            raise InvalidParameter(f"temperature must be > 0 and <= {MAX_TEMPERATURE:g}, "
+                                   f"got {t}")
+        k = 0 if top_k is None else top_k
+        graph_k = self.decoding.top_k
+        if not 0 <= k <= graph_k:
+            raise InvalidParameter(f"top_k must be between 0 and {graph_k} (the candidates "
+                                   f"the step graph returns; 0 keeps them all), got {k}")
+        p = 1.0 if top_p is None else top_p
+        if not (np.isfinite(p) and 0 < p <= 1):
+            raise InvalidParameter(f"top_p must be > 0 and <= 1, got {p}")
+        if not 1 <= num_captions <= MAX_CAPTIONS:
+            raise InvalidParameter(f"num_captions must be between 1 and {MAX_CAPTIONS}, "
+                                   f"got {num_captions}")
+        return SampleParams(max_length=self._max_length(max_length), seed=request_seed(seed),
+                            temperature=float(t), top_k=k, top_p=float(p),
+                            num_captions=num_captions,
                             return_attention=self._attention(return_attention))
 
     def _max_length(self, max_length: int | None) -> int:
@@ -152,15 +237,27 @@ class CaptionModel(ImagePipeline[CaptionRequest, CaptionResult], task="caption")
     # ------------------------------------------------------------------ inference
 
     def caption_batch(self, requests: Sequence[CaptionRequest]) -> list[CaptionResult]:
-        """Encode all images at once and beam-search them as one batch."""
+        """Encode all images at once, then decode the beam-search requests as one batch and
+        the sampled ones as another."""
         if not requests:
             return []
         encoded = self.encoder.run({"image": stack([r.image for r in requests])})
-        params = [r.params for r in requests]
-        step = self._step_fn(any(p.return_attention for p in params))
-        hypotheses = self._beam_search(step, encoded, params)
-        return [CaptionResult([self._caption(h, p.return_attention) for h in hyps])
-                for p, hyps in zip(params, hypotheses, strict=True)]
+        step = self._step_fn(any(r.params.return_attention for r in requests))
+        searched = {i: r.params for i, r in enumerate(requests)
+                    if isinstance(r.params, SearchParams)}
+        sampled = {i: r.params for i, r in enumerate(requests)
+                   if isinstance(r.params, SampleParams)}
+        found: dict[int, list[Hypothesis]] = {}
+        if searched:
+            rows = _rows(encoded, list(searched), len(requests))
+            found.update(zip(searched, self._beam_search(step, rows, list(searched.values())),
+                             strict=True))
+        if sampled:
+            rows = _rows(encoded, list(sampled), len(requests))
+            found.update(zip(sampled, self._sample(step, rows, list(sampled.values())),
+                             strict=True))
+        return [CaptionResult([self._caption(h, r.params.return_attention) for h in found[i]])
+                for i, r in enumerate(requests)]
 
     def run_batch(self, requests: Sequence[CaptionRequest]) -> list[CaptionResult]:
         return self.caption_batch(requests)
@@ -176,6 +273,21 @@ class CaptionModel(ImagePipeline[CaptionRequest, CaptionResult], task="caption")
             max_length=np.array([p.max_length for p in params]),
             length_penalty=np.array([p.length_penalty for p in params]),
             num_return=np.array([p.num_captions for p in params]),
+        )
+
+    def _sample(self, step: StepFn, encoded: Mapping[str, np.ndarray],
+                params: Sequence[SampleParams]) -> list[list[Hypothesis]]:
+        d = self.decoding
+        return sample(
+            step, {name: encoded[name] for name in d.state},
+            {name: encoded[name] for name in d.context},
+            bos_id=d.bos_id, eos_id=d.eos_id, graph_top_k=d.top_k,
+            max_length=np.array([p.max_length for p in params]),
+            temperature=np.array([p.temperature for p in params]),
+            top_k=np.array([p.top_k for p in params]),
+            top_p=np.array([p.top_p for p in params]),
+            num_samples=np.array([p.num_captions for p in params]),
+            seed=[p.seed for p in params],  # one generator per request: batch-independent
         )
 
     def _step_fn(self, with_attention: bool) -> StepFn:
@@ -207,7 +319,14 @@ class CaptionModel(ImagePipeline[CaptionRequest, CaptionResult], task="caption")
                        tokens=list(hyp.tokens), words=words, attention=attention)
 
     def warm_up_batches(self, size: int) -> list[list[CaptionRequest]]:
-        params = self.params(max_length=min(2, self.decoding.max_length),
-                             return_attention=self.has_attention)
+        params = self.search_params(max_length=min(2, self.decoding.max_length),
+                                    return_attention=self.has_attention)
         return [[CaptionRequest(self.blank_image(), params)] * size]
+
+
+def _rows(encoded: Mapping[str, np.ndarray], rows: list[int], n: int) -> Mapping[str, np.ndarray]:
+    """The encoder outputs of the requests at `rows` (all of them: no copy)."""
+    if len(rows) == n:
+        return encoded
+    return {name: value[rows] for name, value in encoded.items()}
 

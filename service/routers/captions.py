@@ -1,12 +1,12 @@
-"""POST /v1/captions: an image in, beam-searched captions out (batched across requests)."""
+"""POST /v1/captions: an image in, captions out (beam search or sampling, batched)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
-from service.pipelines.caption import CaptionModel, CaptionRequest, CaptionResult
+from service.pipelines.caption import CaptionModel, CaptionRequest, CaptionResult, SampleParams
 from service.routers.deps import ImageCall, image_call, require_api_key
 from service.schemas import (
     CaptionJSONRequest,
@@ -38,18 +38,24 @@ def caption_response(model: str, result: CaptionResult) -> CaptionResponse:
              openapi_extra={"requestBody": image_request_body(CaptionParams,
                                                               CaptionJSONRequest)},
              responses=error_responses(400, 401, 404, 413, 415, 422, 503, 504))
-async def create_captions(call: CaptionCall) -> CaptionResponse:
-    """Caption an image with beam search.
+async def create_captions(call: CaptionCall, response: Response) -> CaptionResponse:
+    """Caption an image, with beam search (the default) or by sampling.
 
     Send the image as multipart `file` with the parameters as form fields
     (`curl -F file=@cat.png -F beam_size=5 .../v1/captions`), or as JSON with the
-    image base64-encoded in `image`. Requests to the same model are batched together;
-    each still gets exactly the captions it would get alone.
+    image base64-encoded in `image`. `decoding: "sample"` draws captions with
+    `temperature`, `top_k`, `top_p` and `seed`; the seed it drew with is returned in
+    the `X-Seed` header. Requests to the same model are batched together; each still
+    gets exactly the captions it would get alone.
     """
     model, p = call.pipeline, call.params
-    search = model.params(beam_size=p.beam_size, max_length=p.max_length,
-                          length_penalty=p.length_penalty, num_captions=p.num_captions,
-                          return_attention=p.return_attention)
+    decoding = model.params(decoding=p.decoding, beam_size=p.beam_size,
+                            max_length=p.max_length, length_penalty=p.length_penalty,
+                            num_captions=p.num_captions, return_attention=p.return_attention,
+                            temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
+                            seed=p.seed)
     result: CaptionResult = await call.compute_prepared(
-        lambda: CaptionRequest(model.preprocess(call.decode_image()), search))
+        lambda: CaptionRequest(model.preprocess(call.decode_image()), decoding))
+    if isinstance(decoding, SampleParams):
+        response.headers["X-Seed"] = str(decoding.seed)
     return caption_response(call.key, result)

@@ -39,6 +39,19 @@ def test_caption_models_and_health(glimpse: GlimpseClient, repository: Path,
     assert glimpse.wait_ready(timeout=1)["status"] == "ready"
 
 
+def test_caption_samples_with_the_sampling_parameters(glimpse: GlimpseClient,
+                                                     repository: Path) -> None:
+    answer = glimpse.caption(sample_png(4), model="caption-tiny/1", decoding="sample",
+                             temperature=0.7, top_k=6, top_p=0.9, seed=21, num_captions=2)
+    offline = CaptionModel.from_bundle(repository / "caption-tiny" / "1")
+    want = offline.caption(sample_png(4), decoding="sample", temperature=0.7, top_k=6,
+                           top_p=0.9, seed=21, num_captions=2)
+    assert [c["text"] for c in answer["captions"]] == [c.text for c in want.captions]
+    with pytest.raises(GlimpseAPIError) as err:
+        glimpse.caption(sample_png(4), decoding="sample", beam_size=3)
+    assert err.value.status == 422 and err.value.message.startswith("beam_size")
+
+
 def test_errors_carry_status_type_and_request_id(glimpse: GlimpseClient) -> None:
     with pytest.raises(GlimpseAPIError) as err:
         glimpse.caption(sample_png(0), model="caption-tiny", beam_size=25)
