@@ -1,6 +1,6 @@
 """The retrieval pipeline and its endpoints, on tiny bundles built with onnx.helper.
 
-The graphs honour the retrieval contract (service/retrieval.py) without training
+The graphs honour the retrieval contract (service/pipelines/retrieval.py) without training
 code: the image graph average-pools the image and projects it, the text graph
 sums the embeddings of the first `lengths` words; both normalise to unit length.
 """
