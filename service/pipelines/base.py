@@ -6,9 +6,10 @@ answer. The base class loads the bundle, checks that the bundle is of the pipeli
 task and that its graphs have the inputs and outputs the pipeline feeds and reads
 (`contract`), and warms the graphs at the batch sizes the queue will form.
 
-A task module subclasses `Pipeline` naming its task, which registers it:
+A task module subclasses `Pipeline` (or `ImagePipeline`, when its requests carry an
+image) naming its task, which registers it:
 
-    class VqaModel(Pipeline[VqaRequest, VqaResult], task="vqa"): ...
+    class VqaModel(ImagePipeline[VqaRequest, VqaResult], task="vqa"): ...
 
 and the service loads a bundle with `PIPELINES[bundle.manifest.task]`.
 """
