@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.captioning import CaptionModel, CaptionRequest
 from service.decoding import beam_search
+from service.pipelines.caption import CaptionModel, CaptionRequest
 from training.checkpoint import checkpoint_dir
 from training.data.readers import load_captions
 from training.export import export_caption, load_caption_model

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.retrieval import top_k_search
+from service.pipelines.retrieval import top_k_search
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from service.errors import InvalidParameter
-from service.generation import GenerationModel, GenerationRequest
+from service.pipelines.generation import GenerationModel, GenerationRequest
 
 RESULTS = Path(__file__).parent / "results"
 COLOURS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "white")

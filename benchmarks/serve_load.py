@@ -48,8 +48,8 @@ import numpy as np
 import onnxruntime as ort
 
 from service.bundle import load_bundle
-from service.captioning import CaptionModel, CaptionRequest
 from service.client import GlimpseClient
+from service.pipelines.caption import CaptionModel, CaptionRequest
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from service.captioning import CaptionModel
+from service.pipelines.caption import CaptionModel
 from training.data.readers import load_captions
 
 PANEL = 96

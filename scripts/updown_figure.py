@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from service.captioning import CaptionModel
+from service.pipelines.caption import CaptionModel
 from training.data.readers import load_captions
 from training.data.region_features import load_region_features
 

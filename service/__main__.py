@@ -23,8 +23,8 @@ import uvicorn
 from service.app import create_app
 from service.cli_args import add_serve_arguments
 from service.errors import RequestIdLogFilter
-from service.runtime import ServiceState
 from service.settings import Settings
+from service.state import ServiceState
 
 log = logging.getLogger("service")
 

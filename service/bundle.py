@@ -14,9 +14,17 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -98,6 +106,72 @@ class Decoding(_Strict):
     length_penalty: float = 0.0
 
 
+# ---------------------------------------------------------------------------- inference sections
+#
+# The manifest's `inference` section holds what one task's pipeline reads besides its
+# graphs. It stays a plain dict in `Manifest` (training writes and edits it as one), and
+# is validated at load against the section of the bundle's task below, so that a bundle
+# with a missing or mistyped setting is refused with the setting's name.
+
+
+class InferenceSection(_Strict):
+    """Settings of one task's pipeline, read from the manifest's `inference` section."""
+
+
+class CaptionInference(InferenceSection):
+    """Captioners keep their settings in `decoding`; their `inference` section is empty."""
+
+
+class AlignmentInference(InferenceSection):
+    max_words: int = Field(ge=1, description="T: sentences are right-padded to it")
+    beta: float = Field(0.0, ge=0, allow_inf_nan=False,
+                        description="default bonus for neighbouring words on one region")
+    min_region_score: float = Field(0.0, description="regions scoring below are left out")
+
+
+class GallerySpec(_Strict):
+    embeddings: str = Field(description="key in `files` of an [N, E] float32 .npy file")
+    entries: str = Field(description="key in `files` of the JSON columns, one entry per row")
+
+
+class RetrievalInference(InferenceSection):
+    embedding_dim: int = Field(ge=1, description="E, the joint space's dimension")
+    text_length: int = Field(ge=1, description="T, the most words a sentence may have")
+    similarity: Literal["cosine"] = "cosine"
+    galleries: dict[Literal["images", "captions"], GallerySpec] = Field(default_factory=dict)
+
+
+class VqaInference(InferenceSection):
+    answers: str = Field(description="key in `files` of the answer list")
+    max_question_length: int = Field(ge=1)
+
+
+class GenerationInference(InferenceSection):
+    noise_dim: int = Field(ge=1, description="Z, the size of the generator's noise")
+    max_prompt_length: int = Field(ge=1, description="T, the most characters a prompt may have")
+    image_size: int = Field(ge=1, description="S, the side of the generated images")
+    embed_dim: int | None = Field(None, ge=1, description="E, the text embedding's size")
+    vocabulary: str | None = Field(None, description="key in `files` of the training "
+                                   "captions' words; prompts with other words are refused")
+
+
+# task -> the section its `inference` must validate as (tasks not served have none)
+INFERENCE_SECTIONS: dict[str, type[InferenceSection]] = {
+    "caption": CaptionInference, "alignment": AlignmentInference,
+    "retrieval": RetrievalInference, "vqa": VqaInference, "generation": GenerationInference,
+}
+S = TypeVar("S", bound=InferenceSection)
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """One line naming each invalid field by its dotted path: `version: Input should ...`."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}"
+                     for e in exc.errors())
+
+
+# ---------------------------------------------------------------------------- the manifest
+
+
 class Manifest(_Strict):
     format_version: Literal[1] = FORMAT_VERSION
     name: str = Field(pattern=NAME_PATTERN, max_length=64)
@@ -115,11 +189,27 @@ class Manifest(_Strict):
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("inference")
+    @classmethod
+    def _inference_section(cls, inference: dict[str, Any], info: ValidationInfo
+                           ) -> dict[str, Any]:
+        task = info.data.get("task", "")
+        if task in INFERENCE_SECTIONS:
+            try:
+                INFERENCE_SECTIONS[task].model_validate(inference)
+            except ValidationError as exc:
+                raise ValueError(f"{task} bundle: {validation_problems(exc)}") from None
+        return inference
+
     @model_validator(mode="after")
     def _task_requirements(self) -> Manifest:
         if self.task == "caption":
             _require_caption_parts(self)
         return self
+
+    def inference_as(self, section: type[S]) -> S:
+        """The `inference` section read as its task's typed section (validated at load)."""
+        return section.model_validate(self.inference)
 
     def listed_files(self) -> dict[str, str]:
         """Every file the bundle holds (key -> file name), graphs and others together."""
@@ -217,9 +307,8 @@ def _read_manifest(bundle_dir: Path) -> Manifest:
     try:
         return Manifest.model_validate_json(path.read_bytes())
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}"
-                             for e in exc.errors())
-        raise BundleError(bundle_dir, f"invalid manifest: {problems}", MANIFEST_FILE) from None
+        raise BundleError(bundle_dir, f"invalid manifest: {validation_problems(exc)}",
+                          MANIFEST_FILE) from None
 
 
 def _verify_files(bundle_dir: Path, manifest: Manifest) -> None:

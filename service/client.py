@@ -3,6 +3,7 @@
     with GlimpseClient("http://127.0.0.1:8000", api_key="...") as client:
         answer = client.caption("cat.png", beam_size=5, num_captions=3)
         best = answer["captions"][0]["text"]
+        drawn = client.caption("cat.png", decoding="sample", temperature=0.7, seed=7)
         client.vqa("cat.png", "what colour is the circle?")["answers"][0]["answer"]
         png = client.generate_images("a small green star", n=1, seed=7)[0]
 
@@ -19,11 +20,29 @@ import asyncio
 import base64
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict, Unpack
 
 import httpx
 
 ImageInput = bytes | str | Path
+
+
+class CaptionOptions(TypedDict, total=False):
+    """The fields of POST /v1/captions besides the image (docs/service.md, "Captions")."""
+
+    model: str
+    decoding: Literal["beam", "sample"]
+    max_length: int
+    num_captions: int
+    return_attention: bool
+    # beam search
+    beam_size: int
+    length_penalty: float
+    # sampling: the same image and seed give the same captions
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
 
 
 class GlimpseAPIError(Exception):
@@ -43,7 +62,7 @@ def _image_bytes(image: ImageInput) -> bytes:
 
 
 def _form_fields(params: dict[str, Any]) -> dict[str, str]:
-    """Caption parameters as multipart form fields (booleans as true/false)."""
+    """Parameters as multipart form fields (booleans as true/false, None left out)."""
     fields = {}
     for key, value in params.items():
         if value is None:
@@ -70,8 +89,8 @@ class _Requests:
     """The request of each endpoint, shared by the synchronous and asynchronous clients."""
 
     @staticmethod
-    def caption(image: ImageInput, params: dict[str, Any]) -> dict[str, Any]:
-        return _image_post("/v1/captions", image, params)
+    def caption(image: ImageInput, params: CaptionOptions) -> dict[str, Any]:
+        return _image_post("/v1/captions", image, dict(params))
 
     @staticmethod
     def vqa(image: ImageInput, question: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -135,9 +154,10 @@ class GlimpseClient:
         self.http = httpx.Client(base_url=base_url, headers=_headers(api_key), timeout=timeout,
                                  transport=transport)
 
-    def caption(self, image: ImageInput, **params: Any) -> dict[str, Any]:
-        """POST /v1/captions; params: model, beam_size, max_length, length_penalty,
-        num_captions, return_attention."""
+    def caption(self, image: ImageInput, **params: Unpack[CaptionOptions]) -> dict[str, Any]:
+        """POST /v1/captions; params: model, decoding ("beam" or "sample"), max_length,
+        num_captions, return_attention; beam_size and length_penalty for beam search;
+        temperature, top_k, top_p and seed for sampling."""
         return _checked(self.http.post(**_Requests.caption(image, params)))
 
     def vqa(self, image: ImageInput, question: str, **params: Any) -> dict[str, Any]:
@@ -209,7 +229,8 @@ class AsyncGlimpseClient:
         self.http = httpx.AsyncClient(base_url=base_url, headers=_headers(api_key),
                                       timeout=timeout, transport=transport, limits=limits)
 
-    async def caption(self, image: ImageInput, **params: Any) -> dict[str, Any]:
+    async def caption(self, image: ImageInput,
+                      **params: Unpack[CaptionOptions]) -> dict[str, Any]:
         return _checked(await self.http.post(**_Requests.caption(image, params)))
 
     async def vqa(self, image: ImageInput, question: str, **params: Any) -> dict[str, Any]:

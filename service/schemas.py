@@ -1,4 +1,11 @@
-"""Request and response bodies of the HTTP API; their examples make /docs a usable manual."""
+"""Request and response bodies of the HTTP API; their examples make /docs a usable manual.
+
+One section per endpoint family, in the order of docs/service.md. An endpoint that
+takes an image reads it as multipart `file` (its parameters as form fields) or as JSON
+base64 `image`: its `*Params` model validates the parameters of both forms, its
+`*JSONRequest` model documents the JSON form, and `image_request_body` builds the
+OpenAPI description of both.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +14,105 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.decoding import MAX_BEAM_SIZE
+from service.pipelines.base import MAX_SEED
+from service.pipelines.caption import MAX_CAPTIONS, MAX_LENGTH, MAX_TEMPERATURE
+from service.pipelines.generation import MAX_IMAGES_PER_REQUEST
+from service.pipelines.retrieval import MAX_TOP_K as MAX_SEARCH_TOP_K
+from service.pipelines.vqa import DEFAULT_TOP_K as DEFAULT_ANSWERS
+from service.pipelines.vqa import MAX_TOP_K as MAX_ANSWERS
+
 MODEL_FIELD_DOC = ('"name" (its highest served version) or "name/version"; omitted: the '
                    "default model of the task (GLIMPSE_DEFAULT_MODELS, else the first name A-Z)")
+IMAGE_FIELD_DOC = "the image file, base64-encoded (a data: URL is accepted)"
+IMAGE_EXAMPLE = "iVBORw0KGgoAAAANSUhEUgAA..."
 
 
-class CaptionParams(BaseModel):
-    """Search parameters of /v1/captions; omitted ones take the bundle's defaults."""
+class ModelParams(BaseModel):
+    """What every inference request may say: the model to answer it (each endpoint's
+    parameters extend this, with an example of its task's model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description=MODEL_FIELD_DOC)
+
+
+# ---------------------------------------------------------------------------- OpenAPI bodies
+
+
+def image_request_body(form: type[BaseModel], *json_forms: type[BaseModel],
+                       image_optional: bool = False) -> dict[str, Any]:
+    """The OpenAPI `requestBody` of an endpoint that reads multipart `file` plus the fields
+    of `form`, or one of `json_forms` as JSON.
+
+    Defaults are left out of the form's fields, so that a form filled in /docs sends only
+    what its user set. With `image_optional` (a form that takes text instead), nothing in
+    the form is required.
+    """
+    schema = form.model_json_schema()
+    required = [] if image_optional else ["file", *schema.get("required", [])]
+    multipart = {
+        "type": "object",
+        "required": required,
+        "properties": {
+            "file": {"type": "string", "format": "binary", "description": "the image file"},
+            **{name: {k: v for k, v in prop.items() if k != "default"}
+               for name, prop in schema["properties"].items()},
+        },
+    }
+    json_schemas = [m.model_json_schema() for m in json_forms]
+    json_schema = json_schemas[0] if len(json_schemas) == 1 else {"oneOf": json_schemas}
+    return {"required": True, "content": {"multipart/form-data": {"schema": multipart},
+                                          "application/json": {"schema": json_schema}}}
+
+
+def json_request_body(body: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI `requestBody` of an endpoint that reads a JSON `body` only."""
+    return {"required": True, "content": {"application/json": {"schema":
+                                                               body.model_json_schema()}}}
+
+
+# ---------------------------------------------------------------------------- captions
+
+
+class CaptionParams(ModelParams):
+    """Decoding parameters of /v1/captions; omitted ones take the bundle's defaults."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description=MODEL_FIELD_DOC, examples=["caption-sat"])
-    beam_size: int | None = Field(None, ge=1, le=20, description="beams kept per step",
-                                  examples=[3])
-    max_length: int | None = Field(None, ge=1, le=100,
+    beam_size: int | None = Field(None, ge=1, le=MAX_BEAM_SIZE,
+                                  description="beam search: beams kept per step", examples=[3])
+    max_length: int | None = Field(None, ge=1, le=MAX_LENGTH,
                                    description="decoding steps, the final <eos> included",
                                    examples=[20])
     length_penalty: float | None = Field(
         None, ge=0, le=10, examples=[0.0],
-        description="GNMT alpha: captions rank by log_prob / ((5 + |Y|) / 6)^alpha")
-    num_captions: int = Field(1, ge=1, le=20, description="captions returned, <= beam_size",
+        description="beam search: GNMT alpha, captions rank by log_prob / ((5 + |Y|) / 6)^alpha")
+    num_captions: int = Field(1, ge=1, le=MAX_CAPTIONS,
+                              description="captions returned; with beam search <= beam_size",
                               examples=[1])
     return_attention: bool = Field(
         False, description="per-word attention maps (attention models only)")
+    decoding: Literal["beam", "sample"] = Field(
+        "beam", description="beam: beam search, the best captions first; sample: captions "
+                            "drawn at random from the model's distribution, in the order drawn")
+    temperature: float | None = Field(
+        None, gt=0, le=MAX_TEMPERATURE, examples=[0.7],
+        description="sampling: divides the log-probabilities; below 1 sharpens, above 1 "
+                    "flattens (default 1)")
+    top_k: int | None = Field(
+        None, ge=0, examples=[5],
+        description="sampling: draw among the k most likely words only (default 0: every "
+                    "word the step graph returns, at most the bundle's decoding.top_k)")
+    top_p: float | None = Field(
+        None, gt=0, le=1, examples=[0.9],
+        description="sampling: draw among the most likely words whose probabilities reach "
+                    "top_p (nucleus sampling; default 1: no cut)")
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, examples=[7],
+        description="sampling: the same image and seed give the same captions; omitted: "
+                    "drawn at random and returned in the X-Seed header")
 
 
 class CaptionJSONRequest(CaptionParams):
@@ -36,11 +120,12 @@ class CaptionJSONRequest(CaptionParams):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"image": "iVBORw0KGgoAAAANSUhEUgAA...",
-                                         "model": "caption-sat", "beam_size": 3,
-                                         "num_captions": 2}]})
+        json_schema_extra={"examples": [
+            {"image": IMAGE_EXAMPLE, "model": "caption-sat", "beam_size": 3, "num_captions": 2},
+            {"image": IMAGE_EXAMPLE, "decoding": "sample", "temperature": 0.7, "top_p": 0.9,
+             "seed": 7, "num_captions": 3}]})
 
-    image: str = Field(description="the image file, base64-encoded (a data: URL is accepted)")
+    image: str = Field(description=IMAGE_FIELD_DOC)
 
 
 class CaptionOut(BaseModel):
@@ -60,6 +145,211 @@ class CaptionResponse(BaseModel):
     captions: list[CaptionOut]
     attention: list[list[WordAttention]] | None = Field(
         None, description="with return_attention: for each caption, one map per word")
+
+
+# ---------------------------------------------------------------------------- vqa
+
+
+class VqaParams(ModelParams):
+    """Parameters of /v1/vqa besides the image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, max_length=1000, description="the question, in words "
+                          "the model was trained on", examples=["what color is the circle?"])
+    model: str | None = Field(None, description=MODEL_FIELD_DOC, examples=["vqa-updown"])
+    top_k: int = Field(DEFAULT_ANSWERS, ge=1, le=MAX_ANSWERS, description="answers returned, "
+                       "best first (at most the model's answer count)", examples=[3])
+    return_attention: bool = Field(
+        False, description="the attention weight of each image region, with its box")
+
+
+class VqaJSONRequest(VqaParams):
+    """The JSON form of /v1/vqa: the image travels base64-encoded."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"image": IMAGE_EXAMPLE,
+                                         "question": "how many circles are there?",
+                                         "top_k": 3}]})
+
+    image: str = Field(description=IMAGE_FIELD_DOC)
+
+
+class AnswerOut(BaseModel):
+    answer: str = Field(examples=["red"])
+    score: float = Field(description="sigmoid score in [0, 1] (answers are scored "
+                         "independently, so the scores need not sum to 1)", examples=[0.97])
+
+
+class RegionAttention(BaseModel):
+    box: list[float] = Field(description="[x0, y0, x1, y1] in pixels of the uploaded image",
+                             examples=[[12.0, 30.5, 28.0, 46.5]])
+    weight: float = Field(description="attention weight; the weights of a response sum to 1",
+                          examples=[0.81])
+
+
+class VqaResponse(BaseModel):
+    model: str = Field(description="the bundle that answered, name/version",
+                       examples=["vqa-updown/1"])
+    question: str = Field(examples=["what color is the circle?"])
+    answers: list[AnswerOut]
+    attention: list[RegionAttention] | None = Field(
+        None, description="with return_attention: every region the model attended over, "
+        "the whole image last")
+
+
+# ---------------------------------------------------------------------------- alignments
+
+
+class AlignmentParams(ModelParams):
+    """Parameters of /v1/alignments; an omitted beta takes the bundle's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description=MODEL_FIELD_DOC, examples=["align-brnn"])
+    sentence: str = Field(min_length=1, max_length=1000, description="the sentence to align",
+                          examples=["a red circle left of a blue square"])
+    beta: float | None = Field(
+        None, ge=0, allow_inf_nan=False, examples=[2.0],
+        description="bonus for giving neighbouring words the same region: 0 aligns each word "
+                    "on its own, a large value the whole sentence to one region")
+
+
+class AlignmentJSONRequest(AlignmentParams):
+    """The JSON form of /v1/alignments: the image travels base64-encoded."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"image": IMAGE_EXAMPLE,
+                                         "sentence": "a red circle left of a blue square",
+                                         "beta": 2.0}]})
+
+    image: str = Field(description=IMAGE_FIELD_DOC)
+
+
+class SegmentOut(BaseModel):
+    text: str = Field(examples=["a red circle"])
+    start: int = Field(description="index of the segment's first word", examples=[0])
+    end: int = Field(description="index one past the segment's last word", examples=[3])
+    box: list[float] = Field(description="[x0, y0, x1, y1] of the region, in pixels of the "
+                             "image as sent", examples=[[4.0, 10.5, 22.0, 28.0]])
+    score: float = Field(description="sum over the segment's words of the region-word "
+                         "score v_i^T s_t", examples=[7.3])
+
+
+class AlignmentResponse(BaseModel):
+    model: str = Field(description="the bundle that answered, name/version",
+                       examples=["align-brnn/1"])
+    sentence: str = Field(description="the sentence's words as the model read them",
+                          examples=["a red circle left of a blue square"])
+    score: float = Field(description="image-sentence score S_kl = sum_t max_i v_i^T s_t "
+                         "(Eq. 8 of Karpathy & Fei-Fei 2015)", examples=[15.2])
+    segments: list[SegmentOut]
+
+
+# ---------------------------------------------------------------------------- retrieval
+
+SEARCH_TOP_K_DOC = f"results returned, best first (1..{MAX_SEARCH_TOP_K})"
+
+
+class RetrievalParams(ModelParams):
+    model: str | None = Field(None, description=MODEL_FIELD_DOC, examples=["retrieval-vse"])
+
+
+class TextEmbeddingRequest(RetrievalParams):
+    text: str = Field(min_length=1, description="a sentence",
+                      examples=["a red circle left of a blue square"])
+
+
+class ImageEmbeddingRequest(RetrievalParams):
+    """The JSON form of an image embedding: the image travels base64-encoded."""
+
+    image: str = Field(description=IMAGE_FIELD_DOC)
+
+
+class EmbeddingResponse(BaseModel):
+    model: str = Field(examples=["retrieval-vse/1"])
+    embedding: list[float] = Field(description="unit-length vector of the joint space")
+    dimensions: int = Field(examples=[128])
+    unknown_words: list[str] | None = Field(
+        None, description="words outside the vocabulary, embedded as <unk>")
+
+
+class ImageSearchRequest(RetrievalParams):
+    text: str = Field(min_length=1, description="the sentence to find images for",
+                      examples=["a small green star above a red circle"])
+    top_k: int = Field(5, ge=1, le=MAX_SEARCH_TOP_K, description=SEARCH_TOP_K_DOC)
+
+
+class CaptionSearchParams(RetrievalParams):
+    top_k: int = Field(5, ge=1, le=MAX_SEARCH_TOP_K, description=SEARCH_TOP_K_DOC)
+
+
+class CaptionSearchJSONRequest(CaptionSearchParams):
+    image: str = Field(description=IMAGE_FIELD_DOC)
+
+
+class ImageHit(BaseModel):
+    id: int = Field(description="the image id of the gallery (dataset imgid or folder index)")
+    file: str = Field(examples=["images/test/test_000042.png"])
+    score: float = Field(description="cosine similarity", examples=[0.83])
+
+
+class CaptionHit(BaseModel):
+    text: str = Field(examples=["a small green star above a red circle"])
+    image_id: int | None = Field(description="the image the sentence was written for")
+    score: float = Field(description="cosine similarity", examples=[0.79])
+
+
+class ImageSearchResponse(BaseModel):
+    model: str = Field(examples=["retrieval-vse/1"])
+    results: list[ImageHit]
+    unknown_words: list[str] | None = Field(
+        None, description="words outside the vocabulary, embedded as <unk>")
+
+
+class CaptionSearchResponse(BaseModel):
+    model: str = Field(examples=["retrieval-vse/1"])
+    results: list[CaptionHit]
+
+
+# ---------------------------------------------------------------------------- generations
+
+
+class GenerationParams(ModelParams):
+    """The JSON body of /v1/images/generations."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"prompt": "a red circle left of a blue square",
+                                         "model": "gan-int-cls", "n": 2, "seed": 7}]})
+
+    prompt: str = Field(description="what to draw, in the words of the training captions; at "
+                        "most the model's max_prompt_length characters (its manifest's "
+                        "`inference`; 64 for the committed models)")
+    model: str | None = Field(None, description=MODEL_FIELD_DOC, examples=["gan-int-cls"])
+    n: int = Field(1, ge=1, le=MAX_IMAGES_PER_REQUEST, description="images to generate")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED,
+                             description="seed of the noise; omitted: drawn at random and "
+                             "returned")
+    response_format: Literal["b64_json"] = Field("b64_json",
+                                                 description="images as base64-encoded PNG")
+
+
+class GeneratedImage(BaseModel):
+    b64_json: str = Field(description="a PNG, base64-encoded", examples=["iVBORw0KGgo..."])
+
+
+class GenerationResponse(BaseModel):
+    created: int = Field(description="Unix time of the answer", examples=[1767225600])
+    model: str = Field(description="the bundle that answered, name/version",
+                       examples=["gan-int-cls/1"])
+    seed: int = Field(description="the seed the images were drawn with", examples=[7])
+    data: list[GeneratedImage]
+
+
+# ---------------------------------------------------------------------------- models, health
 
 
 class ModelInfo(BaseModel):
@@ -91,6 +381,9 @@ class Ready(BaseModel):
     errors: list[str] = Field(description="bundles that could not be loaded, and why")
 
 
+# ---------------------------------------------------------------------------- errors
+
+
 class ErrorDetail(BaseModel):
     type: str = Field(examples=["invalid_parameter"])
     message: str = Field(examples=["beam_size: Input should be less than or equal to 20"])
@@ -104,7 +397,8 @@ class ErrorResponse(BaseModel):
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries documenting the error body for `statuses`."""
     meanings = {400: "malformed request", 401: "missing or invalid API key",
-                404: "unknown model", 413: "body or image too large",
+                404: "unknown model", 409: "the model has no gallery of that kind (glimpse index)",
+                413: "body or image too large",
                 415: "not an image / unsupported content type", 422: "invalid parameter",
                 503: "queue full, not ready or draining (see Retry-After)",
                 504: "timed out before it was computed"}

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from models.alignment import AlignmentConfig, AlignmentModel
-from service.alignment import best_alignment, runs, score_matrix
+from service.pipelines.alignment import best_alignment, runs, score_matrix
 from training.data.language import PLURAL, matching_objects, parse_caption
 from training.data.readers import CaptionImage, load_captions
 from training.data.region_features import RegionFeatures, load_region_features
@@ -313,7 +313,7 @@ def evaluate_bundle(path: str | Path, data: str | Path, *, split: str = "test",
                     betas: tuple[float, ...] = (0.0, 1.0, 4.0), batch_size: int = 250,
                     limit: int | None = None) -> dict:
     """Retrieval and alignment of an exported bundle through the service's pipeline."""
-    from service.alignment import AlignmentModel as AlignmentPipeline
+    from service.pipelines.alignment import AlignmentModel as AlignmentPipeline
     from training.caption_task import load_images
 
     model = AlignmentPipeline.from_bundle(path)

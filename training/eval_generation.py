@@ -180,7 +180,7 @@ def markdown_header() -> str:
 def _generator(path: str, split: SplitImages) -> Generator:
     if path == REAL:
         return RealImages(split)
-    from service.generation import GenerationModel
+    from service.pipelines.generation import GenerationModel
 
     return GenerationModel.from_bundle(path)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from service.bundle import MANIFEST_FILE
-from service.captioning import CaptionModel, CaptionRequest
+from service.pipelines.caption import CaptionModel, CaptionRequest
 from training.data.readers import load_captions
 from training.metrics.cli import evaluate_caption_results
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from service.bundle import MANIFEST_FILE
 from service.errors import InvalidParameter
-from service.vqa import VqaModel, VqaRequest
+from service.pipelines.vqa import VqaModel, VqaRequest
 from training.data.readers import VQAQuestion, load_captions, load_vqa_split
 from training.metrics.vqa import vqa_accuracy
 

@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 
 from models.alignment import AlignmentConfig, AlignmentModel
-from service.alignment import IMAGE_OUTPUTS, TEXT_INPUTS, TEXT_OUTPUTS
 from service.bundle import describe_graph, write_manifest
+from service.pipelines.alignment import IMAGE_OUTPUTS, TEXT_INPUTS, TEXT_OUTPUTS
 from training.checkpoint import checkpoint_dir, load_config, load_weights
 from training.data.tokenizer import WordVocab
 from training.export import (

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from service.bundle import FileSpec, Manifest, file_sha256, load_bundle, write_manifest
-from service.retrieval import GALLERY_COLUMNS, RetrievalModel
+from service.pipelines.retrieval import GALLERY_COLUMNS, RetrievalModel
 from training.data.readers import CaptionImage, load_captions
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"})

@@ -1,19 +1,13 @@
-"""POST /v1/captions: an image in, beam-searched captions out (batched across requests)."""
+"""POST /v1/captions: an image in, captions out (beam search or sampling, batched)."""
 
 from __future__ import annotations
 
-import numpy as np
-from fastapi import APIRouter, Depends, Request
-from starlette.concurrency import run_in_threadpool
+from typing import Annotated
 
-from service.captioning import CaptionModel, CaptionRequest, CaptionResult
-from service.images import decode_image
-from service.routers.deps import (
-    StateDep,
-    read_image_request,
-    require_api_key,
-    unless_disconnected,
-)
+from fastapi import APIRouter, Depends, Response
+
+from service.pipelines.caption import CaptionModel, CaptionRequest, CaptionResult, SampleParams
+from service.routers.deps import ImageCall, image_call, require_api_key
 from service.schemas import (
     CaptionJSONRequest,
     CaptionOut,
@@ -21,30 +15,13 @@ from service.schemas import (
     CaptionResponse,
     WordAttention,
     error_responses,
+    image_request_body,
 )
 
 router = APIRouter(prefix="/v1", tags=["captions"], dependencies=[Depends(require_api_key)])
 
-_MULTIPART_SCHEMA = {
-    "type": "object",
-    "required": ["file"],
-    "properties": {
-        "file": {"type": "string", "format": "binary", "description": "the image file"},
-        **{name: {k: v for k, v in prop.items() if k != "default"}
-           for name, prop in CaptionParams.model_json_schema()["properties"].items()},
-    },
-}
-_REQUEST_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
-        "application/json": {"schema": CaptionJSONRequest.model_json_schema()},
-    },
-}
-
-
-def _encoder_input(model: CaptionModel, data: bytes, max_pixels: int) -> np.ndarray:
-    return model.preprocess(decode_image(data, max_pixels=max_pixels))
+CaptionCall = Annotated[ImageCall[CaptionModel, CaptionParams],
+                        Depends(image_call(CaptionParams, CaptionModel))]
 
 
 def caption_response(model: str, result: CaptionResult) -> CaptionResponse:
@@ -58,28 +35,27 @@ def caption_response(model: str, result: CaptionResult) -> CaptionResponse:
 
 
 @router.post("/captions", response_model=CaptionResponse, response_model_exclude_none=True,
-             openapi_extra={"requestBody": _REQUEST_BODY},
+             openapi_extra={"requestBody": image_request_body(CaptionParams,
+                                                              CaptionJSONRequest)},
              responses=error_responses(400, 401, 404, 413, 415, 422, 503, 504))
-async def create_captions(request: Request, state: StateDep) -> CaptionResponse:
-    """Caption an image with beam search.
+async def create_captions(call: CaptionCall, response: Response) -> CaptionResponse:
+    """Caption an image, with beam search (the default) or by sampling.
 
     Send the image as multipart `file` with the parameters as form fields
     (`curl -F file=@cat.png -F beam_size=5 .../v1/captions`), or as JSON with the
-    image base64-encoded in `image`. Requests to the same model are batched together;
-    each still gets exactly the captions it would get alone.
+    image base64-encoded in `image`. `decoding: "sample"` draws captions with
+    `temperature`, `top_k`, `top_p` and `seed`; the seed it drew with is returned in
+    the `X-Seed` header. Requests to the same model are batched together; each still
+    gets exactly the captions it would get alone.
     """
-    with state.track() as tracker:
-        state.check_accepting()
-        data, params = await read_image_request(request, CaptionParams)
-        served = state.resolve(params.model, "caption")
-        tracker.model = served.key
-        model: CaptionModel = served.pipeline
-        search = model.params(beam_size=params.beam_size, max_length=params.max_length,
-                              length_penalty=params.length_penalty,
-                              num_captions=params.num_captions,
-                              return_attention=params.return_attention)
-        with served.batcher.admission() as submit:
-            image = await run_in_threadpool(_encoder_input, model, data,
-                                            state.settings.max_image_pixels)
-            result = await unless_disconnected(request, submit(CaptionRequest(image, search)))
-        return caption_response(served.key, result)
+    model, p = call.pipeline, call.params
+    decoding = model.params(decoding=p.decoding, beam_size=p.beam_size,
+                            max_length=p.max_length, length_penalty=p.length_penalty,
+                            num_captions=p.num_captions, return_attention=p.return_attention,
+                            temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
+                            seed=p.seed)
+    result: CaptionResult = await call.compute_prepared(
+        lambda: CaptionRequest(model.preprocess(call.decode_image()), decoding))
+    if isinstance(decoding, SampleParams):
+        response.headers["X-Seed"] = str(decoding.seed)
+    return caption_response(call.key, result)

@@ -1,4 +1,18 @@
-"""Dependencies and input parsing shared by the routers."""
+"""Dependencies and input parsing shared by the routers.
+
+Every inference endpoint starts the same way: count the request (`ServiceState.track`),
+refuse it while the service is loading or draining, read its parameters, resolve the
+model they name and label the request with it. `image_call` and `json_call` do that
+once, as the endpoint's dependency, and hand the handler a `ModelCall` whose pipeline
+has its real type:
+
+    CaptionCall = Annotated[ImageCall[CaptionModel, CaptionParams],
+                            Depends(image_call(CaptionParams, CaptionModel))]
+
+The image of an `ImageCall` is still encoded: the handler decodes it only once the
+model's queue has admitted the request (`ModelCall.compute_prepared`), so that an
+overloaded model refuses it before that work.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +21,14 @@ import base64
 import binascii
 import hmac
 import json
-from collections.abc import Awaitable
-from typing import Annotated, Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Request
+from PIL import Image
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from service.errors import (
     BadRequest,
@@ -21,7 +38,10 @@ from service.errors import (
     UnsupportedMediaType,
     validation_message,
 )
-from service.runtime import ServiceState
+from service.images import decode_image
+from service.pipelines import Pipeline
+from service.schemas import ModelParams
+from service.state import RequestTracker, ServedModel, ServiceState
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -161,3 +181,99 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     if not watch.cancelled() and watch.done():
         raise ClientDisconnected("the client disconnected before its answer was ready")
     return task.result()
+
+
+# ---------------------------------------------------------------------------- model calls
+
+
+PipelineT = TypeVar("PipelineT", bound=Pipeline[Any, Any])
+ParamsT = TypeVar("ParamsT", bound=ModelParams)
+
+
+@dataclass(frozen=True)
+class ModelCall(Generic[PipelineT, ParamsT]):
+    """A request past the preamble: its parameters, the model they resolved to and that
+    model's pipeline."""
+
+    request: Request
+    params: ParamsT
+    served: ServedModel
+    pipeline: PipelineT
+
+    @property
+    def key(self) -> str:
+        """The answering bundle, name/version."""
+        return self.served.key
+
+    async def compute(self, payload: Any) -> Any:
+        """The pipeline's result for `payload`, computed in a batch of the model's queue
+        (cancelled if the client disconnects first)."""
+        with self.served.batcher.admission() as submit:
+            return await unless_disconnected(self.request, submit(payload))
+
+    async def compute_prepared(self, prepare: Callable[[], Any]) -> Any:
+        """As `compute`, for a payload that `prepare` builds in a worker thread (decoding an
+        image) once the queue has a place for it: an overloaded model refuses the request
+        before that work."""
+        with self.served.batcher.admission() as submit:
+            payload = await run_in_threadpool(prepare)
+            return await unless_disconnected(self.request, submit(payload))
+
+
+@dataclass(frozen=True)
+class ImageCall(ModelCall[PipelineT, ParamsT]):
+    """A model call that carries an image file, not yet decoded."""
+
+    image: bytes
+    max_image_pixels: int
+
+    def decode_image(self) -> Image.Image:
+        """The uploaded image (PayloadTooLarge past the pixel limit, UnsupportedMediaType if
+        it is not an image); blocking, call it in `compute_prepared`."""
+        return decode_image(self.image, max_pixels=self.max_image_pixels)
+
+
+# The dependencies below yield inside `state.track()`: FastAPI throws an exception of the
+# handler back into them, so the request is counted with the outcome of the whole call.
+
+
+def resolve_model(state: ServiceState, tracker: RequestTracker, model: str | None,
+                  kind: type[PipelineT]) -> tuple[ServedModel, PipelineT]:
+    """The served model a request names for `kind`'s task and its pipeline; the request's
+    metrics are labelled with the model from here on."""
+    served = state.resolve(model, kind.task)
+    tracker.model = served.key
+    return served, served.pipeline_as(kind)
+
+
+def image_call(params: type[ParamsT], kind: type[PipelineT]
+               ) -> Callable[..., AsyncIterator[ImageCall[PipelineT, ParamsT]]]:
+    """The dependency of an endpoint that reads an image and `params` (multipart or JSON)
+    and is answered by a `kind` pipeline."""
+
+    async def read_image_call(request: Request, state: StateDep
+                              ) -> AsyncIterator[ImageCall[PipelineT, ParamsT]]:
+        with state.track() as tracker:
+            state.check_accepting()
+            data, values = await read_image_request(request, params)
+            served, pipeline = resolve_model(state, tracker, values.model, kind)
+            yield ImageCall(request, values, served, pipeline, data,
+                            state.settings.max_image_pixels)
+
+    return read_image_call
+
+
+def json_call(read: Callable[[Request], Awaitable[ParamsT]], kind: type[PipelineT]
+              ) -> Callable[..., AsyncIterator[ModelCall[PipelineT, ParamsT]]]:
+    """The dependency of an endpoint whose JSON body `read` validates and a `kind` pipeline
+    answers."""
+
+    async def read_json_call(request: Request, state: StateDep
+                             ) -> AsyncIterator[ModelCall[PipelineT, ParamsT]]:
+        with state.track() as tracker:
+            state.check_accepting()
+            values = await read(request)
+            served, pipeline = resolve_model(state, tracker, values.model, kind)
+            yield ModelCall(request, values, served, pipeline)
+
+    return read_json_call

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends
 
 from service.routers.deps import StateDep, require_api_key
-from service.runtime import ServedModel
 from service.schemas import ModelInfo, ModelList, error_responses
+from service.state import ServedModel
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_api_key)])
-
-
-def _defaults(served: ServedModel) -> dict[str, Any]:
-    """Decoding defaults of a caption model; the numeric inference settings of the others
-    (alignment beta, prompt and question limits, noise size, ...)."""
-    manifest = served.bundle.manifest
-    d = manifest.decoding
-    if d is None:
-        return {key: value for key, value in manifest.inference.items()
-                if isinstance(value, int | float | bool)}
-    return {"beam_size": d.beam_size, "max_length": d.max_length,
-            "length_penalty": d.length_penalty, "attention": d.attention is not None}
 
 
 def model_info(state: StateDep, served: ServedModel) -> ModelInfo:
@@ -30,7 +16,7 @@ def model_info(state: StateDep, served: ServedModel) -> ModelInfo:
     return ModelInfo(name=m.name, version=m.version, id=served.key,
                      latest=state.is_latest(served), task=m.task,
                      architecture=m.architecture, created=m.created,
-                     defaults=_defaults(served), metrics=m.metrics)
+                     defaults=served.pipeline.defaults(), metrics=m.metrics)
 
 
 @router.get("/models", response_model=ModelList, responses=error_responses(401))

@@ -22,8 +22,8 @@ import httpx
 import pytest
 from e2e_server import running_server
 
-from service.captioning import CaptionModel
 from service.client import AsyncGlimpseClient, GlimpseAPIError, GlimpseClient
+from service.pipelines.caption import CaptionModel
 
 _spec = importlib.util.spec_from_file_location(
     "tiny_bundle", Path(__file__).parents[1] / "service" / "tiny_bundle.py")

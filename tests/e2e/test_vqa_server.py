@@ -12,7 +12,7 @@ import httpx
 import pytest
 from e2e_server import running_server
 
-from service.vqa import VqaModel
+from service.pipelines.vqa import VqaModel
 
 HERE = Path(__file__).parents[1] / "service"
 

@@ -13,17 +13,17 @@ from tiny_bundle import build_caption_bundle, sample_png
 
 from models.alignment import AlignmentConfig, AlignmentModel
 from models.regions import RegionConfig, RegionNet
-from service.alignment import (
+from service.app import create_app
+from service.pipelines.alignment import (
     AlignmentModel as AlignmentPipeline,
 )
-from service.alignment import (
+from service.pipelines.alignment import (
     alignment_energy,
     best_alignment,
     runs,
     score_matrix,
     sentence_score,
 )
-from service.app import create_app
 from service.settings import Settings
 from training.data.tokenizer import WordVocab
 from training.export_alignment import write_alignment_bundle

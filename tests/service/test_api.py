@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from tiny_bundle import GRID, build_caption_bundle, sample_png
 
 from service.app import create_app
-from service.captioning import CaptionModel
+from service.pipelines.caption import CaptionModel
 from service.settings import Settings
 
 PNG = sample_png(7)
@@ -171,6 +171,57 @@ def test_bad_parameters_are_422_naming_them(api: TestClient, fields: dict,
         assert error["message"].startswith(named)
 
 
+def test_sampled_captions_equal_the_offline_pipeline_and_name_their_seed(
+        api: TestClient, repository: Path) -> None:
+    offline = CaptionModel.from_bundle(repository / "caption-tiny" / "2")
+    params = dict(decoding="sample", seed=9, num_captions=3, temperature=0.8, top_p=0.95)
+    want = offline.caption(PNG, **params)
+    response = post_file(api, model="caption-tiny", **params)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-seed"] == "9"
+    body = response.json()
+    assert [c["text"] for c in body["captions"]] == [c.text for c in want.captions]
+    np.testing.assert_allclose([c["log_prob"] for c in body["captions"]],
+                               [c.log_prob for c in want.captions], rtol=1e-5)
+    assert post_json(api, model="caption-tiny", **params).json() == body
+    assert "x-seed" not in post_file(api, model="caption-tiny").headers  # beam search
+
+
+def test_a_sample_without_seed_names_the_one_it_drew(api: TestClient) -> None:
+    first = post_file(api, model="caption-tiny", decoding="sample", num_captions=4)
+    assert first.status_code == 200
+    seed = int(first.headers["x-seed"])
+    again = post_file(api, model="caption-tiny", decoding="sample", num_captions=4, seed=seed)
+    assert again.json() == first.json()
+
+
+@pytest.mark.parametrize("fields, named", [
+    (dict(decoding="greedy"), "decoding"),
+    (dict(decoding="sample", temperature=0), "temperature"),
+    (dict(decoding="sample", temperature=11), "temperature"),
+    (dict(decoding="sample", temperature="hot"), "temperature"),
+    (dict(decoding="sample", top_k=-1), "top_k"),
+    (dict(decoding="sample", top_k=25), "top_k"),  # more than the step graph's 24
+    (dict(decoding="sample", top_p=0), "top_p"),
+    (dict(decoding="sample", top_p=1.01), "top_p"),
+    (dict(decoding="sample", seed=-3), "seed"),
+    (dict(decoding="sample", seed=2**63), "seed"),
+    (dict(decoding="sample", num_captions=21), "num_captions"),
+    (dict(decoding="sample", beam_size=3), "beam_size"),
+    (dict(decoding="sample", length_penalty=0.5), "length_penalty"),
+    (dict(temperature=0.7), "temperature"),
+    (dict(top_k=3), "top_k"),
+    (dict(decoding="beam", top_p=0.9), "top_p"),
+    (dict(seed=1), "seed"),
+])
+def test_bad_sampling_parameters_are_422_naming_them(api: TestClient, fields: dict,
+                                                     named: str) -> None:
+    for response in (post_file(api, model="caption-tiny", **fields),
+                     post_json(api, model="caption-tiny", **fields)):
+        error = assert_error(response, 422, "invalid_parameter")
+        assert error["message"].startswith(named), error["message"]
+
+
 def test_malformed_requests(api: TestClient) -> None:
     assert_error(api.post("/v1/captions", data={"beam_size": "2"},
                              files={"other": ("x", b"1")}), 422, "invalid_parameter", "file")
@@ -288,6 +339,24 @@ def test_full_queue_is_503_with_retry_after(make_client: MakeClient) -> None:
     assert gate.computed == 2
 
 
+def test_a_full_queue_refuses_before_the_image_is_decoded(make_client: MakeClient) -> None:
+    client = make_client(max_batch_size=1, max_queue_size=1, max_queue_delay_ms=0)
+    gate = Gate(client, "caption-tiny/2")
+    b = gate.batcher
+    first, out1 = in_thread(lambda: post_file(client, model="caption-tiny"))
+    wait_until(lambda: b.running == 1)
+    second, out2 = in_thread(lambda: post_file(client, model="caption-tiny"))
+    wait_until(lambda: len(b.queue) == 1)
+    # Not an image, but the queue has no place for it: 503 before any decoding (not 415).
+    assert_error(post_file(client, b"not an image", model="caption-tiny"), 503, "overloaded")
+    gate.event.set()
+    first.join(10)
+    second.join(10)
+    assert [out1[0].status_code, out2[0].status_code] == [200, 200]
+    assert_error(post_file(client, b"not an image", model="caption-tiny"), 415,
+                 "unsupported_media_type")
+
+
 def test_timeout_in_queue_is_504_and_never_computed(make_client: MakeClient) -> None:
     client = make_client(model_overrides={"caption-tiny": {"max_queue_delay_ms": 2000,
                                                            "request_timeout_s": 0.05}})
@@ -387,6 +456,26 @@ def test_concurrent_requests_are_batched(make_client: MakeClient,
     assert 'glimpse_batch_size_count{model="caption-tiny/2"} 1.0' in metrics
     assert 'glimpse_batch_size_sum{model="caption-tiny/2"} 4.0' in metrics
     assert 'glimpse_requests_total{model="caption-tiny/2",outcome="ok"} 4.0' in metrics
+
+
+def test_sampled_and_beam_requests_share_a_batch_and_keep_their_answers(
+        make_client: MakeClient, repository: Path) -> None:
+    client = make_client(max_batch_size=4, max_queue_delay_ms=3000)
+    offline = CaptionModel.from_bundle(repository / "caption-tiny" / "2")
+    asks = [(sample_png(0), dict(beam_size=2)),
+            (sample_png(1), dict(decoding="sample", seed=1)),
+            (sample_png(0), dict(decoding="sample", seed=2, num_captions=2, top_k=5)),
+            (sample_png(3), dict(beam_size=4, num_captions=2))]
+    threads = [in_thread(lambda data=data, fields=fields: post_file(
+        client, data, model="caption-tiny", **fields)) for data, fields in asks]
+    for thread, _ in threads:
+        thread.join(10)
+    for (data, fields), (_, out) in zip(asks, threads, strict=True):
+        want = offline.caption(data, **fields)
+        assert [c["text"] for c in out[0].json()["captions"]] == [c.text for c in want.captions]
+    metrics = client.get("/metrics").text
+    assert 'glimpse_batch_size_count{model="caption-tiny/2"} 1.0' in metrics
+    assert 'glimpse_batch_size_sum{model="caption-tiny/2"} 4.0' in metrics
 
 
 # ---------------------------------------------------------------------------- lifecycle

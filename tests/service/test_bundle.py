@@ -11,19 +11,24 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
+from pydantic import ValidationError
 from tiny_bundle import TOP_K, build_caption_bundle
 
 from service.bundle import (
+    INFERENCE_SECTIONS,
     BundleError,
     Manifest,
     describe_graph,
     discover,
     file_sha256,
     load_bundle,
+    validation_problems,
     write_manifest,
 )
-from service.captioning import CaptionModel
+from service.pipelines.caption import CaptionModel
 from service.runtime import CPU, CUDA, choose_providers, load_graphs, warm_batch_sizes
+
+COMMITTED = Path(__file__).parents[2] / "model_repository"
 
 
 @pytest.fixture
@@ -93,6 +98,8 @@ def test_missing_file_is_refused(bundle: Path) -> None:
     (lambda m: m["decoding"]["attention"].update(output="weights"),
      "attention output 'weights' is not an output of decoder_step"),
     (lambda m: m["graphs"]["encoder"].update(sha256="abc"), "graphs.encoder.sha256"),
+    (lambda m: m.update(inference={"beam_size": 3}),
+     "inference: Value error, caption bundle: beam_size: Extra inputs are not permitted"),
 ])
 def test_invalid_manifest_is_refused_with_the_reason(bundle: Path, edit, message: str) -> None:
     manifest = read(bundle)
@@ -102,6 +109,39 @@ def test_invalid_manifest_is_refused_with_the_reason(bundle: Path, edit, message
         load_bundle(bundle)
     assert message in str(err.value)
     assert err.value.file == "manifest.json"
+
+
+def test_committed_manifests_validate_with_their_typed_sections() -> None:
+    bundles, errors = discover(COMMITTED)
+    assert errors == [] and len(bundles) == 9
+    assert {b.manifest.task for b in bundles} == set(INFERENCE_SECTIONS)
+    for b in bundles:
+        section = b.manifest.inference_as(INFERENCE_SECTIONS[b.manifest.task])
+        assert section.model_dump(exclude_unset=True) == b.manifest.inference
+
+
+@pytest.mark.parametrize("bundle_key, edit, message", [
+    ("align-brnn/1", lambda i: i.pop("max_words"),
+     "inference: Value error, alignment bundle: max_words: Field required"),
+    ("align-brnn/1", lambda i: i.update(beta=-1.0),
+     "beta: Input should be greater than or equal to 0"),
+    ("retrieval-vse/1", lambda i: i["galleries"].update(videos={"embeddings": "x",
+                                                                "entries": "y"}),
+     "galleries.videos.[key]: Input should be 'images' or 'captions'"),
+    ("retrieval-vse/1", lambda i: i["galleries"]["images"].pop("entries"),
+     "galleries.images.entries: Field required"),
+    ("vqa-updown/1", lambda i: i.update(answer_list="answers"),
+     "answer_list: Extra inputs are not permitted"),
+    ("gan-int-cls/3", lambda i: i.update(noise_dim="many"),
+     "noise_dim: Input should be a valid integer"),
+])
+def test_inference_section_is_validated_as_its_task_says(bundle_key: str, edit,
+                                                         message: str) -> None:
+    manifest = json.loads((COMMITTED / bundle_key / "manifest.json").read_text())
+    edit(manifest["inference"])
+    with pytest.raises(ValidationError) as err:
+        Manifest.model_validate(manifest)
+    assert message in validation_problems(err.value)
 
 
 def test_manifest_must_match_its_directory(bundle: Path) -> None:

@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from tiny_bundle import sample_png
 
-from service.captioning import CaptionModel
 from service.client import AsyncGlimpseClient, GlimpseAPIError, GlimpseClient
+from service.pipelines.caption import CaptionModel
 
 
 @pytest.fixture
@@ -37,6 +37,19 @@ def test_caption_models_and_health(glimpse: GlimpseClient, repository: Path,
                                                   "caption-tiny/2"]
     assert glimpse.health()["ready"] is True
     assert glimpse.wait_ready(timeout=1)["status"] == "ready"
+
+
+def test_caption_samples_with_the_sampling_parameters(glimpse: GlimpseClient,
+                                                     repository: Path) -> None:
+    answer = glimpse.caption(sample_png(4), model="caption-tiny/1", decoding="sample",
+                             temperature=0.7, top_k=6, top_p=0.9, seed=21, num_captions=2)
+    offline = CaptionModel.from_bundle(repository / "caption-tiny" / "1")
+    want = offline.caption(sample_png(4), decoding="sample", temperature=0.7, top_k=6,
+                           top_p=0.9, seed=21, num_captions=2)
+    assert [c["text"] for c in answer["captions"]] == [c.text for c in want.captions]
+    with pytest.raises(GlimpseAPIError) as err:
+        glimpse.caption(sample_png(4), decoding="sample", beam_size=3)
+    assert err.value.status == 422 and err.value.message.startswith("beam_size")
 
 
 def test_errors_carry_status_type_and_request_id(glimpse: GlimpseClient) -> None:

@@ -71,6 +71,15 @@ def test_default_captioner_describes_the_scenes(glimpse: GlimpseClient, world: P
     assert np.mean(exact) >= 0.5
 
 
+def test_default_captioner_samples_the_same_captions_from_the_same_seed(
+        glimpse: GlimpseClient, images: list) -> None:
+    _, path, _ = images[0]
+    first = glimpse.caption(path, decoding="sample", temperature=0.8, seed=3, num_captions=3)
+    assert glimpse.caption(path, decoding="sample", temperature=0.8, seed=3,
+                           num_captions=3) == first
+    assert len(first["captions"]) == 3 and all(c["text"] for c in first["captions"])
+
+
 def test_default_vqa_model_answers_the_questions(glimpse: GlimpseClient, world: Path,
                                                 images: list) -> None:
     questions = json.loads((world / "vqa" / "test_questions.json").read_text())["questions"]

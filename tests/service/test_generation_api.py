@@ -22,7 +22,7 @@ from tiny_generation import IMAGE_SIZE, MAX_LENGTH, tiny_generation_bundle
 
 from service.app import create_app
 from service.errors import InvalidParameter
-from service.generation import GenerationModel, draw_noise
+from service.pipelines.generation import GenerationModel, draw_noise
 from service.settings import Settings
 
 PROMPT = "a red circle left of a square"

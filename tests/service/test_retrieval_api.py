@@ -1,6 +1,6 @@
 """The retrieval pipeline and its endpoints, on tiny bundles built with onnx.helper.
 
-The graphs honour the retrieval contract (service/retrieval.py) without training
+The graphs honour the retrieval contract (service/pipelines/retrieval.py) without training
 code: the image graph average-pools the image and projects it, the text graph
 sums the embeddings of the first `lengths` words; both normalise to unit length.
 """
@@ -21,7 +21,7 @@ from tiny_bundle import TOKENS, build_caption_bundle, sample_png, write_vocab
 
 from service.app import create_app
 from service.bundle import BundleError, describe_graph, file_sha256, load_bundle, write_manifest
-from service.retrieval import Query, RetrievalModel, top_k_search
+from service.pipelines.retrieval import Query, RetrievalModel, top_k_search
 from service.settings import Settings
 from training.index import write_gallery
 

@@ -14,8 +14,8 @@ from tiny_bundle import build_caption_bundle, sample_png
 from tiny_vqa_bundle import ANSWERS, BOXES, TOKENS, build_vqa_bundle
 
 from service.app import create_app
+from service.pipelines.vqa import VqaModel
 from service.settings import Settings
-from service.vqa import VqaModel
 
 PNG = sample_png(3)
 

@@ -1,6 +1,6 @@
 """A tiny random-weight caption bundle, built with onnx.helper alone.
 
-The graphs honour the caption contract (service/captioning.py) without any
+The graphs honour the caption contract (service/pipelines/caption.py) without any
 training code: the encoder average-pools the image to a GRID x GRID grid and
 projects it to `context`, `h` and `c`; the step graph gathers the state by
 `parents`, attends over `context` (or averages it), updates a tanh cell and

@@ -1,6 +1,6 @@
 """A tiny random-weight vqa bundle, built with onnx.helper alone.
 
-The graph honours the vqa.onnx contract (service/vqa.py) without any training code:
+The graph honours the vqa.onnx contract (service/pipelines/vqa.py) without any training code:
 three fixed regions (left half, right half, whole image) described by their mean
 colour, a bag-of-words question vector, dot-product attention between them, and
 sigmoid answer scores from the attended colour and the question.

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from service.bundle import load_bundle
-from service.captioning import CaptionModel, CaptionRequest
 from service.decoding import beam_search
+from service.pipelines.caption import CaptionModel, CaptionRequest
 from training.cli import main as glimpse
 from training.data.readers import load_captions
 from training.data.shapes import generate_shapes_world

@@ -16,9 +16,9 @@ import torch
 from models.attributes import AttributeConfig, AttributeTagger
 from models.encoder import EncoderConfig
 from models.regions import RegionConfig, RegionNet
-from service.captioning import CaptionModel, CaptionRequest
 from service.decoding import beam_search
 from service.errors import InvalidParameter
+from service.pipelines.caption import CaptionModel, CaptionRequest
 from training.caption_task import CaptionTask, CaptionTaskConfig, load_images
 from training.checkpoint import save_checkpoint
 from training.cli import main as glimpse

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.regions import RegionConfig, RegionNet
-from service.vqa import VqaModel
+from service.pipelines.vqa import VqaModel
 from training.checkpoint import save_checkpoint
 from training.cli import main as glimpse
 from training.data.readers import VQAQuestion, load_captions, load_vqa_split

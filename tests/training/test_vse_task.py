@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from service.bundle import load_bundle
-from service.retrieval import RetrievalModel
+from service.pipelines.retrieval import RetrievalModel
 from training import vse_task
 from training.checkpoint import checkpoint_dir
 from training.cli import main as glimpse

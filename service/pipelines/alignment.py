@@ -36,10 +36,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from service.bundle import Bundle, BundleError, load_bundle
+from service.bundle import AlignmentInference, Bundle
 from service.errors import InvalidParameter
-from service.images import offline_rgb, stack, to_array
-from service.runtime import OnnxGraph, load_graphs
+from service.images import offline_rgb, stack
+from service.pipelines.base import GraphContract, ImagePipeline
+from service.runtime import OnnxGraph
 from service.text import EncodedText, WordIndex, pad_ids
 
 IMAGE_GRAPH = "image"
@@ -47,7 +48,6 @@ TEXT_GRAPH = "text"
 IMAGE_OUTPUTS = ("boxes", "region_scores", "region_vectors")
 TEXT_INPUTS = ("tokens", "lengths")
 TEXT_OUTPUTS = ("word_vectors",)
-DEFAULT_BETA = 0.0
 
 
 # ---------------------------------------------------------------------------- the MRF
@@ -153,64 +153,26 @@ class AlignmentResult:
     assignment: list[int]  # region index of each word
 
 
-class AlignmentModel:
+class AlignmentModel(ImagePipeline[AlignmentRequest, AlignmentResult], task="alignment"):
     """An image graph and a text graph, scored and aligned in NumPy."""
 
     def __init__(self, bundle: Bundle, graphs: Mapping[str, OnnxGraph]) -> None:
-        manifest = bundle.manifest
-        if manifest.task != "alignment":
-            raise BundleError(bundle.path, f"task {manifest.task!r} is not an alignment bundle")
-        self.bundle = bundle
-        missing = [g for g in (IMAGE_GRAPH, TEXT_GRAPH) if g not in graphs]
-        if missing:
-            raise BundleError(bundle.path, f"an alignment bundle needs graphs {missing}")
+        super().__init__(bundle, graphs)
         self.image_graph = graphs[IMAGE_GRAPH]
         self.text_graph = graphs[TEXT_GRAPH]
-        self._check_contract()
-        pre = manifest.preprocessing
-        if pre.image_size is None or pre.tokenizer is None or pre.tokenizer.file not in \
-                manifest.files:
-            raise BundleError(bundle.path, "an alignment bundle needs preprocessing.image_size "
-                              "and a word tokenizer naming an entry of `files`")
-        self.image_size = int(pre.image_size)
-        self.pixel_range = pre.pixel_range
-        try:
-            self.words = WordIndex.from_file(bundle.file(pre.tokenizer.file))
-        except (ValueError, OSError) as exc:
-            raise BundleError(bundle.path, str(exc), manifest.files[pre.tokenizer.file].file) \
-                from None
-        inference = manifest.inference
-        try:
-            self.max_words = int(inference["max_words"])
-            self.default_beta = float(inference.get("beta", DEFAULT_BETA))
-            self.min_region_score = float(inference.get("min_region_score", 0.0))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(bundle.path, f"inference section: {exc!r}", "manifest.json") \
-                from None
+        self.words = self.read_file(self.tokenizer_file("word"), WordIndex.from_file)
+        inference = bundle.manifest.inference_as(AlignmentInference)
+        self.max_words = inference.max_words
+        self.default_beta = inference.beta
+        self.min_region_score = inference.min_region_score
 
-    @classmethod
-    def from_bundle(cls, path: str | Path, *, device: str = "auto",
-                    providers: Sequence[str] | None = None,
-                    intra_op_threads: int | None = None) -> AlignmentModel:
-        """Load a bundle directory for offline use (validation as in the service)."""
-        bundle = load_bundle(path)
-        return cls(bundle, load_graphs(bundle, device=device, providers=providers,
-                                       intra_op_threads=intra_op_threads))
-
-    def _check_contract(self) -> None:
-        needs = {
-            "image outputs": (set(IMAGE_OUTPUTS), set(self.image_graph.output_names)),
-            "text inputs": (set(TEXT_INPUTS), set(self.text_graph.input_names)),
-            "text outputs": (set(TEXT_OUTPUTS), set(self.text_graph.output_names)),
-        }
-        for what, (needed, present) in needs.items():
-            if missing := sorted(needed - present):
-                raise BundleError(self.bundle.path, f"{what} lack {missing}")
+    def contract(self) -> dict[str, GraphContract]:
+        return {IMAGE_GRAPH: GraphContract(inputs=frozenset({"image"}),
+                                           outputs=frozenset(IMAGE_OUTPUTS)),
+                TEXT_GRAPH: GraphContract(inputs=frozenset(TEXT_INPUTS),
+                                          outputs=frozenset(TEXT_OUTPUTS))}
 
     # ------------------------------------------------------------------ requests
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return to_array(image, self.image_size, self.pixel_range)
 
     def encode_sentence(self, sentence: str) -> EncodedText:
         """The sentence's words and ids; InvalidParameter names unknown words or bad lengths."""
@@ -288,11 +250,8 @@ class AlignmentModel:
         return AlignmentResult(score=sentence_score(unary), words=list(words),
                                segments=segments, assignment=[int(kept[i]) for i in assignment])
 
-    def warm_up(self, batch_sizes: Sequence[int]) -> None:
-        """Run each batch size once so that first requests do not pay for allocation."""
-        image = np.zeros((3, self.image_size, self.image_size), dtype=np.float32)
+    def warm_up_batches(self, size: int) -> list[list[AlignmentRequest]]:
         word = EncodedText(ids=[len(self.words) - 1], words=["word"], unknown=[])
-        request = AlignmentRequest(image, (self.image_size, self.image_size), word,
+        request = AlignmentRequest(self.blank_image(), (self.image_size, self.image_size), word,
                                    self.default_beta)
-        for size in batch_sizes:
-            self.run_batch([request] * size)
+        return [[request] * size]

@@ -6,7 +6,7 @@ so both give the same answer. A batch of (image, question) pairs is one graph ru
 images are stacked, questions right-padded to the longest one and their lengths
 passed along, so each answer equals the one its request would get alone.
 
-Graph contract (training/export_vqa.py writes it): `vqa.onnx` takes image
+Graph contract (the VQA exporter of training writes it): `vqa.onnx` takes image
 [batch, 3, S, S] in the manifest's pixel range, question [batch, T] int64 word ids
 and question_length [batch] int64, and returns answer_scores [batch, A] (sigmoid
 scores, Anderson et al. 2018, §3.3), attention [batch, R] (the top-down weights
@@ -20,18 +20,18 @@ never saw in training is refused (InvalidParameter naming the words): mapped to
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from service.bundle import Bundle, BundleError, load_bundle
+from service.bundle import Bundle, VqaInference
 from service.errors import InvalidParameter
-from service.images import image_input, stack, to_array
-from service.runtime import OnnxGraph, load_graphs
+from service.images import stack
+from service.pipelines.base import GraphContract, ImageInput, ImagePipeline
+from service.runtime import OnnxGraph
 from service.text import WordIndex, pad_ids
 
 GRAPH = "vqa"
@@ -39,7 +39,6 @@ INPUTS = ("image", "question", "question_length")
 OUTPUTS = ("answer_scores", "attention", "boxes")
 MAX_TOP_K = 20
 DEFAULT_TOP_K = 3
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -87,63 +86,21 @@ def read_answers(path: Path) -> list[str]:
     return answers
 
 
-class VqaModel:
+class VqaModel(ImagePipeline[VqaRequest, VqaResult], task="vqa"):
     """One vqa.onnx graph with its question vocabulary and answer list."""
 
     def __init__(self, bundle: Bundle, graphs: Mapping[str, OnnxGraph]) -> None:
-        manifest = bundle.manifest
-        if manifest.task != "vqa":
-            raise BundleError(bundle.path, f"task {manifest.task!r} is not a vqa bundle")
-        if GRAPH not in graphs:
-            raise BundleError(bundle.path, f"a vqa bundle needs the graph {GRAPH!r}")
-        self.bundle = bundle
+        super().__init__(bundle, graphs)
         self.graph = graphs[GRAPH]
-        self._check_contract()
-        self.image_size = int(manifest.preprocessing.image_size or 0)
-        if self.image_size < 1:
-            raise BundleError(bundle.path, "a vqa bundle needs preprocessing.image_size")
-        self.pixel_range = manifest.preprocessing.pixel_range
-        tokenizer = manifest.preprocessing.tokenizer
-        if tokenizer is None or tokenizer.type != "word":
-            raise BundleError(bundle.path, "a vqa bundle needs a word tokenizer")
-        self.words: WordIndex = self._load(tokenizer.file, WordIndex.from_file)
-        self.answers: list[str] = self._load(manifest.inference.get("answers"), read_answers)
-        self.max_question_length = int(manifest.inference.get("max_question_length", 0))
-        if self.max_question_length < 1:
-            raise BundleError(bundle.path, "inference.max_question_length must be >= 1")
+        inference = bundle.manifest.inference_as(VqaInference)
+        self.words = self.read_file(self.tokenizer_file("word"), WordIndex.from_file)
+        self.answers: list[str] = self.read_file(inference.answers, read_answers)
+        self.max_question_length = inference.max_question_length
 
-    def _load(self, key: object, read: Callable[[Path], T]) -> T:
-        files = self.bundle.manifest.files
-        if not isinstance(key, str) or key not in files:
-            raise BundleError(self.bundle.path, f"the manifest names no file {key!r} in `files`")
-        try:
-            return read(self.bundle.file(key))
-        except (ValueError, OSError) as exc:
-            raise BundleError(self.bundle.path, str(exc), files[key].file) from None
-
-    def _check_contract(self) -> None:
-        for what, needed, present in (("inputs", INPUTS, self.graph.input_names),
-                                      ("outputs", OUTPUTS, self.graph.output_names)):
-            if missing := sorted(set(needed) - set(present)):
-                raise BundleError(self.bundle.path, f"{GRAPH} graph {what} lack {missing}")
-
-    @classmethod
-    def from_bundle(cls, path: str | Path, *, device: str = "auto",
-                    providers: Sequence[str] | None = None,
-                    intra_op_threads: int | None = None) -> VqaModel:
-        """Load a bundle directory for offline use (validation as in the service)."""
-        bundle = load_bundle(path)
-        return cls(bundle, load_graphs(bundle, device=device, providers=providers,
-                                       intra_op_threads=intra_op_threads))
+    def contract(self) -> dict[str, GraphContract]:
+        return {GRAPH: GraphContract(inputs=frozenset(INPUTS), outputs=frozenset(OUTPUTS))}
 
     # ------------------------------------------------------------------ requests
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return to_array(image, self.image_size, self.pixel_range)
-
-    def as_array(self, image: bytes | str | Path | Image.Image | np.ndarray) -> np.ndarray:
-        """The graph's image input [3, S, S] of bytes, a path, a PIL image or an array."""
-        return image_input(image, self.image_size, self.pixel_range)
 
     def encode_question(self, text: str) -> tuple[int, ...]:
         """Word ids of a question; InvalidParameter if empty, too long or with unknown words."""
@@ -167,13 +124,12 @@ class VqaModel:
             raise InvalidParameter(f"top_k must be between 1 and {limit}, got {k}")
         return VqaParams(top_k=k, return_attention=return_attention)
 
-    def request(self, image: bytes | str | Path | Image.Image | np.ndarray, question: str,
-                *, top_k: int | None = None, return_attention: bool = False) -> VqaRequest:
+    def request(self, image: ImageInput, question: str, *, top_k: int | None = None,
+                return_attention: bool = False) -> VqaRequest:
         return VqaRequest(self.as_array(image), self.encode_question(question),
                           self.params(top_k=top_k, return_attention=return_attention))
 
-    def answer(self, image: bytes | str | Path | Image.Image | np.ndarray, question: str,
-               **params) -> VqaResult:
+    def answer(self, image: ImageInput, question: str, **params: Any) -> VqaResult:
         """Answer one question about one image offline (the service's answer for it)."""
         return self.run_batch([self.request(image, question, **params)])[0]
 
@@ -203,11 +159,8 @@ class VqaModel:
                        for box, w in zip(boxes, attention, strict=True)]
         return VqaResult(answers, regions)
 
-    def warm_up(self, batch_sizes: Sequence[int]) -> None:
-        """Run each batch size once so that first requests do not pay for allocation."""
-        image = np.zeros((3, self.image_size, self.image_size), dtype=np.float32)
+    def warm_up_batches(self, size: int) -> list[list[VqaRequest]]:
         word = min(len(self.words) - 1, WordIndex.UNK_ID + 1)
-        request = VqaRequest(image, (word,) * min(2, self.max_question_length),
+        request = VqaRequest(self.blank_image(), (word,) * min(2, self.max_question_length),
                              VqaParams(top_k=1, return_attention=True))
-        for size in batch_sizes:
-            self.run_batch([request] * size)
+        return [[request] * size]

@@ -7,7 +7,7 @@ answers. A batch mixes image and text queries: images go through
 `image_encoder` together, sentences through `text_encoder` together, and the
 queries that search a gallery are scored against it with one matrix product.
 
-Graph contract (training/export_vse.py): `image_encoder` maps `image`
+Graph contract (written by the retrieval exporter of training): `image_encoder` maps `image`
 [batch, 3, S, S] and `text_encoder` maps `tokens` [batch, T] int64 with `lengths`
 [batch] int64 to a unit-length `embedding` [batch, E]; scores are dot products,
 i.e. cosine similarities. The manifest's `inference` section holds E
@@ -33,16 +33,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
 
-from service.bundle import Bundle, BundleError, load_bundle
+from service.bundle import Bundle, BundleError, GallerySpec, RetrievalInference
 from service.errors import InvalidParameter, ServiceError
-from service.images import image_input, stack, to_array
-from service.runtime import OnnxGraph, load_graphs
+from service.images import stack
+from service.pipelines.base import GraphContract, ImagePipeline
+from service.runtime import OnnxGraph
 from service.text import WordIndex, pad_ids
 
 IMAGE_GRAPH = "image_encoder"
@@ -122,14 +121,14 @@ def top_k_search(queries: np.ndarray, gallery: np.ndarray, k: int
     return rows, np.take_along_axis(top, order, axis=1)
 
 
-def load_gallery(bundle: Bundle, kind: str, spec: Mapping[str, str], dim: int) -> Gallery:
+def load_gallery(bundle: Bundle, kind: str, spec: GallerySpec, dim: int) -> Gallery:
     """Read one gallery named by the manifest (BundleError says what is wrong)."""
     files = bundle.manifest.files
-    for role in ("embeddings", "entries"):
-        if spec.get(role) not in files:
-            raise BundleError(bundle.path, f"gallery {kind!r}: {role} {spec.get(role)!r} is "
+    for role, key in (("embeddings", spec.embeddings), ("entries", spec.entries)):
+        if key not in files:
+            raise BundleError(bundle.path, f"gallery {kind!r}: {role} {key!r} is "
                               "not an entry of `files`")
-    emb_file, entries_file = files[spec["embeddings"]].file, files[spec["entries"]].file
+    emb_file, entries_file = files[spec.embeddings].file, files[spec.entries].file
     try:
         embeddings = np.load(bundle.path / emb_file, allow_pickle=False)
         columns = json.loads((bundle.path / entries_file).read_text(encoding="utf-8"))
@@ -150,67 +149,30 @@ def load_gallery(bundle: Bundle, kind: str, spec: Mapping[str, str], dim: int) -
     return Gallery(np.ascontiguousarray(embeddings), entries)
 
 
-class RetrievalModel:
+class RetrievalModel(ImagePipeline[Query, QueryResult], task="retrieval"):
     """An image graph and a text graph into one joint space, with optional galleries."""
 
     def __init__(self, bundle: Bundle, graphs: Mapping[str, OnnxGraph]) -> None:
-        manifest = bundle.manifest
-        if manifest.task != "retrieval":
-            raise BundleError(bundle.path, f"task {manifest.task!r} is not a retrieval bundle")
-        missing = [g for g in (IMAGE_GRAPH, TEXT_GRAPH) if g not in graphs]
-        if missing:
-            raise BundleError(bundle.path, f"a retrieval bundle needs graphs {missing}")
-        self.bundle = bundle
+        super().__init__(bundle, graphs)
         self.image_graph = graphs[IMAGE_GRAPH]
         self.text_graph = graphs[TEXT_GRAPH]
-        self.image_size = int(manifest.preprocessing.image_size or 0)
-        self.pixel_range = manifest.preprocessing.pixel_range
-        inference = manifest.inference
-        try:
-            self.dimensions = int(inference["embedding_dim"])
-            self.text_length = int(inference["text_length"])
-        except (KeyError, TypeError, ValueError):
-            raise BundleError(bundle.path, "manifest `inference` needs integers embedding_dim "
-                              "and text_length") from None
-        if self.image_size < 1:
-            raise BundleError(bundle.path, "a retrieval bundle needs preprocessing.image_size")
-        self.words = self._word_index()
-        self.galleries: dict[str, Gallery] = {}
-        for kind, spec in dict(inference.get("galleries") or {}).items():
-            if kind not in GALLERY_COLUMNS or not isinstance(spec, Mapping):
-                raise BundleError(bundle.path, f"unknown gallery {kind!r} (known: images, "
-                                  "captions)")
-            self.galleries[kind] = load_gallery(bundle, kind, spec, self.dimensions)
+        inference = bundle.manifest.inference_as(RetrievalInference)
+        self.dimensions = inference.embedding_dim
+        self.text_length = inference.text_length
+        self.words = self.read_file(self.tokenizer_file("word"), WordIndex.from_file)
+        self.galleries: dict[str, Gallery] = {
+            kind: load_gallery(bundle, kind, spec, self.dimensions)
+            for kind, spec in inference.galleries.items()}
 
-    def _word_index(self) -> WordIndex:
-        tokenizer = self.bundle.manifest.preprocessing.tokenizer
-        if tokenizer is None or tokenizer.type != "word" or tokenizer.file not in (
-                self.bundle.manifest.files):
-            raise BundleError(self.bundle.path, "a retrieval bundle needs a word tokenizer "
-                              "naming an entry of `files`")
-        try:
-            return WordIndex.from_file(self.bundle.file(tokenizer.file))
-        except (ValueError, OSError) as exc:
-            raise BundleError(self.bundle.path, str(exc),
-                              self.bundle.manifest.files[tokenizer.file].file) from None
-
-    @classmethod
-    def from_bundle(cls, path: str | Path, *, device: str = "auto",
-                    providers: Sequence[str] | None = None,
-                    intra_op_threads: int | None = None) -> RetrievalModel:
-        """Load a bundle directory for offline use (validation as in the service)."""
-        bundle = load_bundle(path)
-        return cls(bundle, load_graphs(bundle, device=device, providers=providers,
-                                       intra_op_threads=intra_op_threads))
+    def contract(self) -> dict[str, GraphContract]:
+        return {IMAGE_GRAPH: GraphContract(inputs=frozenset({"image"}),
+                                           outputs=frozenset({"embedding"})),
+                TEXT_GRAPH: GraphContract(inputs=frozenset({"tokens", "lengths"}),
+                                          outputs=frozenset({"embedding"}))}
 
     # ------------------------------------------------------------------ requests
 
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return to_array(image, self.image_size, self.pixel_range)
-
-    def load_image(self, image: bytes | str | Path | Image.Image) -> np.ndarray:
-        """The image_encoder input [3, S, S] of image bytes, a file path or a PIL image."""
-        return image_input(image, self.image_size, self.pixel_range)
+    load_image = ImagePipeline.as_array  # the name `glimpse index` and evaluation know
 
     def text_query(self, text: str) -> TextQuery:
         """Ids of a sentence; InvalidParameter if it has no known word or too many words."""
@@ -274,12 +236,10 @@ class RetrievalModel:
                                    for r, s in zip(rows[n, :k], scores[n, :k], strict=True)]
         return results
 
-    def warm_up(self, batch_sizes: Sequence[int]) -> None:
-        """Run each batch size once through both graphs and every gallery."""
-        image = np.zeros((3, self.image_size, self.image_size), dtype=np.float32)
-        text = TextQuery((self.words.UNK_ID,))
-        for size in batch_sizes:
-            self.run_batch([Query(image=image, search="captions" if "captions" in
-                                  self.galleries else None)] * size)
-            self.run_batch([Query(text=text, search="images" if "images" in
-                                  self.galleries else None)] * size)
+    def warm_up_batches(self, size: int) -> list[list[Query]]:
+        """Both graphs, and every gallery."""
+        image, text = self.blank_image(), TextQuery((self.words.UNK_ID,))
+        return [[Query(image=image, search="captions" if "captions" in self.galleries
+                       else None)] * size,
+                [Query(text=text, search="images" if "images" in self.galleries
+                       else None)] * size]

@@ -7,7 +7,7 @@ conditions G on the text embedding phi(t)) is sampled with z ~ N(0, I) drawn by
 `numpy.random.default_rng(seed)`: a request's images depend only on its prompt, n and
 seed, never on the other requests of its batch.
 
-Graph contract (bundle written by training/export_generation.py):
+Graph contract (bundle written by the generation exporter of training):
     text_encoder  chars [batch, T] int64, 0 pads -> embedding [batch, E]
     generator     embedding [batch, E], noise [batch, Z] -> image [batch, 3, S, S] in [0, 1]
 with T = inference.max_prompt_length, Z = inference.noise_dim, S = inference.image_size.
@@ -20,23 +20,20 @@ of n images is one entry. A batch's images are drawn in generator runs of at mos
 from __future__ import annotations
 
 import io
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from service.bundle import Bundle, BundleError, load_bundle
+from service.bundle import Bundle, GenerationInference
 from service.errors import InvalidParameter
-from service.runtime import OnnxGraph, load_graphs
+from service.pipelines.base import GraphContract, Pipeline, request_seed
+from service.runtime import OnnxGraph
 from service.text import CharIndex, WordIndex, pad_ids
 
 MAX_IMAGES_PER_REQUEST = 16
 MAX_IMAGES_PER_RUN = 64
-MAX_SEED = 2**63 - 1
-GRAPHS = ("text_encoder", "generator")
 
 
 @dataclass(frozen=True)
@@ -77,62 +74,26 @@ def draw_noise(seed: int, n: int, noise_dim: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, noise_dim), dtype=np.float32)
 
 
-class GenerationModel:
+class GenerationModel(Pipeline[GenerationRequest, GenerationResult], task="generation"):
     """A char-CNN-RNN text encoder graph and a generator graph sampled with seeded noise."""
 
     def __init__(self, bundle: Bundle, graphs: Mapping[str, OnnxGraph]) -> None:
-        manifest = bundle.manifest
-        if manifest.task != "generation":
-            raise BundleError(bundle.path, f"task {manifest.task!r} is not a generation bundle")
-        missing = [g for g in GRAPHS if g not in graphs]
-        if missing:
-            raise BundleError(bundle.path, f"a generation bundle needs graphs {missing}")
-        self.bundle = bundle
+        super().__init__(bundle, graphs)
         self.text_encoder = graphs["text_encoder"]
         self.generator = graphs["generator"]
-        try:
-            self.noise_dim = int(manifest.inference["noise_dim"])
-            self.max_prompt_length = int(manifest.inference["max_prompt_length"])
-            self.image_size = int(manifest.inference["image_size"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(bundle.path, f"inference needs noise_dim, max_prompt_length and "
-                              f"image_size as integers ({exc!r})", "manifest.json") from None
-        self.alphabet = self._alphabet()
-        self.vocabulary = self._vocabulary()
+        inference = bundle.manifest.inference_as(GenerationInference)
+        self.noise_dim = inference.noise_dim
+        self.max_prompt_length = inference.max_prompt_length
+        self.image_size = inference.image_size
+        self.alphabet = self.read_file(self.tokenizer_file("char"), CharIndex.from_file)
+        self.vocabulary = (None if inference.vocabulary is None
+                           else self.read_file(inference.vocabulary, WordIndex.from_file))
 
-    @classmethod
-    def from_bundle(cls, path: str | Path, *, device: str = "auto",
-                    providers: Sequence[str] | None = None,
-                    intra_op_threads: int | None = None) -> GenerationModel:
-        """Load a bundle directory for offline use (validation as in the service)."""
-        bundle = load_bundle(path)
-        return cls(bundle, load_graphs(bundle, device=device, providers=providers,
-                                       intra_op_threads=intra_op_threads))
-
-    def _alphabet(self) -> CharIndex:
-        tokenizer = self.bundle.manifest.preprocessing.tokenizer
-        if tokenizer is None or tokenizer.type != "char" or tokenizer.file not in \
-                self.bundle.manifest.files:
-            raise BundleError(self.bundle.path, "a generation bundle needs preprocessing."
-                              "tokenizer of type 'char' naming an entry of `files`")
-        try:
-            return CharIndex.from_file(self.bundle.file(tokenizer.file))
-        except (ValueError, OSError) as exc:
-            raise BundleError(self.bundle.path, str(exc),
-                              self.bundle.manifest.files[tokenizer.file].file) from None
-
-    def _vocabulary(self) -> WordIndex | None:
-        key = self.bundle.manifest.inference.get("vocabulary")
-        if key is None:
-            return None
-        if key not in self.bundle.manifest.files:
-            raise BundleError(self.bundle.path, f"inference.vocabulary names {key!r}, which is "
-                              "not an entry of `files`", "manifest.json")
-        try:
-            return WordIndex.from_file(self.bundle.file(key))
-        except (ValueError, OSError) as exc:
-            raise BundleError(self.bundle.path, str(exc),
-                              self.bundle.manifest.files[key].file) from None
+    def contract(self) -> dict[str, GraphContract]:
+        return {"text_encoder": GraphContract(inputs=frozenset({"chars"}),
+                                              outputs=frozenset({"embedding"})),
+                "generator": GraphContract(inputs=frozenset({"embedding", "noise"}),
+                                           outputs=frozenset({"image"}))}
 
     # ------------------------------------------------------------------ requests
 
@@ -143,10 +104,7 @@ class GenerationModel:
         """
         if not 1 <= n <= MAX_IMAGES_PER_REQUEST:
             raise InvalidParameter(f"n: must be between 1 and {MAX_IMAGES_PER_REQUEST}, got {n}")
-        if seed is None:
-            seed = secrets.randbelow(MAX_SEED + 1)
-        elif not 0 <= seed <= MAX_SEED:
-            raise InvalidParameter(f"seed: must be between 0 and {MAX_SEED}, got {seed}")
+        seed = request_seed(seed)
         text = prompt.strip()
         if not text:
             raise InvalidParameter("prompt: must not be empty")
@@ -209,12 +167,9 @@ class GenerationModel:
             return np.empty((0, self.image_size, self.image_size, 3), np.uint8)
         return np.concatenate(images)
 
-    def warm_up(self, batch_sizes: Sequence[int]) -> None:
-        """Run each batch size once so that first requests do not pay for allocation."""
+    def warm_up_batches(self, size: int) -> list[list[GenerationRequest]]:
+        # distinct one-character prompts, so that the text encoder sees the batch size too
         letters = self.alphabet.alphabet
-        for size in batch_sizes:
-            size = min(size, MAX_IMAGES_PER_RUN)
-            # distinct one-character prompts, so that the text encoder sees the batch size too
-            self.images([GenerationRequest(prompt=letters[i % len(letters)],
-                                           chars=(1 + i % len(letters),), n=1, seed=i)
-                         for i in range(size)])
+        return [[GenerationRequest(prompt=letters[i % len(letters)],
+                                   chars=(1 + i % len(letters),), n=1, seed=i)
+                 for i in range(min(size, MAX_IMAGES_PER_RUN))]]
