@@ -31,6 +31,19 @@ def _data_shapes(p: argparse.ArgumentParser) -> None:
                    help="most objects per image (1: single-object scenes for text-to-image)")
 
 
+def _data_clips(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--num-train", type=int, default=5000)
+    p.add_argument("--num-val", type=int, default=500)
+    p.add_argument("--num-test", type=int, default=1000)
+    p.add_argument("--num-novel", type=int, default=1000)
+    p.add_argument("--frames", type=int, default=16, help="frames per clip (4 to 64)")
+    p.add_argument("--size", type=int, default=64, help="frame side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
 def _eval_captions(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", help='COCO results JSON: [{"image_id", "caption"}]')
     p.add_argument("--dataset", required=True, help="directory holding captions.json")
@@ -263,6 +276,11 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str, Configure]] = {
         "training.data.shapes",
         "generate the shapes world: images, captions, VQA, scenes",
         _data_shapes,
+    ),
+    ("data", "clips"): (
+        "training.data.clips",
+        "generate shapes-world clips: activity labels (UCF-101) and descriptions (MSR-VTT)",
+        _data_clips,
     ),
     ("eval", "captions"): (
         "training.metrics.cli",

@@ -3,9 +3,14 @@ import json
 import pytest
 
 from training.data.readers import (
+    ActivityVideo,
     DatasetFormatError,
+    VideoCaptions,
+    load_activity_split,
     load_captions,
+    load_class_index,
     load_karpathy,
+    load_msrvtt,
     load_text_c10,
     load_vqa,
     load_vqa_split,
@@ -274,3 +279,121 @@ def test_text_c10_malformed(tmp_path, setup, message):
     setup(tmp_path)
     with pytest.raises(DatasetFormatError, match=message):
         load_text_c10(tmp_path)
+
+
+# ---------------------------------------------------------------- UCF-101 splits
+
+UCF_CLASSES = "1 ApplyEyeMakeup\r\n2 ApplyLipstick\r\n3 Archery\r\n"
+
+
+@pytest.fixture
+def ucf_splits(tmp_path):
+    """UCF-101's own layout: CRLF lines, labels in the train list only."""
+    (tmp_path / "classInd.txt").write_bytes(UCF_CLASSES.encode())
+    (tmp_path / "trainlist01.txt").write_bytes(
+        b"ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\r\n"
+        b"Archery/v_Archery_g08_c02.avi 3\r\n")
+    (tmp_path / "testlist01.txt").write_bytes(
+        b"ApplyLipstick/v_ApplyLipstick_g01_c01.avi\r\nArchery/v_Archery_g01_c01.avi\r\n\r\n")
+    return tmp_path
+
+
+def test_ucf101_lists(ucf_splits):
+    assert load_class_index(ucf_splits / "classInd.txt") == (
+        "ApplyEyeMakeup", "ApplyLipstick", "Archery")
+    train = load_activity_split(ucf_splits, "train")
+    assert train == [
+        ActivityVideo("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", 0, "ApplyEyeMakeup"),
+        ActivityVideo("Archery/v_Archery_g08_c02.avi", 2, "Archery")]
+    test = load_activity_split(ucf_splits, "test")  # the folder names the class
+    assert [(v.label, v.class_name) for v in test] == [(1, "ApplyLipstick"), (2, "Archery")]
+    with pytest.raises(FileNotFoundError, match="lists there: testlist01.txt, trainlist01.txt"):
+        load_activity_split(ucf_splits, "train", fold=2)
+
+
+@pytest.mark.parametrize("classes, message", [
+    ("1 Archery\n3 Biking\n", "classInd.txt: line 2 has index 3, expected 2"),
+    ("1 Archery\n2 Archery\n", "classInd.txt: line 2 repeats class 'Archery'"),
+    ("1 Archery Bow\n", "classInd.txt: line 1 is '1 Archery Bow', expected '<index> <class name>'"),
+    ("Archery 1\n", "line 1 is 'Archery 1'"),
+    ("\n\n", "classInd.txt: no classes"),
+])
+def test_ucf101_class_index_malformed(tmp_path, classes, message):
+    (tmp_path / "classInd.txt").write_text(classes)
+    with pytest.raises(DatasetFormatError) as excinfo:
+        load_class_index(tmp_path / "classInd.txt")
+    assert message in str(excinfo.value)
+
+
+@pytest.mark.parametrize("lines, message", [
+    ("Archery/a.avi 4\n", "trainlist01.txt: line 1 has label '4', expected 1 to 3"),
+    ("Archery/a.avi one\n", "line 1 has label 'one'"),
+    ("Archery/a.avi 1\n", "line 1: Archery/a.avi is in folder 'Archery' but its label 1 is "
+                          "'ApplyEyeMakeup'"),
+    ("Archery/a.avi 3\nBiking/b.avi\n", "line 2: Biking/b.avi has no label and its folder "
+                                        "'Biking' is not a class"),
+    ("a.avi\n", "line 1: a.avi has no label"),
+    ("Archery/a.avi 3\n\nArchery/a.avi 3\n", "trainlist01.txt: line 3 repeats Archery/a.avi"),
+    ("Archery/a.avi 3 extra\n", "line 1 is 'Archery/a.avi 3 extra', expected '<path> [<label>]'"),
+])
+def test_ucf101_list_malformed(tmp_path, lines, message):
+    (tmp_path / "classInd.txt").write_text(UCF_CLASSES)
+    (tmp_path / "trainlist01.txt").write_text(lines)
+    with pytest.raises(DatasetFormatError) as excinfo:
+        load_activity_split(tmp_path, "train")
+    assert message in str(excinfo.value)
+
+
+# ---------------------------------------------------------------- MSR-VTT
+
+def _msrvtt(videos=None, sentences=None) -> dict:
+    videos = videos if videos is not None else [
+        {"category": 9, "url": "https://www.youtube.com/watch?v=9lZi22qLlEo", "video_id": "video0",
+         "start time": 137.72, "end time": 149.44, "split": "train", "id": 0},
+        {"category": 16, "url": "https://www.youtube.com/watch?v=w4JM08PDEng", "video_id": "video1",
+         "start time": 184.33, "end time": 206.89, "split": "validate", "id": 1}]
+    sentences = sentences if sentences is not None else [
+        {"caption": "a car is shown", "video_id": "video1", "sen_id": 0},
+        {"caption": "a man drives a car", "video_id": "video0", "sen_id": 1},
+        {"caption": "a car drives down the road", "video_id": "video0", "sen_id": 2}]
+    return {"info": {"contributor": "Microsoft MSM group", "version": "1.0"},
+            "videos": videos, "sentences": sentences}
+
+
+def test_msrvtt(tmp_path):
+    path = _write(tmp_path / "train_val_videodatainfo.json", _msrvtt())
+    first, second = load_msrvtt(path)
+    assert first == VideoCaptions(
+        video_id="video0", id=0, split="train", category=9,
+        url="https://www.youtube.com/watch?v=9lZi22qLlEo", start=137.72, end=149.44,
+        captions=("a man drives a car", "a car drives down the road"), sen_ids=(1, 2))
+    assert (second.split, second.captions) == ("val", ("a car is shown",))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.pop("sentences"), "videodatainfo.json: the file has no 'sentences'"),
+    (lambda d: d["videos"][1].pop("video_id"), "videos[1] has no 'video_id'"),
+    (lambda d: d["videos"][1].update(split="dev"), "videos[1] has unknown split 'dev'"),
+    (lambda d: d["videos"][0].update(id="0"), "videos[0].id is a string, expected an integer"),
+    (lambda d: d["videos"][0].update({"end time": None}), "videos[0].end time is null"),
+    (lambda d: d["videos"][1].update(video_id="video0"), "videos[1] repeats video_id 'video0'"),
+    (lambda d: d["sentences"][2].update(video_id="video7"),
+     "sentences[2] is for video_id 'video7', which the file's videos do not list"),
+    (lambda d: d["sentences"][2].update(sen_id=1), "sentences[2] repeats sen_id 1"),
+    (lambda d: d["sentences"][1].update(caption=["a", "car"]),
+     "sentences[1].caption is a list, expected a string"),
+    (lambda d: d["sentences"].pop(0), "1 video(s) have no sentence, e.g. ['video1']"),
+])
+def test_msrvtt_malformed(tmp_path, change, message):
+    data = _msrvtt()
+    change(data)
+    path = _write(tmp_path / "videodatainfo.json", data)
+    with pytest.raises(DatasetFormatError) as excinfo:
+        load_msrvtt(path)
+    assert message in str(excinfo.value)
+
+
+def test_msrvtt_bad_json(tmp_path):
+    (tmp_path / "videodatainfo.json").write_text('{"videos": [')
+    with pytest.raises(DatasetFormatError, match="videodatainfo.json: not valid JSON"):
+        load_msrvtt(tmp_path / "videodatainfo.json")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,7 +84,7 @@ class NounPhrase:
         words = [w for w in (self.size, self.colour) if w is not None]
         if self.count is None:
             words.append(self.shape)
-            return " ".join([_article(words[0]), *words])
+            return " ".join([indefinite_article(words[0]), *words])
         return " ".join([NUMBER_WORD[self.count], *words, PLURAL[self.shape]])
 
 
@@ -124,25 +124,25 @@ _TOKEN = re.compile(r"[a-z0-9]+|[,;]")
 _SEPARATOR_MARKS = (",", ";")
 
 
-def _tokenize(text: str) -> list[str]:
+def caption_tokens(text: str) -> list[str]:
     """Lowercase words, plus "," and ";" (which may separate clauses); other marks are dropped."""
     return _TOKEN.findall(text.lower())
 
 
-def _phrase_table(phrases: dict[str, str]) -> list[tuple[tuple[str, ...], str]]:
+def phrase_table(phrases: dict[str, str]) -> list[tuple[tuple[str, ...], str]]:
     """(tokens, value) pairs, longest first, so "on the left of" wins over shorter prefixes."""
     table = [(tuple(p.split()), v) for p, v in phrases.items()]
     return sorted(table, key=lambda item: -len(item[0]))
 
 
-_OPENER_TABLE = _phrase_table({o: o for o in OPENERS})
-_RELATION_TABLE = _phrase_table(
+_OPENER_TABLE = phrase_table({o: o for o in OPENERS})
+_RELATION_TABLE = phrase_table(
     {p: rel for rel, phrases in RELATION_SYNONYMS.items() for p in phrases})
 _SIZE_WORDS = {w: size for size, words in SIZE_SYNONYMS.items() for w in words}
 _SHAPE_WORDS = {**{s: s for s in SHAPES}, **{p: s for s, p in PLURAL.items()}}
 
 
-def _match_phrase(tokens: Sequence[str], i: int,
+def match_phrase(tokens: Sequence[str], i: int,
                   table: list[tuple[tuple[str, ...], str]]) -> tuple[str, int] | None:
     for phrase, value in table:
         if tuple(tokens[i:i + len(phrase)]) == phrase:
@@ -150,12 +150,20 @@ def _match_phrase(tokens: Sequence[str], i: int,
     return None
 
 
-def _parse_noun_phrase(tokens: Sequence[str], i: int) -> tuple[NounPhrase, int] | None:
+def parse_noun_phrase(tokens: Sequence[str], i: int, *,
+                      singular: Collection[str] = SINGULAR_DETERMINERS,
+                      counted: bool = True) -> tuple[NounPhrase, int] | None:
+    """The noun phrase starting at tokens[i] and the index after it, or None.
+
+    `singular` are the determiners of a singular phrase; `counted` allows count
+    words ("two red circles"). The clip grammar (training.data.clip_language)
+    adds "the" and has no counts.
+    """
     if i >= len(tokens):
         return None
-    if tokens[i] in SINGULAR_DETERMINERS:
+    if tokens[i] in singular:
         count = None
-    elif tokens[i] in COUNT_WORDS:
+    elif counted and tokens[i] in COUNT_WORDS:
         count = COUNT_WORDS[tokens[i]]
     else:
         return None
@@ -172,17 +180,17 @@ def _parse_noun_phrase(tokens: Sequence[str], i: int) -> tuple[NounPhrase, int] 
 
 
 def _parse_clause(tokens: Sequence[str], i: int) -> tuple[Clause, int] | None:
-    opener = _match_phrase(tokens, i, _OPENER_TABLE)
+    opener = match_phrase(tokens, i, _OPENER_TABLE)
     if opener is not None:
         i = opener[1]
-    subject = _parse_noun_phrase(tokens, i)
+    subject = parse_noun_phrase(tokens, i)
     if subject is None:
         return None
     np_, i = subject
-    rel = _match_phrase(tokens, i, _RELATION_TABLE)
+    rel = match_phrase(tokens, i, _RELATION_TABLE)
     if rel is None:
         return Clause(np_), i
-    landmark = _parse_noun_phrase(tokens, rel[1])
+    landmark = parse_noun_phrase(tokens, rel[1])
     if landmark is None:
         return None
     return Clause(np_, rel[0], landmark[0]), landmark[1]
@@ -198,7 +206,7 @@ def _skip_separator(tokens: Sequence[str], i: int) -> int:
 
 def parse_caption(text: str) -> Caption | None:
     """The caption's clauses, or None when `text` is not in the grammar."""
-    tokens = _tokenize(text)
+    tokens = caption_tokens(text)
     clauses: list[Clause] = []
     i = 0
     while True:
@@ -275,7 +283,7 @@ def caption_is_exact(caption: Caption, scene: Scene) -> bool:
     return all(clause_is_true(c, scene) for c in caption.clauses)
 
 
-def _max_matching(edges: Sequence[Sequence[int]]) -> int:
+def maximum_matching(edges: Sequence[Sequence[int]]) -> int:
     """Size of a maximum bipartite matching (Kuhn's augmenting paths); edges[slot] = objects."""
     owner: dict[int, int] = {}
 
@@ -304,7 +312,7 @@ def caption_coverage(caption: Caption, scene: Scene) -> float:
         return 1.0
     edges = [matching_objects(np_, scene)
              for np_ in caption.noun_phrases() for _ in range(np_.count or 1)]
-    return _max_matching(edges) / len(scene.objects)
+    return maximum_matching(edges) / len(scene.objects)
 
 
 def is_exact(text: str, scene: Scene) -> bool:
@@ -499,11 +507,11 @@ def _render_noun_phrase(np_: NounPhrase, rng: np.random.Generator) -> str:
     if np_.count is not None:
         return " ".join([NUMBER_WORD[np_.count], *words, PLURAL[np_.shape]])
     words.append(np_.shape)
-    determiner = "one" if rng.random() < P_ONE else _article(words[0])
+    determiner = "one" if rng.random() < P_ONE else indefinite_article(words[0])
     return " ".join([determiner, *words])
 
 
-def _article(word: str) -> str:
+def indefinite_article(word: str) -> str:
     # Vowel letter = vowel sound for every word of this vocabulary ("an orange", "a huge").
     return "an" if word[0] in "aeiou" else "a"
 

@@ -3,7 +3,11 @@
 - Karpathy's split files (dataset_coco.json, dataset_flickr8k.json,
   dataset_flickr30k.json), which the shapes world also writes as captions.json;
 - VQA v2 questions + annotations, and the shapes world's DIR/vqa/<split>_*.json;
-- Reed et al.'s CUB-200 / Oxford-102 captions (text_c10/<class>/<image>.txt).
+- Reed et al.'s CUB-200 / Oxford-102 captions (text_c10/<class>/<image>.txt);
+- UCF-101's activity splits (classInd.txt, trainlist01.txt, testlist01.txt), which
+  the clip set also writes under splits/;
+- MSR-VTT's video descriptions (videodatainfo JSON), which the clip set also
+  writes as videodatainfo.json.
 
 Every reader validates what it reads: a malformed file raises
 `DatasetFormatError` naming the file and what is wrong with it, so a bad
@@ -400,3 +404,177 @@ def _class_splits(root: Path, folders: list[str]) -> dict[str, str]:
                     f"{CLASS_SPLIT_FILES[split_of[name]]}")
             split_of[name] = split
     return split_of
+
+
+# ---------------------------------------------------------------- UCF-101 activity splits
+
+
+@dataclass(frozen=True)
+class ActivityVideo:
+    """A video of a UCF-101-style split list."""
+
+    path: str  # relative to the video root: "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi"
+    label: int  # 0-based class index (classInd.txt counts from 1)
+    class_name: str
+
+
+def load_class_index(path: str | Path) -> tuple[str, ...]:
+    """The class names of a classInd.txt ("1 ApplyEyeMakeup" per line), in label order.
+
+    Indices must run 1, 2, 3, ... and names must be unique.
+    """
+    path = Path(path)
+    names: list[str] = []
+    for line_no, line in _lines(path):
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise DatasetFormatError(
+                f"{path.name}: line {line_no} is {line!r}, expected '<index> <class name>'")
+        index, name = int(parts[0]), parts[1]
+        if index != len(names) + 1:
+            raise DatasetFormatError(
+                f"{path.name}: line {line_no} has index {index}, expected {len(names) + 1}")
+        if name in names:
+            raise DatasetFormatError(f"{path.name}: line {line_no} repeats class {name!r}")
+        names.append(name)
+    if not names:
+        raise DatasetFormatError(f"{path.name}: no classes")
+    return tuple(names)
+
+
+def load_activity_list(path: str | Path, classes: tuple[str, ...]) -> list[ActivityVideo]:
+    """The videos of a UCF-101 list: "Class/video.avi 1" (trainlist) or "Class/video.avi"
+    (testlist), the class then being the path's folder. A label and a folder that
+    disagree, an unknown class, a label out of range or a repeated path are errors."""
+    path = Path(path)
+    videos: list[ActivityVideo] = []
+    seen: set[str] = set()
+    for line_no, line in _lines(path):
+        where = f"{path.name}: line {line_no}"
+        parts = line.split()
+        if len(parts) > 2:
+            raise DatasetFormatError(f"{where} is {line!r}, expected '<path> [<label>]'")
+        video, folder = parts[0], parts[0].split("/")[0]
+        if len(parts) == 2:
+            if not parts[1].isdigit() or not 1 <= int(parts[1]) <= len(classes):
+                raise DatasetFormatError(
+                    f"{where} has label {parts[1]!r}, expected 1 to {len(classes)}")
+            label = int(parts[1]) - 1
+            if "/" in video and folder != classes[label]:
+                raise DatasetFormatError(f"{where}: {video} is in folder {folder!r} but its "
+                                         f"label {label + 1} is {classes[label]!r}")
+        elif "/" in video and folder in classes:
+            label = classes.index(folder)
+        else:
+            raise DatasetFormatError(
+                f"{where}: {video} has no label and its folder {folder!r} is not a class "
+                "of the class index")
+        if video in seen:
+            raise DatasetFormatError(f"{where} repeats {video}")
+        seen.add(video)
+        videos.append(ActivityVideo(video, label, classes[label]))
+    return videos
+
+
+def load_activity_split(split_dir: str | Path, split: str = "train",
+                        fold: int = 1) -> list[ActivityVideo]:
+    """The videos of `split` ("train", "test"; the clip set also has "val" and
+    "novel") in fold `fold` of a UCF-101-style split folder: classInd.txt and
+    <split>list<fold:02d>.txt, as in UCF-101's ucfTrainTestlist/."""
+    split_dir = Path(split_dir)
+    list_file = split_dir / f"{split}list{fold:02d}.txt"
+    if not list_file.is_file():
+        found = sorted(p.name for p in split_dir.glob("*list*.txt"))
+        raise FileNotFoundError(f"no {list_file} (lists there: {', '.join(found) or 'none'})")
+    return load_activity_list(list_file, load_class_index(split_dir / "classInd.txt"))
+
+
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """(1-based line number, stripped text) of the non-blank lines; UCF-101's own files
+    end their lines with CRLF."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetFormatError(f"{path.name}: not UTF-8 text ({e.reason})") from None
+    return [(k, line.strip()) for k, line in enumerate(text.splitlines(), start=1)
+            if line.strip()]
+
+
+# ---------------------------------------------------------------- MSR-VTT descriptions
+
+
+MSRVTT_SPLITS: dict[str, str] = {"train": "train", "validate": "val", "val": "val",
+                                 "test": "test", "novel": "novel"}
+
+
+@dataclass(frozen=True)
+class VideoCaptions:
+    """A video of an MSR-VTT videodatainfo file and its reference sentences."""
+
+    video_id: str  # "video0"
+    id: int
+    split: str  # train, val (MSR-VTT's "validate"), test or novel
+    category: int
+    url: str  # MSR-VTT: the YouTube address; the clip set: the clip's path under the set
+    start: float  # seconds into the source video
+    end: float
+    captions: tuple[str, ...]
+    sen_ids: tuple[int, ...]
+
+
+def load_msrvtt(path: str | Path) -> list[VideoCaptions]:
+    """Read an MSR-VTT videodatainfo file (train_val_videodatainfo.json,
+    test_videodatainfo.json, or the clip set's videodatainfo.json): every video
+    with its sentences, in the file's video order. Every sentence must name a video
+    of the file and every video must have a sentence."""
+    path = Path(path)
+    source = path.name
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise DatasetFormatError(f"{source}: top level is {_describe(data)}, expected an object")
+    videos = {}
+    for i, v in enumerate(_field(data, "videos", list, "the file", source)):
+        where = f"videos[{i}]"
+        video_id = _field(v, "video_id", str, where, source)
+        if video_id in videos:
+            raise DatasetFormatError(f"{source}: {where} repeats video_id {video_id!r}")
+        split = _field(v, "split", str, where, source)
+        if split not in MSRVTT_SPLITS:
+            raise DatasetFormatError(f"{source}: {where} has unknown split {split!r} "
+                                     f"(expected one of {', '.join(MSRVTT_SPLITS)})")
+        videos[video_id] = {
+            "video_id": video_id, "id": _field(v, "id", int, where, source),
+            "split": MSRVTT_SPLITS[split], "category": _field(v, "category", int, where, source),
+            "url": _field(v, "url", str, where, source),
+            "start": _seconds(v, "start time", where, source),
+            "end": _seconds(v, "end time", where, source), "captions": [], "sen_ids": []}
+    seen_sentences: set[int] = set()
+    for i, s in enumerate(_field(data, "sentences", list, "the file", source)):
+        where = f"sentences[{i}]"
+        caption = _field(s, "caption", str, where, source)
+        video_id = _field(s, "video_id", str, where, source)
+        sen_id = _field(s, "sen_id", int, where, source)
+        if video_id not in videos:
+            raise DatasetFormatError(f"{source}: {where} is for video_id {video_id!r}, "
+                                     "which the file's videos do not list")
+        if sen_id in seen_sentences:
+            raise DatasetFormatError(f"{source}: {where} repeats sen_id {sen_id}")
+        seen_sentences.add(sen_id)
+        videos[video_id]["captions"].append(caption)
+        videos[video_id]["sen_ids"].append(sen_id)
+    silent = [v for v, entry in videos.items() if not entry["captions"]]
+    if silent:
+        raise DatasetFormatError(f"{source}: {len(silent)} video(s) have no sentence, "
+                                 f"e.g. {silent[:5]}")
+    return [VideoCaptions(**{**v, "captions": tuple(v["captions"]),
+                             "sen_ids": tuple(v["sen_ids"])}) for v in videos.values()]
+
+
+def _seconds(obj: dict, key: str, where: str, source: str) -> float:
+    if key not in obj:
+        raise DatasetFormatError(f"{source}: {where} has no '{key}'")
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DatasetFormatError(
+            f"{source}: {where}.{key} is {_describe(value)}, expected a number")
+    return float(value)

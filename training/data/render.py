@@ -317,15 +317,65 @@ def encode_png(image: np.ndarray, level: int = 6) -> bytes:
     height, width, channels = image.shape
     if channels != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
-    scanlines = np.zeros((height, width * 3 + 1), dtype=np.uint8)
-    scanlines[:, 1:] = image.reshape(height, width * 3)
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit truecolour
     return b"".join((
         b"\x89PNG\r\n\x1a\n",
         _png_chunk(b"IHDR", header),
-        _png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), level)),
+        _png_chunk(b"IDAT", _scanlines(image, level)),
         _png_chunk(b"IEND", b""),
     ))
+
+
+def encode_apng(frames: np.ndarray, fps: int, level: int = 6) -> bytes:
+    """Encode (T, H, W, 3) uint8 frames as an 8-bit RGB animated PNG (APNG) that loops.
+
+    The first frame is the file's default image (a viewer without APNG support
+    shows it); every later frame stores only the rectangle of pixels that differ
+    from the frame before (blend "source" over the previous frame, dispose
+    "none"), which keeps a clip of a still background little larger than one
+    frame. As with `encode_png`, the bytes depend only on the pixels, `fps` and zlib.
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+    if not 1 <= fps <= 65535:
+        raise ValueError(f"fps must be between 1 and 65535, got {fps}")
+    count, height, width, _ = frames.shape
+    chunks = [b"\x89PNG\r\n\x1a\n",
+              _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)),
+              _png_chunk(b"acTL", struct.pack(">II", count, 0))]  # 0 plays: loop forever
+    sequence = 0
+    for t in range(count):
+        x0, y0, x1, y1 = (0, 0, width, height) if t == 0 else _changed_box(frames[t - 1],
+                                                                            frames[t])
+        control = struct.pack(">IIIIIHHBB", sequence, x1 - x0, y1 - y0, x0, y0, 1, fps, 0, 0)
+        chunks.append(_png_chunk(b"fcTL", control))
+        data = _scanlines(frames[t, y0:y1, x0:x1], level)
+        if t == 0:
+            chunks.append(_png_chunk(b"IDAT", data))
+            sequence += 1
+        else:
+            chunks.append(_png_chunk(b"fdAT", struct.pack(">I", sequence + 1) + data))
+            sequence += 2
+    chunks.append(_png_chunk(b"IEND", b""))
+    return b"".join(chunks)
+
+
+def _changed_box(before: np.ndarray, after: np.ndarray) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the pixels that differ; the top-left pixel when none does
+    (an APNG frame is at least 1 x 1)."""
+    changed = (before != after).any(axis=-1)
+    rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+    if rows.size == 0:
+        return 0, 0, 1, 1
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _scanlines(image: np.ndarray, level: int) -> bytes:
+    """The zlib stream of an RGB image's scanlines, each with filter type 0."""
+    height, width, _ = image.shape
+    scanlines = np.zeros((height, width * 3 + 1), dtype=np.uint8)
+    scanlines[:, 1:] = image.reshape(height, width * 3)
+    return zlib.compress(scanlines.tobytes(), level)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

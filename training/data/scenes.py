@@ -84,15 +84,21 @@ def _largest_is_clear(objects: list[ShapeObject]) -> bool:
             and all(o.radius <= top_radius for o in objects))
 
 
-def _fits_inside(obj: ShapeObject) -> bool:
+def fits_inside(obj: ShapeObject) -> bool:
+    """Whether the circumscribed circle lies inside the image, EDGE_MARGIN from every edge."""
     lo, hi = obj.radius + EDGE_MARGIN, 1.0 - obj.radius - EDGE_MARGIN
     return lo <= obj.x <= hi and lo <= obj.y <= hi
 
 
+def objects_overlap(a: ShapeObject, b: ShapeObject) -> bool:
+    """Whether the circumscribed circles overlap by more than OVERLAP_TOLERANCE of their radii."""
+    return math.hypot(a.x - b.x, a.y - b.y) < (1.0 - OVERLAP_TOLERANCE) * (a.radius + b.radius)
+
+
 def _pair_problem(a: ShapeObject, b: ShapeObject) -> str | None:
-    dx, dy = abs(a.x - b.x), abs(a.y - b.y)
-    if math.hypot(dx, dy) < (1.0 - OVERLAP_TOLERANCE) * (a.radius + b.radius):
+    if objects_overlap(a, b):
         return "overlap"
+    dx, dy = abs(a.x - b.x), abs(a.y - b.y)
     if abs(dx - dy) < RELATION_MARGIN:
         return "ambiguous relation"
     return None
@@ -101,7 +107,7 @@ def _pair_problem(a: ShapeObject, b: ShapeObject) -> str | None:
 def scene_problems(scene: Scene) -> list[str]:
     """Every placement rule the scene breaks (empty for a valid scene)."""
     problems = [f"object {i} not inside the image"
-                for i, o in enumerate(scene.objects) if not _fits_inside(o)]
+                for i, o in enumerate(scene.objects) if not fits_inside(o)]
     for (i, a), (j, b) in itertools.combinations(enumerate(scene.objects), 2):
         problem = _pair_problem(a, b)
         if problem:
@@ -113,35 +119,36 @@ def scene_problems(scene: Scene) -> list[str]:
     return problems
 
 
-def _random_centre(rng: np.random.Generator, radius: float) -> tuple[float, float]:
+def random_centre(rng: np.random.Generator, radius: float) -> tuple[float, float]:
+    """A centre (x, y) drawn uniformly where a circle of `radius` fits inside."""
     lo = radius + EDGE_MARGIN
     x, y = rng.uniform(lo, 1.0 - lo, size=2).tolist()
     return round(x, DECIMALS), round(y, DECIMALS)
 
 
-def _sample_object(rng: np.random.Generator, combo: Combination) -> ShapeObject:
+def sample_object(rng: np.random.Generator, combo: Combination) -> ShapeObject:
     """One object with jittered radius and rotation, centred anywhere it fits inside."""
     shape, colour, size = combo
     u, v = rng.random(2).tolist()
     radius = round(SIZE_RADIUS[size] * (1 + RADIUS_JITTER * (2 * u - 1)), DECIMALS)
     rotation = 0.0 if shape == "circle" else round(MAX_ROTATION * (2 * v - 1), DECIMALS)
-    x, y = _random_centre(rng, radius)
+    x, y = random_centre(rng, radius)
     return ShapeObject(shape, colour, size, x, y, radius, rotation)
 
 
 def _place(rng: np.random.Generator, combos: list[Combination]) -> list[ShapeObject] | None:
     """Objects for `combos` placed by rejection, largest first; None if they do not fit."""
-    drafts = [_sample_object(rng, c) for c in combos]
+    drafts = [sample_object(rng, c) for c in combos]
     if not _largest_is_clear(drafts):
         return None
     placed: dict[int, ShapeObject] = {}
     for k in sorted(range(len(drafts)), key=lambda k: -drafts[k].radius):
         obj = drafts[k]
         for _ in range(_PLACEMENT_TRIES):
-            if _fits_inside(obj) and all(_pair_problem(obj, p) is None for p in placed.values()):
+            if fits_inside(obj) and all(_pair_problem(obj, p) is None for p in placed.values()):
                 placed[k] = obj
                 break
-            obj = replace(obj, **dict(zip("xy", _random_centre(rng, obj.radius), strict=True)))
+            obj = replace(obj, **dict(zip("xy", random_centre(rng, obj.radius), strict=True)))
         else:
             return None
     return [placed[k] for k in range(len(drafts))]

@@ -1,0 +1,307 @@
+"""LRCN (Donahue et al. 2015): a per-frame CNN feeding an LSTM, for video activity
+recognition and video description.
+
+Every frame x_t of a clip (B, T, 3, S, S) in [0, 1] goes through the shared image
+encoder φ (models/encoder.py, its pooled vector), then:
+
+Activity recognition (Sec. 4 of the paper)
+    "lstm":          h_t = LSTM(φ(x_t), h_{t-1}),  scores_t = W h_t
+    "single-frame":  scores_t = W φ(x_t)           (the paper's single-frame baseline)
+  Training puts the clip's label on every frame; at test time the clip's class
+  distribution is the mean over frames of softmax(scores_t). The input is either
+  the RGB frames or a motion image per pair of frames, 0.5 + 0.5 (x_t - x_{t-1})
+  (T - 1 of them; the paper uses optical flow), and `LateFusion` averages the two
+  streams' clip distributions with a weight, as the paper fuses RGB and flow.
+
+Video description (Sec. 6 of the paper; Venugopalan et al. 2015)
+    "lstm-encoder":  an LSTM reads φ(x_1) ... φ(x_T); its final (h, c) starts the
+                     decoder LSTM, which then reads the words (encoder-decoder)
+    "mean-pool":     the mean of φ(x_t) is fed to the decoder LSTM beside every word
+  Both are `FeatureCaptioner`s (models/caption.py), so they decode with the same
+  `encode` + `step` interface as the image captioners: the state is explicit and
+  the step takes tokens, which is what service.decoding's beam search and the
+  captioners' ONNX step graph expect. `image_features(clips)` gives the frame
+  features (B, T, D), and `encode_features` encodes them, so a model over a frozen
+  frame encoder trains on precomputed features.
+
+    context, state = model.encode(clips)                # None or (B, 1, D), {"h", "c"}
+    log_probs, state, _ = model.step(tokens, state, context)   # (N, V)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.caption import DecodeResult, FeatureCaptioner, State
+from models.encoder import EncoderConfig, ImageEncoder
+from models.lstm import LSTMCell
+
+ACTIVITY_INPUTS = ("rgb", "motion")
+ACTIVITY_TEMPORAL = ("lstm", "single-frame")
+VIDEO_CAPTION_ARCHS = ("lstm-encoder", "mean-pool")
+
+
+def motion_frames(clips: torch.Tensor) -> torch.Tensor:
+    """clips (B, T, 3, S, S) in [0, 1] -> (B, T - 1, 3, S, S): 0.5 + 0.5 (x_t - x_{t-1}),
+    in [0, 1] like a frame, so the encoder's normalisation applies unchanged
+    (no change is mid-grey)."""
+    return 0.5 + 0.5 * (clips[:, 1:] - clips[:, :-1])
+
+
+def encode_frames(encoder: ImageEncoder, frames: torch.Tensor) -> torch.Tensor:
+    """frames (B, T, 3, S, S) -> pooled features (B, T, D), every frame on its own."""
+    b, t = frames.shape[:2]
+    pooled, _ = encoder(frames.flatten(0, 1))  # (B*T, D)
+    return pooled.view(b, t, -1)
+
+
+def build_frame_encoder(config: EncoderConfig, *, frozen: bool) -> ImageEncoder:
+    encoder = ImageEncoder(config)
+    if frozen:
+        encoder.requires_grad_(False)
+    return encoder
+
+
+# --- activity recognition -----------------------------------------------------------
+
+@dataclass
+class ActivityConfig:
+    num_classes: int = 11
+    input: str = "rgb"  # "rgb" | "motion" (frame differences)
+    temporal: str = "lstm"  # "lstm" (LRCN) | "single-frame" (the baseline)
+    hidden_dim: int = 128
+    layer_norm: bool = False  # layer-normalised LSTM (Ba et al. 2016)
+    dropout: float = 0.3
+    freeze_encoder: bool = False  # keep φ (and its BatchNorm statistics) fixed
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.encoder, dict):
+            self.encoder = EncoderConfig(**self.encoder)
+        if self.input not in ACTIVITY_INPUTS:
+            raise ValueError(f"input must be one of {ACTIVITY_INPUTS}, got {self.input!r}")
+        if self.temporal not in ACTIVITY_TEMPORAL:
+            raise ValueError(f"temporal must be one of {ACTIVITY_TEMPORAL}, "
+                             f"got {self.temporal!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ActivityConfig:
+        return cls(**d)
+
+
+class ActivityRecognizer(nn.Module):
+    """Per-frame class scores of a clip from the RGB or motion frames, with or without
+    an LSTM over time; `clip_probs` averages the per-frame distributions."""
+
+    def __init__(self, config: ActivityConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = build_frame_encoder(config.encoder, frozen=config.freeze_encoder)
+        d = config.encoder.out_dim
+        self.lstm = (LSTMCell(d, config.hidden_dim, layer_norm=config.layer_norm)
+                     if config.temporal == "lstm" else None)
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_dim if self.lstm is not None else d,
+                              config.num_classes)
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """Keys of the recurrent state carried between frames (none without an LSTM)."""
+        return ("h", "c") if self.lstm is not None else ()
+
+    def train(self, mode: bool = True) -> ActivityRecognizer:
+        super().train(mode)
+        if self.config.freeze_encoder:
+            self.encoder.eval()
+        return self
+
+    def frame_inputs(self, clips: torch.Tensor) -> torch.Tensor:
+        """What the encoder sees: the frames (B, T, ...) or the motion images (B, T - 1, ...)."""
+        return motion_frames(clips) if self.config.input == "motion" else clips
+
+    def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """Encoder inputs (B, T', 3, S, S) -> features (B, T', D)."""
+        return encode_frames(self.encoder, frames)
+
+    def initial_state(self, batch_size: int, *, like: torch.Tensor) -> State:
+        if self.lstm is None:
+            return {}
+        h, c = self.lstm.initial_state(batch_size, like=like)
+        return {"h": h, "c": c}
+
+    def classify_step(self, features: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One frame: features (B, D), state -> class scores (B, C), next state."""
+        if self.lstm is None:
+            return self.head(self.drop(features)), state
+        h, c = self.lstm(features, (state["h"], state["c"]))
+        return self.head(self.drop(h)), {"h": h, "c": c}
+
+    def frame_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """features (B, T', D) -> per-frame class scores (B, T', C), unrolling classify_step."""
+        state = self.initial_state(features.shape[0], like=features)
+        logits = []
+        for t in range(features.shape[1]):
+            scores, state = self.classify_step(features[:, t], state)
+            logits.append(scores)
+        return torch.stack(logits, dim=1)
+
+    def forward(self, clips: torch.Tensor, labels: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """clips (B, T, 3, S, S) in [0, 1], labels (B,) -> per-frame scores (B, T', C) and
+        the cross entropy of every frame's prediction against its clip's label (or None)."""
+        logits = self.frame_logits(self.frame_features(self.frame_inputs(clips)))
+        if labels is None:
+            return logits, None
+        frame_labels = labels.unsqueeze(1).expand(-1, logits.shape[1])  # (B, T')
+        return logits, F.cross_entropy(logits.flatten(0, 1), frame_labels.flatten())
+
+    def clip_probs(self, clips: torch.Tensor) -> torch.Tensor:
+        """clips (B, T, 3, S, S) -> class distribution (B, C): the mean over frames of
+        each frame's softmax."""
+        logits, _ = self(clips)
+        return F.softmax(logits, dim=-1).mean(dim=1)
+
+
+class LateFusion(nn.Module):
+    """p(c | clip) = w p_rgb(c | clip) + (1 - w) p_motion(c | clip).
+
+    Donahue et al. weigh the flow stream 2/3 for LRCN; the weight is best chosen
+    on validation clips.
+    """
+
+    def __init__(self, rgb: ActivityRecognizer, motion: ActivityRecognizer, *,
+                 rgb_weight: float = 0.5) -> None:
+        super().__init__()
+        if (rgb.config.input, motion.config.input) != ("rgb", "motion"):
+            raise ValueError("LateFusion takes an RGB model and a motion model, got inputs "
+                             f"{rgb.config.input!r} and {motion.config.input!r}")
+        if rgb.config.num_classes != motion.config.num_classes:
+            raise ValueError("the two streams must have the same classes")
+        if not 0.0 <= rgb_weight <= 1.0:
+            raise ValueError(f"rgb_weight must be in [0, 1], got {rgb_weight}")
+        self.rgb, self.motion, self.rgb_weight = rgb, motion, rgb_weight
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        """clips (B, T, 3, S, S) -> fused class distribution (B, C)."""
+        w = self.rgb_weight
+        return w * self.rgb.clip_probs(clips) + (1.0 - w) * self.motion.clip_probs(clips)
+
+
+# --- video description --------------------------------------------------------------
+
+@dataclass
+class VideoCaptionConfig:
+    arch: str = "lstm-encoder"  # "lstm-encoder" | "mean-pool"
+    vocab_size: int = 64
+    embed_dim: int = 64
+    hidden_dim: int = 128
+    layer_norm: bool = False
+    dropout: float = 0.2
+    pad_id: int = 0
+    freeze_encoder: bool = False
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.encoder, dict):
+            self.encoder = EncoderConfig(**self.encoder)
+        if self.arch not in VIDEO_CAPTION_ARCHS:
+            raise ValueError(f"arch must be one of {VIDEO_CAPTION_ARCHS}, got {self.arch!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VideoCaptionConfig:
+        return cls(**d)
+
+
+class VideoCaptioner(FeatureCaptioner):
+    """What both description models share: the frame encoder, the word embedding, a
+    decoder LSTM and its output layer. `forward(clips or (features,), captions_in,
+    captions_out)` is CaptionModel's teacher-forced pass."""
+
+    attends = False
+
+    def __init__(self, config: VideoCaptionConfig, *, decoder_input: int) -> None:
+        super().__init__(config)
+        self.encoder = build_frame_encoder(config.encoder, frozen=config.freeze_encoder)
+        self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
+        self.decoder = LSTMCell(decoder_input, config.hidden_dim, layer_norm=config.layer_norm)
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_dim, config.vocab_size)
+
+    def train(self, mode: bool = True) -> VideoCaptioner:
+        super().train(mode)
+        if self.config.freeze_encoder:
+            self.encoder.eval()
+        return self
+
+    def image_features(self, clips: torch.Tensor) -> tuple[torch.Tensor]:
+        """clips (B, T, 3, S, S) in [0, 1] -> (frame features (B, T, D),)."""
+        return (encode_frames(self.encoder, clips),)
+
+    def next_word(self, x: torch.Tensor, state: State) -> DecodeResult:
+        """The decoder LSTM on its input x (N, I) -> word scores (N, V)."""
+        h, c = self.decoder(x, (state["h"], state["c"]))
+        return DecodeResult(self.head(self.drop(h)), {"h": h, "c": c}, None, None)
+
+
+class LSTMEncoderDecoder(VideoCaptioner):
+    """An LSTM reads the frame features; its final state starts the decoder (LRCN's
+    encoder-decoder, Sec. 6, with CNN features where the paper has CRF outputs)."""
+
+    context_names = ()
+
+    def __init__(self, config: VideoCaptionConfig) -> None:
+        super().__init__(config, decoder_input=config.embed_dim)
+        self.frame_lstm = LSTMCell(config.encoder.out_dim, config.hidden_dim,
+                                   layer_norm=config.layer_norm)
+
+    def encode_features(self, features: torch.Tensor) -> tuple[None, State]:
+        """features (B, T, D) -> no context, the encoder's final {"h", "c"} (B, H)."""
+        state = None
+        for t in range(features.shape[1]):
+            state = self.frame_lstm(features[:, t], state)
+        h, c = state
+        return None, {"h": h, "c": c}
+
+    def decode(self, tokens: torch.Tensor, state: State, context: None,
+               expectation_rows: torch.Tensor | None = None) -> DecodeResult:
+        return self.next_word(self.embed(tokens), state)
+
+
+class MeanPoolDecoder(VideoCaptioner):
+    """The mean frame feature, embedded, is the decoder's input beside every word
+    (Venugopalan et al. 2015, "Translating videos to natural language")."""
+
+    def __init__(self, config: VideoCaptionConfig) -> None:
+        super().__init__(config, decoder_input=2 * config.embed_dim)
+        self.video_embed = nn.Linear(config.encoder.out_dim, config.embed_dim)
+
+    def encode_features(self, features: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """features (B, T, D) -> context (B, 1, D) = their mean, a zero state (B, H)."""
+        zeros = features.new_zeros(features.shape[0], self.config.hidden_dim)
+        return features.mean(dim=1, keepdim=True), {"h": zeros, "c": zeros.clone()}
+
+    def decode(self, tokens: torch.Tensor, state: State, context: torch.Tensor,
+               expectation_rows: torch.Tensor | None = None) -> DecodeResult:
+        video = self.video_embed(context[:, 0])  # (N, E)
+        return self.next_word(torch.cat([self.embed(tokens), video], dim=-1), state)
+
+
+VIDEO_CAPTIONERS: dict[str, type[VideoCaptioner]] = {
+    "lstm-encoder": LSTMEncoderDecoder,
+    "mean-pool": MeanPoolDecoder,
+}
+
+
+def build_video_caption_model(config: VideoCaptionConfig) -> VideoCaptioner:
+    """The description model that config.arch names."""
+    return VIDEO_CAPTIONERS[config.arch](config)

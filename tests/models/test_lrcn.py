@@ -1,0 +1,218 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.encoder import EncoderConfig
+from models.lrcn import (
+    ActivityConfig,
+    ActivityRecognizer,
+    LateFusion,
+    LSTMEncoderDecoder,
+    MeanPoolDecoder,
+    VideoCaptionConfig,
+    build_video_caption_model,
+    motion_frames,
+)
+
+B, T, S, C, V, L = 3, 5, 16, 4, 11, 6
+TINY_ENCODER = EncoderConfig(out_dim=8, channels=(4, 8, 8))
+
+
+def clips(seed: int = 0) -> torch.Tensor:
+    return torch.rand(B, T, 3, S, S, generator=torch.Generator().manual_seed(seed))
+
+
+def activity_model(input: str = "rgb", temporal: str = "lstm", seed: int = 0,
+                   **overrides) -> ActivityRecognizer:
+    torch.manual_seed(seed)
+    config = ActivityConfig(num_classes=C, input=input, temporal=temporal, hidden_dim=6,
+                            dropout=0.0, encoder=TINY_ENCODER, **overrides)
+    return ActivityRecognizer(config).eval()
+
+
+def caption_model(arch: str, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    config = VideoCaptionConfig(arch=arch, vocab_size=V, embed_dim=5, hidden_dim=7, dropout=0.0,
+                                encoder=TINY_ENCODER, **overrides)
+    return build_video_caption_model(config).eval()
+
+
+def captions(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forcing input and target, rows with 6, 3 and 4 targets (pad 0)."""
+    g = torch.Generator().manual_seed(seed)
+    words = torch.randint(3, V, (B, L), generator=g)
+    valid = torch.arange(L)[None, :] < torch.tensor([6, 3, 4])[:, None]
+    captions_out = torch.where(valid, words, 0)
+    captions_in = torch.cat([torch.ones(B, 1, dtype=torch.long), captions_out[:, :-1]], dim=1)
+    return captions_in, captions_out
+
+
+# --- activity recognition ------------------------------------------------------------
+
+@pytest.mark.parametrize("input, frames", [("rgb", T), ("motion", T - 1)])
+@pytest.mark.parametrize("temporal", ["lstm", "single-frame"])
+def test_activity_shapes_and_loss(input, frames, temporal):
+    model = activity_model(input, temporal)
+    labels = torch.tensor([0, 3, 1])
+    logits, loss = model(clips(), labels)
+    assert logits.shape == (B, frames, C)
+    # The loss puts the clip's label on every frame.
+    expected = F.cross_entropy(logits.reshape(-1, C), labels.repeat_interleave(frames))
+    torch.testing.assert_close(loss, expected)
+    probs = model.clip_probs(clips())
+    assert probs.shape == (B, C)
+    torch.testing.assert_close(probs, F.softmax(logits, dim=-1).mean(dim=1))
+    torch.testing.assert_close(probs.sum(dim=-1), torch.ones(B))
+    assert model(clips())[1] is None
+
+
+def test_motion_frames_are_frame_differences_in_the_unit_range():
+    x = clips()
+    motion = motion_frames(x)
+    assert motion.shape == (B, T - 1, 3, S, S)
+    torch.testing.assert_close(motion[:, 2], 0.5 + 0.5 * (x[:, 3] - x[:, 2]))
+    assert motion.min() >= 0.0 and motion.max() <= 1.0
+    still = x[:, :1].expand(-1, T, -1, -1, -1)
+    torch.testing.assert_close(motion_frames(still), torch.full((B, T - 1, 3, S, S), 0.5))
+
+
+def test_single_frame_baseline_ignores_frame_order_and_the_lstm_does_not():
+    x = clips()
+    order = torch.tensor([4, 2, 0, 3, 1])
+    baseline, lrcn = activity_model(temporal="single-frame"), activity_model(temporal="lstm")
+    torch.testing.assert_close(baseline.clip_probs(x[:, order]), baseline.clip_probs(x))
+    # A single-frame prediction depends on its frame alone.
+    torch.testing.assert_close(baseline(x[:, order])[0], baseline(x)[0][:, order])
+    assert not torch.allclose(lrcn.clip_probs(x[:, order]), lrcn.clip_probs(x), atol=1e-6)
+    # The LSTM's prediction at frame t depends on the frames before it only.
+    prefix, _ = lrcn(x[:, :3])
+    torch.testing.assert_close(prefix, lrcn(x)[0][:, :3])
+
+
+def test_classify_step_unrolled_gives_the_forward_scores():
+    model = activity_model("motion", "lstm")
+    x = clips(1)
+    features = model.frame_features(model.frame_inputs(x))  # (B, T - 1, D)
+    state = model.initial_state(B, like=features)
+    assert set(state) == set(model.state_names) == {"h", "c"}
+    steps = []
+    for t in range(features.shape[1]):
+        scores, state = model.classify_step(features[:, t], state)
+        steps.append(scores)
+    torch.testing.assert_close(torch.stack(steps, dim=1), model(x)[0])
+    assert activity_model(temporal="single-frame").state_names == ()
+
+
+def test_late_fusion_weighs_the_two_streams():
+    rgb, motion = activity_model("rgb", seed=1), activity_model("motion", seed=2)
+    x = clips()
+    fused = LateFusion(rgb, motion, rgb_weight=0.25)(x)
+    torch.testing.assert_close(fused, 0.25 * rgb.clip_probs(x) + 0.75 * motion.clip_probs(x))
+    torch.testing.assert_close(fused.sum(dim=-1), torch.ones(B))
+    with pytest.raises(ValueError, match="RGB model and a motion model"):
+        LateFusion(motion, rgb)
+    with pytest.raises(ValueError, match="rgb_weight"):
+        LateFusion(rgb, motion, rgb_weight=1.5)
+
+
+def test_frozen_encoder_gets_no_gradient_and_keeps_its_statistics():
+    model = activity_model(freeze_encoder=True).train()
+    running_mean = model.encoder.backbone.stem[1].running_mean.clone()
+    _, loss = model(clips(), torch.tensor([0, 1, 2]))
+    loss.backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert model.head.weight.grad is not None and model.lstm.weight_ih.grad is not None
+    torch.testing.assert_close(model.encoder.backbone.stem[1].running_mean, running_mean)
+    assert not model.encoder.training
+
+
+def test_activity_config_validates_and_survives_json():
+    with pytest.raises(ValueError, match="input"):
+        ActivityConfig(input="flow")
+    with pytest.raises(ValueError, match="temporal"):
+        ActivityConfig(temporal="gru")
+    config = ActivityConfig(input="motion", temporal="single-frame", encoder=TINY_ENCODER)
+    assert ActivityConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+# --- video description ---------------------------------------------------------------
+
+ARCHS = [("lstm-encoder", LSTMEncoderDecoder), ("mean-pool", MeanPoolDecoder)]
+
+
+@pytest.mark.parametrize("arch, cls", ARCHS)
+def test_caption_factory_and_encoded_shapes(arch, cls):
+    model = caption_model(arch)
+    assert isinstance(model, cls)
+    context, state = model.encode(clips())
+    assert set(state) == set(model.state_names) == {"h", "c"}
+    assert state["h"].shape == state["c"].shape == (B, 7)
+    if arch == "lstm-encoder":
+        assert context is None and model.context_names == ()
+    else:
+        assert context.shape == (B, 1, 8) and model.context_names == ("context",)
+    (features,) = model.image_features(clips())
+    assert features.shape == (B, T, 8)
+
+
+@pytest.mark.parametrize("arch", ["lstm-encoder", "mean-pool"])
+def test_teacher_forced_logits_equal_stepwise_decoding(arch):
+    model = caption_model(arch)
+    x = clips(2)
+    captions_in, captions_out = captions()
+    logits, loss = model(x, captions_in, captions_out)
+    assert logits.shape == (B, L, V)
+    context, state = model.encode(x)
+    steps = []
+    for t in range(L):
+        log_probs, state, alpha = model.step(captions_in[:, t], state, context)
+        assert alpha is None
+        steps.append(log_probs)
+    torch.testing.assert_close(torch.stack(steps, dim=1), F.log_softmax(logits, dim=-1))
+    # The loss is the token-averaged cross entropy over non-pad targets.
+    mask = captions_out != 0
+    expected = F.cross_entropy(logits[mask], captions_out[mask])
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("arch", ["lstm-encoder", "mean-pool"])
+def test_precomputed_features_encode_and_train_like_clips(arch):
+    model = caption_model(arch)
+    x = clips(3)
+    features = model.image_features(x)
+    (context_a, state_a), (context_b, state_b) = model.encode(x), model.encode_features(*features)
+    torch.testing.assert_close(state_a, state_b)
+    if context_a is not None:
+        torch.testing.assert_close(context_a, context_b)
+    captions_in, captions_out = captions()
+    torch.testing.assert_close(model(features, captions_in, captions_out)[1],
+                               model(x, captions_in, captions_out)[1])
+
+
+def test_encoder_decoder_depends_on_frame_order_and_mean_pool_does_not():
+    x = clips(4)
+    order = torch.tensor([1, 0, 4, 3, 2])
+    encoder_decoder, mean_pool = caption_model("lstm-encoder"), caption_model("mean-pool")
+    captions_in, _ = captions()
+    torch.testing.assert_close(mean_pool(x[:, order], captions_in)[0],
+                               mean_pool(x, captions_in)[0])
+    assert not torch.allclose(encoder_decoder(x[:, order], captions_in)[0],
+                              encoder_decoder(x, captions_in)[0], atol=1e-6)
+
+
+def test_every_caption_parameter_learns_unless_the_encoder_is_frozen():
+    for frozen in (False, True):
+        model = caption_model("lstm-encoder", freeze_encoder=frozen).train()
+        captions_in, captions_out = captions()
+        model(clips(), captions_in, captions_out)[1].backward()
+        for name, p in model.named_parameters():
+            assert (p.grad is None) == (frozen and name.startswith("encoder.")), name
+
+
+def test_video_caption_config_validates_and_survives_json():
+    with pytest.raises(ValueError, match="arch"):
+        VideoCaptionConfig(arch="s2vt")
+    config = VideoCaptionConfig(arch="mean-pool", vocab_size=V, encoder=TINY_ENCODER)
+    assert VideoCaptionConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
