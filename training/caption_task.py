@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from models.caption import FEATURE_ARCHS, CaptionConfig, build_caption_model
+from models.captioners import build_caption_model, caption_config, trains_on_features
 from training.data.readers import CaptionImage, load_captions
 from training.data.tokenizer import WordVocab
 from training.trainer import Trainer, TrainerConfig, config_from_dict, with_cli_overrides
@@ -45,7 +45,7 @@ class CaptionTaskConfig:
     min_count: int = 1  # words seen fewer times in training captions become <unk>
     max_length: int = 24  # longest training caption in tokens, eos included
     val_images: int = 500  # validation images decoded after each evaluation epoch
-    model: dict = field(default_factory=dict)  # CaptionConfig overrides (embed_dim, ...)
+    model: dict = field(default_factory=dict)  # the captioner's settings (embed_dim, ...)
     # Run directory of `glimpse train encoder`: start the image encoder from its weights
     # (and take its encoder configuration), as the papers start from a trained CNN.
     encoder_init: str | None = None
@@ -96,7 +96,7 @@ class CaptionTask:
             raise ValueError(f"{self.dataset_dir}: no training images in captions.json")
         self.vocab = WordVocab.build([t for im in train for t in im.tokens],
                                      min_count=config.min_count)
-        self.on_features = config.arch in FEATURE_ARCHS
+        self.on_features = trains_on_features(config.arch)
         self.train_features: tuple[torch.Tensor, ...] = ()
         self.val_features: tuple[torch.Tensor, ...] = ()
         if config.arch == "updown":
@@ -128,7 +128,7 @@ class CaptionTask:
         if config.arch == "mrnn" and self.encoder_weights is None and self.init_weights is None:
             raise ValueError("--arch mrnn reads CNN(I) from a trained encoder: give "
                              "--encoder-init (or --init-from an m-RNN run)")
-        self.caption_config = CaptionConfig(**model_cfg)
+        self.caption_config = caption_config(model_cfg)
 
     # -- Task protocol -------------------------------------------------------
     def _earlier_run(self, run_dir: str) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -81,14 +81,14 @@ def created_now() -> str:
 
 
 def load_caption_model(ckpt: Path):
-    from models.caption import CaptionConfig, build_caption_model
+    from models.captioners import build_caption_model, caption_config
     from training.data.tokenizer import WordVocab
 
     config = load_config(ckpt)
     model_cfg = config["model"]
     if model_cfg.get("task") != "caption":
         raise ValueError(f"{ckpt}: task {model_cfg.get('task')!r} is not a caption model")
-    model = build_caption_model(CaptionConfig.from_dict(model_cfg["caption"]))
+    model = build_caption_model(caption_config(model_cfg["caption"]))
     load_weights(model, ckpt)
     model.eval()
     return model, WordVocab.from_dict(model_cfg["vocab"]), config

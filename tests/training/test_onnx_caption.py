@@ -5,7 +5,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models.caption import CaptionConfig, build_caption_model
+from models.captioners import build_caption_model, caption_config
 from models.encoder import EncoderConfig
 from service.bundle import GraphSpec
 from service.decoding import StepOutput, beam_search
@@ -25,9 +25,9 @@ ATOL = 1e-5
 
 def tiny_model(arch: str, layer_norm: bool, hard_inference: str = "expected"):
     torch.manual_seed(0)
-    cfg = CaptionConfig(arch=arch, layer_norm=layer_norm, hard_inference=hard_inference,
-                        vocab_size=V, embed_dim=8, hidden_dim=H, attention_dim=6,
-                        encoder=EncoderConfig(out_dim=D, channels=(4, 8, 8)))
+    cfg = caption_config(dict(arch=arch, layer_norm=layer_norm, hard_inference=hard_inference,
+                              vocab_size=V, embed_dim=8, hidden_dim=H, attention_dim=6,
+                              encoder=EncoderConfig(out_dim=D, channels=(4, 8, 8))))
     model = build_caption_model(cfg)
     # Non-trivial BatchNorm statistics, so that the exported eval-mode encoder is checked.
     with torch.no_grad():
