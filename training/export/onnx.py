@@ -39,6 +39,14 @@ def onnx_export(module: nn.Module, args: tuple, path: Path, input_names: tuple[s
                           output_names=list(output_names), dynamic_shapes=dynamic_shapes,
                           opset_version=opset, dynamo=True, external_data=False,
                           verbose=False)
+    # The shapes recorded for intermediate values can hold an example's size where the
+    # tracer specialised a dimension (nn.GRU's time steps: the VQA question's length).
+    # ONNX Runtime derives them itself; a stale one lets its memory planner share one
+    # buffer between tensors that differ at run time ("Shape mismatch attempting to
+    # re-use buffer"), so none are kept.
+    graph = onnx.load(str(path))
+    del graph.graph.value_info[:]
+    onnx.save(graph, str(path))
     onnx.checker.check_model(str(path), full_check=True)
 
 
