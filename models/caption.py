@@ -156,6 +156,9 @@ class CaptionModel(nn.Module, ABC):
     state_names: tuple[str, ...] = ("h", "c")  # keys of State, in graph order
     context_names: tuple[str, ...] = ("context",)  # () when encode gives context None
     attends = True  # whether step returns attention weights over the context
+    # What the context's L rows are: the cells of a square annotation grid ("grid", row
+    # by row) or a list of image regions ("regions"), which a bundle's manifest records.
+    attention_over = "grid"
 
     def __init__(self, config: CaptionConfig) -> None:
         super().__init__()

@@ -62,6 +62,7 @@ class UpDownCaptioner(FeatureCaptioner):
     state_names = ("h1", "c1", "h2", "c2")
     context_names = ("context",)  # the region vectors v_i (N, R, D)
     attends = True
+    attention_over = "regions"
 
     def __init__(self, config: UpDownConfig) -> None:
         super().__init__(config)

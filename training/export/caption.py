@@ -325,7 +325,7 @@ def attention_grid(model, image_size: int) -> list[int]:
     with torch.no_grad():
         context, _ = model.encode(torch.zeros(1, 3, image_size, image_size))
     L = context.shape[1]
-    if model.config.arch == "updown":
+    if model.attention_over == "regions":
         return [L, 1]
     side = int(round(L ** 0.5))
     if side * side != L:
