@@ -2,8 +2,8 @@
 
 Both paths decode the same test images with the same beam search
 (service.decoding), differing only in what computes each step: ONNX Runtime
-graphs (service.captioning.CaptionModel) or the PyTorch model in eager mode
-(training.onnx_caption.TorchCaptionStep). Same machine, same run, same threads.
+graphs (service.pipelines.caption.CaptionModel) or the PyTorch model in eager mode
+(training.export.caption.TorchCaptionStep). Same machine, same run, same threads.
 
     python benchmarks/caption_speed.py --run runs/captions/sat-soft --data data/shapes
 
@@ -28,8 +28,7 @@ from service.decoding import beam_search
 from service.pipelines.caption import CaptionModel, CaptionRequest
 from training.checkpoint import checkpoint_dir
 from training.data.readers import load_captions
-from training.export import export_caption, load_caption_model
-from training.onnx_caption import TorchCaptionStep
+from training.export.caption import TorchCaptionStep, export_caption, load_caption_model
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -1,6 +1,6 @@
 """Exact gallery search: how its latency grows with the gallery, at batch 1 and 16.
 
-The service's own search (`service.retrieval.top_k_search`: one matrix product
+The service's own search (`service.pipelines.retrieval.top_k_search`: one matrix product
 of the query embeddings with the gallery, then argpartition top-k) over
 galleries of random unit vectors of the bundle's width E. The matrix product is
 timed apart from the top-k selection, so the table says which one grows. Writes

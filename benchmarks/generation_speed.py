@@ -1,7 +1,7 @@
 """Images/s of text-to-image bundles through the service pipeline, batched vs unbatched.
 
 For each batch size B, B single-image requests with distinct prompts go through
-service.generation.GenerationModel.run_batch (text encoder, generator, PNG encoding)
+service.pipelines.generation.GenerationModel.run_batch (text encoder, generator, PNG encoding)
 either as one batch (one run of each graph for the B images) or one request at a
 time (B runs of each graph). Same machine, same process, same threads; the two
 ways alternate so that load from elsewhere hits both alike, and the fastest repeat

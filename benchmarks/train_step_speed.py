@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from models.caption import CaptionConfig, build_caption_model
+from models.captioners import build_caption_model, caption_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -39,9 +39,9 @@ def main() -> None:
         overrides = json.loads((ROOT / "configs" / config).read_text())["model"]
         encoder = json.loads((ROOT / "configs" / "encoder.json").read_text())["encoder"]
         for layer_norm in (False, True):
-            model = build_caption_model(CaptionConfig(
+            model = build_caption_model(caption_config(dict(
                 arch=arch, layer_norm=layer_norm, vocab_size=args.vocab, encoder=encoder,
-                **overrides))
+                **overrides)))
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
             x = torch.rand(args.batch_size, 3, 64, 64)
             caps = torch.randint(4, args.vocab, (args.batch_size, args.tokens + 1))

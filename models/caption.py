@@ -25,13 +25,19 @@ takes that tuple of features in place of the images.
 
 `forward(images, captions_in, captions_out)` returns `(logits, loss)`; the loss
 includes the regularisers, and its terms are left in `model.loss_terms` for logging.
+
+Each architecture owns its settings: a config class that extends CaptionConfig
+(ShowAndTellConfig, ShowAttendTellConfig here, UpDownConfig and MultimodalRNNConfig
+beside their models) and names the `arch` values it serves. Its model class says
+which config it takes and registers itself with `@register_captioner`;
+models.captioners builds any of them from a settings dict.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -40,8 +46,6 @@ import torch.nn.functional as F
 from models.encoder import EncoderConfig, ImageEncoder
 from models.lstm import LSTMCell
 
-ARCHS = ("nic", "sat-soft", "sat-hard", "updown", "mrnn")
-FEATURE_ARCHS = ("updown", "mrnn")  # the FeatureCaptioner architectures
 HARD_INFERENCE = ("expected", "argmax")
 
 State = dict[str, torch.Tensor]  # {"h": (N, H), "c": (N, H)}, keys model.state_names
@@ -49,15 +53,50 @@ State = dict[str, torch.Tensor]  # {"h": (N, H), "c": (N, H)}, keys model.state_
 
 @dataclass
 class CaptionConfig:
-    arch: str = "sat-soft"  # "nic" | "sat-soft" | "sat-hard" | "updown" | "mrnn"
+    """The settings every captioner shares. Each architecture's config extends it with its
+    own and names the `arch` values it serves; models.captioners.caption_config picks the
+    class from a settings dict."""
+
+    archs: ClassVar[tuple[str, ...]] = ()
+    arch: str = ""
     vocab_size: int = 64
     embed_dim: int = 64
     hidden_dim: int = 128
-    attention_dim: int = 64
     layer_norm: bool = False  # layer-normalised LSTM (Ba et al. 2016)
     dropout: float = 0.2
     pad_id: int = 0
-    doubly_stochastic: float = 1.0  # λ of Eq. 14 (Xu et al.); SAT only
+
+    def __post_init__(self) -> None:
+        if self.arch not in self.archs:
+            raise ValueError(f"arch must be one of {self.archs} for {type(self).__name__}, "
+                             f"got {self.arch!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CaptionConfig:
+        return cls(**d)
+
+
+@dataclass
+class ShowAndTellConfig(CaptionConfig):
+    archs: ClassVar[tuple[str, ...]] = ("nic",)
+    arch: str = "nic"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # trained with the model
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.encoder, dict):
+            self.encoder = EncoderConfig(**self.encoder)
+
+
+@dataclass
+class ShowAttendTellConfig(ShowAndTellConfig):
+    archs: ClassVar[tuple[str, ...]] = ("sat-soft", "sat-hard")
+    arch: str = "sat-soft"
+    attention_dim: int = 64
+    doubly_stochastic: float = 1.0  # λ of Eq. 14 (Xu et al.)
     # Hard attention (Xu et al. Sec. 4.1, Eq. 12).
     reinforce_weight: float = 1.0  # λ_r
     entropy_weight: float = 0.01  # λ_e
@@ -66,27 +105,11 @@ class CaptionConfig:
     # At test time a hard-attention model uses the expected context Σ_i α_i a_i
     # ("expected", as in the paper) or the single most attended location ("argmax").
     hard_inference: str = "expected"
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    # Up-Down: size F of the region features, and the RegionNet configuration (as its
-    # JSON dict) whose frozen copy the model carries for `encode(images)`; None builds
-    # a captioner that only encodes precomputed features.
-    region_feature_dim: int = 0
-    regions: dict | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.encoder, dict):
-            self.encoder = EncoderConfig(**self.encoder)
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        super().__post_init__()
         if self.hard_inference not in HARD_INFERENCE:
             raise ValueError(f"hard_inference must be one of {HARD_INFERENCE}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> CaptionConfig:
-        return cls(**d)
 
 
 class DecodeResult(NamedTuple):
@@ -129,9 +152,13 @@ def attention_entropy(alpha: torch.Tensor) -> torch.Tensor:
 class CaptionModel(nn.Module, ABC):
     """What every captioner shares: the step, the unrolled teacher-forced loop, the loss."""
 
+    config_class: ClassVar[type[CaptionConfig]] = CaptionConfig  # its archs: names it serves
     state_names: tuple[str, ...] = ("h", "c")  # keys of State, in graph order
     context_names: tuple[str, ...] = ("context",)  # () when encode gives context None
     attends = True  # whether step returns attention weights over the context
+    # What the context's L rows are: the cells of a square annotation grid ("grid", row
+    # by row) or a list of image regions ("regions"), which a bundle's manifest records.
+    attention_over = "grid"
 
     def __init__(self, config: CaptionConfig) -> None:
         super().__init__()
@@ -217,6 +244,20 @@ class CaptionModel(nn.Module, ABC):
         return token_nll.new_zeros(())
 
 
+# arch -> captioner class. Each architecture adds itself with @register_captioner;
+# models.captioners imports every architecture's module, so the registry read there is whole.
+CAPTIONERS: dict[str, type[CaptionModel]] = {}
+
+
+def register_captioner(cls: type[CaptionModel]) -> type[CaptionModel]:
+    """Class decorator: `cls` serves the arch names of its config_class."""
+    for arch in cls.config_class.archs:
+        if arch in CAPTIONERS:
+            raise ValueError(f"arch {arch!r} is served by {CAPTIONERS[arch].__name__} already")
+        CAPTIONERS[arch] = cls
+    return cls
+
+
 class FeatureCaptioner(CaptionModel):
     """A captioner over a frozen image network, trained on its precomputed features."""
 
@@ -241,7 +282,7 @@ class FeatureCaptioner(CaptionModel):
 class GridCaptioner(CaptionModel):
     """What NIC and SAT share: an image encoder trained with them, word embedding, one LSTM."""
 
-    def __init__(self, config: CaptionConfig, *, lstm_input: int) -> None:
+    def __init__(self, config: ShowAndTellConfig, *, lstm_input: int) -> None:
         super().__init__(config)
         self.encoder = ImageEncoder(config.encoder)
         self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
@@ -249,12 +290,14 @@ class GridCaptioner(CaptionModel):
         self.drop = nn.Dropout(config.dropout)
 
 
+@register_captioner
 class ShowAndTell(GridCaptioner):
     """NIC (Vinyals et al. 2015): x_{-1} = W_I CNN(I), x_t = W_e S_t, p_{t+1} = softmax(W h_t)."""
 
+    config_class = ShowAndTellConfig
     attends = False
 
-    def __init__(self, config: CaptionConfig) -> None:
+    def __init__(self, config: ShowAndTellConfig) -> None:
         super().__init__(config, lstm_input=config.embed_dim)
         self.image_embed = nn.Linear(config.encoder.out_dim, config.embed_dim)
         self.head = nn.Linear(config.hidden_dim, config.vocab_size)
@@ -290,10 +333,13 @@ class SoftAttention(nn.Module):
         return self.score(att).squeeze(-1)
 
 
+@register_captioner
 class ShowAttendTell(GridCaptioner):
     """SAT (Xu et al. 2015) with soft (deterministic) or hard (stochastic) attention."""
 
-    def __init__(self, config: CaptionConfig) -> None:
+    config_class = ShowAttendTellConfig
+
+    def __init__(self, config: ShowAttendTellConfig) -> None:
         d, h, e = config.encoder.out_dim, config.hidden_dim, config.embed_dim
         super().__init__(config, lstm_input=e + d)  # Eq. 1: the LSTM sees [E y_{t-1}; ẑ_t]
         self.hard = config.arch == "sat-hard"
@@ -402,17 +448,3 @@ def gather_location(context: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     index = index.view(-1, 1, 1).expand(-1, 1, context.shape[-1])
     return context.gather(1, index).squeeze(1)
 
-
-def build_caption_model(config: CaptionConfig) -> CaptionModel:
-    """The captioning model that config.arch names."""
-    if config.arch == "nic":
-        return ShowAndTell(config)
-    if config.arch == "updown":
-        from models.updown import UpDownCaptioner
-
-        return UpDownCaptioner(config)
-    if config.arch == "mrnn":
-        from models.mrnn import MultimodalRNN
-
-        return MultimodalRNN(config)
-    return ShowAttendTell(config)

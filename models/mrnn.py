@@ -18,22 +18,39 @@ step knowing t.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import ClassVar
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.caption import CaptionConfig, DecodeResult, FeatureCaptioner, State
-from models.encoder import ImageEncoder
+from models.caption import CaptionConfig, DecodeResult, FeatureCaptioner, State, register_captioner
+from models.encoder import EncoderConfig, ImageEncoder
 
 
+@dataclass
+class MultimodalRNNConfig(CaptionConfig):
+    archs: ClassVar[tuple[str, ...]] = ("mrnn",)
+    arch: str = "mrnn"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # CNN(I), pre-trained, frozen
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.encoder, dict):
+            self.encoder = EncoderConfig(**self.encoder)
+
+
+@register_captioner
 class MultimodalRNN(FeatureCaptioner):
     """The m-RNN generator: a ReLU RNN whose first step is biased by the image."""
 
+    config_class = MultimodalRNNConfig
     state_names = ("h", "image_bias")
     context_names = ()
     attends = False
 
-    def __init__(self, config: CaptionConfig) -> None:
+    def __init__(self, config: MultimodalRNNConfig) -> None:
         super().__init__(config)
         if config.layer_norm:
             raise ValueError("the m-RNN generator has no layer-normalised variant")

@@ -21,24 +21,50 @@ carries (`encode`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.caption import CaptionConfig, DecodeResult, FeatureCaptioner, SoftAttention, State
+from models.caption import (
+    CaptionConfig,
+    DecodeResult,
+    FeatureCaptioner,
+    SoftAttention,
+    State,
+    register_captioner,
+)
 from models.lstm import LSTMCell
+from models.regions import RegionConfig, RegionNet
 
 BOX_DIM = 4  # normalised [x0, y0, x1, y1]
 
 
+@dataclass
+class UpDownConfig(CaptionConfig):
+    archs: ClassVar[tuple[str, ...]] = ("updown",)
+    arch: str = "updown"
+    attention_dim: int = 64
+    # Size F of the region features, and the RegionNet configuration (as its JSON dict)
+    # whose frozen copy the model carries for `encode(images)`; None builds a captioner
+    # that only encodes precomputed features.
+    region_feature_dim: int = 0
+    regions: dict | None = None
+
+
+@register_captioner
 class UpDownCaptioner(FeatureCaptioner):
     """The top-down captioner over a fixed set of R bottom-up regions per image."""
 
+    config_class = UpDownConfig
     state_names = ("h1", "c1", "h2", "c2")
     context_names = ("context",)  # the region vectors v_i (N, R, D)
     attends = True
+    attention_over = "regions"
 
-    def __init__(self, config: CaptionConfig) -> None:
+    def __init__(self, config: UpDownConfig) -> None:
         super().__init__(config)
         if config.region_feature_dim < 1:
             raise ValueError("an Up-Down captioner needs region_feature_dim (F of the regions)")
@@ -46,8 +72,6 @@ class UpDownCaptioner(FeatureCaptioner):
         d = h  # region vectors live in the hidden size, as in the paper
         self.region_net = None
         if config.regions is not None:
-            from models.regions import RegionConfig, RegionNet
-
             self.region_net = RegionNet(RegionConfig.from_dict(config.regions))
             if self.region_net.feature_dim != config.region_feature_dim:
                 raise ValueError(f"regions give {self.region_net.feature_dim}-d features, "

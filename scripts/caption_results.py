@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from training.evaluate import evaluate_bundle
+from training.evaluate.caption import evaluate_bundle
 
 COLUMNS = [("bleu_4", "BLEU-4", 3), ("cider_d", "CIDEr-D", 3),
            ("semantic_exactness", "exact", 3), ("coverage", "coverage", 3),

@@ -1,9 +1,12 @@
 """The `glimpse` command.
 
-Every subcommand is declared here with its arguments, and implemented by a
-`run(args)` function in the module it names. Those modules are imported only
-when their subcommand runs, so `glimpse serve` works from a serve-only install
-(no torch) and `glimpse --help` is instant.
+Every subcommand is declared here, in COMMANDS, with its arguments and the
+"module:function" that runs it, called with the parsed arguments. The module is
+imported only when its subcommand runs, so `glimpse serve` works from a
+serve-only install (no torch) and `glimpse --help` is instant. Every
+`glimpse train FAMILY` names its family's TrainingCommand
+("training.tasks.FAMILY:train", training.tasks), which does the set-up all
+training shares.
 """
 
 from __future__ import annotations
@@ -12,8 +15,17 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 Configure = Callable[[argparse.ArgumentParser], None]
+# The registered captioners (models.captioners), listed here so that --help needs no torch.
+CAPTION_ARCHS = ("nic", "sat-soft", "sat-hard", "updown", "mrnn")
+
+
+class Command(NamedTuple):
+    target: str  # "module:function"; function(args) -> exit status
+    help: str
+    configure: Configure  # adds the command's arguments
 
 
 def _data_shapes(p: argparse.ArgumentParser) -> None:
@@ -64,10 +76,11 @@ def _serve(p: argparse.ArgumentParser) -> None:
     add_serve_arguments(p)
 
 
-def _trainer_arguments(p: argparse.ArgumentParser, *, epochs: bool = True) -> None:
+def _trainer_arguments(p: argparse.ArgumentParser) -> None:
     """The knobs every trainer-driven `glimpse train` command shares (training.trainer)."""
-    if epochs:
-        p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None,
+                   help="stop after this many optimizer steps (a quick run)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
@@ -77,11 +90,10 @@ def _trainer_arguments(p: argparse.ArgumentParser, *, epochs: bool = True) -> No
 
 
 def _train_caption(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", choices=["nic", "sat-soft", "sat-hard", "updown", "mrnn"],
-                   default=None)
+    p.add_argument("--arch", choices=CAPTION_ARCHS, default=None)
     p.add_argument("--layer-norm", action="store_true", help="layer-normalised LSTM")
     p.add_argument("--data", default=None, help="dataset directory (captions.json)")
-    p.add_argument("--out", default=None, help="run directory for checkpoints and logs")
+    p.add_argument("--out", required=True, help="run directory for checkpoints and logs")
     p.add_argument("--config", default=None, help="JSON file with any of the knobs")
     p.add_argument("--encoder-init", default=None,
                    help="run directory of `glimpse train encoder` to start the encoder from")
@@ -142,6 +154,8 @@ def _eval_bundle(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    p.add_argument("--meteor", action=argparse.BooleanOptionalAction, default=None,
+                   help="score METEOR (needs Java; default: when java is on PATH)")
     p.add_argument("--write-manifest", action="store_true",
                    help="record the metrics in the bundle's manifest")
 
@@ -155,9 +169,7 @@ def _train_retrieval(p: argparse.ArgumentParser) -> None:
                    help="hinge over all negatives (VSE) or the hardest one (VSE++)")
     p.add_argument("--encoder-init", default=None,
                    help="run directory of `glimpse train encoder` (the frozen image encoder)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None, help="stop after this many steps")
-    _trainer_arguments(p, epochs=False)
+    _trainer_arguments(p)
 
 
 def _index(p: argparse.ArgumentParser) -> None:
@@ -270,129 +282,94 @@ def _eval_alignment(p: argparse.ArgumentParser) -> None:
                    help="record the metrics in the bundle's manifest")
 
 
-# (group, name) -> (module implementing run(args), help, argument configuration)
-COMMANDS: dict[tuple[str, str | None], tuple[str, str, Configure]] = {
-    ("data", "shapes"): (
-        "training.data.shapes",
-        "generate the shapes world: images, captions, VQA, scenes",
-        _data_shapes,
-    ),
-    ("data", "clips"): (
-        "training.data.clips",
+# (group, name) -> the command. Training commands are their family's TrainingCommand.
+COMMANDS: dict[tuple[str, str | None], Command] = {
+    ("data", "shapes"): Command(
+        "training.data.shapes:run",
+        "generate the shapes world: images, captions, VQA, scenes", _data_shapes),
+    ("data", "clips"): Command(
+        "training.data.clips:run",
         "generate shapes-world clips: activity labels (UCF-101) and descriptions (MSR-VTT)",
-        _data_clips,
-    ),
-    ("eval", "captions"): (
-        "training.metrics.cli",
-        "score COCO-format caption results against a dataset split",
-        _eval_captions,
-    ),
-    ("eval", "vqa"): (
-        "training.metrics.cli",
-        "score VQA-format answers against a dataset split",
-        _eval_vqa,
-    ),
-    ("eval", "bundle"): (
-        "training.evaluate",
-        "evaluate an exported bundle through the service runtime",
-        _eval_bundle,
-    ),
-    ("eval", "generation"): (
-        "training.eval_generation",
-        "score generated images: attribute accuracy, IS, FID, R-precision, diversity",
-        _eval_generation,
-    ),
-    ("train", "text-encoder"): (
-        "training.text_encoder_task",
-        "train Reed et al.'s char-CNN-RNN text encoder in a joint embedding",
-        _train_text_encoder,
-    ),
-    ("train", "caption"): (
-        "training.caption_task",
-        "train a captioning model (NIC, SAT soft/hard, Up-Down, m-RNN)",
-        _train_caption,
-    ),
-    ("train", "encoder"): (
-        "training.encoder_task",
-        "pre-train an image encoder on the shapes world's attributes",
-        _train_encoder,
-    ),
-    ("train", "retrieval"): (
-        "training.vse_task",
-        "train an image-sentence embedding for retrieval (VSE, VSE++)",
-        _train_retrieval,
-    ),
-    ("index", None): (
-        "training.index",
-        "embed a dataset split or an image folder as a retrieval bundle's gallery",
-        _index,
-    ),
-    ("eval", "retrieval"): (
-        "training.index",
-        "recall of a retrieval bundle on a dataset split, through the service runtime",
-        _eval_retrieval,
-    ),
-    ("train", "vqa"): (
-        "training.vqa_task",
-        "train a Bottom-Up/Top-Down VQA model on precomputed region features",
-        _train_vqa,
-    ),
-    ("eval", "vqa-bundle"): (
-        "training.evaluate_vqa",
-        "VQA accuracy of a vqa bundle per split and question type, through the service runtime",
-        _eval_vqa_bundle,
-    ),
-    ("train", "gan"): (
-        "training.tasks.gan",
-        "train a text-to-image GAN (GAN, GAN-CLS, GAN-INT, GAN-INT-CLS)",
-        _train_gan,
-    ),
-    ("train", "stackgan"): (
-        "training.tasks.stackgan",
-        "train a StackGAN stage (Stage-I 64 px, Stage-II 128 px)",
-        _train_stackgan,
-    ),
-    ("train", "regions"): (
-        "training.region_task",
-        "train bottom-up region proposals and features on a frozen encoder",
-        _train_regions,
-    ),
-    ("features", "regions"): (
-        "training.region_task",
+        _data_clips),
+    ("train", "encoder"): Command(
+        "training.tasks.encoder:train",
+        "pre-train an image encoder on the shapes world's attributes", _train_encoder),
+    ("train", "caption"): Command(
+        "training.tasks.caption:train",
+        "train a captioning model (NIC, SAT soft/hard, Up-Down, m-RNN)", _train_caption),
+    ("train", "regions"): Command(
+        "training.tasks.regions:train",
+        "train bottom-up region proposals and features on a frozen encoder", _train_regions),
+    ("features", "regions"): Command(
+        "training.tasks.regions:features",
         "write a region run's boxes and features for dataset splits (features/regions)",
-        _features_regions,
-    ),
-    ("train", "alignment"): (
-        "training.alignment_task",
+        _features_regions),
+    ("train", "vqa"): Command(
+        "training.tasks.vqa:train",
+        "train a Bottom-Up/Top-Down VQA model on precomputed region features", _train_vqa),
+    ("train", "alignment"): Command(
+        "training.tasks.alignment:train",
         "train region-word alignment (Karpathy & Fei-Fei 2015) on region features",
-        _train_alignment,
-    ),
-    ("eval", "alignment"): (
-        "training.alignment_task",
-        "retrieval and noun-phrase alignment accuracy of an alignment bundle",
-        _eval_alignment,
-    ),
-    ("export", None): (
-        "training.export",
-        "export a training run to a model bundle (ONNX graphs + manifest)",
-        _export,
-    ),
-    ("serve", None): (
-        "service.__main__",
-        "start the HTTP service on a model repository",
-        _serve,
-    ),
+        _train_alignment),
+    ("train", "retrieval"): Command(
+        "training.tasks.retrieval:train",
+        "train an image-sentence embedding for retrieval (VSE, VSE++)", _train_retrieval),
+    ("train", "text-encoder"): Command(
+        "training.tasks.text_encoder:train",
+        "train Reed et al.'s char-CNN-RNN text encoder in a joint embedding",
+        _train_text_encoder),
+    ("train", "gan"): Command(
+        "training.tasks.gan:run",
+        "train a text-to-image GAN (GAN, GAN-CLS, GAN-INT, GAN-INT-CLS)", _train_gan),
+    ("train", "stackgan"): Command(
+        "training.tasks.stackgan:run",
+        "train a StackGAN stage (Stage-I 64 px, Stage-II 128 px)", _train_stackgan),
+    ("export", None): Command(
+        "training.export:export",
+        "export a training run to a model bundle (ONNX graphs + manifest); "
+        "prints the bundle directory on the last line", _export),
+    ("index", None): Command(
+        "training.index:index",
+        "embed a dataset split or an image folder as a retrieval bundle's gallery", _index),
+    ("eval", "bundle"): Command(
+        "training.evaluate.caption:eval_bundle",
+        "evaluate a caption bundle through the service runtime", _eval_bundle),
+    ("eval", "vqa-bundle"): Command(
+        "training.evaluate.vqa:eval_vqa_bundle",
+        "VQA accuracy of a vqa bundle per split and question type, through the service runtime",
+        _eval_vqa_bundle),
+    ("eval", "alignment"): Command(
+        "training.evaluate.alignment:eval_alignment",
+        "retrieval and noun-phrase alignment accuracy of an alignment bundle", _eval_alignment),
+    ("eval", "retrieval"): Command(
+        "training.evaluate.retrieval:eval_retrieval",
+        "recall of a retrieval bundle on a dataset split, through the service runtime",
+        _eval_retrieval),
+    ("eval", "generation"): Command(
+        "training.evaluate.generation:eval_generation",
+        "score generated images: attribute accuracy, IS, FID, R-precision, diversity",
+        _eval_generation),
+    ("eval", "captions"): Command(
+        "training.metrics.cli:eval_captions",
+        "score COCO-format caption results against a dataset split", _eval_captions),
+    ("eval", "vqa"): Command(
+        "training.metrics.cli:eval_vqa",
+        "score VQA-format answers against a dataset split", _eval_vqa),
+    ("serve", None): Command(
+        "service.__main__:run",
+        "start the HTTP service on a model repository", _serve),
 }
 
 
-def build_parser(commands: dict = COMMANDS) -> argparse.ArgumentParser:
+def build_parser(commands: dict[tuple[str, str | None], Command] = COMMANDS
+                 ) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="glimpse",
         description="Train, export, evaluate and serve image-language models.",
     )
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     sub_of: dict[str, argparse._SubParsersAction] = {}
-    for (group, name), (module, help_text, configure) in commands.items():
+    for (group, name), (target, help_text, configure) in commands.items():
         if name is None:
             p = groups.add_parser(group, help=help_text, description=help_text)
         else:
@@ -402,15 +379,19 @@ def build_parser(commands: dict = COMMANDS) -> argparse.ArgumentParser:
                                                   required=True)
             p = sub_of[group].add_parser(name, help=help_text, description=help_text)
         configure(p)
-        p.set_defaults(_module=module, _command=f"{group} {name or ''}".strip())
+        p.set_defaults(_target=target, _command=f"{group} {name or ''}".strip())
     return parser
+
+
+def command_function(target: str) -> Callable[[argparse.Namespace], int | None]:
+    """The function a "module:function" target names (its module imported now)."""
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    module = importlib.import_module(args._module)
-    result = module.run(args)
-    return int(result or 0)
+    return int(command_function(args._target)(args) or 0)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""`glimpse index` and `glimpse eval retrieval`: a retrieval bundle over a set of images.
+"""`glimpse index`: a retrieval bundle's gallery, embedded from a set of images.
 
-Both embed through the bundle's ONNX graphs with the service's own pipeline
-(`service.retrieval.RetrievalModel`: same image decoding, resizing, tokeniser),
-so a gallery holds exactly the vectors a query would be compared with, and the
+A gallery is embedded through the bundle's ONNX graphs with the service's own
+pipeline (`service.pipelines.retrieval.RetrievalModel`: same image decoding, resizing,
+tokeniser), so it holds exactly the vectors a query is compared with; `glimpse
+eval retrieval` (training.evaluate.retrieval) embeds a split the same way, so the
 published recall is the recall users get.
 
 `glimpse index BUNDLE --data DIR --split test` embeds a split's images and all of
@@ -15,9 +16,9 @@ indexing again replaces the whole gallery.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -149,41 +150,9 @@ def index_folder(bundle_dir: str | Path, folder: str | Path, *, batch_size: int 
     return {"bundle": str(bundle_dir), "folder": str(folder), "images": len(paths)}
 
 
-# ---------------------------------------------------------------------------- evaluation
-
-
-def evaluate_retrieval(bundle_dir: str | Path, dataset_dir: str | Path, split: str = "test",
-                       *, batch_size: int = 64, progress: bool = True) -> dict:
-    """R@1/5/10, median and mean rank of both directions and rsum on a split's images
-    and all of their sentences (training.metrics.retrieval), through the bundle."""
-    from training.metrics.retrieval import retrieval_metrics
-
-    model = RetrievalModel.from_bundle(bundle_dir)
-    started = time.perf_counter()
-    images, image_emb, sentence_emb = embed_split(model, Path(dataset_dir), split,
-                                                  batch_size=batch_size, progress=progress)
-    image_of_sentence = np.array([i for i, im in enumerate(images) for _ in im.captions])
-    metrics = retrieval_metrics(image_emb @ sentence_emb.T, image_of_sentence)
-    return {**{k: round(v, 2) for k, v in metrics.items()}, "bundle": model.bundle.key,
-            "split": split, "images": len(images), "sentences": len(sentence_emb),
-            "seconds": round(time.perf_counter() - started, 1)}
-
-
-def record_metrics(bundle_dir: str | Path, metrics: dict) -> None:
-    """Store metrics under the manifest's metrics[split] (the manifest carries no sha256)."""
-    bundle = load_bundle(bundle_dir)
-    manifest = bundle.manifest.model_copy(deep=True)
-    manifest.metrics[metrics["split"]] = {k: v for k, v in metrics.items()
-                                          if k not in ("bundle", "split", "seconds")}
-    write_manifest(bundle.path, manifest)
-
-
-def run(args) -> int:
-    if args._command == "eval retrieval":
-        result = evaluate_retrieval(args.path, args.data, args.split, batch_size=args.batch_size)
-        if args.write_manifest:
-            record_metrics(args.path, result)
-    elif args.images:
+def index(args: argparse.Namespace) -> int:
+    """`glimpse index`: a split's images and sentences (--data), or a folder's images."""
+    if args.images:
         result = index_folder(args.path, args.images, batch_size=args.batch_size)
     else:
         result = index_split(args.path, args.data, args.split, batch_size=args.batch_size)

@@ -5,7 +5,12 @@ import pytest
 
 from training import cli
 from training.metrics import captions as caption_module
-from training.metrics.cli import evaluate_caption_results, evaluate_vqa_results, run
+from training.metrics.cli import (
+    eval_captions,
+    eval_vqa,
+    evaluate_caption_results,
+    evaluate_vqa_results,
+)
 
 CAPTIONS = {
     # imgid: (split, references)
@@ -78,6 +83,7 @@ def test_cli_eval_captions_prints_json(dataset, tmp_path, capsys, monkeypatch):
 
 
 def _run(command, results_path, dataset, split="test"):
+    run = {"eval captions": eval_captions, "eval vqa": eval_vqa}[command]
     return run(argparse.Namespace(_command=command, results=results_path, dataset=str(dataset),
                                   split=split, meteor=False))
 

@@ -1,4 +1,5 @@
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-import training.eval_generation as eval_generation
+import training.evaluate.generation as eval_generation
 from models.attributes import AttributeConfig, AttributeTagger
 from models.encoder import EncoderConfig
 from models.text_encoder import JointEmbedding, JointImageConfig, TextEncoderConfig
@@ -17,9 +18,13 @@ from training.cli import main
 from training.data.language import parse_caption
 from training.data.shapes import generate_shapes_world
 from training.data.tokenizer import CharAlphabet
-from training.data.world import COLOURS, SHAPES, SIZES
+from training.data.world import COLOURS, SHAPES, SIZES, object_class
 from training.metrics.generation import GenerationEvaluator, to_tagger_input
-from training.text_encoder_task import object_class
+
+_spec = importlib.util.spec_from_file_location(
+    "tiny_generation", Path(__file__).parents[1] / "service" / "tiny_generation.py")
+tiny_generation = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tiny_generation)
 
 TINY_ENCODER = EncoderConfig(out_dim=8, channels=(4, 8, 8))
 
@@ -195,7 +200,7 @@ def _tiny_runs(root: Path) -> tuple[Path, Path]:
 
 
 class NoiseModel:
-    """Stands in for service.generation.GenerationModel."""
+    """Stands in for service.pipelines.generation.GenerationModel."""
 
     def generate(self, prompts: list[str], n: int, seed: int) -> np.ndarray:
         rng = np.random.default_rng(seed)
@@ -213,10 +218,8 @@ def test_eval_generation_cli_scores_real_images_above_a_noise_generator(world, t
     assert real["prompts"] == 6 and real["markdown"].startswith("| real | test |")
     assert Image.open(tmp_path / "grid.png").size == (200 + 3 * 64, 2 * 64)
 
-    monkeypatch.setattr(eval_generation, "_generator", lambda path, split: NoiseModel())
-    bundle = tmp_path / "repo" / "t2i" / "1"
-    bundle.mkdir(parents=True)
-    (bundle / "manifest.json").write_text(json.dumps({"name": "t2i", "metrics": {}}))
+    monkeypatch.setattr(eval_generation, "generator_for", lambda path, split: NoiseModel())
+    bundle = tiny_generation.tiny_generation_bundle(tmp_path / "repo", name="t2i")
     assert main(["eval", "generation", str(bundle), *common,
                  "--out", str(tmp_path / "noise.json"), "--write-manifest"]) == 0
     noise = json.loads((tmp_path / "noise.json").read_text())

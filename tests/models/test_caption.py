@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,14 +9,16 @@ from models.caption import (
     CaptionConfig,
     ShowAndTell,
     ShowAttendTell,
+    ShowAttendTellConfig,
     attention_entropy,
-    build_caption_model,
     doubly_stochastic_penalty,
     gather_location,
 )
+from models.captioners import build_caption_model, caption_config
 from models.encoder import EncoderConfig
 
 V, B, T, S = 13, 3, 5, 32
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 VARIANTS = [("nic", False), ("nic", True), ("sat-soft", False), ("sat-soft", True),
             ("sat-hard", False), ("sat-hard", True)]
 
@@ -23,7 +26,7 @@ VARIANTS = [("nic", False), ("nic", True), ("sat-soft", False), ("sat-soft", Tru
 def tiny_config(arch: str, layer_norm: bool = False, **overrides) -> CaptionConfig:
     knobs = dict(vocab_size=V, embed_dim=8, hidden_dim=12, attention_dim=6, dropout=0.0,
                  encoder=EncoderConfig(out_dim=8, channels=(4, 8, 8)))
-    return CaptionConfig(arch=arch, layer_norm=layer_norm, **{**knobs, **overrides})
+    return caption_config(dict(arch=arch, layer_norm=layer_norm, **{**knobs, **overrides}))
 
 
 def tiny_model(arch: str, layer_norm: bool = False, seed: int = 0, **overrides):
@@ -50,14 +53,34 @@ def test_factory_builds_the_named_architecture():
     assert isinstance(hard, ShowAttendTell) and hard.hard
     assert "reward_baseline" in hard.state_dict() and "reward_baseline" not in soft.state_dict()
     with pytest.raises(ValueError, match="arch"):
-        CaptionConfig(arch="lrcn")
+        caption_config({"arch": "lrcn"})
     with pytest.raises(ValueError, match="hard_inference"):
-        CaptionConfig(hard_inference="mode")
+        ShowAttendTellConfig(hard_inference="mode")
 
 
 def test_config_survives_a_json_round_trip():
     cfg = tiny_config("sat-hard", True, hard_inference="argmax")
-    assert CaptionConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert caption_config(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_each_architecture_owns_its_settings():
+    assert "attention_dim" not in tiny_config("nic").to_dict()
+    assert "doubly_stochastic" in tiny_config("sat-soft").to_dict()
+    assert "encoder" not in caption_config({"arch": "updown"}).to_dict()
+    with pytest.raises(ValueError, match="attention_dimension"):
+        caption_config({"arch": "nic", "attention_dimension": 8})
+
+
+@pytest.mark.parametrize("bundle", sorted(REPOSITORY.glob("caption-*/*/manifest.json")),
+                         ids=lambda p: p.parent.parent.name)
+def test_flat_configs_of_earlier_runs_still_load(bundle):
+    """Runs and bundles from before each architecture had its own config hold one flat
+    dict with every captioner's settings; it still builds the architecture it names."""
+    flat = json.loads(bundle.read_text())["training"]["config"]["caption"]
+    cfg = caption_config(flat)
+    assert cfg.arch == flat["arch"]
+    assert json.loads(json.dumps(cfg.to_dict())).items() <= flat.items()
+    assert build_caption_model(cfg).config is cfg
 
 
 @pytest.mark.parametrize("arch, layer_norm", VARIANTS)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.gan import Discriminator, EmbeddingNorm, GanConfig, Generator
-from training.onnx_caption import _onnx_export
+from training.export.onnx import onnx_export
 
 TINY = GanConfig(embed_dim=12, noise_dim=8, proj_dim=4, ngf=4, ndf=4)
 
@@ -73,7 +73,7 @@ def test_sample_exports_to_onnx_with_a_symbolic_batch(tmp_path):
 
     batch = torch.export.Dim("batch")
     path = tmp_path / "generator.onnx"
-    _onnx_export(Sample().eval(), (torch.randn(2, 12), torch.randn(2, 8)), path,
+    onnx_export(Sample().eval(), (torch.randn(2, 12), torch.randn(2, 8)), path,
                  ("embedding", "noise"), ("image",),
                  {"embedding": {0: batch}, "noise": {0: batch}}, 18)
     rng = np.random.default_rng(1)

@@ -4,17 +4,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.caption import CaptionConfig, build_caption_model
+from models.captioners import build_caption_model, caption_config
 from models.encoder import EncoderConfig
-from models.mrnn import MultimodalRNN
+from models.mrnn import MultimodalRNN, MultimodalRNNConfig
 
 V, B, T, S = 13, 3, 5, 32
 
 
 def tiny_model(seed: int = 0) -> MultimodalRNN:
     torch.manual_seed(seed)
-    cfg = CaptionConfig(arch="mrnn", vocab_size=V, embed_dim=8, hidden_dim=12, dropout=0.0,
-                        encoder=EncoderConfig(out_dim=8, channels=(4, 8, 8)))
+    cfg = MultimodalRNNConfig(vocab_size=V, embed_dim=8, hidden_dim=12, dropout=0.0,
+                              encoder=EncoderConfig(out_dim=8, channels=(4, 8, 8)))
     return build_caption_model(cfg)
 
 
@@ -97,4 +97,4 @@ def test_precomputed_features_give_the_same_loss_and_leave_the_encoder_frozen():
 
 def test_the_m_rnn_has_no_layer_norm_variant():
     with pytest.raises(ValueError, match="layer-normalised"):
-        build_caption_model(CaptionConfig(arch="mrnn", layer_norm=True))
+        build_caption_model(caption_config({"arch": "mrnn", "layer_norm": True}))

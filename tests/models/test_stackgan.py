@@ -16,7 +16,7 @@ from models.stackgan import (
     StageIIGenerator,
     kl_to_standard_normal,
 )
-from training.onnx_caption import _onnx_export
+from training.export.onnx import onnx_export
 
 TINY = StackGanConfig(embed_dim=12, z_dim=8, c_dim=4, proj_dim=4, ngf=4, ndf=4, num_residual=1)
 
@@ -90,7 +90,7 @@ def test_stage2_sample_exports_to_onnx(tmp_path):
 
     batch = torch.export.Dim("batch")
     path = tmp_path / "generator.onnx"
-    _onnx_export(Sample().eval(), (torch.randn(2, 12), torch.randn(2, 16)), path,
+    onnx_export(Sample().eval(), (torch.randn(2, 12), torch.randn(2, 16)), path,
                  ("embedding", "noise"), ("image",),
                  {"embedding": {0: batch}, "noise": {0: batch}}, 18)
     rng = np.random.default_rng(2)

@@ -4,20 +4,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.caption import CaptionConfig, build_caption_model
+from models.captioners import build_caption_model, caption_config
 from models.encoder import EncoderConfig
 from models.regions import RegionConfig
-from models.updown import UpDownCaptioner
+from models.updown import UpDownCaptioner, UpDownConfig
 
 V, B, T, S, R, FEAT = 13, 3, 5, 32, 4, 6
 
 
-def tiny_config(layer_norm: bool = False, with_regions: bool = True) -> CaptionConfig:
+def tiny_config(layer_norm: bool = False, with_regions: bool = True) -> UpDownConfig:
     regions = RegionConfig(max_proposals=R - 1, feature_dim=FEAT, head_channels=4,
                            encoder=EncoderConfig(out_dim=8, channels=(4, 8, 8)))
-    return CaptionConfig(arch="updown", layer_norm=layer_norm, vocab_size=V, embed_dim=8,
-                         hidden_dim=12, attention_dim=6, dropout=0.0, region_feature_dim=FEAT,
-                         regions=regions.to_dict() if with_regions else None)
+    return UpDownConfig(arch="updown", layer_norm=layer_norm, vocab_size=V, embed_dim=8,
+                        hidden_dim=12, attention_dim=6, dropout=0.0, region_feature_dim=FEAT,
+                        regions=regions.to_dict() if with_regions else None)
 
 
 def tiny_model(layer_norm: bool = False, with_regions: bool = True) -> UpDownCaptioner:
@@ -117,4 +117,4 @@ def test_a_captioner_without_regions_encodes_only_features():
     with pytest.raises(RuntimeError, match="precomputed"):
         model.encode(torch.rand(1, 3, S, S))
     with pytest.raises(ValueError, match="region_feature_dim"):
-        build_caption_model(CaptionConfig(arch="updown"))
+        build_caption_model(caption_config({"arch": "updown"}))

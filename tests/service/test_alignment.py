@@ -26,7 +26,7 @@ from service.pipelines.alignment import (
 )
 from service.settings import Settings
 from training.data.tokenizer import WordVocab
-from training.export_alignment import write_alignment_bundle
+from training.export.alignment import write_alignment_bundle
 
 WORDS = ["a", "red", "blue", "circle", "square", "left", "of", "and", "the", "big"]
 MAX_WORDS = 10

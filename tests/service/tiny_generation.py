@@ -1,10 +1,10 @@
 """Tiny random-weight text-to-image models with the contracts of the trained ones.
 
-`TinyCharCnnRnn` follows training.text_encoder_task's CharCnnRnn (chars (B, T), 0
+`TinyCharCnnRnn` follows models.text_encoder's CharCnnRnn (chars (B, T), 0
 pads -> embedding (B, E)): character embedding, temporal convolution and pooling,
 a GRU averaged over time (Reed et al. 2016, Sec. 2.2). `TinyGenerator` follows
-training.gan_task's generators (`sample(embedding, noise)` -> (B, 3, S, S) in
-[-1, 1]). `tiny_generation_bundle` exports both through training.export_generation.
+training.tasks.gan's generators (`sample(embedding, noise)` -> (B, 3, S, S) in
+[-1, 1]). `tiny_generation_bundle` exports both through training.export.generation.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from training.data.tokenizer import CharAlphabet
-from training.export_generation import GenerationModels, write_generation_bundle
+from training.export.generation import GenerationModels, write_generation_bundle
 
 MAX_LENGTH = 32
 EMBED_DIM = 12

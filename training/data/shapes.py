@@ -23,7 +23,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from training.data.language import generate_captions
 from training.data.questions import generate_questions
-from training.data.readers import DatasetFormatError
+from training.data.readers import CaptionImage, DatasetFormatError
 from training.data.render import (
     SUPERSAMPLE,
     encode_png,
@@ -534,6 +534,22 @@ def load_scenes(dataset_dir: str | os.PathLike) -> dict[int, Scene]:
             raise DatasetFormatError(f"{path}: images[{i}] is not a scene "
                                      f"({type(err).__name__}: {err})") from None
     return scenes
+
+
+def single_objects(dataset_dir: str | os.PathLike,
+                   images: Sequence[CaptionImage]) -> list[ShapeObject]:
+    """The one object of each image, for the single-object (text-to-image) world;
+    ValueError names the first image that holds another number of objects."""
+    scenes = load_scenes(dataset_dir)
+    out = []
+    for im in images:
+        objects = scenes[im.imgid].objects
+        if len(objects) != 1:
+            raise ValueError(f"{dataset_dir}: image {im.path} holds {len(objects)} objects; "
+                             "a single-object world is needed "
+                             "(`glimpse data shapes --max-objects 1`)")
+        out.append(objects[0])
+    return out
 
 
 @dataclass(frozen=True)

@@ -99,3 +99,12 @@ def class_label(shape: str, colour: str) -> int:
 
 
 NUM_CLASSES = len(SHAPES) * len(COLOURS)
+
+
+def object_class(shape: str, colour: str, size: str) -> int:
+    """Class id of a (shape, colour, size) object: shape-major, then colour, then size."""
+    return (SHAPES.index(shape) * len(COLOURS) + list(COLOURS).index(colour)) * len(SIZES) \
+        + SIZES.index(size)
+
+
+NUM_OBJECT_CLASSES = len(SHAPES) * len(COLOURS) * len(SIZES)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,20 +132,25 @@ def _read_results(path: str, fields: str) -> list:
     return results
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `glimpse eval captions` and `glimpse eval vqa`."""
+def _print_scores(command: str, score: Callable[[], dict]) -> int:
+    """Print the scores as JSON (0), or the error on stderr (2)."""
     try:
-        if args._command == "eval captions":
-            results = _read_results(args.results, '{"image_id", "caption"}')
-            scores = evaluate_caption_results(results, args.dataset, args.split,
-                                              meteor=getattr(args, "meteor", None))
-        elif args._command == "eval vqa":
-            results = _read_results(args.results, '{"question_id", "answer"}')
-            scores = evaluate_vqa_results(results, args.dataset, args.split)
-        else:
-            raise ValueError(f"unknown command {args._command!r}")
+        scores = score()
     except (OSError, ValueError, RuntimeError) as e:
-        print(f"glimpse {args._command}: error: {e}", file=sys.stderr)
+        print(f"glimpse {command}: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(scores, indent=2))
     return 0
+
+
+def eval_captions(args: argparse.Namespace) -> int:
+    """`glimpse eval captions`."""
+    return _print_scores("eval captions", lambda: evaluate_caption_results(
+        _read_results(args.results, '{"image_id", "caption"}'), args.dataset, args.split,
+        meteor=getattr(args, "meteor", None)))
+
+
+def eval_vqa(args: argparse.Namespace) -> int:
+    """`glimpse eval vqa`."""
+    return _print_scores("eval vqa", lambda: evaluate_vqa_results(
+        _read_results(args.results, '{"question_id", "answer"}'), args.dataset, args.split))

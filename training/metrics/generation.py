@@ -33,17 +33,11 @@ from PIL import Image
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 
-from models.attributes import AttributeConfig, AttributeTagger
+from models.attributes import AttributeTagger
 from models.text_encoder import CharCnnRnn, JointImageEncoder, grid_features
 from training.data.tokenizer import CharAlphabet
-from training.data.world import COLOURS, SHAPES, SIZES
-from training.text_encoder_task import (
-    NUM_OBJECT_CLASSES,
-    embed_texts,
-    load_joint_image_encoder,
-    load_text_encoder,
-    object_class,
-)
+from training.data.world import COLOURS, SHAPES, SIZES, object_class
+from training.runs import embed_texts, load_joint_image_encoder, load_tagger, load_text_encoder
 
 TAGGER_SIZE = 64  # the tagger's training resolution
 ATTRIBUTES = ("shape", "colour", "size")
@@ -55,7 +49,7 @@ def to_tagger_input(images: np.ndarray | torch.Tensor, size: int = TAGGER_SIZE) 
     """uint8 (N, S, S, 3) or float (N, 3, S, S) in [0, 1] -> float (N, 3, size, size) in [0, 1].
 
     Every image goes through uint8 and Pillow's bilinear resize, the path real
-    images take in training (caption_task.load_images), so generated and real
+    images take in training (training.data.images.load_images), so generated and real
     images reach the tagger alike.
     """
     if isinstance(images, torch.Tensor):
@@ -261,17 +255,3 @@ def _attribute_indices(attributes: Sequence[Attributes]) -> dict[str, torch.Tens
 def attributes_class(attributes: Attributes) -> int:
     return object_class(*attributes)
 
-
-def load_tagger(run_dir: str | Path) -> AttributeTagger:
-    """The AttributeTagger of a `glimpse train encoder` run (best checkpoint), eval mode."""
-    from training.checkpoint import checkpoint_dir, load_config, load_weights
-
-    ckpt = checkpoint_dir(Path(run_dir))
-    config = load_config(ckpt)["model"]
-    if config.get("task") != "attributes":
-        raise ValueError(f"{ckpt}: not a `glimpse train encoder` run")
-    tagger = AttributeTagger(AttributeConfig(**config["attributes"]))
-    if tagger.config.num_shapes * tagger.config.num_colours * tagger.config.num_sizes \
-            != NUM_OBJECT_CLASSES:
-        raise ValueError(f"{ckpt}: the tagger's classes do not match the shapes world")
-    return load_weights(tagger, ckpt).eval()

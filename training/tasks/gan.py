@@ -148,7 +148,7 @@ class BagOfWordsEmbedder:
 
 def char_cnn_rnn_embedder(run_dir: str | Path) -> tuple[TextEmbedder, dict]:
     """phi(t) of a `glimpse train text-encoder` run, and its description."""
-    from training.text_encoder_task import embed_texts, load_text_encoder
+    from training.runs import embed_texts, load_text_encoder
 
     encoder, alphabet, info = load_text_encoder(run_dir)
     encoder.eval()
