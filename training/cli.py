@@ -319,10 +319,10 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
         "train Reed et al.'s char-CNN-RNN text encoder in a joint embedding",
         _train_text_encoder),
     ("train", "gan"): Command(
-        "training.tasks.gan:run",
+        "training.tasks.gan:train",
         "train a text-to-image GAN (GAN, GAN-CLS, GAN-INT, GAN-INT-CLS)", _train_gan),
     ("train", "stackgan"): Command(
-        "training.tasks.stackgan:run",
+        "training.tasks.stackgan:train",
         "train a StackGAN stage (Stage-I 64 px, Stage-II 128 px)", _train_stackgan),
     ("export", None): Command(
         "training.export:export",
