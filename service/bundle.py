@@ -3,13 +3,16 @@
 The service owns this schema; training writes bundles with `write_manifest` and
 `file_sha256` (and `describe_graph` for a graph's input/output specs). A bundle is
 served only if its manifest validates, its directory names match the manifest's
-name and version, and every file it lists exists with the recorded sha256.
-`BundleError` says which bundle and file failed and why.
+name and version, and every file it lists exists with the recorded sha256. A listed
+file may be a link into the repository's shared store (SHARED_DIR), where files that
+several bundles hold byte for byte are kept once. `BundleError` says which bundle and
+file failed and why.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +31,9 @@ from pydantic import (
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+# Files that several bundles of a repository hold byte for byte are stored once, in
+# REPOSITORY/.shared/SHA256.EXT, and each bundle's copy is a relative symbolic link to it.
+SHARED_DIR = ".shared"
 NAME_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
 Task = Literal["caption", "retrieval", "vqa", "alignment", "generation", "video"]
 Dim = int | str  # a fixed size, or a symbolic name such as "batch"
@@ -312,10 +318,14 @@ def _read_manifest(bundle_dir: Path) -> Manifest:
 
 
 def _verify_files(bundle_dir: Path, manifest: Manifest) -> None:
+    """Every listed file is in the bundle (or a link from it into the repository's shared
+    store), present, and has the sha256 the manifest records."""
     entries: dict[str, FileSpec | GraphSpec] = {**manifest.graphs, **manifest.files}
+    inside = (bundle_dir.resolve(), (bundle_dir.parent.parent / SHARED_DIR).resolve())
     for spec in entries.values():
-        path = (bundle_dir / spec.file).resolve()
-        if bundle_dir.resolve() not in path.parents:
+        listed = Path(os.path.normpath(bundle_dir.resolve() / spec.file))
+        path = listed.resolve()
+        if inside[0] not in listed.parents or not any(d in path.parents for d in inside):
             raise BundleError(bundle_dir, "file lies outside the bundle directory", spec.file)
         if not path.is_file():
             raise BundleError(bundle_dir, "file is missing", spec.file)

@@ -172,6 +172,12 @@ def _train_retrieval(p: argparse.ArgumentParser) -> None:
     _trainer_arguments(p)
 
 
+def _compact(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="bundle directory (model_repository/NAME/VERSION)")
+    p.add_argument("--version", type=int, default=None, help="default: next free version")
+    p.add_argument("--seed", type=int, default=0, help="seed of the parity inputs")
+
+
 def _index(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="retrieval bundle directory (model_repository/NAME/VERSION)")
     source = p.add_mutually_exclusive_group(required=True)
@@ -319,15 +325,19 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
         "train Reed et al.'s char-CNN-RNN text encoder in a joint embedding",
         _train_text_encoder),
     ("train", "gan"): Command(
-        "training.tasks.gan:run",
+        "training.tasks.gan:train",
         "train a text-to-image GAN (GAN, GAN-CLS, GAN-INT, GAN-INT-CLS)", _train_gan),
     ("train", "stackgan"): Command(
-        "training.tasks.stackgan:run",
+        "training.tasks.stackgan:train",
         "train a StackGAN stage (Stage-I 64 px, Stage-II 128 px)", _train_stackgan),
     ("export", None): Command(
         "training.export:export",
         "export a training run to a model bundle (ONNX graphs + manifest); "
         "prints the bundle directory on the last line", _export),
+    ("compact", None): Command(
+        "training.export.compact:compact",
+        "write a new version of a bundle with its graphs' weights in half precision; "
+        "prints the bundle directory on the last line", _compact),
     ("index", None): Command(
         "training.index:index",
         "embed a dataset split or an image folder as a retrieval bundle's gallery", _index),

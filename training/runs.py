@@ -19,10 +19,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 from safetensors.torch import load_file
 
 from models.attributes import AttributeConfig, AttributeTagger
+from models.gan import GanConfig, Generator
 from models.regions import RegionConfig, RegionNet
+from models.stackgan import StackGanConfig, StageIGenerator, StageIIGenerator
 from models.text_encoder import (
     CharCnnRnn,
     JointImageConfig,
@@ -140,3 +143,30 @@ def embed_texts(encoder: CharCnnRnn, alphabet: CharAlphabet, texts: list[str],
     device = next(encoder.parameters()).device
     out = [encoder(chars[i:i + batch_size].to(device)) for i in range(0, len(chars), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, encoder.config.embed_dim)
+
+
+# ------------------------------------------------------------------- text-to-image
+
+
+def generator_from_config(model_cfg: dict) -> nn.Module:
+    """An untrained generator of the architecture a GAN run's model config describes."""
+    if model_cfg["architecture"] == "dcgan":
+        return Generator(GanConfig.from_dict(model_cfg["generator"]))
+    stack = StackGanConfig.from_dict(model_cfg["generator"])
+    if model_cfg["stage"] == 1:
+        return StageIGenerator(stack)
+    stage1 = StageIGenerator(StackGanConfig.from_dict(model_cfg["stage1"]))
+    return StageIIGenerator(stack, stage1)
+
+
+def load_generator(run_dir: str | Path) -> tuple[nn.Module, dict]:
+    """The trained generator of a GAN or StackGAN run (eval mode) and what a consumer needs
+    to drive it: {"variant", "noise_dim", "embed_dim", "image_size", "text_encoder_run"}."""
+    ckpt, config = run_checkpoint(run_dir, "generation", "a text-to-image")
+    model_cfg = config["model"]
+    generator = generator_from_config(model_cfg)
+    generator.load_state_dict(submodule_weights(run_weights(ckpt), "generator."))
+    generator.eval()
+    return generator, {"variant": model_cfg["variant"], "noise_dim": generator.noise_dim,
+                       "embed_dim": generator.embed_dim, "image_size": generator.image_size,
+                       "text_encoder_run": model_cfg["text_encoder"].get("run")}

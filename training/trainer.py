@@ -64,12 +64,12 @@ class TrainerConfig:
         return config_from_dict(cls, d, "trainer")
 
 
-TRAINER_FLAGS = ("epochs", "batch_size", "lr", "device", "seed")
+TRAINER_FLAGS = ("epochs", "batch_size", "lr", "device", "seed", "save_every")
 
 
 def with_cli_overrides(trainer: dict[str, Any], args: Any) -> dict[str, Any]:
     """`trainer` (a TrainerConfig dict) with every trainer flag given on the command line
-    (--epochs, --batch-size, --lr, --device, --seed) taking precedence."""
+    (--epochs, --batch-size, --lr, --device, --seed, --save-every) taking precedence."""
     given = {name: getattr(args, name, None) for name in TRAINER_FLAGS}
     return {**trainer, **{name: value for name, value in given.items() if value is not None}}
 

@@ -14,10 +14,11 @@ from training.checkpoint import load_training_state
 from training.cli import build_parser
 from training.data.shapes import generate_shapes_world
 from training.data.text_image import mismatched_pairs, single_object_images
+from training.runs import load_generator
 from training.tasks import gan, stackgan
-from training.tasks.gan import BagOfWordsEmbedder, GanTask, GanTaskConfig, load_generator
+from training.tasks.gan import BagOfWordsEmbedder, GanTask, GanTaskConfig
 from training.tasks.stackgan import StackGanTask, StackGanTaskConfig
-from training.trainer import Trainer
+from training.trainer import Trainer, TrainerConfig
 
 TINY_GAN = {"ngf": 4, "ndf": 4, "noise_dim": 8, "proj_dim": 4}
 TINY_STACK = {"ngf": 4, "ndf": 4, "z_dim": 8, "c_dim": 4, "proj_dim": 4, "num_residual": 1}
@@ -34,12 +35,13 @@ def world(tmp_path_factory) -> Path:
     return out
 
 
-def config(world: Path, variant: str, **overrides) -> GanTaskConfig:
+def config(world: Path, variant: str, *, steps: int = 2, **overrides) -> GanTaskConfig:
     stack = variant.startswith("stackgan")
     return (StackGanTaskConfig if stack else GanTaskConfig).from_dict({
         "variant": variant, "data": str(world), "text_encoder": "bag-of-words",
-        "model": TINY_STACK if stack else TINY_GAN, "steps": 2, "batch_size": 4,
-        "sample_every": 2, "save_every": 2, "progress": False, "device": "cpu", **overrides})
+        "model": TINY_STACK if stack else TINY_GAN, "sample_every": 2,
+        "trainer": {"max_steps": steps, "batch_size": 4, "save_every": 2, "progress": False,
+                    "device": "cpu"}, **overrides})
 
 
 def task(cfg: GanTaskConfig) -> GanTask:
@@ -48,7 +50,7 @@ def task(cfg: GanTaskConfig) -> GanTask:
 
 def trainer(cfg: GanTaskConfig, run_dir: Path) -> Trainer:
     """What `glimpse train gan|stackgan` runs."""
-    return Trainer(task(cfg), gan.trainer_config(cfg), run_dir)
+    return Trainer(task(cfg), TrainerConfig.from_dict(cfg.trainer), run_dir)
 
 
 def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -173,10 +175,10 @@ def test_load_generator_gives_the_trained_generator_in_eval_mode(world, tmp_path
 def test_cli_arguments_select_the_variant():
     args = build_parser().parse_args(["train", "stackgan", "--stage", "2", "--stage1-run", "r1",
                                       "--out", "r2", "--steps", "7"])
-    cfg = stackgan.task_config_from_args(args)
-    assert (cfg.variant, cfg.stage1_run, cfg.steps) == ("stackgan-2", "r1", 7)
+    cfg = stackgan.train.task_config(args)
+    assert (cfg.variant, cfg.stage1_run, cfg.trainer["max_steps"]) == ("stackgan-2", "r1", 7)
     args = build_parser().parse_args(["train", "gan", "--variant", "gan-int", "--out", "r"])
-    assert gan.task_config_from_args(args).variant == "gan-int"
+    assert gan.train.task_config(args).variant == "gan-int"
     with pytest.raises(ValueError, match="stage1-run"):
-        stackgan.task_config_from_args(build_parser().parse_args(
+        stackgan.train.task_config(build_parser().parse_args(
             ["train", "stackgan", "--stage", "2", "--out", "r"]))

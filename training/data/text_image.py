@@ -14,10 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
+from training.data.images import load_images
 from training.data.readers import load_captions
 from training.data.shapes import load_scenes
 from training.data.world import class_label
@@ -64,18 +63,6 @@ def single_object_images(data_dir: Path, split: str = "train") -> list[tuple[str
     return out
 
 
-def load_resized_images(data_dir: Path, paths: Sequence[str], size: int) -> torch.Tensor:
-    """(N, 3, size, size) uint8, resized bilinearly (the 128 px set feeds 64 px models too)."""
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    for i, path in enumerate(paths):
-        with Image.open(data_dir / path) as img:
-            img = img.convert("RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.BILINEAR)
-            out[i] = np.asarray(img)
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
-
-
 def embed_unique(embedder: TextEmbedder, texts: Sequence[str], chunk: int = 512
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings of the distinct texts (U, E) and each text's row in them (N,)."""
@@ -89,7 +76,7 @@ def load_pairs(data_dir: Path, image_size: int, embedder: TextEmbedder) -> TextI
     """Every (image, caption) pair of the training split, images at `image_size`."""
     items = single_object_images(data_dir)
     t0 = time.perf_counter()
-    images = load_resized_images(data_dir, [path for path, _, _ in items], image_size)
+    images = load_images(data_dir, [path for path, _, _ in items], image_size)
     texts = [c for _, captions, _ in items for c in captions]
     embeddings, pair_text = embed_unique(embedder, texts)
     pair_image = torch.tensor([i for i, (_, captions, _) in enumerate(items) for _ in captions])

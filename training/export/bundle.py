@@ -2,7 +2,9 @@
 
 Every exporter writes into `staged_bundle`, so a failed export (a parity check,
 say) leaves nothing half-written for the service to find, and describes its
-files with `file_entry` and its image input with `image_preprocessing`.
+files with `file_entry` and its image input with `image_preprocessing`. Once a
+bundle is in place, files it holds byte for byte with other bundles of the
+repository (a frozen network two models carry) are stored once (`share_identical_files`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service.bundle import NAME_PATTERN, file_sha256
+from service.bundle import NAME_PATTERN, SHARED_DIR, bundle_dirs, file_sha256
+
+# Smaller files are not worth a link (vocabularies, manifests).
+SHARE_MIN_BYTES = 64 * 1024
 
 
 def next_version(repository: Path, name: str) -> int:
@@ -48,6 +53,7 @@ def staged_bundle(repository: Path, name: str,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     tmp.rename(bundle)
+    share_identical_files(repository)
 
 
 def file_entry(directory: Path, filename: str) -> dict[str, str]:
@@ -64,3 +70,40 @@ def image_preprocessing(image_size: int, mean: Sequence[float], std: Sequence[fl
 
 def created_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def share_identical_files(repository: Path, min_bytes: int = SHARE_MIN_BYTES) -> int:
+    """Store every file that two or more bundles of `repository` hold byte for byte once,
+    as REPOSITORY/.shared/SHA256.EXT, and make each bundle's copy a relative link to it.
+
+    The manifests stay as they are (a file's name and sha256 do not change), and the
+    service follows the links. Returns the bytes saved.
+    """
+    repository = Path(repository)
+    groups: dict[tuple[int, str, str], list[Path]] = {}
+    for bundle in bundle_dirs(repository):
+        for path in sorted(bundle.iterdir()):
+            if path.is_symlink() or not path.is_file() or path.stat().st_size < min_bytes:
+                continue
+            key = (path.stat().st_size, file_sha256(path), path.suffix)
+            groups.setdefault(key, []).append(path)
+    shared = repository / SHARED_DIR
+    saved = 0
+    for (size, sha256, suffix), paths in groups.items():
+        store = shared / f"{sha256}{suffix}"
+        if not store.exists():
+            if len(paths) < 2:
+                continue
+            shared.mkdir(exist_ok=True)
+            shutil.copyfile(paths[0], store)
+            saved -= size
+        for path in paths:
+            path.unlink()
+            path.symlink_to(Path("..", "..", SHARED_DIR, store.name))
+            saved += size
+    linked = {path.resolve() for bundle in bundle_dirs(repository) for path in bundle.iterdir()
+              if path.is_symlink()}
+    for store in shared.glob("*") if shared.is_dir() else ():
+        if store.resolve() not in linked:  # its bundles are gone
+            store.unlink()
+    return saved

@@ -19,7 +19,6 @@ random inputs, and the bundle is not written when they disagree.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from collections.abc import Iterable
@@ -36,7 +35,7 @@ from service.bundle import describe_graph, write_manifest
 from training.data.tokenizer import SPECIAL_TOKENS, CharAlphabet, WordVocab
 from training.export.bundle import created_now, file_entry, staged_bundle
 from training.export.onnx import DEFAULT_OPSET, cpu_session, onnx_export, require_parity
-from training.runs import load_text_encoder, run_checkpoint
+from training.runs import load_generator, load_text_encoder, run_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +259,7 @@ def _text_encoder_run(run_dir: Path, recorded: str) -> Path:
 def load_generation_models(run_dir: Path) -> GenerationModels:
     """The generator of a GAN run, its text encoder run, alphabet and training words."""
     ckpt, config = run_checkpoint(run_dir, "generation", "a text-to-image")
-    gan_task = importlib.import_module("training.tasks.gan")
-    generator, info = gan_task.load_generator(run_dir)
+    generator, info = load_generator(run_dir)
     text_run = _text_encoder_run(run_dir, str(info["text_encoder_run"]))
     text_encoder, alphabet, text_info = load_text_encoder(text_run)
     if int(text_info["embed_dim"]) != int(info["embed_dim"]):

@@ -73,11 +73,11 @@ class TrainingCommand:
         """The config file's settings, then the flags given; the trainer's settings are the
         family's defaults, then the file's, then the trainer flags (--epochs, --steps, ...)."""
         raw = json.loads(Path(args.config).read_text()) if args.config else {}
-        config = self.config.from_dict(raw)
         for name in self.flags:
             value = getattr(args, name, None)
             if value is not None and value is not False:  # False: a switch left off
-                setattr(config, name, value)
+                raw[name] = value
+        config = self.config.from_dict(raw)  # validates the settings as finally given
         trainer = with_cli_overrides({**self.trainer_defaults, **config.trainer}, args)
         if getattr(args, "steps", None) is not None:
             trainer["max_steps"] = args.steps

@@ -21,18 +21,16 @@ grids and loading a trained generator.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image
-from safetensors.torch import load_file
 
 from models.gan import (
     Discriminator,
@@ -43,9 +41,7 @@ from models.gan import (
     init_dcgan_weights,
     interpolate_embeddings,
 )
-from models.stackgan import StackGanConfig, StageIGenerator, StageIIGenerator
 from training.callbacks import Callback, JsonLines
-from training.checkpoint import checkpoint_dir, load_config
 from training.data.text_image import (
     TextEmbedder,
     load_pairs,
@@ -53,7 +49,9 @@ from training.data.text_image import (
     single_object_images,
     to_unit_range,
 )
-from training.trainer import Trainer, TrainerConfig, config_from_dict
+from training.runs import embed_texts, generator_from_config, load_text_encoder
+from training.tasks import TrainingCommand
+from training.trainer import Trainer, config_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -67,34 +65,33 @@ GRID_PROMPTS = (
 )
 
 
+# The Trainer's side of a text-to-image run: a fixed number of steps at a constant learning
+# rate, no clipping or autocast (as in the papers), no evaluation (the sample grids and
+# `glimpse eval generation` on the exported bundle judge a run).
+GAN_TRAINER = {"max_steps": 2000, "batch_size": 64, "lr": 2e-4, "grad_clip": 0.0,
+               "warmup_steps": 0, "schedule": "constant", "amp": False, "log_every": 25,
+               "save_every": 250, "eval_every": 0, "early_stop_metric": None}
+
+
 @dataclass
 class GanTaskConfig:
     variant: str = "gan-int-cls"  # one of VARIANTS
     data: str = "data/t2i"
     text_encoder: str = "runs/text-encoder"  # run directory, or "bag-of-words" (development)
     model: dict = field(default_factory=dict)  # GanConfig (StackGAN: StackGanConfig) overrides
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 2e-4
-    beta1: float = 0.5
+    beta1: float = 0.5  # Adam's beta1 for both players, as in DCGAN
     interpolation_beta: float = 0.5  # beta of Reed et al. Eq. 5
-    sample_every: int = 250
-    save_every: int = 250
-    log_every: int = 25
-    seed: int = 0
-    device: str | None = None
-    progress: bool = True
+    sample_every: int = 250  # steps between sample grids (0: only after the last step)
+    trainer: dict = field(default_factory=dict)  # TrainerConfig settings over GAN_TRAINER
 
     VARIANTS: ClassVar[tuple[str, ...]] = GAN_VARIANTS
-    # Knobs that a `glimpse train` flag of the same name sets.
-    FLAGS: ClassVar[tuple[str, ...]] = ("data", "text_encoder", "steps", "batch_size", "lr",
-                                        "device", "seed", "sample_every", "save_every")
 
     @classmethod
     def from_dict(cls, d: dict) -> GanTaskConfig:
         cfg = config_from_dict(cls, d, "text-to-image training")
         if cfg.variant not in cls.VARIANTS:
             raise ValueError(f"unknown variant {cfg.variant!r}")
+        cfg.trainer = {**GAN_TRAINER, **cfg.trainer}
         return cfg
 
     @property
@@ -104,16 +101,6 @@ class GanTaskConfig:
     @property
     def interpolates(self) -> bool:
         return self.variant in ("gan-int", "gan-int-cls")
-
-
-def trainer_config(cfg: GanTaskConfig) -> TrainerConfig:
-    """The Trainer's side of a text-to-image config: `steps` steps at a constant learning
-    rate, no clipping or autocast (as in the papers), no evaluation (the sample grids and
-    `glimpse eval generation` on the exported bundle judge a run)."""
-    return TrainerConfig(max_steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                         grad_clip=0.0, warmup_steps=0, schedule="constant", amp=False,
-                         log_every=cfg.log_every, save_every=cfg.save_every, eval_every=0,
-                         seed=cfg.seed, device=cfg.device, progress=cfg.progress)
 
 
 # ------------------------------------------------------------------------ text embeddings
@@ -148,8 +135,6 @@ class BagOfWordsEmbedder:
 
 def char_cnn_rnn_embedder(run_dir: str | Path) -> tuple[TextEmbedder, dict]:
     """phi(t) of a `glimpse train text-encoder` run, and its description."""
-    from training.runs import embed_texts, load_text_encoder
-
     encoder, alphabet, info = load_text_encoder(run_dir)
     encoder.eval()
     max_length = int(info["max_length"])
@@ -174,38 +159,6 @@ def text_embedder(spec: str | dict, captions: Sequence[str]) -> tuple[TextEmbedd
         bag = BagOfWordsEmbedder(words)
         return bag, bag.describe()
     return char_cnn_rnn_embedder(spec)
-
-
-# ------------------------------------------------------------------- trained generators
-
-
-def generator_from_config(model_cfg: dict) -> nn.Module:
-    """An untrained generator of the architecture a checkpoint config describes."""
-    if model_cfg["architecture"] == "dcgan":
-        return Generator(GanConfig.from_dict(model_cfg["generator"]))
-    stack = StackGanConfig.from_dict(model_cfg["generator"])
-    if model_cfg["stage"] == 1:
-        return StageIGenerator(stack)
-    stage1 = StageIGenerator(StackGanConfig.from_dict(model_cfg["stage1"]))
-    return StageIIGenerator(stack, stage1)
-
-
-def load_generator(run_dir: str | Path) -> tuple[nn.Module, dict]:
-    """The trained generator of a GAN or StackGAN run (eval mode) and what a consumer needs
-    to drive it: {"variant", "noise_dim", "embed_dim", "image_size", "text_encoder_run"}."""
-    ckpt = checkpoint_dir(Path(run_dir))
-    model_cfg = load_config(ckpt)["model"]
-    if model_cfg.get("task") != "generation":
-        raise ValueError(f"{ckpt}: task {model_cfg.get('task')!r} is not a text-to-image run")
-    generator = generator_from_config(model_cfg)
-    prefix = "generator."
-    weights = load_file(str(ckpt / "model.safetensors"))
-    generator.load_state_dict({k[len(prefix):]: v for k, v in weights.items()
-                               if k.startswith(prefix)})
-    generator.eval()
-    return generator, {"variant": model_cfg["variant"], "noise_dim": generator.noise_dim,
-                       "embed_dim": generator.embed_dim, "image_size": generator.image_size,
-                       "text_encoder_run": model_cfg["text_encoder"].get("run")}
 
 
 # --------------------------------------------------------------------------------- task
@@ -299,8 +252,8 @@ class GanTask:
 
     def configure_optimizers(self, model: nn.ModuleDict) -> dict[str, torch.optim.Optimizer]:
         def adam(parameters) -> torch.optim.Adam:
-            return torch.optim.Adam([p for p in parameters if p.requires_grad], lr=self.cfg.lr,
-                                    betas=(self.cfg.beta1, 0.999))
+            return torch.optim.Adam([p for p in parameters if p.requires_grad],
+                                    lr=self.cfg.trainer["lr"], betas=(self.cfg.beta1, 0.999))
 
         return {"generator": adam(model["generator"].parameters()),
                 "discriminator": adam(model["discriminator"].parameters())}
@@ -388,37 +341,5 @@ def save_grid(images: torch.Tensor, columns: int, path: Path) -> None:
 # ----------------------------------------------------------------------------------- CLI
 
 
-def config_from_args(config_cls: type[GanTaskConfig], args: Any,
-                     variant: str | None) -> GanTaskConfig:
-    """--config's JSON, then `variant` and every flag given, as a `config_cls`."""
-    raw: dict = json.loads(Path(args.config).read_text()) if args.config else {}
-    if variant:
-        raw["variant"] = variant
-    for name in config_cls.FLAGS:
-        value = getattr(args, name, None)
-        if value is not None:
-            raw[name] = value
-    return config_cls.from_dict(raw)
-
-
-def task_config_from_args(args: Any) -> GanTaskConfig:
-    return config_from_args(GanTaskConfig, args, getattr(args, "variant", None))
-
-
-def train(task_cls: type[GanTask], cfg: GanTaskConfig, args: Any) -> int:
-    """`glimpse train gan|stackgan`: fit a `task_cls` of `cfg` in --out, writing task.json
-    and summary.json."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    task = task_cls(cfg)
-    run_dir = Path(args.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "task.json").write_text(json.dumps(asdict(task.cfg), indent=2))
-    summary = Trainer(task, trainer_config(task.cfg), run_dir).fit(resume=args.resume)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps({"run_dir": str(run_dir), "variant": task.cfg.variant,
-                      "steps": summary["steps"], "train_seconds": summary["train_seconds"]}))
-    return 0
-
-
-def run(args: Any) -> int:
-    return train(GanTask, task_config_from_args(args), args)
+train = TrainingCommand(config=GanTaskConfig, task=GanTask,
+                        flags=("data", "variant", "text_encoder", "sample_every"))

@@ -8,9 +8,10 @@ of a frozen Stage-I run and embeds text as that run did.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -24,7 +25,9 @@ from models.stackgan import (
     kl_to_standard_normal,
 )
 from training.checkpoint import checkpoint_dir, load_config
-from training.tasks.gan import GanTask, GanTaskConfig, config_from_args, load_generator, train
+from training.runs import load_generator
+from training.tasks import TrainingCommand
+from training.tasks.gan import GanTask, GanTaskConfig
 
 STACKGAN_VARIANTS = ("stackgan-1", "stackgan-2")
 
@@ -36,7 +39,6 @@ class StackGanTaskConfig(GanTaskConfig):
     kl_weight: float = 1.0  # lambda of Zhang et al. Eq. 6
 
     VARIANTS: ClassVar[tuple[str, ...]] = STACKGAN_VARIANTS
-    FLAGS: ClassVar[tuple[str, ...]] = (*GanTaskConfig.FLAGS, "stage1_run")
 
     @classmethod
     def from_dict(cls, d: dict) -> StackGanTaskConfig:
@@ -121,11 +123,14 @@ class StackGanTask(GanTask):
         return outputs[0], kl_to_standard_normal(mu, log_sigma)
 
 
-def task_config_from_args(args: Any) -> StackGanTaskConfig:
-    stage = getattr(args, "stage", None)
-    return config_from_args(StackGanTaskConfig, args,
-                            f"stackgan-{stage}" if stage is not None else None)
+class StackGanCommand(TrainingCommand):
+    """`glimpse train stackgan --stage N`: the stage names the variant."""
+
+    def task_config(self, args: argparse.Namespace) -> StackGanTaskConfig:
+        if getattr(args, "stage", None) is not None:
+            args.variant = f"stackgan-{args.stage}"
+        return super().task_config(args)
 
 
-def run(args: Any) -> int:
-    return train(StackGanTask, task_config_from_args(args), args)
+train = StackGanCommand(config=StackGanTaskConfig, task=StackGanTask,
+                        flags=("data", "variant", "text_encoder", "sample_every", "stage1_run"))

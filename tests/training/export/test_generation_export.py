@@ -76,7 +76,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory):
     info = {"variant": "stackgan-2", "noise_dim": models.noise_dim, "embed_dim": EMBED_DIM,
             "image_size": models.image_size, "text_encoder_run": "text"}  # relative to root
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("training.tasks.gan.load_generator", lambda run: (models.generator, info))
+        mp.setattr("training.export.generation.load_generator",
+                   lambda run: (models.generator, info))
         mp.setattr("training.export.generation.load_text_encoder",
                    lambda run: (models.text_encoder, models.alphabet,
                                 {"max_length": MAX_LENGTH, "embed_dim": EMBED_DIM}))
