@@ -32,8 +32,8 @@ class DVAEConfig:
     image_size: int = 64  # S
     grid: int = 8  # G: codes per side (8 or 16 at 64 px)
     codebook_size: int = 512  # K
-    channels: int = 64  # width at full resolution; doubles at each downsampling (capped)
-    max_channels: int = 256
+    channels: int = 32  # width at full resolution; doubles at each downsampling (capped)
+    max_channels: int = 128
     code_dim: int = 64  # size of a code's embedding, the decoder's input
     res_blocks: int = 1  # residual blocks at each resolution
     # Gumbel-softmax temperature: cosine-annealed from start to end over the first steps

@@ -6,6 +6,7 @@
                              -> logits [batch, K], present [batch, 2 * layers, heads, T, hs]
         decoder_step.onnx    token [batch] int64, position [batch] int64, past (as present)
                              -> logits [batch, K], present
+        transformer.bin      the weights both graphs read (ONNX external data), stored once
         dvae_decoder.onnx    codes [batch, G, G] int64 -> image [batch, 3, S, S] in [0, 1]
         vocab.json           the transformer's word vocabulary (WordVocab JSON)
         rerank_image.onnx    image [batch, 3, S, S] -> embedding [batch, E]   (optional)
@@ -16,6 +17,10 @@ The KV cache is explicit: `present` of prefill is `past` of the first step, whos
 `present` is the next step's `past` (service/pipelines/dalle.py runs them). The cache
 spans the whole sequence (T = L + G*G positions), so its shape never changes while a
 row decodes, and rows at different positions share one step.
+
+The two transformer graphs hold the same weights; exported as they are, the bundle would
+store them twice. `share_weights` moves the initializers of both into one external-data
+file in which each distinct tensor is stored once.
 
 The reranker is a text-image joint embedding whose two graphs are carried inside the
 bundle: today the committed retrieval-vse bundle's (its files are copied unchanged, so
@@ -28,14 +33,19 @@ Every graph is compared with PyTorch on fresh random inputs before the bundle is
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 import torch.nn as nn
+from onnx import numpy_helper
+from onnx.external_data_helper import set_external_data
 
 from models.dalle import Dalle
 from models.dvae import DiscreteVAE
@@ -51,7 +61,9 @@ VOCAB_FILE = "vocab.json"
 RERANK_IMAGE_FILE = "rerank_image.onnx"
 RERANK_TEXT_FILE = "rerank_text.onnx"
 RERANK_VOCAB_FILE = "rerank_vocab.json"
+WEIGHTS_FILE = "transformer.bin"
 PARITY_ATOL = 1e-4
+SHARED_MIN_BYTES = 1024  # smaller initializers stay inside their graph
 EXAMPLE_BATCH = 3  # not 1, so that torch.export keeps the batch dimension symbolic
 
 
@@ -133,7 +145,8 @@ def step_inputs(models: DalleModels, rng: np.random.Generator, n: int
 
 def export_dalle_graphs(models: DalleModels, out_dir: Path, *,
                         opset: int = DEFAULT_OPSET) -> None:
-    """Write prefill.onnx, decoder_step.onnx and dvae_decoder.onnx (symbolic batch)."""
+    """Write prefill.onnx and decoder_step.onnx (with their weights in transformer.bin)
+    and dvae_decoder.onnx, each with a symbolic batch dimension."""
     models.dalle.eval()
     models.dvae.eval()
     batch = torch.export.Dim("batch")
@@ -146,10 +159,40 @@ def export_dalle_graphs(models: DalleModels, out_dir: Path, *,
     _onnx_export(StepGraph(models.dalle).eval(), (token, position, past),
                  out_dir / STEP_FILE, ("token", "position", "past"), ("logits", "present"),
                  {"token": {0: batch}, "position": {0: batch}, "past": {0: batch}}, opset)
+    share_weights(out_dir, (PREFILL_FILE, STEP_FILE), WEIGHTS_FILE)
     grid = models.dvae.config.grid
     codes = torch.randint(0, models.dvae.config.codebook_size, (EXAMPLE_BATCH, grid, grid))
     _onnx_export(DVAEDecoderGraph(models.dvae).eval(), (codes,), out_dir / DVAE_DECODER_FILE,
                  ("codes",), ("image",), {"codes": {0: batch}}, opset)
+
+
+def share_weights(directory: Path, graph_files: Sequence[str], weights_file: str) -> None:
+    """Move the initializers (of SHARED_MIN_BYTES or more) of the ONNX graphs
+    `directory/graph_files` into `directory/weights_file`, each distinct tensor once, and
+    point the graphs at it as ONNX external data."""
+    stored: dict[bytes, tuple[int, int]] = {}  # content digest -> (offset, length)
+    models = {file: onnx.load(str(directory / file)) for file in graph_files}
+    with open(directory / weights_file, "wb") as weights:
+        for model in models.values():
+            for tensor in model.graph.initializer:
+                data = numpy_helper.to_array(tensor).tobytes()
+                if len(data) < SHARED_MIN_BYTES:
+                    continue
+                digest = hashlib.sha256(f"{tensor.data_type}:{list(tensor.dims)}:".encode()
+                                        + data).digest()
+                if digest not in stored:
+                    stored[digest] = (weights.tell(), len(data))
+                    weights.write(data)
+                for field in ("float_data", "int32_data", "int64_data", "double_data",
+                              "uint64_data"):
+                    tensor.ClearField(field)
+                tensor.raw_data = data  # set_external_data checks that there is some
+                set_external_data(tensor, weights_file, *stored[digest])
+                tensor.ClearField("raw_data")
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+    for file, model in models.items():
+        onnx.save(model, str(directory / file))
+        onnx.checker.check_model(str(directory / file), full_check=True)
 
 
 def check_dalle_parity(models: DalleModels, bundle_dir: Path, *, seed: int = 0,
@@ -220,7 +263,8 @@ def write_dalle_bundle(models: DalleModels, repository: Path, name: str,
         export_dalle_graphs(models, tmp)
         parity = check_dalle_parity(models, tmp)
         models.vocab.save(tmp / VOCAB_FILE)
-        files = {"vocab": file_entry(tmp, VOCAB_FILE)}
+        files = {"vocab": file_entry(tmp, VOCAB_FILE),
+                 "transformer_weights": file_entry(tmp, WEIGHTS_FILE)}
         graph_files = {"prefill": PREFILL_FILE, "decoder_step": STEP_FILE,
                        "dvae_decoder": DVAE_DECODER_FILE}
         reranker = None

@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -72,6 +73,23 @@ def test_graphs_have_a_symbolic_batch_and_an_explicit_cache(exported) -> None:
     assert m.preprocessing.tokenizer.file == "vocab"
     assert m.training["config"]["dalle"]["attention"] == "sparse"
     assert m.training["config"]["dvae"]["grid"] == G and m.training["config"]["seed"] == 3
+
+
+def test_the_transformer_weights_are_stored_once_for_both_graphs(exported) -> None:
+    models, bundle = exported
+    m = load_bundle(bundle).manifest  # verifies the weights file's sha256 too
+    assert m.files["transformer_weights"].file == "transformer.bin"
+    weights = (bundle / "transformer.bin").stat().st_size
+    params = sum(p.numel() * 4 for p in models.dalle.parameters())
+    layers = sum(p.numel() * 4 for name, p in models.dalle.named_parameters()
+                 if name.startswith("blocks.") and p.numel() * 4 >= 1024)
+    # Both graphs run every layer: stored per graph, the layers alone would be 2 * layers.
+    assert layers <= weights <= params < 2 * layers
+    for file in ("prefill.onnx", "decoder_step.onnx"):
+        graph = onnx.load(str(bundle / file), load_external_data=False).graph
+        inline = [t.name for t in graph.initializer
+                  if t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) >= 1024]
+        assert inline == []
 
 
 def test_the_reranker_is_carried_unchanged(exported) -> None:
