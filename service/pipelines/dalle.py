@@ -16,7 +16,7 @@ images depend on its prompt, seed and settings only, never on the other rows dec
 beside it; image i is the same for any n, and its candidates for c include those for
 any smaller c (candidate 0 is the image drawn with c = 1).
 
-Graph contract (bundle written by training/export_dalle.py):
+Graph contract (bundle written by training/export/dalle.py):
     prefill       tokens [batch, L] int64 (<bos>, word ids, 0 pads)
                   -> logits [batch, K], present [batch, 2 * layers, heads, T, hs]
     decoder_step  token [batch] int64 (an image code), position [batch] int64 (its position

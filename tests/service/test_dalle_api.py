@@ -1,7 +1,7 @@
 """DALL-E: the DalleModel pipeline offline, its step-level decode batch, and
 POST /v1/images/generations with model "dalle-tiny".
 
-The bundles are exported from tiny random models by training/export_dalle.py
+The bundles are exported from tiny random models by training/export/dalle.py
 (tests/service/tiny_dalle.py).
 """
 

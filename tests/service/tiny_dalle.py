@@ -1,4 +1,4 @@
-"""A tiny random-weight DALL-E bundle, exported by training/export_dalle.py.
+"""A tiny random-weight DALL-E bundle, exported by training/export/dalle.py.
 
 The transformer (sparse attention, 2 layers) reads prompts of at most 7 words and draws
 a 4x4 grid of 13 codes that a tiny dVAE decodes to 16 px images; the reranker is a tiny
@@ -22,8 +22,8 @@ from models.dalle import Dalle, DalleConfig
 from models.dvae import DiscreteVAE, DVAEConfig
 from service.bundle import describe_graph, file_sha256, write_manifest
 from training.data.tokenizer import WordVocab
-from training.export_dalle import DalleModels, write_dalle_bundle
-from training.onnx_caption import DEFAULT_OPSET, _onnx_export
+from training.export.dalle import DalleModels, write_dalle_bundle
+from training.export.onnx import DEFAULT_OPSET, onnx_export
 
 WORDS = ["a", "red", "blue", "green", "circle", "square", "left", "right", "of", "above",
          "below", "small", "large", "and"]
@@ -61,13 +61,13 @@ def tiny_retrieval_bundle(bundle: Path, *, seed: int = 0) -> Path:
     vocab = WordVocab(list(reversed(WORDS)))
     vocab.save(bundle / "vocab.json")
     batch = torch.export.Dim("batch")
-    _onnx_export(TinyImageEncoder().eval(), (torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE),),
-                 bundle / "image_encoder.onnx", ("image",), ("embedding",),
-                 {"image": {0: batch}}, DEFAULT_OPSET)
+    onnx_export(TinyImageEncoder().eval(), (torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE),),
+                bundle / "image_encoder.onnx", ("image",), ("embedding",),
+                {"image": {0: batch}}, DEFAULT_OPSET)
     tokens = torch.randint(0, len(vocab), (2, RERANK_TEXT_LENGTH))
-    _onnx_export(TinyTextEncoder(len(vocab)).eval(), (tokens, torch.tensor([3, 5])),
-                 bundle / "text_encoder.onnx", ("tokens", "lengths"), ("embedding",),
-                 {"tokens": {0: batch}, "lengths": {0: batch}}, DEFAULT_OPSET)
+    onnx_export(TinyTextEncoder(len(vocab)).eval(), (tokens, torch.tensor([3, 5])),
+                bundle / "text_encoder.onnx", ("tokens", "lengths"), ("embedding",),
+                {"tokens": {0: batch}, "lengths": {0: batch}}, DEFAULT_OPSET)
     write_manifest(bundle, {
         "name": bundle.parent.name, "version": int(bundle.name), "task": "retrieval",
         "architecture": "bag-of-words", "created": datetime(2025, 1, 1, tzinfo=UTC).isoformat(),

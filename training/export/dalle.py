@@ -51,8 +51,8 @@ from models.dalle import Dalle
 from models.dvae import DiscreteVAE
 from service.bundle import describe_graph, load_bundle, write_manifest
 from training.data.tokenizer import WordVocab
-from training.export import created_now, file_entry, staged_bundle
-from training.onnx_caption import DEFAULT_OPSET, _onnx_export
+from training.export.bundle import created_now, file_entry, staged_bundle
+from training.export.onnx import DEFAULT_OPSET, cpu_session, onnx_export, require_parity
 
 PREFILL_FILE = "prefill.onnx"
 STEP_FILE = "decoder_step.onnx"
@@ -152,18 +152,18 @@ def export_dalle_graphs(models: DalleModels, out_dir: Path, *,
     batch = torch.export.Dim("batch")
     rng = np.random.default_rng(0)
     tokens = torch.from_numpy(example_tokens(models, rng, EXAMPLE_BATCH))
-    _onnx_export(PrefillGraph(models.dalle).eval(), (tokens,), out_dir / PREFILL_FILE,
-                 ("tokens",), ("logits", "present"), {"tokens": {0: batch}}, opset)
+    onnx_export(PrefillGraph(models.dalle).eval(), (tokens,), out_dir / PREFILL_FILE,
+                ("tokens",), ("logits", "present"), {"tokens": {0: batch}}, opset)
     token, position, past = (torch.from_numpy(a)
                              for a in step_inputs(models, rng, EXAMPLE_BATCH))
-    _onnx_export(StepGraph(models.dalle).eval(), (token, position, past),
-                 out_dir / STEP_FILE, ("token", "position", "past"), ("logits", "present"),
-                 {"token": {0: batch}, "position": {0: batch}, "past": {0: batch}}, opset)
+    onnx_export(StepGraph(models.dalle).eval(), (token, position, past),
+                out_dir / STEP_FILE, ("token", "position", "past"), ("logits", "present"),
+                {"token": {0: batch}, "position": {0: batch}, "past": {0: batch}}, opset)
     share_weights(out_dir, (PREFILL_FILE, STEP_FILE), WEIGHTS_FILE)
     grid = models.dvae.config.grid
     codes = torch.randint(0, models.dvae.config.codebook_size, (EXAMPLE_BATCH, grid, grid))
-    _onnx_export(DVAEDecoderGraph(models.dvae).eval(), (codes,), out_dir / DVAE_DECODER_FILE,
-                 ("codes",), ("image",), {"codes": {0: batch}}, opset)
+    onnx_export(DVAEDecoderGraph(models.dvae).eval(), (codes,), out_dir / DVAE_DECODER_FILE,
+                ("codes",), ("image",), {"codes": {0: batch}}, opset)
 
 
 def share_weights(directory: Path, graph_files: Sequence[str], weights_file: str) -> None:
@@ -199,21 +199,17 @@ def check_dalle_parity(models: DalleModels, bundle_dir: Path, *, seed: int = 0,
                        atol: float = PARITY_ATOL) -> dict[str, float]:
     """Max |ONNX Runtime - PyTorch| of every output of the three graphs on fresh random
     inputs (raises RuntimeError past atol)."""
-    import onnxruntime as ort
-
-    def session(file: str) -> ort.InferenceSession:
-        return ort.InferenceSession(str(bundle_dir / file), providers=["CPUExecutionProvider"])
-
     rng = np.random.default_rng(seed)
     tokens = example_tokens(models, rng, 5)
     token, position, past = step_inputs(models, rng, 5)
     grid = models.dvae.config.grid
     codes = rng.integers(0, models.dvae.config.codebook_size, (5, grid, grid)).astype(np.int64)
+    prefill, step, decoder = (cpu_session(bundle_dir / f)
+                              for f in (PREFILL_FILE, STEP_FILE, DVAE_DECODER_FILE))
     ort_out = {
-        "prefill": session(PREFILL_FILE).run(None, {"tokens": tokens}),
-        "decoder_step": session(STEP_FILE).run(None, {"token": token, "position": position,
-                                                      "past": past}),
-        "dvae_decoder": session(DVAE_DECODER_FILE).run(None, {"codes": codes}),
+        "prefill": prefill.run(None, {"tokens": tokens}),
+        "decoder_step": step.run(None, {"token": token, "position": position, "past": past}),
+        "dvae_decoder": decoder.run(None, {"codes": codes}),
     }
     with torch.no_grad():
         pt_out = {
@@ -223,13 +219,10 @@ def check_dalle_parity(models: DalleModels, bundle_dir: Path, *, seed: int = 0,
         }
     names = {"prefill": ("logits", "present"), "decoder_step": ("logits", "present"),
              "dvae_decoder": ("image",)}
-    diffs = {f"{graph}.{name}": float(np.abs(o - p.numpy()).max())
-             for graph in names
-             for name, o, p in zip(names[graph], ort_out[graph], pt_out[graph], strict=True)}
-    bad = {k: v for k, v in diffs.items() if not v <= atol}
-    if bad:
-        raise RuntimeError(f"ONNX Runtime and PyTorch disagree on {bad} (atol {atol})")
-    return diffs
+    return require_parity({f"{graph}.{name}": float(np.abs(o - p.numpy()).max())
+                           for graph in names
+                           for name, o, p in zip(names[graph], ort_out[graph], pt_out[graph],
+                                                 strict=True)}, atol)
 
 
 # ---------------------------------------------------------------------------- reranker

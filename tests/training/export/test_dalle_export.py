@@ -16,7 +16,7 @@ from service.bundle import file_sha256, load_bundle
 from service.decoding import draw_tokens
 from service.pipelines.dalle import DalleModel
 from service.pipelines.generation import SamplingOptions, to_uint8
-from training.export_dalle import (
+from training.export.dalle import (
     DalleModels,
     check_dalle_parity,
     example_tokens,
@@ -25,7 +25,7 @@ from training.export_dalle import (
 )
 
 _spec = importlib.util.spec_from_file_location(
-    "tiny_dalle", Path(__file__).parents[1] / "service" / "tiny_dalle.py")
+    "tiny_dalle", Path(__file__).parents[2] / "service" / "tiny_dalle.py")
 tiny_dalle = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tiny_dalle)
 
