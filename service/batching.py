@@ -15,6 +15,9 @@ Two layers, as in TGI's router:
   compute. `admission()` holds a queue place while a request is still being prepared
   (its image decoded), so an overloaded model refuses it before that work instead of
   letting unbounded work pile up in front of the queue.
+
+What a driver shares with the step-level one of autoregressive decoders
+(service/step_batching.py) lives in `QueueDriver`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -125,22 +129,30 @@ class BatchObserver(Protocol):
 BatchFn = Callable[[list[P]], Sequence[R]]
 
 
-class Batcher(Generic[P, R]):
-    """Runs `infer` on batches assembled by a `BatchQueue`, one batch at a time."""
+class WaitingRequests(Protocol):
+    """The plain state a driver runs: how many requests wait, and how many may."""
 
-    def __init__(self, name: str, infer: BatchFn, *, max_batch_size: int = 8,
-                 max_queue_delay_s: float = 0.002, max_queue_size: int = 64,
-                 timeout_s: float = 30.0, observer: BatchObserver | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    max_queue_size: int
+
+    def __len__(self) -> int: ...
+
+
+class QueueDriver(ABC, Generic[P, R]):
+    """What the asyncio drivers of every model queue share: the run task, admission,
+    refusal when full or closed, and the errors a caller gets (503, 504).
+
+    `Batcher` drives a `BatchQueue` (whole batches); service/step_batching.py's
+    `StepBatcher` drives a running decode batch that requests join and leave between steps.
+    """
+
+    queue: WaitingRequests
+
+    def __init__(self, name: str, *, timeout_s: float, observer: BatchObserver | None,
+                 clock: Callable[[], float]) -> None:
         self.name = name
-        self.infer = infer
         self.timeout_s = timeout_s
         self.observer = observer
         self.clock = clock
-        self.queue: BatchQueue[P] = BatchQueue(max_batch_size=max_batch_size,
-                                               max_queue_delay_s=max_queue_delay_s,
-                                               max_queue_size=max_queue_size)
-        self.running = 0
         self.admitted = 0  # requests holding a queue place while being prepared
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -148,8 +160,21 @@ class Batcher(Generic[P, R]):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
 
     @property
+    @abstractmethod
     def idle(self) -> bool:
-        return not self.queue and not self.running
+        """Nothing queued and nothing running."""
+
+    @abstractmethod
+    async def submit(self, payload: P) -> R:
+        """Queue `payload` and wait for its result (Overloaded, RequestTimeout, or its error)."""
+
+    @abstractmethod
+    async def _run(self) -> None:
+        """The driver's loop, until `stop` has drained it."""
+
+    @abstractmethod
+    async def stop(self, timeout_s: float) -> None:
+        """Finish queued and running requests (at most `timeout_s`), then stop."""
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batch-{self.name}")
@@ -185,6 +210,36 @@ class Batcher(Generic[P, R]):
         finally:
             release()
 
+    def _check_accepting(self) -> None:
+        if self._closing or self._task is None:
+            raise ServiceUnavailable(f"model {self.name} is not accepting requests")
+
+    def _overloaded(self, reason: str) -> Overloaded:
+        return Overloaded(f"model {self.name} is overloaded: {reason}; retry later")
+
+    def _timeout_error(self) -> RequestTimeout:
+        return RequestTimeout(f"request did not finish within {self.timeout_s:g} s "
+                              f"(model {self.name})")
+
+
+class Batcher(QueueDriver[P, R]):
+    """Runs `infer` on batches assembled by a `BatchQueue`, one batch at a time."""
+
+    def __init__(self, name: str, infer: BatchFn, *, max_batch_size: int = 8,
+                 max_queue_delay_s: float = 0.002, max_queue_size: int = 64,
+                 timeout_s: float = 30.0, observer: BatchObserver | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(name, timeout_s=timeout_s, observer=observer, clock=clock)
+        self.infer = infer
+        self.queue: BatchQueue[P] = BatchQueue(max_batch_size=max_batch_size,
+                                               max_queue_delay_s=max_queue_delay_s,
+                                               max_queue_size=max_queue_size)
+        self.running = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self.queue and not self.running
+
     async def submit(self, payload: P) -> R:
         """Queue `payload` and wait for its result (Overloaded, RequestTimeout, or its error)."""
         self._check_accepting()
@@ -202,23 +257,12 @@ class Batcher(Generic[P, R]):
         except TimeoutError:
             raise self._timeout_error() from None
 
-    def _check_accepting(self) -> None:
-        if self._closing or self._task is None:
-            raise ServiceUnavailable(f"model {self.name} is not accepting requests")
-
-    def _overloaded(self, reason: str) -> Overloaded:
-        return Overloaded(f"model {self.name} is overloaded: {reason}; retry later")
-
-    def _timeout_error(self) -> RequestTimeout:
-        return RequestTimeout(f"request did not finish within {self.timeout_s:g} s "
-                              f"(model {self.name})")
-
     async def _run(self) -> None:
         while not (self._closing and not self.queue):
             self._wakeup.clear()
             now = self.clock()
             for pending in self.queue.expire(now):
-                _resolve(pending, error=self._timeout_error())
+                resolve(pending, error=self._timeout_error())
             batch = self.queue.next_batch(now, flush=self._closing)
             if batch:
                 await self._compute(batch)
@@ -240,10 +284,10 @@ class Batcher(Generic[P, R]):
             log.error("batch of %d on %s failed (requests %s): %r", len(batch), self.name,
                       ", ".join(p.request_id for p in batch), exc)
             for pending in batch:
-                _resolve(pending, error=exc)
+                resolve(pending, error=exc)
         else:
             for pending, result in zip(batch, results, strict=True):
-                _resolve(pending, result=result)
+                resolve(pending, result=result)
         finally:
             self.running = 0
         if self.observer is not None:
@@ -269,12 +313,17 @@ class Batcher(Generic[P, R]):
                 log.warning("%s: drain timed out with %d queued", self.name, len(self.queue))
         while batch := self.queue.next_batch(self.clock(), flush=True):
             for pending in batch:
-                _resolve(pending, error=ServiceUnavailable(f"model {self.name} shut down"))
+                resolve(pending, error=ServiceUnavailable(f"model {self.name} shut down"))
         self._executor.shutdown(wait=False)
 
 
-def _resolve(pending: Pending[Any], *, result: Any = None,
-             error: BaseException | None = None) -> None:
+class Awaited(Protocol):
+    future: Any  # the asyncio.Future its caller awaits
+
+
+def resolve(pending: Awaited, *, result: Any = None,
+            error: BaseException | None = None) -> None:
+    """Set the result or the error of a request's future, unless its caller has gone."""
     if pending.future.done():
         return
     if error is not None:

@@ -161,12 +161,48 @@ class GenerationInference(InferenceSection):
                                    "captions' words; prompts with other words are refused")
 
 
+class RerankerSpec(_Strict):
+    """A text-image joint embedding carried in the bundle to rank sampled images."""
+
+    image_graph: str = Field(description="key in `graphs`: image [batch, 3, S, S] -> "
+                             "embedding [batch, E]")
+    text_graph: str = Field(description="key in `graphs`: tokens [batch, T], lengths [batch] "
+                            "-> embedding [batch, E]")
+    vocabulary: str = Field(description="key in `files` of its word vocabulary")
+    text_length: int = Field(ge=1, description="T, the most words its text graph reads")
+    source: str | None = Field(None, description="the bundle it was taken from, name/version")
+
+
+class DalleInference(InferenceSection):
+    """A DALL-E bundle: transformer prefill and step graphs, a dVAE decoder, a reranker."""
+
+    text_length: int = Field(ge=2, description="L, text positions: <bos>, words, padding")
+    grid: int = Field(ge=1, description="G: the image is G x G codes")
+    codebook_size: int = Field(ge=2, description="K, the dVAE's codes")
+    image_size: int = Field(ge=1, description="S, the side of the generated images")
+    temperature: float = Field(1.0, gt=0, allow_inf_nan=False)
+    top_k: int = Field(0, ge=0, description="0: no top-k filtering")
+    top_p: float = Field(1.0, gt=0, le=1)
+    candidates: int = Field(1, ge=1, description="samples drawn per returned image")
+    reranker: RerankerSpec | None = None
+
+
 # task -> the section its `inference` must validate as (tasks not served have none)
 INFERENCE_SECTIONS: dict[str, type[InferenceSection]] = {
     "caption": CaptionInference, "alignment": AlignmentInference,
     "retrieval": RetrievalInference, "vqa": VqaInference, "generation": GenerationInference,
 }
+# (task, architecture) -> its section, for architectures whose pipeline reads another one
+# than their task's
+ARCHITECTURE_INFERENCE_SECTIONS: dict[tuple[str, str], type[InferenceSection]] = {
+    ("generation", "dalle"): DalleInference,
+}
 S = TypeVar("S", bound=InferenceSection)
+
+
+def inference_section(task: str, architecture: str) -> type[InferenceSection] | None:
+    """The section a bundle of `task` and `architecture` validates its `inference` as."""
+    return ARCHITECTURE_INFERENCE_SECTIONS.get((task, architecture), INFERENCE_SECTIONS.get(task))
 
 
 def validation_problems(exc: ValidationError) -> str:
@@ -199,10 +235,11 @@ class Manifest(_Strict):
     @classmethod
     def _inference_section(cls, inference: dict[str, Any], info: ValidationInfo
                            ) -> dict[str, Any]:
-        task = info.data.get("task", "")
-        if task in INFERENCE_SECTIONS:
+        task, architecture = info.data.get("task", ""), info.data.get("architecture", "")
+        section = inference_section(task, architecture)
+        if section is not None:
             try:
-                INFERENCE_SECTIONS[task].model_validate(inference)
+                section.model_validate(inference)
             except ValidationError as exc:
                 raise ValueError(f"{task} bundle: {validation_problems(exc)}") from None
         return inference

@@ -520,6 +520,24 @@ def _draw(log_probs: np.ndarray, temperature: np.ndarray, top_k: np.ndarray,
     return np.minimum(drawn, log_probs.shape[1] - 1)
 
 
+def draw_tokens(logits: np.ndarray, temperature: np.ndarray, top_k: np.ndarray,
+                top_p: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+    """Token id drawn per row from full-vocabulary logits [N, V], int64 [N].
+
+    The same draw as ``sample`` makes from a step's sorted candidates: temperature,
+    top-k (0: all) and top-p filtering, then the inverse of the cumulative distribution
+    at ``uniform`` [N] (one value in [0, 1) per row); settings are one value per row.
+    Ties between logits are broken by token id, so a row's draw depends on its own
+    logits and uniform only.
+    """
+    order = np.argsort(-logits, axis=1, kind="stable")
+    ranked = np.take_along_axis(logits, order, axis=1).astype(np.float64)
+    peak = ranked[:, :1]
+    log_probs = ranked - peak - np.log(np.exp(ranked - peak).sum(axis=1, keepdims=True))
+    col = _draw(log_probs, temperature, top_k, top_p, uniform)
+    return order[np.arange(len(order)), col].astype(np.int64)
+
+
 def sample(
     step: StepFn,
     init_state: Mapping[str, np.ndarray],

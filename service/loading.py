@@ -2,11 +2,11 @@
 
 Start-up discovers every bundle under the repository, verifies manifests and sha256s,
 creates ONNX Runtime sessions with the configured providers, builds the pipeline of
-the bundle's task (`service.pipelines.PIPELINES`), warms it at the batch sizes its
-queue will form and starts its batching queue. A bundle that fails is skipped with an
-error log naming the bundle, the file and the reason; the others are served, and
-/v2/health/ready answers 503 ("degraded") until the repository is fixed, so that a
-deployment never silently runs without a model it was given.
+the bundle's architecture or task (`service.pipelines.pipeline_for`), warms it at the
+batch sizes its queue will form and starts the queue the pipeline asks for. A bundle
+that fails is skipped with an error log naming the bundle, the file and the reason; the
+others are served, and /v2/health/ready answers 503 ("degraded") until the repository
+is fixed, so that a deployment never silently runs without a model it was given.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from service.batching import Batcher
 from service.bundle import Bundle, BundleError, discover
 from service.metrics import ServiceMetrics
-from service.pipelines import PIPELINES
+from service.pipelines import pipeline_for
 from service.runtime import load_graphs, warm_batch_sizes
 from service.settings import Settings
 from service.state import ServedModel, ServiceState
@@ -30,25 +29,23 @@ log = logging.getLogger("service")
 
 def load_model(bundle: Bundle, settings: Settings, metrics: ServiceMetrics) -> ServedModel:
     """Sessions, pipeline, warm-up and batching queue of one bundle (raises BundleError)."""
-    task = bundle.manifest.task
-    if task not in PIPELINES:
-        raise BundleError(bundle.path, f"task {task!r} is not served by this version of glimpse")
+    pipeline_class = pipeline_for(bundle.manifest)
+    if pipeline_class is None:
+        raise BundleError(bundle.path, f"task {bundle.manifest.task!r} is not served by this "
+                          "version of glimpse")
     knobs = settings.for_model(bundle.manifest.name)
     graphs = load_graphs(bundle, device=knobs.device, providers=knobs.providers,
                          intra_op_threads=knobs.intra_op_threads,
                          allow_spinning=settings.ort_spinning)
-    pipeline = PIPELINES[task](bundle, graphs)
+    pipeline = pipeline_class(bundle, graphs)
     started = time.perf_counter()
     try:
         pipeline.warm_up(warm_batch_sizes(knobs.max_batch_size))
     except Exception as exc:  # graphs that load but cannot run as the manifest says
         raise BundleError(bundle.path, f"warm-up failed: {exc}") from exc
     log.info("warmed %s in %.2f s", bundle.key, time.perf_counter() - started)
-    batcher = Batcher(bundle.key, pipeline.run_batch, max_batch_size=knobs.max_batch_size,
-                      max_queue_delay_s=knobs.max_queue_delay_ms / 1000,
-                      max_queue_size=knobs.max_queue_size, timeout_s=knobs.request_timeout_s,
-                      observer=metrics)
-    return ServedModel(bundle=bundle, settings=knobs, pipeline=pipeline, batcher=batcher)
+    return ServedModel(bundle=bundle, settings=knobs, pipeline=pipeline,
+                       batcher=pipeline.batcher(knobs, metrics))
 
 
 def load_repository(state: ServiceState) -> None:

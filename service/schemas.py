@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.decoding import MAX_BEAM_SIZE
 from service.pipelines.base import MAX_SEED
 from service.pipelines.caption import MAX_CAPTIONS, MAX_LENGTH, MAX_TEMPERATURE
-from service.pipelines.generation import MAX_IMAGES_PER_REQUEST
+from service.pipelines.dalle import MAX_CANDIDATES, MAX_ROWS_PER_REQUEST
+from service.pipelines.dalle import MAX_TEMPERATURE as DALLE_MAX_TEMPERATURE
+from service.pipelines.generation import MAX_IMAGES_PER_REQUEST, SamplingOptions
 from service.pipelines.retrieval import MAX_TOP_K as MAX_SEARCH_TOP_K
 from service.pipelines.vqa import DEFAULT_TOP_K as DEFAULT_ANSWERS
 from service.pipelines.vqa import MAX_TOP_K as MAX_ANSWERS
@@ -335,6 +337,27 @@ class GenerationParams(ModelParams):
                              "returned")
     response_format: Literal["b64_json"] = Field("b64_json",
                                                  description="images as base64-encoded PNG")
+    # Token-sampling models (DALL-E) only; a GAN refuses them.
+    candidates: int | None = Field(
+        None, ge=1, le=MAX_CANDIDATES, examples=[4],
+        description="DALL-E: samples drawn per returned image, the best kept by the model's "
+                    f"reranker (default: the model's, 1 for the committed one); n * "
+                    f"candidates <= {MAX_ROWS_PER_REQUEST}")
+    temperature: float | None = Field(
+        None, gt=0, le=DALLE_MAX_TEMPERATURE, examples=[1.0],
+        description="DALL-E: divides the logits of each image code; below 1 sharpens, above 1 "
+                    "flattens")
+    top_k: int | None = Field(
+        None, ge=0, examples=[64],
+        description="DALL-E: draw each image code among the k most likely only (0: all)")
+    top_p: float | None = Field(
+        None, gt=0, le=1, examples=[0.9],
+        description="DALL-E: draw each image code among the most likely whose probabilities "
+                    "reach top_p (nucleus sampling; 1: no cut)")
+
+    def sampling(self) -> SamplingOptions:
+        return SamplingOptions(temperature=self.temperature, top_k=self.top_k,
+                               top_p=self.top_p, candidates=self.candidates)
 
 
 class GeneratedImage(BaseModel):

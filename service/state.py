@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from service.batching import Batcher
+from service.batching import QueueDriver
 from service.bundle import Bundle
 from service.errors import InvalidParameter, ModelNotFound, ServiceError, ServiceUnavailable
 from service.metrics import ServiceMetrics
@@ -28,7 +28,7 @@ class ServedModel:
     bundle: Bundle
     settings: ResolvedModelSettings
     pipeline: Pipeline[Any, Any]
-    batcher: Batcher[Any, Any]
+    batcher: QueueDriver[Any, Any]
 
     @property
     def key(self) -> str:

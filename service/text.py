@@ -70,6 +70,8 @@ class EncodedText:
 class WordIndex:
     """Words -> ids of a WordVocab JSON (<pad>=0, <bos>=1, <eos>=2, <unk>=3)."""
 
+    PAD_ID = 0
+    BOS_ID = 1
     UNK_ID = 3
 
     def __init__(self, tokens: Sequence[str]) -> None:

@@ -1,10 +1,12 @@
-"""One pipeline per served task, each registered under its task in `PIPELINES`.
+"""One pipeline per served task, each registered under its task in `PIPELINES`, and
+one per architecture that its task's pipeline cannot run, in `ARCHITECTURE_PIPELINES`.
 
-Importing this package imports every task module, so that the registry is complete;
-a new task is one module here (a `Pipeline` subclass naming its task) and its line below.
+Importing this package imports every pipeline module, so that the registries are
+complete; a new task or architecture is one module here (a `Pipeline` subclass naming
+its task, and its architecture) and its line below.
 """
 
-from service.pipelines import alignment, caption, generation, retrieval, vqa  # noqa: F401
-from service.pipelines.base import PIPELINES, Pipeline
+from service.pipelines import alignment, caption, dalle, generation, retrieval, vqa  # noqa: F401
+from service.pipelines.base import ARCHITECTURE_PIPELINES, PIPELINES, Pipeline, pipeline_for
 
-__all__ = ["PIPELINES", "Pipeline"]
+__all__ = ["ARCHITECTURE_PIPELINES", "PIPELINES", "Pipeline", "pipeline_for"]

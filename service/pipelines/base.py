@@ -11,7 +11,13 @@ image) naming its task, which registers it:
 
     class VqaModel(ImagePipeline[VqaRequest, VqaResult], task="vqa"): ...
 
-and the service loads a bundle with `PIPELINES[bundle.manifest.task]`.
+and the service loads a bundle with the pipeline `pipeline_for(bundle.manifest)` names.
+An architecture that its task's pipeline cannot run registers its own, under both:
+
+    class DalleModel(TextToImage, task="generation", architecture="dalle"): ...
+
+A pipeline also says how the service queues its requests (`batcher`): batches of
+whole requests by default, a running decode batch for step-level batching.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ from typing import Any, ClassVar, Generic, Literal, Self, TypeVar
 import numpy as np
 from PIL import Image
 
-from service.bundle import Bundle, BundleError, load_bundle
+from service.batching import Batcher, BatchObserver, QueueDriver
+from service.bundle import Bundle, BundleError, Manifest, load_bundle
 from service.errors import InvalidParameter
 from service.images import image_input, to_array
 from service.runtime import OnnxGraph, load_graphs
+from service.settings import ResolvedModelSettings
 
 RequestT = TypeVar("RequestT")
 ResultT = TypeVar("ResultT")
@@ -50,16 +58,37 @@ class GraphContract:
 
 # task -> its pipeline class, filled as the task modules are imported (service.pipelines)
 PIPELINES: dict[str, type[Pipeline[Any, Any]]] = {}
+# (task, architecture) -> the pipeline of the bundles of an architecture that has its own
+ARCHITECTURE_PIPELINES: dict[tuple[str, str], type[Pipeline[Any, Any]]] = {}
+
+
+def pipeline_for(manifest: Manifest) -> type[Pipeline[Any, Any]] | None:
+    """The pipeline that serves a bundle: its architecture's, else its task's (None if
+    this version of glimpse serves neither)."""
+    return (ARCHITECTURE_PIPELINES.get((manifest.task, manifest.architecture))
+            or PIPELINES.get(manifest.task))
 
 
 class Pipeline(ABC, Generic[RequestT, ResultT]):
     """The graphs of one bundle of `task`, and the batch function that runs them."""
 
     task: ClassVar[str]
+    architecture: ClassVar[str | None] = None  # set for an architecture's own pipeline
 
-    def __init_subclass__(cls, *, task: str | None = None, **kwargs: Any) -> None:
+    def __init_subclass__(cls, *, task: str | None = None, architecture: str | None = None,
+                          **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if task is None:
+            if architecture is not None:
+                raise TypeError(f"{cls.__name__}: an architecture's pipeline names its task")
+            return
+        if architecture is not None:
+            key = (task, architecture)
+            if key in ARCHITECTURE_PIPELINES:
+                raise TypeError(f"architecture {architecture!r} of task {task!r} already has "
+                                f"a pipeline: {ARCHITECTURE_PIPELINES[key].__name__}")
+            cls.task, cls.architecture = task, architecture
+            ARCHITECTURE_PIPELINES[key] = cls
             return
         if task in PIPELINES:
             raise TypeError(f"task {task!r} already has a pipeline: {PIPELINES[task].__name__}")
@@ -70,6 +99,9 @@ class Pipeline(ABC, Generic[RequestT, ResultT]):
         if bundle.manifest.task != self.task:
             raise BundleError(bundle.path, f"task {bundle.manifest.task!r} is not a "
                               f"{self.task} bundle")
+        if self.architecture is not None and bundle.manifest.architecture != self.architecture:
+            raise BundleError(bundle.path, f"architecture {bundle.manifest.architecture!r} is "
+                              f"not served by {type(self).__name__} ({self.architecture})")
         self.bundle = bundle
         self._check_contract(graphs)
 
@@ -131,6 +163,15 @@ class Pipeline(ABC, Generic[RequestT, ResultT]):
     @abstractmethod
     def warm_up_batches(self, size: int) -> list[list[RequestT]]:
         """Batches of `size` requests that run every graph, for `warm_up`."""
+
+    def batcher(self, settings: ResolvedModelSettings,
+                observer: BatchObserver | None = None) -> QueueDriver[RequestT, ResultT]:
+        """The queue the service runs this model's requests through: a dynamic batcher of
+        whole requests (`run_batch`); step-level decoders return a `StepBatcher`."""
+        return Batcher(self.bundle.key, self.run_batch, max_batch_size=settings.max_batch_size,
+                       max_queue_delay_s=settings.max_queue_delay_ms / 1000,
+                       max_queue_size=settings.max_queue_size,
+                       timeout_s=settings.request_timeout_s, observer=observer)
 
     def warm_up(self, batch_sizes: Sequence[int]) -> None:
         """Run each batch size once so that first requests do not pay for allocation."""

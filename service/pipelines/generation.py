@@ -1,4 +1,10 @@
-"""The text-to-image pipeline: prompt -> characters -> text encoder -> generator -> PNGs.
+"""The text-to-image pipelines' shared parts, and the GAN pipeline: prompt -> characters ->
+text encoder -> generator -> PNGs.
+
+Every generation bundle is served behind /v1/images/generations by a `TextToImage`
+pipeline: `GenerationModel` below for the GANs (the task's pipeline), `DalleModel`
+(service/pipelines/dalle.py) for architecture "dalle". Both take a prompt, n and a seed
+and answer a `GenerationResult`; token-sampling models also read `SamplingOptions`.
 
 `GenerationModel` is what the service batches behind /v1/images/generations and what
 evaluation uses offline (`GenerationModel.from_bundle(path).generate(prompts, n, seed)`),
@@ -20,8 +26,10 @@ of n images is one entry. A batch's images are drawn in generator runs of at mos
 from __future__ import annotations
 
 import io
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -34,6 +42,38 @@ from service.text import CharIndex, WordIndex, pad_ids
 
 MAX_IMAGES_PER_REQUEST = 16
 MAX_IMAGES_PER_RUN = 64
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Sampling settings of one request; None leaves the model's default (its manifest's
+    `inference`)."""
+
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    candidates: int | None = None  # samples drawn per returned image, reranked
+
+    def given(self) -> list[str]:
+        """Names of the settings the request sets."""
+        return [name for name, value in vars(self).items() if value is not None]
+
+
+class TextToImage(Pipeline[Any, "GenerationResult"]):
+    """A pipeline of /v1/images/generations: prompt, n, seed (and sampling) -> images."""
+
+    task = "generation"
+
+    @abstractmethod
+    def request(self, prompt: str, n: int = 1, seed: int | None = None,
+                options: SamplingOptions | None = None) -> Any:
+        """A validated request (InvalidParameter names what is wrong); without a seed one
+        is drawn at random and returned with the images."""
+
+    @abstractmethod
+    def generate(self, prompts: Sequence[str], n: int = 1, seed: int = 0) -> np.ndarray:
+        """uint8 [len(prompts) * n, S, S, 3], prompt-major: each prompt's n images are
+        those /v1/images/generations returns for it, n and seed."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +114,7 @@ def draw_noise(seed: int, n: int, noise_dim: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, noise_dim), dtype=np.float32)
 
 
-class GenerationModel(Pipeline[GenerationRequest, GenerationResult], task="generation"):
+class GenerationModel(TextToImage, task="generation"):
     """A char-CNN-RNN text encoder graph and a generator graph sampled with seeded noise."""
 
     def __init__(self, bundle: Bundle, graphs: Mapping[str, OnnxGraph]) -> None:
@@ -97,11 +137,17 @@ class GenerationModel(Pipeline[GenerationRequest, GenerationResult], task="gener
 
     # ------------------------------------------------------------------ requests
 
-    def request(self, prompt: str, n: int = 1, seed: int | None = None) -> GenerationRequest:
+    def request(self, prompt: str, n: int = 1, seed: int | None = None,
+                options: SamplingOptions | None = None) -> GenerationRequest:
         """Validate a prompt, image count and seed (InvalidParameter names what is wrong).
 
-        Without a seed one is drawn at random; it is returned with the images.
+        Without a seed one is drawn at random; it is returned with the images. A GAN draws
+        from noise: sampling settings are refused.
         """
+        if options is not None and (given := options.given()):
+            raise InvalidParameter(f"{', '.join(given)}: model {self.bundle.key} "
+                                   f"({self.bundle.manifest.architecture}) draws its images "
+                                   "from noise and takes no sampling settings")
         if not 1 <= n <= MAX_IMAGES_PER_REQUEST:
             raise InvalidParameter(f"n: must be between 1 and {MAX_IMAGES_PER_REQUEST}, got {n}")
         seed = request_seed(seed)

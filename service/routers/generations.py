@@ -4,7 +4,9 @@ The body follows the shape users know from other image APIs: JSON `{"prompt", "m
 "n", "seed", "response_format": "b64_json"}` -> `{"created", "model", "seed", "data":
 [{"b64_json"}]}`. With `Accept: image/png` (and n = 1) the answer is the PNG itself,
 its seed in the `X-Seed` header. The same prompt, n and seed give the same images,
-whatever else is batched with the request.
+whatever else is batched with the request. Any generation bundle answers: a GAN
+(`GenerationModel`) or DALL-E (`DalleModel`, which also reads `candidates`,
+`temperature`, `top_k` and `top_p`), both `TextToImage` pipelines.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 
 from service.errors import InvalidParameter
-from service.pipelines.generation import GenerationModel, GenerationResult
+from service.pipelines.generation import GenerationResult, TextToImage
 from service.routers.deps import ModelCall, json_call, read_json_request, require_api_key
 from service.schemas import (
     GeneratedImage,
@@ -48,8 +50,8 @@ async def read_params(request: Request) -> GenerationParams:
     return params
 
 
-GenerationCall = Annotated[ModelCall[GenerationModel, GenerationParams],
-                           Depends(json_call(read_params, GenerationModel))]
+GenerationCall = Annotated[ModelCall[TextToImage, GenerationParams],
+                           Depends(json_call(read_params, TextToImage))]
 
 _RESPONSES = {
     **error_responses(400, 401, 404, 413, 415, 422, 503, 504),
@@ -61,15 +63,18 @@ _RESPONSES = {
 @router.post("/images/generations", response_model=GenerationResponse, responses=_RESPONSES,
              openapi_extra={"requestBody": json_request_body(GenerationParams)})
 async def create_images(request: Request, call: GenerationCall) -> Response | GenerationResponse:
-    """Generate images from a text prompt with a text-conditional GAN.
+    """Generate images from a text prompt with a text-conditional GAN or DALL-E.
 
     `curl -H 'Content-Type: application/json' -d '{"prompt": "a red circle", "n": 2,
     "seed": 7}' .../v1/images/generations`. Prompts with characters outside the
     model's alphabet or words outside its training captions are refused (422), naming
-    them. A request counts once toward the queue's max_batch_size, whatever its n.
+    them. A GAN request counts once toward the queue's max_batch_size, whatever its n;
+    DALL-E decodes n * candidates sequences, which join and leave its running decode
+    batch (max_batch_size sequences) between steps. Sampling settings (`candidates`,
+    `temperature`, `top_k`, `top_p`) are for DALL-E; a GAN refuses them (422).
     """
     p = call.params
-    job = call.pipeline.request(p.prompt, p.n, p.seed)
+    job = call.pipeline.request(p.prompt, p.n, p.seed, p.sampling())
     result: GenerationResult = await call.compute(job)
     if wants_png(request):
         return Response(result.pngs[0], media_type=PNG, headers={"X-Seed": str(result.seed)})

@@ -19,6 +19,7 @@ from service.decoding import (
     Hypothesis,
     StepOutput,
     beam_search,
+    draw_tokens,
     gnmt_length_penalty,
     greedy,
     sample,
@@ -489,3 +490,41 @@ def test_invalid_sampling_arguments_name_the_argument(override, name):
     kwargs = dict(bos_id=model.bos, eos_id=EOS, max_length=3, graph_top_k=4) | override
     with pytest.raises(ValueError, match=name):
         sample(model, *model.inputs([0, 1]), **kwargs)
+
+
+# ---------------------------------------------------------------------------- draw_tokens
+
+
+def draw_settings(rows: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+    return np.full(rows, temperature), np.full(rows, top_k), np.full(rows, top_p)
+
+
+def test_draw_tokens_inverts_the_cumulative_distribution_over_the_vocabulary():
+    # probabilities 0.1, 0.2, 0.3, 0.4 of tokens 0..3, presented unsorted
+    logits = np.log(np.array([[0.1, 0.2, 0.3, 0.4]]))
+    # Sorted descending: token 3 takes [0, 0.4), token 2 [0.4, 0.7), 1 [0.7, 0.9), 0 the rest.
+    for u, token in [(0.0, 3), (0.39, 3), (0.41, 2), (0.69, 2), (0.71, 1), (0.95, 0)]:
+        assert draw_tokens(logits, *draw_settings(1), np.array([u])).tolist() == [token]
+
+
+def test_draw_tokens_filters_like_sampling():
+    logits = np.log(np.array([[0.1, 0.2, 0.3, 0.4]] * 3))
+    u = np.full(3, 0.99)  # the least likely token that survives the filter
+    assert draw_tokens(logits, *draw_settings(3, top_k=2), u).tolist() == [2, 2, 2]
+    assert draw_tokens(logits, *draw_settings(3, top_p=0.65), u).tolist() == [2, 2, 2]
+    assert draw_tokens(logits, *draw_settings(3, top_k=1), u).tolist() == [3, 3, 3]
+    assert draw_tokens(logits, *draw_settings(3, top_k=99), u).tolist() == [0, 0, 0]
+    # A low temperature concentrates the mass on the best token.
+    assert draw_tokens(logits, *draw_settings(3, temperature=0.01), u).tolist() == [3, 3, 3]
+
+
+def test_draw_tokens_is_row_independent_and_breaks_ties_by_id():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 9))
+    logits[0] = 0.0  # a row of ties: the draw orders tokens by id
+    uniform = rng.random(6)
+    together = draw_tokens(logits, *draw_settings(6, 0.8, 5, 0.9), uniform)
+    alone = [draw_tokens(logits[i:i + 1], *draw_settings(1, 0.8, 5, 0.9), uniform[i:i + 1])[0]
+             for i in range(6)]
+    assert together.tolist() == alone
+    assert draw_tokens(logits[:1], *draw_settings(1), np.array([0.05])).tolist() == [0]

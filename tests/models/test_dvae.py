@@ -1,0 +1,100 @@
+"""The discrete VAE: shapes, code ids, the relaxation, the KL term and the schedules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models.dvae import DiscreteVAE, DVAEConfig, codebook_usage, cosine_ramp, kl_to_uniform
+
+
+def tiny(grid: int = 8, codebook_size: int = 16) -> DiscreteVAE:
+    torch.manual_seed(0)
+    cfg = DVAEConfig(image_size=32, grid=grid, codebook_size=codebook_size, channels=8,
+                     max_channels=16, code_dim=8)
+    return DiscreteVAE(cfg).eval()
+
+
+@pytest.mark.parametrize("grid", [4, 8, 16])
+def test_encode_gives_a_grid_of_code_ids_and_decode_an_image(grid: int) -> None:
+    model = tiny(grid)
+    images = torch.rand(3, 3, 32, 32)
+    codes = model.encode(images)
+    assert codes.shape == (3, grid, grid) and codes.dtype == torch.int64
+    assert int(codes.min()) >= 0 and int(codes.max()) < 16
+    with torch.no_grad():
+        decoded = model.decode(codes)
+    assert decoded.shape == (3, 3, 32, 32)
+    assert float(decoded.min()) >= 0.0 and float(decoded.max()) <= 1.0
+
+
+def test_encode_is_the_argmax_of_the_encoder_logits() -> None:
+    model = tiny()
+    images = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(model.encode(images), model.encoder(images).argmax(dim=1))
+
+
+def test_at_low_temperature_the_relaxation_decodes_like_the_hard_codes() -> None:
+    """As tau -> 0 the Gumbel-softmax sample becomes one-hot; with logits whose margin
+    dwarfs the Gumbel noise the sampled code is the argmax, so the forward pass
+    reconstructs what `decode(encode(x))` does."""
+    model = tiny()
+    with torch.no_grad():
+        model.encoder.net[-1].weight.mul_(1e4)
+    images = torch.rand(2, 3, 32, 32)
+    out = model(images, temperature=1e-3, kl_weight=0.0)
+    torch.testing.assert_close(out.recon, model.decode(model.encode(images)), atol=1e-4,
+                               rtol=0)
+
+
+def test_loss_is_reconstruction_plus_weighted_kl() -> None:
+    model = tiny()
+    images = torch.rand(2, 3, 32, 32)
+    torch.manual_seed(1)
+    out = model(images, temperature=1.0, kl_weight=0.5)
+    torch.testing.assert_close(out.recon_loss, ((out.recon - images) ** 2).mean())
+    torch.testing.assert_close(out.kl, kl_to_uniform(out.logits))
+    torch.testing.assert_close(out.loss, out.recon_loss + 0.5 * out.kl)
+    out.loss.backward()
+    assert model.encoder.net[0].weight.grad is not None  # gradients reach the encoder
+
+
+def test_kl_to_uniform_is_zero_for_uniform_and_log_k_for_one_hot() -> None:
+    assert kl_to_uniform(torch.zeros(2, 8, 3, 3)).item() == pytest.approx(0.0, abs=1e-6)
+    one_hot = torch.full((1, 8, 1, 1), -1e4)
+    one_hot[0, 3] = 1e4
+    assert kl_to_uniform(one_hot).item() == pytest.approx(math.log(8), rel=1e-5)
+
+
+def test_schedules_anneal_temperature_and_ramp_the_kl_weight() -> None:
+    cfg = DVAEConfig(temperature_start=1.0, temperature_end=1 / 16, temperature_steps=100,
+                     kl_weight=6.6, kl_steps=10)
+    assert cfg.temperature(0) == 1.0 and cfg.temperature(100) == 1 / 16
+    assert cfg.temperature(50) == pytest.approx((1 + 1 / 16) / 2)
+    assert cfg.temperature(10_000) == 1 / 16
+    assert cfg.kl_weight_at(0) == 0.0 and cfg.kl_weight_at(10) == 6.6
+    temps = [cfg.temperature(s) for s in range(0, 101, 10)]
+    assert temps == sorted(temps, reverse=True)
+    assert cosine_ramp(5, 0, 1.0, 2.0) == 2.0  # no ramp: the final value at once
+
+
+def test_grid_must_divide_the_image_by_a_power_of_two() -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        DVAEConfig(image_size=64, grid=12)
+    with pytest.raises(ValueError, match="power of two"):
+        DVAEConfig(image_size=64, grid=64)
+    assert DVAEConfig(image_size=64, grid=16).downsamplings == 2
+
+
+def test_codebook_usage_counts_perplexity_and_dead_codes() -> None:
+    uniform = codebook_usage(torch.arange(8).repeat(3), 8)
+    assert uniform["perplexity"] == pytest.approx(8.0) and uniform["dead_codes"] == 0
+    one = codebook_usage(torch.full((5, 2, 2), 3), 8)
+    assert one["perplexity"] == pytest.approx(1.0) and one["dead_codes"] == 7
+
+
+def test_config_round_trips() -> None:
+    cfg = DVAEConfig(grid=16, codebook_size=256)
+    assert DVAEConfig.from_dict(cfg.to_dict()) == cfg
