@@ -23,6 +23,7 @@ from training.export.dalle import (
     step_inputs,
     write_dalle_bundle,
 )
+from training.export.onnx import HALF_MIN_ELEMENTS
 
 _spec = importlib.util.spec_from_file_location(
     "tiny_dalle", Path(__file__).parents[2] / "service" / "tiny_dalle.py")
@@ -80,9 +81,13 @@ def test_the_transformer_weights_are_stored_once_for_both_graphs(exported) -> No
     m = load_bundle(bundle).manifest  # verifies the weights file's sha256 too
     assert m.files["transformer_weights"].file == "transformer.bin"
     weights = (bundle / "transformer.bin").stat().st_size
-    params = sum(p.numel() * 4 for p in models.dalle.parameters())
-    layers = sum(p.numel() * 4 for name, p in models.dalle.named_parameters()
-                 if name.startswith("blocks.") and p.numel() * 4 >= 1024)
+
+    def stored(p: torch.Tensor) -> int:  # bytes on disk: half precision from HALF_MIN_ELEMENTS
+        return p.numel() * (2 if p.numel() >= HALF_MIN_ELEMENTS else 4)
+
+    params = sum(stored(p) for p in models.dalle.parameters())
+    layers = sum(stored(p) for name, p in models.dalle.named_parameters()
+                 if name.startswith("blocks.") and stored(p) >= 1024)
     # Both graphs run every layer: stored per graph, the layers alone would be 2 * layers.
     assert layers <= weights <= params < 2 * layers
     for file in ("prefill.onnx", "decoder_step.onnx"):
