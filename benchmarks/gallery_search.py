@@ -7,7 +7,7 @@ timed apart from the top-k selection, so the table says which one grows. Writes
 benchmarks/results/gallery_search.{json,md}.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/gallery_search.py \
-        --bundle model_repository/retrieval-vse/1
+        --bundle model_repository/retrieval-vse/2
 """
 
 from __future__ import annotations

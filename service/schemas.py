@@ -143,7 +143,7 @@ class WordAttention(BaseModel):
 
 class CaptionResponse(BaseModel):
     model: str = Field(description="the bundle that answered, name/version",
-                       examples=["caption-sat/1"])
+                       examples=["caption-sat/2"])
     captions: list[CaptionOut]
     attention: list[list[WordAttention]] | None = Field(
         None, description="with return_attention: for each caption, one map per word")
@@ -193,7 +193,7 @@ class RegionAttention(BaseModel):
 
 class VqaResponse(BaseModel):
     model: str = Field(description="the bundle that answered, name/version",
-                       examples=["vqa-updown/1"])
+                       examples=["vqa-updown/2"])
     question: str = Field(examples=["what color is the circle?"])
     answers: list[AnswerOut]
     attention: list[RegionAttention] | None = Field(
@@ -242,7 +242,7 @@ class SegmentOut(BaseModel):
 
 class AlignmentResponse(BaseModel):
     model: str = Field(description="the bundle that answered, name/version",
-                       examples=["align-brnn/1"])
+                       examples=["align-brnn/2"])
     sentence: str = Field(description="the sentence's words as the model read them",
                           examples=["a red circle left of a blue square"])
     score: float = Field(description="image-sentence score S_kl = sum_t max_i v_i^T s_t "
@@ -271,7 +271,7 @@ class ImageEmbeddingRequest(RetrievalParams):
 
 
 class EmbeddingResponse(BaseModel):
-    model: str = Field(examples=["retrieval-vse/1"])
+    model: str = Field(examples=["retrieval-vse/2"])
     embedding: list[float] = Field(description="unit-length vector of the joint space")
     dimensions: int = Field(examples=[128])
     unknown_words: list[str] | None = Field(
@@ -305,14 +305,14 @@ class CaptionHit(BaseModel):
 
 
 class ImageSearchResponse(BaseModel):
-    model: str = Field(examples=["retrieval-vse/1"])
+    model: str = Field(examples=["retrieval-vse/2"])
     results: list[ImageHit]
     unknown_words: list[str] | None = Field(
         None, description="words outside the vocabulary, embedded as <unk>")
 
 
 class CaptionSearchResponse(BaseModel):
-    model: str = Field(examples=["retrieval-vse/1"])
+    model: str = Field(examples=["retrieval-vse/2"])
     results: list[CaptionHit]
 
 
@@ -378,7 +378,7 @@ class GenerationResponse(BaseModel):
 class ModelInfo(BaseModel):
     name: str = Field(examples=["caption-sat"])
     version: int = Field(examples=[1])
-    id: str = Field(description="name/version", examples=["caption-sat/1"])
+    id: str = Field(description="name/version", examples=["caption-sat/2"])
     latest: bool = Field(description="served when a request names the model without version")
     task: str = Field(examples=["caption"])
     architecture: str = Field(examples=["sat-soft"])

@@ -103,7 +103,10 @@ def share_identical_files(repository: Path, min_bytes: int = SHARE_MIN_BYTES) ->
             saved += size
     linked = {path.resolve() for bundle in bundle_dirs(repository) for path in bundle.iterdir()
               if path.is_symlink()}
-    for store in shared.glob("*") if shared.is_dir() else ():
-        if store.resolve() not in linked:  # its bundles are gone
-            store.unlink()
+    if shared.is_dir():
+        for store in shared.iterdir():
+            if store.resolve() not in linked:  # its bundles are gone
+                store.unlink()
+        if not any(shared.iterdir()):
+            shared.rmdir()
     return saved
