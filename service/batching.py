@@ -141,6 +141,7 @@ class Batcher(Generic[P, R]):
                                                max_queue_delay_s=max_queue_delay_s,
                                                max_queue_size=max_queue_size)
         self.running = 0
+        self._running_batch: list[Pending[P]] = []
         self.admitted = 0  # requests holding a queue place while being prepared
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -232,6 +233,7 @@ class Batcher(Generic[P, R]):
             return
         started = self.clock()
         self.running = len(batch)
+        self._running_batch = batch
         loop = asyncio.get_running_loop()
         try:
             results = await loop.run_in_executor(self._executor, self._infer_checked,
@@ -246,6 +248,7 @@ class Batcher(Generic[P, R]):
                 _resolve(pending, result=result)
         finally:
             self.running = 0
+            self._running_batch = []
         if self.observer is not None:
             queue_s = [started - p.enqueued_at for p in batch]
             self.observer.batch_done(self.name, len(batch), queue_s, self.clock() - started)
@@ -258,19 +261,30 @@ class Batcher(Generic[P, R]):
         return results
 
     async def stop(self, timeout_s: float) -> None:
-        """Finish queued and running requests (at most `timeout_s`), then stop."""
+        """Finish queued and running requests (at most `timeout_s`), then stop; what is
+        still waiting then is answered 503 (`abort`)."""
         self._closing = True
         self._wakeup.set()
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
             except TimeoutError:
+                log.warning("%s: drain timed out with %d queued and %d running", self.name,
+                            len(self.queue), self.running)
                 self._task.cancel()
-                log.warning("%s: drain timed out with %d queued", self.name, len(self.queue))
+        self.abort(f"model {self.name} shut down")
+        self._executor.shutdown(wait=False)
+
+    def abort(self, reason: str) -> None:
+        """Stop accepting and answer every queued and running request with ServiceUnavailable
+        now. A running batch is left to finish in its thread; its results are dropped."""
+        self._closing = True
+        self._wakeup.set()
         while batch := self.queue.next_batch(self.clock(), flush=True):
             for pending in batch:
-                _resolve(pending, error=ServiceUnavailable(f"model {self.name} shut down"))
-        self._executor.shutdown(wait=False)
+                _resolve(pending, error=ServiceUnavailable(reason))
+        for pending in self._running_batch:
+            _resolve(pending, error=ServiceUnavailable(reason))
 
 
 def _resolve(pending: Pending[Any], *, result: Any = None,

@@ -84,6 +84,13 @@ class ServiceState:
         """Readiness turns 503 and new inference requests are refused; queued ones finish."""
         self.phase = "draining"
 
+    def abort(self, reason: str) -> None:
+        """Answer every queued and running request with 503 now (drain timed out, or a
+        second signal): JSON errors, rather than connections cut by the server."""
+        self.begin_drain()
+        for served in self.models.values():
+            served.batcher.abort(reason)
+
     def check_accepting(self) -> None:
         if self.phase != "ready":
             raise ServiceUnavailable(f"the service is {self.phase}", retry_after_s=5)
