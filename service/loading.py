@@ -61,7 +61,7 @@ def load_repository(state: ServiceState) -> None:
             errors.append(exc)
     for exc in errors:
         log.error("not serving %s", exc)
-    state.errors = [str(exc) for exc in errors]
+    state.errors = [exc.public for exc in errors]  # the log above has the details
     if not bundles and not errors:
         log.warning("model repository %s holds no bundle", state.settings.model_repository)
 

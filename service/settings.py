@@ -94,6 +94,16 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys_when_given(cls, value: object) -> object:
+        # " , " or "," would otherwise split into no key at all and silently turn
+        # authentication off; an empty value is the explicit way to run without keys.
+        if isinstance(value, str) and value.strip() and not cls._split_commas(value):
+            raise ValueError("GLIMPSE_API_KEYS names no key; leave it empty to run "
+                             "without authentication")
+        return value
+
     def for_model(self, name: str) -> ResolvedModelSettings:
         """The settings `name` is served with: its `model_overrides` entry over the defaults."""
         override = self.model_overrides.get(name, ModelSettings())

@@ -74,10 +74,12 @@ async def require_api_key(request: Request, state: StateDep) -> None:
         return
     presented = _presented_key(request)
     if presented is None:
+        state.metrics.count_request("unknown", Unauthorized.error_type)
         raise Unauthorized("an API key is required: 'Authorization: Bearer KEY' or 'X-API-Key'")
     # Compare with every key so that the time taken does not reveal which one matched.
     matches = [hmac.compare_digest(presented.encode(), key.encode()) for key in keys]
     if not any(matches):
+        state.metrics.count_request("unknown", Unauthorized.error_type)
         raise Unauthorized("invalid API key")
 
 

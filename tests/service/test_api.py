@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import shutil
 import threading
 import time
@@ -286,6 +287,15 @@ def test_api_keys(make_client: MakeClient) -> None:
     assert client.get("/metrics").status_code == 200
 
 
+def test_refused_keys_are_counted_in_the_request_metrics(make_client: MakeClient) -> None:
+    client = make_client(api_keys="k-one")
+    post_file(client, model="caption-tiny")
+    post_file(client, headers={"X-API-Key": "nope"})
+    client.get("/v1/models")
+    metrics = client.get("/metrics").text
+    assert 'glimpse_requests_total{model="unknown",outcome="unauthorized"} 3.0' in metrics
+
+
 def test_cors_is_off_unless_configured(make_client: MakeClient) -> None:
     preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
     closed = make_client().options("/v1/captions", headers=preflight)
@@ -503,6 +513,9 @@ def test_a_bad_bundle_is_skipped_and_the_service_is_not_ready(
         body = ready.json()
         assert body["status"] == "degraded" and body["models"] == ["caption-nic/1"]
         assert "caption-bad/1/decoder_step.onnx: sha256 mismatch" in body["errors"][0]
+        # Anyone may ask: no absolute path, no hash (the log has them).
+        assert str(repo) not in ready.text and "/" + "caption-bad" not in ready.text
+        assert not re.search(r"[0-9a-f]{64}", ready.text)
         assert post_file(client, model="caption-nic").status_code == 200
         assert_error(post_file(client, model="caption-bad"), 404, "model_not_found")
     assert any("caption-bad/1/decoder_step.onnx" in r.getMessage() for r in caplog.records)
