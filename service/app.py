@@ -16,8 +16,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from service.errors import install_error_handlers
 from service.loading import serving
 from service.metrics import ServiceMetrics
-from service.middleware import RequestContextMiddleware
-from service.routers import ROUTERS
+from service.middleware import AdmissionGate, RequestContextMiddleware
+from service.routers import INFERENCE_TASKS, ROUTERS
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=lifespan)
     app.state.service = ServiceState(settings, ServiceMetrics())
     install_error_handlers(app)
+    app.add_middleware(AdmissionGate, state=app.state.service, tasks=INFERENCE_TASKS)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"],

@@ -149,6 +149,12 @@ class Batcher(Generic[P, R]):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
 
     @property
+    def has_room(self) -> bool:
+        """Whether `admission()` would admit a request now."""
+        return (not self._closing and self._task is not None
+                and len(self.queue) + self.admitted < self.queue.max_queue_size)
+
+    @property
     def idle(self) -> bool:
         return not self.queue and not self.running
 

@@ -18,6 +18,7 @@ from service.schemas import (
     image_request_body,
 )
 
+TASK = "alignment"  # of the models that answer this router's requests
 router = APIRouter(prefix="/v1", tags=["alignments"], dependencies=[Depends(require_api_key)])
 
 AlignmentCall = Annotated[ImageCall[AlignmentModel, AlignmentParams],

@@ -18,6 +18,7 @@ from service.schemas import (
     image_request_body,
 )
 
+TASK = "caption"  # of the models that answer this router's requests
 router = APIRouter(prefix="/v1", tags=["captions"], dependencies=[Depends(require_api_key)])
 
 CaptionCall = Annotated[ImageCall[CaptionModel, CaptionParams],

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hmac
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from PIL import Image
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from service.access import key_accepted, presented_key
 from service.errors import (
     BadRequest,
     ClientDisconnected,
@@ -59,27 +59,17 @@ async def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def _presented_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.headers.get("x-api-key")
-
-
 async def require_api_key(request: Request, state: StateDep) -> None:
     """With GLIMPSE_API_KEYS set, demand one of them (Authorization: Bearer or X-API-Key)."""
     keys = state.settings.api_keys
     if not keys:
         return
-    presented = _presented_key(request)
-    if presented is None:
+    presented = presented_key(request.headers)
+    if not key_accepted(presented, keys):
         state.metrics.count_request("unknown", Unauthorized.error_type)
-        raise Unauthorized("an API key is required: 'Authorization: Bearer KEY' or 'X-API-Key'")
-    # Compare with every key so that the time taken does not reveal which one matched.
-    matches = [hmac.compare_digest(presented.encode(), key.encode()) for key in keys]
-    if not any(matches):
-        state.metrics.count_request("unknown", Unauthorized.error_type)
+        if presented is None:
+            raise Unauthorized("an API key is required: 'Authorization: Bearer KEY' or "
+                               "'X-API-Key'")
         raise Unauthorized("invalid API key")
 
 

@@ -26,6 +26,7 @@ from service.schemas import (
     json_request_body,
 )
 
+TASK = "generation"  # of the models that answer this router's requests
 router = APIRouter(prefix="/v1", tags=["images"], dependencies=[Depends(require_api_key)])
 
 PNG = "image/png"

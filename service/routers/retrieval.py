@@ -42,6 +42,7 @@ from service.schemas import (
     image_request_body,
 )
 
+TASK = "retrieval"  # of the models that answer this router's requests
 router = APIRouter(prefix="/v1", tags=["retrieval"], dependencies=[Depends(require_api_key)])
 
 RESPONSES = error_responses(400, 401, 404, 413, 415, 422, 503, 504, 409)

@@ -18,6 +18,7 @@ from service.schemas import (
     image_request_body,
 )
 
+TASK = "vqa"  # of the models that answer this router's requests
 router = APIRouter(prefix="/v1", tags=["vqa"], dependencies=[Depends(require_api_key)])
 
 VqaCall = Annotated[ImageCall[VqaModel, VqaParams], Depends(image_call(VqaParams, VqaModel))]
