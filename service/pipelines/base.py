@@ -36,8 +36,10 @@ ResultT = TypeVar("ResultT")
 T = TypeVar("T")
 ImageInput = bytes | str | Path | Image.Image | np.ndarray
 
-# Seeds of sampled requests fit a signed 64-bit integer, which every client language has.
-MAX_SEED = 2**63 - 1
+# Seeds of sampled requests are integers that a JSON number holds exactly in every client
+# language (JavaScript's Number.MAX_SAFE_INTEGER), and that the OpenAPI document's
+# `maximum`, a JSON number too, states exactly.
+MAX_SEED = 2**53 - 1
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from service.text import CharIndex, WordIndex, pad_ids
 
 MAX_IMAGES_PER_REQUEST = 16
 MAX_IMAGES_PER_RUN = 64
+MAX_PNG_SIZE = 512
 EMBEDDING_CACHE_SIZE = 1024  # prompts whose text embedding is kept
 
 
@@ -51,6 +52,7 @@ class GenerationRequest:
     chars: tuple[int, ...]  # alphabet ids of the prompt, unpadded
     n: int
     seed: int
+    size: int | None = None  # side of the PNGs; None: the model's own image size
 
 
 @dataclass
@@ -66,10 +68,13 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of one [S, S, 3] uint8 image."""
+def encode_png(image: np.ndarray, size: int | None = None) -> bytes:
+    """PNG bytes of one [S, S, 3] uint8 image, resized to size x size if given (Lanczos)."""
+    picture = Image.fromarray(image, mode="RGB")
+    if size is not None and size != picture.width:
+        picture = picture.resize((size, size), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
-    Image.fromarray(image, mode="RGB").save(buffer, format="PNG")
+    picture.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -106,11 +111,15 @@ class GenerationModel(Pipeline[GenerationRequest, GenerationResult], task="gener
 
     # ------------------------------------------------------------------ requests
 
-    def request(self, prompt: str, n: int = 1, seed: int | None = None) -> GenerationRequest:
+    def request(self, prompt: str, n: int = 1, seed: int | None = None,
+                size: int | None = None) -> GenerationRequest:
         """Validate a prompt, image count and seed (InvalidParameter names what is wrong).
 
-        Without a seed one is drawn at random; it is returned with the images.
+        Without a seed one is drawn at random; it is returned with the images. `size` is
+        the side the PNGs are resized to (the images themselves stay the model's).
         """
+        if size is not None and not 1 <= size <= MAX_PNG_SIZE:
+            raise InvalidParameter(f"size: must be between 1 and {MAX_PNG_SIZE}, got {size}")
         if not 1 <= n <= MAX_IMAGES_PER_REQUEST:
             raise InvalidParameter(f"n: must be between 1 and {MAX_IMAGES_PER_REQUEST}, got {n}")
         seed = request_seed(seed)
@@ -129,7 +138,8 @@ class GenerationModel(Pipeline[GenerationRequest, GenerationResult], task="gener
             if unknown:
                 raise InvalidParameter(f"prompt: words the model was not trained on: "
                                        f"{', '.join(map(repr, unknown))}")
-        return GenerationRequest(prompt=text, chars=tuple(encoded.ids), n=n, seed=seed)
+        return GenerationRequest(prompt=text, chars=tuple(encoded.ids), n=n, seed=seed,
+                                 size=size)
 
     # ------------------------------------------------------------------ inference
 
@@ -166,7 +176,7 @@ class GenerationModel(Pipeline[GenerationRequest, GenerationResult], task="gener
     def run_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """The batch function of the service's queue: images and their PNGs per request."""
         return [GenerationResult(images=images, seed=r.seed,
-                                 pngs=[encode_png(image) for image in images])
+                                 pngs=[encode_png(image, r.size) for image in images])
                 for r, images in zip(requests, self.images(requests), strict=True)]
 
     def generate(self, prompts: Sequence[str], n: int = 1, seed: int = 0) -> np.ndarray:

@@ -9,10 +9,13 @@ from fastapi import APIRouter, Depends, Response
 from service.pipelines.caption import CaptionModel, CaptionRequest, CaptionResult, SampleParams
 from service.routers.deps import ImageCall, image_call, require_api_key
 from service.schemas import (
-    CaptionJSONRequest,
+    BeamCaptionJSONRequest,
+    BeamCaptionParams,
     CaptionOut,
     CaptionParams,
     CaptionResponse,
+    SampleCaptionJSONRequest,
+    SampleCaptionParams,
     WordAttention,
     error_responses,
     image_request_body,
@@ -36,8 +39,9 @@ def caption_response(model: str, result: CaptionResult) -> CaptionResponse:
 
 
 @router.post("/captions", response_model=CaptionResponse, response_model_exclude_none=True,
-             openapi_extra={"requestBody": image_request_body(CaptionParams,
-                                                              CaptionJSONRequest)},
+             openapi_extra={"requestBody": image_request_body(
+                 (BeamCaptionParams, SampleCaptionParams), BeamCaptionJSONRequest,
+                 SampleCaptionJSONRequest)},
              responses=error_responses(400, 401, 404, 413, 415, 422, 503, 504))
 async def create_captions(call: CaptionCall, response: Response) -> CaptionResponse:
     """Caption an image, with beam search (the default) or by sampling.

@@ -10,6 +10,7 @@ whatever else is batched with the request.
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from typing import Annotated
 
@@ -24,12 +25,14 @@ from service.schemas import (
     GenerationResponse,
     error_responses,
     json_request_body,
+    size_pixels,
 )
 
 TASK = "generation"  # of the models that answer this router's requests
 router = APIRouter(prefix="/v1", tags=["images"], dependencies=[Depends(require_api_key)])
 
 PNG = "image/png"
+log = logging.getLogger("service")
 
 
 def wants_png(request: Request) -> bool:
@@ -68,9 +71,14 @@ async def create_images(request: Request, call: GenerationCall) -> Response | Ge
     "seed": 7}' .../v1/images/generations`. Prompts with characters outside the
     model's alphabet or words outside its training captions are refused (422), naming
     them. A request counts once toward the queue's max_batch_size, whatever its n.
+
+    OpenAI's clients work unchanged: `size` resizes the PNGs, `quality` may be "auto" or
+    "standard", `user` is logged, and `style` (which glimpse cannot honour) is refused.
     """
     p = call.params
-    job = call.pipeline.request(p.prompt, p.n, p.seed)
+    job = call.pipeline.request(p.prompt, p.n, p.seed, size=size_pixels(p.size))
+    if p.user is not None:
+        log.info("generation for user %r", p.user)
     result: GenerationResult = await call.compute(job)
     if wants_png(request):
         return Response(result.pngs[0], media_type=PNG, headers={"X-Seed": str(result.seed)})

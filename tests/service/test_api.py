@@ -94,9 +94,13 @@ def test_models_lists_every_version(api: TestClient) -> None:
 def test_openapi_documents_both_request_forms(api: TestClient) -> None:
     spec = api.get("/openapi.json").json()
     body = spec["paths"]["/v1/captions"]["post"]["requestBody"]["content"]
-    assert body["multipart/form-data"]["schema"]["required"] == ["file"]
-    assert "beam_size" in body["multipart/form-data"]["schema"]["properties"]
-    assert body["application/json"]["schema"]["required"] == ["image"]
+    # One form per decoding method (their parameters exclude each other): beam, sample.
+    beam, sample = body["multipart/form-data"]["schema"]["oneOf"]
+    assert (beam["required"], sample["required"]) == (["file"], ["file", "decoding"])
+    assert "beam_size" in beam["properties"] and "beam_size" not in sample["properties"]
+    assert "temperature" in sample["properties"] and "temperature" not in beam["properties"]
+    assert [s["required"] for s in body["application/json"]["schema"]["oneOf"]] == \
+        [["image"], ["decoding", "image"]]
     assert api.get("/docs").status_code == 200
 
 
