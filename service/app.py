@@ -20,7 +20,7 @@ from service.loading import serving
 from service.metrics import ServiceMetrics
 from service.middleware import AdmissionGate, RequestContextMiddleware
 from service.openapi import openapi_document
-from service.routers import INFERENCE_TASKS, ROUTERS
+from service.routers import INFERENCE_TASKS, ROUTERS, web
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -69,4 +69,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     for router in ROUTERS:
         app.include_router(router)
+    app.mount("/static", web.static_files(), name="static")
     return app

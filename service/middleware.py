@@ -26,6 +26,13 @@ log = logging.getLogger("service")
 access_log = logging.getLogger("service.access")
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# The pages glimpse serves (/, /docs, /redoc) load everything from glimpse itself; the
+# policy keeps it so, down to ReDoc's attribution logo, which it would fetch from a CDN.
+# Swagger UI's and ReDoc's pages start with inline scripts and styles.
+PAGE_POLICY = (b"default-src 'self'; script-src 'self' 'unsafe-inline'; "
+               b"style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+               b"worker-src 'self' blob:; connect-src 'self'; font-src 'self' data:; "
+               b"frame-ancestors 'self'")
 
 
 class RequestContextMiddleware:
@@ -34,7 +41,7 @@ class RequestContextMiddleware:
     The id is the client's X-Request-ID when it is a short token, else a new uuid; it
     is returned in the X-Request-ID header, put in every error body and every log line.
     Bodies larger than `max_body_bytes` are refused with 413 from their Content-Length,
-    or as soon as a streamed body passes the limit.
+    or as soon as a streamed body passes the limit. HTML pages get `PAGE_POLICY`.
     """
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
@@ -61,6 +68,9 @@ class RequestContextMiddleware:
                 status[0] = message["status"]
                 kept = [(k, v) for k, v in message.get("headers", [])
                         if k.lower() != b"x-request-id"]
+                if any(k.lower() == b"content-type" and v.startswith(b"text/html")
+                       for k, v in kept):
+                    kept.append((b"content-security-policy", PAGE_POLICY))
                 message["headers"] = [*kept, (b"x-request-id", request_id.encode())]
             await send(message)
 

@@ -464,6 +464,7 @@ class ModelInfo(BaseModel):
     version: int = Field(examples=[1])
     id: str = Field(description="name/version", examples=["caption-sat/1"])
     latest: bool = Field(description="served when a request names the model without version")
+    default: bool = Field(description="answers the requests of its task that name no model")
     task: str = Field(examples=["caption"])
     architecture: str = Field(examples=["sat-soft"])
     created: datetime

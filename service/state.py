@@ -154,6 +154,10 @@ class ServiceState:
         name = self.settings.default_models.get(task)
         return self.resolve(name if name in names else names[0], task)
 
+    def is_default(self, served: ServedModel) -> bool:
+        """Whether `served` answers the requests of its task that name no model."""
+        return self._default(served.task) is served
+
     def is_latest(self, served: ServedModel) -> bool:
         versions = self.versions(served.bundle.manifest.name)
         return next(reversed(versions)) == served.bundle.manifest.version

@@ -14,10 +14,11 @@ from service.routers import (
     models,
     retrieval,
     vqa,
+    web,
 )
 
 ROUTERS = (health.router, metrics.router, models.router, captions.router, alignments.router,
-           vqa.router, retrieval.router, generations.router)
+           vqa.router, retrieval.router, generations.router, web.router)
 
 INFERENCE_TASKS: dict[str, str] = {
     route.path: module.TASK

@@ -14,7 +14,8 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_
 def model_info(state: StateDep, served: ServedModel) -> ModelInfo:
     m = served.bundle.manifest
     return ModelInfo(name=m.name, version=m.version, id=served.key,
-                     latest=state.is_latest(served), task=m.task,
+                     latest=state.is_latest(served), default=state.is_default(served),
+                     task=m.task,
                      architecture=m.architecture, created=m.created,
                      defaults=served.pipeline.defaults(), metrics=m.metrics)
 
