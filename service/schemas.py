@@ -123,6 +123,33 @@ def json_request_body(body: type[BaseModel]) -> dict[str, Any]:
                                                                body.model_json_schema()}}}
 
 
+# ---------------------------------------------------------------------------- domain
+
+
+class DomainOut(BaseModel):
+    """How far the image lies from the images the model was trained on (service/domain.py)."""
+
+    score: float = Field(description="Mahalanobis distance of the image's statistics from "
+                         "those of the model's validation images", examples=[2.1])
+    threshold: float = Field(description="the 99th percentile of the validation images' "
+                             "distances", examples=[5.3])
+    in_domain: bool = Field(description="score <= threshold; when false, the model has "
+                            "never seen images like this one and its answer may be "
+                            "meaningless", examples=[True])
+
+
+DOMAIN_DOC = ("how far the image lies from the model's training images; absent for a "
+              "model without domain statistics")
+
+
+def domain_out(domain: Any) -> DomainOut | None:
+    """The response field of a `service.domain.DomainScore` (or None)."""
+    if domain is None:
+        return None
+    return DomainOut(score=domain.score, threshold=domain.threshold,
+                     in_domain=domain.in_domain)
+
+
 # ---------------------------------------------------------------------------- captions
 
 
@@ -219,6 +246,7 @@ class CaptionResponse(BaseModel):
     captions: list[CaptionOut]
     attention: list[list[WordAttention]] | None = Field(
         None, description="with return_attention: for each caption, one map per word")
+    domain: DomainOut | None = Field(None, description=DOMAIN_DOC)
 
 
 # ---------------------------------------------------------------------------- vqa
@@ -272,6 +300,7 @@ class VqaResponse(BaseModel):
     attention: list[RegionAttention] | None = Field(
         None, description="with return_attention: every region the model attended over, "
         "the whole image last")
+    domain: DomainOut | None = Field(None, description=DOMAIN_DOC)
 
 
 # ---------------------------------------------------------------------------- alignments
@@ -322,6 +351,7 @@ class AlignmentResponse(BaseModel):
     score: float = Field(description="image-sentence score S_kl = sum_t max_i v_i^T s_t "
                          "(Eq. 8 of Karpathy & Fei-Fei 2015)", examples=[15.2])
     segments: list[SegmentOut]
+    domain: DomainOut | None = Field(None, description=DOMAIN_DOC)
 
 
 # ---------------------------------------------------------------------------- retrieval
@@ -350,6 +380,7 @@ class EmbeddingResponse(BaseModel):
     dimensions: int = Field(examples=[128])
     unknown_words: list[str] | None = Field(
         None, description="words outside the vocabulary, embedded as <unk>")
+    domain: DomainOut | None = Field(None, description="for an image: " + DOMAIN_DOC)
 
 
 class ImageSearchRequest(RetrievalParams):
@@ -389,6 +420,7 @@ class ImageSearchResponse(BaseModel):
 class CaptionSearchResponse(BaseModel):
     model: str = Field(examples=["retrieval-vse/1"])
     results: list[CaptionHit]
+    domain: DomainOut | None = Field(None, description=DOMAIN_DOC)
 
 
 # ---------------------------------------------------------------------------- generations

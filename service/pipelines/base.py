@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from service.bundle import Bundle, BundleError, load_bundle
+from service.domain import DOMAIN_FILE_KEY, DomainScore, DomainStatistics
 from service.errors import InvalidParameter
 from service.images import image_input, to_array
 from service.runtime import OnnxGraph, load_graphs
@@ -168,6 +169,13 @@ class ImagePipeline(Pipeline[RequestT, ResultT]):
                               "preprocessing.image_size")
         self.image_size = preprocessing.image_size
         self.pixel_range = preprocessing.pixel_range
+        self.domain = (self.read_file(DOMAIN_FILE_KEY, DomainStatistics.from_file)
+                       if DOMAIN_FILE_KEY in bundle.manifest.files else None)
+
+    def domain_score(self, image: np.ndarray) -> DomainScore | None:
+        """How far a graph input [3, S, S] lies from the model's training images (None for
+        a bundle without domain statistics: service/domain.py)."""
+        return None if self.domain is None else self.domain.score(image, self.pixel_range)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """The graph input [3, S, S] of a decoded RGB image."""

@@ -8,10 +8,12 @@ come as multipart `file` or JSON base64 `image`, like every image endpoint.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
+from service.domain import DomainScore
 from service.errors import InvalidParameter
 from service.pipelines.retrieval import Query, QueryResult, RetrievalModel
 from service.routers.deps import (
@@ -40,6 +42,7 @@ from service.schemas import (
     ImageSearchResponse,
     RetrievalParams,
     TextEmbeddingRequest,
+    domain_out,
     error_responses,
     image_request_body,
     json_request_body,
@@ -99,8 +102,19 @@ async def read_image_search(request: Request) -> ImageSearchRequest:
     return await read_json_request(request, ImageSearchRequest)
 
 
-def _image_query(call: ImageCall[RetrievalModel, Any], **search: Any) -> Query:
-    return Query(image=call.pipeline.preprocess(call.decode_image()), **search)
+@dataclass
+class ImageQuery:
+    """Builds the query of an image call in a worker thread (`compute_prepared`), keeping
+    the image's domain score for the answer."""
+
+    call: ImageCall[RetrievalModel, Any]
+    search: dict[str, Any]
+    domain: DomainScore | None = None
+
+    def __call__(self) -> Query:
+        image = self.call.pipeline.preprocess(self.call.decode_image())
+        self.domain = self.call.pipeline.domain_score(image)
+        return Query(image=image, **self.search)
 
 
 # ---------------------------------------------------------------------------- routes
@@ -119,16 +133,18 @@ async def create_embedding(
     image as `file`, or a `text` field. Embeddings have unit length: the dot product of
     two of them is their cosine similarity, the score the search endpoints rank by.
     """
-    unknown = None
+    unknown, domain = None, None
     if isinstance(call, ImageCall):
-        result: QueryResult = await call.compute_prepared(lambda: _image_query(call))
+        query = ImageQuery(call, {})
+        result: QueryResult = await call.compute_prepared(query)
+        domain = query.domain
     else:
         query = Query(text=call.pipeline.text_query(call.params.text))
         result = await call.compute(query)
         unknown = list(query.text.unknown) if query.text else None
     return EmbeddingResponse(model=call.key, embedding=result.embedding.tolist(),
                              dimensions=int(result.embedding.shape[0]),
-                             unknown_words=unknown or None)
+                             unknown_words=unknown or None, domain=domain_out(domain))
 
 
 ImageSearchCall = Annotated[ModelCall[RetrievalModel, ImageSearchRequest],
@@ -165,8 +181,8 @@ async def search_captions(call: CaptionSearchCall) -> CaptionSearchResponse:
     """
     top_k = call.params.top_k
     call.pipeline.check_search("captions", top_k)
-    result: QueryResult = await call.compute_prepared(
-        lambda: _image_query(call, search="captions", top_k=top_k))
+    query = ImageQuery(call, {"search": "captions", "top_k": top_k})
+    result: QueryResult = await call.compute_prepared(query)
     hits = [CaptionHit(text=h.entry["text"], image_id=h.entry["image_id"], score=h.score)
             for h in result.hits]
-    return CaptionSearchResponse(model=call.key, results=hits)
+    return CaptionSearchResponse(model=call.key, results=hits, domain=domain_out(query.domain))

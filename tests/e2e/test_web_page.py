@@ -136,7 +136,6 @@ def marks(page: Page, panel: str) -> int:
 def test_every_panel_answers_from_a_sample_image(visit: Visit, server: str,
                                                  tmp_path: Path) -> None:
     page = open_page(visit, server)
-    shoot(page, "image", tmp_path)
 
     page.select_option("#caption-form select[name=model]", "caption-sat/1")
     page.click("#caption-form button[type=submit]")
@@ -219,3 +218,25 @@ def test_readable_on_a_phone(browser: Browser, server: str) -> None:
         assert v.outside() == [] and v.errors == []
     finally:
         v.close()
+
+
+def test_a_photograph_gets_the_out_of_domain_warning(visit: Visit, server: str,
+                                                     tmp_path: Path) -> None:
+    import io
+
+    import skimage.data
+    from PIL import Image
+
+    page = open_page(visit, server)
+    page.click("#caption-form button[type=submit]")
+    page.wait_for_selector("#caption-result li")
+    expect(page.locator("#domain")).to_contain_text("In domain")
+    photo = io.BytesIO()
+    Image.fromarray(skimage.data.astronaut()).resize((128, 128)).save(photo, format="PNG")
+    page.set_input_files("#file-input", files=[{"name": "astronaut.png",
+                                                "mimeType": "image/png",
+                                                "buffer": photo.getvalue()}])
+    expect(page.locator("#status")).to_contain_text("astronaut.png")
+    page.click("#caption-form button[type=submit]")
+    expect(page.locator("#domain")).to_contain_text("Warning: this image is unlike")
+    shoot(page, "image", tmp_path)  # the image panel with its warning
