@@ -143,6 +143,9 @@ class Batcher(Generic[P, R]):
         self.running = 0
         self._running_batch: list[Pending[P]] = []
         self.admitted = 0  # requests holding a queue place while being prepared
+        # Called (on the event loop) whenever a queue place frees up: the admission gate
+        # lets a request that waits for one through (service/middleware.py).
+        self.on_room: Callable[[], None] | None = None
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task | None = None
@@ -151,8 +154,14 @@ class Batcher(Generic[P, R]):
     @property
     def has_room(self) -> bool:
         """Whether `admission()` would admit a request now."""
-        return (not self._closing and self._task is not None
-                and len(self.queue) + self.admitted < self.queue.max_queue_size)
+        return self.free_places > 0
+
+    @property
+    def free_places(self) -> int:
+        """Requests `admission()` would admit now."""
+        if self._closing or self._task is None:
+            return 0
+        return max(0, self.queue.max_queue_size - len(self.queue) - self.admitted)
 
     @property
     def idle(self) -> bool:
@@ -190,7 +199,9 @@ class Batcher(Generic[P, R]):
         try:
             yield submit
         finally:
-            release()
+            if held:  # prepared but never queued: its place is free again
+                release()
+                self._room()
 
     async def submit(self, payload: P) -> R:
         """Queue `payload` and wait for its result (Overloaded, RequestTimeout, or its error)."""
@@ -202,12 +213,18 @@ class Batcher(Generic[P, R]):
             raise self._overloaded(str(exc)) from None
         pending.request_id = request_id_var.get()
         pending.future = asyncio.get_running_loop().create_future()
-        pending.future.add_done_callback(lambda f: f.cancelled() and self.queue.cancel(pending))
+        pending.future.add_done_callback(
+            lambda f: f.cancelled() and self.queue.cancel(pending) and self._room())
         self._wakeup.set()
         try:
             return await asyncio.wait_for(pending.future, pending.deadline - now)
         except TimeoutError:
             raise self._timeout_error() from None
+
+    def _room(self) -> bool:
+        if self.on_room is not None:
+            self.on_room()
+        return True
 
     def _check_accepting(self) -> None:
         if self._closing or self._task is None:
@@ -226,8 +243,10 @@ class Batcher(Generic[P, R]):
             now = self.clock()
             for pending in self.queue.expire(now):
                 _resolve(pending, error=self._timeout_error())
+                self._room()
             batch = self.queue.next_batch(now, flush=self._closing)
             if batch:
+                self._room()
                 await self._compute(batch)
                 continue
             with contextlib.suppress(TimeoutError):

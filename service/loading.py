@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from service.batching import Batcher
 from service.bundle import Bundle, BundleError, discover
@@ -72,6 +73,7 @@ async def serving(state: ServiceState) -> AsyncIterator[None]:
     refuse new requests and let queued ones finish (at most `drain_timeout_s`)."""
     await asyncio.to_thread(load_repository, state)
     for served in state.models.values():
+        served.batcher.on_room = partial(state.room, served.task)
         served.batcher.start()
         state.metrics.watch_queue(served.key, lambda b=served.batcher: len(b.queue))
     state.phase = "ready"

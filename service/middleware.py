@@ -121,11 +121,14 @@ class AdmissionGate:
     Under overload, clients that ignore Retry-After send again at once. When every
     refusal first read and parsed a multipart body, refusing took the cores the models
     needed (a server doing 130-155 captions/s answered 29-39/s). The gate knows the task
-    of each inference path; when the service is not ready, or every served model of
-    that task has a full queue, it answers 503 at once and the server discards the body
-    unread. A request that names one model of several is checked again against that
-    model's queue once its body is parsed (`Batcher.admission`). Requests with a wrong
-    API key pass through, to be answered 401.
+    of each inference path; when the service is not ready it answers 503 at once, and
+    when every served model of that task has a full queue the request waits, its body
+    unread, up to GLIMPSE_ADMISSION_WAIT_MS for a place (first come, first served) and
+    is refused 503 if none frees up; the server then discards the body unread. The wait
+    bounds how often a client that ignores Retry-After can be refused, so refusals
+    cannot take the cores either. A request that names one model of several is checked
+    again against that model's queue once its body is parsed (`Batcher.admission`).
+    Requests with a wrong API key pass through, to be answered 401.
     """
 
     def __init__(self, app: ASGIApp, state: ServiceState, tasks: Mapping[str, str]) -> None:
@@ -136,9 +139,15 @@ class AdmissionGate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = self.tasks.get(scope["path"]) if scope["type"] == "http" else None
         refusal = self.refusal(scope, task) if task and scope["method"] == "POST" else None
+        if isinstance(refusal, Overloaded) and await self.state.wait_for_room(
+                task, self.state.settings.admission_wait_ms / 1000):
+            refusal = None if self.state.phase == "ready" else ServiceUnavailable(
+                f"the service is {self.state.phase}", retry_after_s=5)
         if refusal is None:
             await self.app(scope, receive, send)
             return
+        if isinstance(refusal, Overloaded):
+            self.count_overloaded(task)
         request_id = scope.get("state", {}).get("request_id", request_id_var.get())
         await error_response(refusal.status, refusal.error_type, refusal.message, request_id,
                              refusal.headers)(scope, receive, send)
@@ -154,10 +163,12 @@ class AdmissionGate:
         if state.phase != "ready":
             state.metrics.count_request("unknown", ServiceUnavailable.error_type)
             return ServiceUnavailable(f"the service is {state.phase}", retry_after_s=5)
-        served = [m for m in state.models.values() if m.task == task]
-        if not served or any(m.batcher.has_room for m in served):
+        if state.has_room(task) in (None, True):
             return None
-        state.metrics.count_request(served[0].key if len(served) == 1 else "unknown",
-                                    Overloaded.error_type)
-        names = ", ".join(m.key for m in served)
+        names = ", ".join(m.key for m in state.models.values() if m.task == task)
         return Overloaded(f"every {task} model ({names}) has a full queue; retry later")
+
+    def count_overloaded(self, task: str) -> None:
+        served = [m.key for m in self.state.models.values() if m.task == task]
+        self.state.metrics.count_request(served[0] if len(served) == 1 else "unknown",
+                                         Overloaded.error_type)

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     max_queue_delay_ms: float = Field(2.0, ge=0)
     max_queue_size: int = Field(64, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
+    # A request that finds every queue of its task full waits this long, its body unread,
+    # for a place before it is refused 503: clients that ignore Retry-After and send again
+    # at once cannot make refusals take the cores the models need. 0: refuse at once.
+    admission_wait_ms: float = Field(100.0, ge=0)
     model_overrides: dict[str, ModelSettings] = {}
     # Task -> model name used when a request names no model. When that model is not
     # served, the first served name A-Z is used.
