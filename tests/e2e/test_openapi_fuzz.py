@@ -36,7 +36,7 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
              "--suppress-health-check", "filter_too_much",
              "-H", f"Authorization: Bearer {KEY}", "--report", "json",
              "--report-json-path", str(tmp_path / "report.json")],
-            cwd=Path(__file__).parent, capture_output=True, text=True, timeout=600,
+            cwd=tmp_path, capture_output=True, text=True, timeout=600,
             env={**os.environ, "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
                  "PYTHONPATH": str(Path(__file__).parent)})
     summary = run.stdout[-6000:]
