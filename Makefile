@@ -1,7 +1,8 @@
 # glimpse: two commands on a fresh machine.
 #   make run   - create .venv-serve (serve extra only, no torch) and start the service
 #                on the committed model repository; the log prints the /docs URL
-#   make test  - create .venv (every extra) and run ruff and the test suite
+#   make test  - create .venv (every extra), install Debian's chromium when missing (the
+#                web page's browser tests), and run ruff and the test suite
 PYTHON ?= python3
 VENV ?= .venv
 SERVE_VENV ?= .venv-serve
@@ -15,7 +16,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 REPOSITORY ?= model_repository
 
-.PHONY: run serve test lint data models env-dev env-serve clean
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: run serve test lint data models env-dev env-serve browser clean
 
 $(VENV)/.dev-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +41,13 @@ run serve: env-serve
 	@echo "glimpse: API manual at http://$(HOST):$(PORT)/docs once the models are loaded"
 	$(SERVE_VENV)/bin/glimpse serve --host $(HOST) --port $(PORT) --repository $(REPOSITORY)
 
-test: env-dev
+# The browser the web page is tested in: Debian's chromium, driven by Playwright's Python
+# package (which downloads no browser of its own).
+browser:
+	@test -x $(CHROMIUM) || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+
+test: env-dev browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 

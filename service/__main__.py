@@ -2,9 +2,11 @@
 
 Command-line flags override the GLIMPSE_* settings. With one worker, SIGTERM (or
 Ctrl+C) drains: /v2/health/ready turns 503 and new inference requests are refused,
-queued and running requests finish (at most GLIMPSE_DRAIN_TIMEOUT_S), then the
-process exits; a second signal exits at once. With several workers uvicorn's
-supervisor forwards the signal and each worker finishes its in-flight requests.
+queued and running requests finish (at most GLIMPSE_DRAIN_TIMEOUT_S; those still
+waiting then are answered 503 as JSON), then the process exits with status 0. A
+second signal answers every waiting request 503 and exits at once, also with status
+0. With several workers uvicorn's supervisor forwards the signal and each worker
+finishes its in-flight requests.
 """
 
 from __future__ import annotations
@@ -68,6 +70,13 @@ class DrainingServer(uvicorn.Server):
             self.drain_deadline = time.monotonic() + self.drain_timeout_s
             self.state.begin_drain()
             return
+        if self.drain_deadline is not None:
+            # The second signal: answer what waits with 503 and leave now. uvicorn's own
+            # handler would record the signal and re-raise it once served, so that the
+            # process ended killed by it, after its graceful shutdown.
+            self.state.abort("the service is shutting down")
+            self.should_exit = self.force_exit = True
+            return
         super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:
@@ -77,6 +86,9 @@ class DrainingServer(uvicorn.Server):
                 log.info("draining: not ready, finishing queued requests (at most %g s)",
                          self.drain_timeout_s)
             timed_out = time.monotonic() >= self.drain_deadline
+            if timed_out:
+                self.state.abort(f"the service is shutting down: requests still waiting "
+                                 f"after the drain timeout of {self.drain_timeout_s:g} s")
             if self.state.idle or timed_out:
                 log.info("drained%s; exiting", " (timed out)" if timed_out else "")
                 self.should_exit = True

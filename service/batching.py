@@ -154,6 +154,9 @@ class QueueDriver(ABC, Generic[P, R]):
         self.observer = observer
         self.clock = clock
         self.admitted = 0  # requests holding a queue place while being prepared
+        # Called (on the event loop) whenever a queue place frees up: the admission gate
+        # lets a request that waits for one through (service/middleware.py).
+        self.on_room: Callable[[], None] | None = None
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task | None = None
@@ -163,6 +166,18 @@ class QueueDriver(ABC, Generic[P, R]):
     @abstractmethod
     def idle(self) -> bool:
         """Nothing queued and nothing running."""
+
+    @property
+    def has_room(self) -> bool:
+        """Whether `admission()` would admit a request now."""
+        return self.free_places > 0
+
+    @property
+    def free_places(self) -> int:
+        """Requests `admission()` would admit now."""
+        if self._closing or self._task is None:
+            return 0
+        return max(0, self.queue.max_queue_size - len(self.queue) - self.admitted)
 
     @abstractmethod
     async def submit(self, payload: P) -> R:
@@ -174,7 +189,13 @@ class QueueDriver(ABC, Generic[P, R]):
 
     @abstractmethod
     async def stop(self, timeout_s: float) -> None:
-        """Finish queued and running requests (at most `timeout_s`), then stop."""
+        """Finish queued and running requests (at most `timeout_s`), then stop; what is
+        still waiting then is answered 503 (`abort`)."""
+
+    @abstractmethod
+    def abort(self, reason: str) -> None:
+        """Stop accepting and answer every queued and running request with
+        ServiceUnavailable now; running work may finish in its thread, unseen."""
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batch-{self.name}")
@@ -208,7 +229,14 @@ class QueueDriver(ABC, Generic[P, R]):
         try:
             yield submit
         finally:
-            release()
+            if held:  # prepared but never queued: its place is free again
+                release()
+                self._room()
+
+    def _room(self) -> bool:
+        if self.on_room is not None:
+            self.on_room()
+        return True
 
     def _check_accepting(self) -> None:
         if self._closing or self._task is None:
@@ -235,6 +263,7 @@ class Batcher(QueueDriver[P, R]):
                                                max_queue_delay_s=max_queue_delay_s,
                                                max_queue_size=max_queue_size)
         self.running = 0
+        self._running_batch: list[Pending[P]] = []
 
     @property
     def idle(self) -> bool:
@@ -250,7 +279,8 @@ class Batcher(QueueDriver[P, R]):
             raise self._overloaded(str(exc)) from None
         pending.request_id = request_id_var.get()
         pending.future = asyncio.get_running_loop().create_future()
-        pending.future.add_done_callback(lambda f: f.cancelled() and self.queue.cancel(pending))
+        pending.future.add_done_callback(
+            lambda f: f.cancelled() and self.queue.cancel(pending) and self._room())
         self._wakeup.set()
         try:
             return await asyncio.wait_for(pending.future, pending.deadline - now)
@@ -263,8 +293,10 @@ class Batcher(QueueDriver[P, R]):
             now = self.clock()
             for pending in self.queue.expire(now):
                 resolve(pending, error=self._timeout_error())
+                self._room()
             batch = self.queue.next_batch(now, flush=self._closing)
             if batch:
+                self._room()
                 await self._compute(batch)
                 continue
             with contextlib.suppress(TimeoutError):
@@ -276,6 +308,7 @@ class Batcher(QueueDriver[P, R]):
             return
         started = self.clock()
         self.running = len(batch)
+        self._running_batch = batch
         loop = asyncio.get_running_loop()
         try:
             results = await loop.run_in_executor(self._executor, self._infer_checked,
@@ -290,6 +323,7 @@ class Batcher(QueueDriver[P, R]):
                 resolve(pending, result=result)
         finally:
             self.running = 0
+            self._running_batch = []
         if self.observer is not None:
             queue_s = [started - p.enqueued_at for p in batch]
             self.observer.batch_done(self.name, len(batch), queue_s, self.clock() - started)
@@ -302,19 +336,30 @@ class Batcher(QueueDriver[P, R]):
         return results
 
     async def stop(self, timeout_s: float) -> None:
-        """Finish queued and running requests (at most `timeout_s`), then stop."""
+        """Finish queued and running requests (at most `timeout_s`), then stop; what is
+        still waiting then is answered 503 (`abort`)."""
         self._closing = True
         self._wakeup.set()
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
             except TimeoutError:
+                log.warning("%s: drain timed out with %d queued and %d running", self.name,
+                            len(self.queue), self.running)
                 self._task.cancel()
-                log.warning("%s: drain timed out with %d queued", self.name, len(self.queue))
+        self.abort(f"model {self.name} shut down")
+        self._executor.shutdown(wait=False)
+
+    def abort(self, reason: str) -> None:
+        """Stop accepting and answer every queued and running request with ServiceUnavailable
+        now. A running batch is left to finish in its thread; its results are dropped."""
+        self._closing = True
+        self._wakeup.set()
         while batch := self.queue.next_batch(self.clock(), flush=True):
             for pending in batch:
-                resolve(pending, error=ServiceUnavailable(f"model {self.name} shut down"))
-        self._executor.shutdown(wait=False)
+                resolve(pending, error=ServiceUnavailable(reason))
+        for pending in self._running_batch:
+            resolve(pending, error=ServiceUnavailable(reason))
 
 
 class Awaited(Protocol):

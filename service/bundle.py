@@ -279,14 +279,27 @@ def _require_caption_parts(m: Manifest) -> None:
 
 
 class BundleError(Exception):
-    """A bundle that cannot be served; the message names the bundle, the file and why."""
+    """A bundle that cannot be served; the message names the bundle, the file and why.
 
-    def __init__(self, bundle: str | Path, reason: str, file: str | None = None) -> None:
+    `detail` (hashes, the runtime's own message) goes to the logs only: `public` is what
+    /v2/health/ready tells anyone who asks, with no absolute path and no hash.
+    """
+
+    def __init__(self, bundle: str | Path, reason: str, file: str | None = None,
+                 detail: str | None = None) -> None:
         self.bundle = str(bundle)
         self.file = file
         self.reason = reason
+        self.detail = detail
         where = f"{self.bundle}/{file}" if file else self.bundle
-        super().__init__(f"bundle {where}: {reason}")
+        super().__init__(f"bundle {where}: {reason}" + (f" ({detail})" if detail else ""))
+
+    @property
+    def public(self) -> str:
+        """`NAME/VERSION[/file]: reason`, the bundle named relative to its repository."""
+        short = "/".join(Path(self.bundle).parts[-2:])
+        where = f"{short}/{self.file}" if self.file else short
+        return f"{where}: {self.reason.replace(self.bundle, short)}"
 
 
 @dataclass(frozen=True)
@@ -368,8 +381,8 @@ def _verify_files(bundle_dir: Path, manifest: Manifest) -> None:
             raise BundleError(bundle_dir, "file is missing", spec.file)
         actual = file_sha256(path)
         if actual != spec.sha256:
-            raise BundleError(bundle_dir, f"sha256 mismatch: manifest says {spec.sha256}, "
-                              f"file has {actual}", spec.file)
+            raise BundleError(bundle_dir, "sha256 mismatch", spec.file,
+                              detail=f"manifest says {spec.sha256}, file has {actual}")
 
 
 def load_bundle(bundle_dir: str | Path) -> Bundle:

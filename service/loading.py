@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from service.bundle import Bundle, BundleError, discover
 from service.metrics import ServiceMetrics
@@ -58,7 +59,7 @@ def load_repository(state: ServiceState) -> None:
             errors.append(exc)
     for exc in errors:
         log.error("not serving %s", exc)
-    state.errors = [str(exc) for exc in errors]
+    state.errors = [exc.public for exc in errors]  # the log above has the details
     if not bundles and not errors:
         log.warning("model repository %s holds no bundle", state.settings.model_repository)
 
@@ -69,6 +70,7 @@ async def serving(state: ServiceState) -> AsyncIterator[None]:
     refuse new requests and let queued ones finish (at most `drain_timeout_s`)."""
     await asyncio.to_thread(load_repository, state)
     for served in state.models.values():
+        served.batcher.on_room = partial(state.room, served.task)
         served.batcher.start()
         state.metrics.watch_queue(served.key, lambda b=served.batcher: len(b.queue))
     state.phase = "ready"

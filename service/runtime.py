@@ -106,8 +106,8 @@ def load_graphs(bundle: Bundle, *, device: str = "auto", providers: Sequence[str
                                                intra_op_threads, allow_spinning=allow_spinning),
                                            providers=chosen)
         except Exception as exc:  # onnxruntime raises its own exception types
-            reason = f"onnxruntime cannot load it: {exc}"
-            raise BundleError(bundle.path, reason, spec.file) from None
+            raise BundleError(bundle.path, "onnxruntime cannot load it", spec.file,
+                              detail=str(exc)) from None
         graph = OnnxGraph(session, name=f"{bundle.key}:{key}")
         _check_names(bundle, key, spec, graph)
         graphs[key] = graph

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.decoding import MAX_BEAM_SIZE
 from service.pipelines.base import MAX_SEED
@@ -26,8 +26,29 @@ from service.pipelines.vqa import MAX_TOP_K as MAX_ANSWERS
 
 MODEL_FIELD_DOC = ('"name" (its highest served version) or "name/version"; omitted: the '
                    "default model of the task (GLIMPSE_DEFAULT_MODELS, else the first name A-Z)")
-IMAGE_FIELD_DOC = "the image file, base64-encoded (a data: URL is accepted)"
-IMAGE_EXAMPLE = "iVBORw0KGgoAAAANSUhEUgAA..."
+IMAGE_FIELD_DOC = ("the image file (PNG, JPEG, GIF, BMP, TIFF, WebP, ...), base64-encoded; "
+                   "a data: URL is accepted")
+# A 32x32 PNG of a red circle on grey, so that the examples in /docs run as they are.
+IMAGE_EXAMPLE = ("iVBORw0KGgoAAAANSUhEUgAAACAAAAAgCAIAAAD8GO2jAAAAd0lEQVR42u2VsRHAIAhFDeeYqZzESa"
+                 "wyaFqThieGIwV06ocHHujRey+eJsXZEhAPqER0jjEvr9Y+A7xCz5sQI6vR4akOIP5EIzvZEWVEm/L0"
+                 "iT4n+ZeApZdA1QddES9CVYrZE2rE7A+rrCRHx//A1lc5yQlIwNNu/dEnMDXGE7kAAAAASUVORK5CYI"
+                 "I=")
+# What `base64.b64decode(validate=True)` reads, after an optional data: URL prefix.
+BASE64_PATTERN = (r"^(data:[^,]*,)?(?:[A-Za-z0-9+/]{4})*"
+                  r"(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")
+
+
+# Text with no letter or digit has no word the models read: it is refused (422) whatever
+# the model, so the document says so. (Which words: a model's vocabulary, in /docs.)
+HAS_A_WORD = {"pattern": "[A-Za-z0-9]"}
+
+
+def image_field() -> Any:
+    """The JSON `image` field: a non-empty base64 string (the image itself is checked when
+    decoded: 415 when it is not an image)."""
+    return Field(min_length=4, pattern=BASE64_PATTERN, description=IMAGE_FIELD_DOC,
+                 examples=[IMAGE_EXAMPLE], json_schema_extra={"contentEncoding": "base64",
+                                    "contentMediaType": "image/*"})
 
 
 class ModelParams(BaseModel):
@@ -42,7 +63,8 @@ class ModelParams(BaseModel):
 # ---------------------------------------------------------------------------- OpenAPI bodies
 
 
-def image_request_body(form: type[BaseModel], *json_forms: type[BaseModel],
+def image_request_body(form: type[BaseModel] | tuple[type[BaseModel], ...],
+                       *json_forms: type[BaseModel],
                        image_optional: bool = False) -> dict[str, Any]:
     """The OpenAPI `requestBody` of an endpoint that reads multipart `file` plus the fields
     of `form`, or one of `json_forms` as JSON.
@@ -51,21 +73,50 @@ def image_request_body(form: type[BaseModel], *json_forms: type[BaseModel],
     what its user set. With `image_optional` (a form that takes text instead), nothing in
     the form is required.
     """
+    if isinstance(form, tuple):  # exclusive sets of fields: one multipart form each
+        variants = [image_request_body(f, *json_forms)["content"]["multipart/form-data"]
+                    ["schema"] for f in form]
+        body = image_request_body(form[0], *json_forms)
+        body["content"]["multipart/form-data"]["schema"] = {"oneOf": variants}
+        return body
     schema = form.model_json_schema()
-    required = [] if image_optional else ["file", *schema.get("required", [])]
-    multipart = {
+    fields = {name: form_field(prop) for name, prop in schema["properties"].items()}
+    image_file = {"type": "string", "format": "binary", "contentMediaType": "image/*",
+                  "description": "the image file"}
+    required = ["file", *schema.get("required", [])]
+    # Fields the server does not know are refused (422), so the form allows none.
+    multipart: dict[str, Any] = {
         "type": "object",
         "required": required,
-        "properties": {
-            "file": {"type": "string", "format": "binary", "description": "the image file"},
-            **{name: {k: v for k, v in prop.items() if k != "default"}
-               for name, prop in schema["properties"].items()},
-        },
+        "properties": {"file": image_file, **fields},
+        "additionalProperties": False,
+        "title": schema.get("title", "form"),
     }
+    if image_optional:  # an image, or the form's text fields instead
+        text_only = {k: v for k, v in fields.items()}
+        multipart = {"oneOf": [
+            {**multipart, "required": ["file"], "properties": {
+                "file": image_file, **{k: v for k, v in fields.items() if k == "model"}},
+             "title": "image"},
+            {"type": "object", "required": schema.get("required", []),
+             "properties": text_only, "additionalProperties": False, "title": "text"},
+        ]}
     json_schemas = [m.model_json_schema() for m in json_forms]
     json_schema = json_schemas[0] if len(json_schemas) == 1 else {"oneOf": json_schemas}
     return {"required": True, "content": {"multipart/form-data": {"schema": multipart},
                                           "application/json": {"schema": json_schema}}}
+
+
+def form_field(prop: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema property as a form field: no default (a form filled in /docs sends only
+    what its user set) and no null (a form omits a field instead)."""
+    prop = {k: v for k, v in prop.items() if k != "default"}
+    variants = [v for v in prop.pop("anyOf", []) if v.get("type") != "null"]
+    if len(variants) == 1:
+        prop.update(variants[0])
+    elif variants:
+        prop["anyOf"] = variants
+    return prop
 
 
 def json_request_body(body: type[BaseModel]) -> dict[str, Any]:
@@ -74,60 +125,110 @@ def json_request_body(body: type[BaseModel]) -> dict[str, Any]:
                                                                body.model_json_schema()}}}
 
 
+# ---------------------------------------------------------------------------- domain
+
+
+class DomainOut(BaseModel):
+    """How far the image lies from the images the model was trained on (service/domain.py)."""
+
+    score: float = Field(description="Mahalanobis distance of the image's statistics from "
+                         "those of the model's validation images", examples=[2.1])
+    threshold: float = Field(description="the 99th percentile of the validation images' "
+                             "distances", examples=[5.3])
+    in_domain: bool = Field(description="score <= threshold; when false, the model has "
+                            "never seen images like this one and its answer may be "
+                            "meaningless", examples=[True])
+
+
+DOMAIN_DOC = ("how far the image lies from the model's training images; absent for a "
+              "model without domain statistics")
+
+
+def domain_out(domain: Any) -> DomainOut | None:
+    """The response field of a `service.domain.DomainScore` (or None)."""
+    if domain is None:
+        return None
+    return DomainOut(score=domain.score, threshold=domain.threshold,
+                     in_domain=domain.in_domain)
+
+
 # ---------------------------------------------------------------------------- captions
 
 
-class CaptionParams(ModelParams):
-    """Decoding parameters of /v1/captions; omitted ones take the bundle's defaults."""
-
-    model_config = ConfigDict(extra="forbid")
+class CaptionCommon(ModelParams):
+    """What both decoding methods of /v1/captions read."""
 
     model: str | None = Field(None, description=MODEL_FIELD_DOC, examples=["caption-sat"])
-    beam_size: int | None = Field(None, ge=1, le=MAX_BEAM_SIZE,
-                                  description="beam search: beams kept per step", examples=[3])
     max_length: int | None = Field(None, ge=1, le=MAX_LENGTH,
                                    description="decoding steps, the final <eos> included",
                                    examples=[20])
-    length_penalty: float | None = Field(
-        None, ge=0, le=10, examples=[0.0],
-        description="beam search: GNMT alpha, captions rank by log_prob / ((5 + |Y|) / 6)^alpha")
     num_captions: int = Field(1, ge=1, le=MAX_CAPTIONS,
                               description="captions returned; with beam search <= beam_size",
                               examples=[1])
     return_attention: bool = Field(
         False, description="per-word attention maps (attention models only)")
+
+
+class BeamCaptionParams(CaptionCommon):
+    """Beam search (the default): the best captions first."""
+
+    decoding: Literal["beam"] = Field("beam", description="beam search")
+    beam_size: int | None = Field(None, ge=1, le=MAX_BEAM_SIZE,
+                                  description="beams kept per step", examples=[3])
+    length_penalty: float | None = Field(
+        None, ge=0, le=10, examples=[0.0],
+        description="GNMT alpha: captions rank by log_prob / ((5 + |Y|) / 6)^alpha")
+
+
+class SampleCaptionParams(CaptionCommon):
+    """Sampling: captions drawn at random from the model's distribution, in the order drawn."""
+
+    decoding: Literal["sample"] = Field(description="sampling")
+    temperature: float | None = Field(
+        None, gt=0, le=MAX_TEMPERATURE, examples=[0.7],
+        description="divides the log-probabilities; below 1 sharpens, above 1 flattens "
+                    "(default 1)")
+    top_k: int | None = Field(
+        None, ge=0, examples=[5],
+        description="draw among the k most likely words only (default 0: every word the step "
+                    "graph returns, at most the bundle's decoding.top_k)")
+    top_p: float | None = Field(
+        None, gt=0, le=1, examples=[0.9],
+        description="draw among the most likely words whose probabilities reach top_p "
+                    "(nucleus sampling; default 1: no cut)")
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, examples=[7],
+        description="the same image and seed give the same captions; omitted: drawn at "
+                    "random and returned in the X-Seed header")
+
+
+class CaptionParams(BeamCaptionParams, SampleCaptionParams):
+    """The parameters of /v1/captions as the server reads them; omitted ones take the
+    bundle's defaults. The parameters of the method not chosen are refused (422), as the
+    OpenAPI document's two forms (`BeamCaptionParams`, `SampleCaptionParams`) say."""
+
     decoding: Literal["beam", "sample"] = Field(
         "beam", description="beam: beam search, the best captions first; sample: captions "
                             "drawn at random from the model's distribution, in the order drawn")
-    temperature: float | None = Field(
-        None, gt=0, le=MAX_TEMPERATURE, examples=[0.7],
-        description="sampling: divides the log-probabilities; below 1 sharpens, above 1 "
-                    "flattens (default 1)")
-    top_k: int | None = Field(
-        None, ge=0, examples=[5],
-        description="sampling: draw among the k most likely words only (default 0: every "
-                    "word the step graph returns, at most the bundle's decoding.top_k)")
-    top_p: float | None = Field(
-        None, gt=0, le=1, examples=[0.9],
-        description="sampling: draw among the most likely words whose probabilities reach "
-                    "top_p (nucleus sampling; default 1: no cut)")
-    seed: int | None = Field(
-        None, ge=0, le=MAX_SEED, examples=[7],
-        description="sampling: the same image and seed give the same captions; omitted: "
-                    "drawn at random and returned in the X-Seed header")
 
 
-class CaptionJSONRequest(CaptionParams):
-    """The JSON form of /v1/captions: the image travels base64-encoded."""
+class BeamCaptionJSONRequest(BeamCaptionParams):
+    """The JSON form of /v1/captions with beam search: the image travels base64-encoded."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [
-            {"image": IMAGE_EXAMPLE, "model": "caption-sat", "beam_size": 3, "num_captions": 2},
-            {"image": IMAGE_EXAMPLE, "decoding": "sample", "temperature": 0.7, "top_p": 0.9,
-             "seed": 7, "num_captions": 3}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"image": IMAGE_EXAMPLE, "model": "caption-sat", "beam_size": 3, "num_captions": 2}]})
 
-    image: str = Field(description=IMAGE_FIELD_DOC)
+    image: str = image_field()
+
+
+class SampleCaptionJSONRequest(SampleCaptionParams):
+    """The JSON form of /v1/captions with sampling: the image travels base64-encoded."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"image": IMAGE_EXAMPLE, "decoding": "sample", "temperature": 0.7, "top_p": 0.9,
+         "seed": 7, "num_captions": 3}]})
+
+    image: str = image_field()
 
 
 class CaptionOut(BaseModel):
@@ -147,6 +248,7 @@ class CaptionResponse(BaseModel):
     captions: list[CaptionOut]
     attention: list[list[WordAttention]] | None = Field(
         None, description="with return_attention: for each caption, one map per word")
+    domain: DomainOut | None = Field(None, description=DOMAIN_DOC)
 
 
 # ---------------------------------------------------------------------------- vqa
@@ -157,7 +259,8 @@ class VqaParams(ModelParams):
 
     model_config = ConfigDict(extra="forbid")
 
-    question: str = Field(min_length=1, max_length=1000, description="the question, in words "
+    question: str = Field(min_length=1, max_length=1000, json_schema_extra=HAS_A_WORD,
+                          description="the question, in words "
                           "the model was trained on", examples=["what color is the circle?"])
     model: str | None = Field(None, description=MODEL_FIELD_DOC, examples=["vqa-updown"])
     top_k: int = Field(DEFAULT_ANSWERS, ge=1, le=MAX_ANSWERS, description="answers returned, "
@@ -175,7 +278,7 @@ class VqaJSONRequest(VqaParams):
                                          "question": "how many circles are there?",
                                          "top_k": 3}]})
 
-    image: str = Field(description=IMAGE_FIELD_DOC)
+    image: str = image_field()
 
 
 class AnswerOut(BaseModel):
@@ -199,6 +302,7 @@ class VqaResponse(BaseModel):
     attention: list[RegionAttention] | None = Field(
         None, description="with return_attention: every region the model attended over, "
         "the whole image last")
+    domain: DomainOut | None = Field(None, description=DOMAIN_DOC)
 
 
 # ---------------------------------------------------------------------------- alignments
@@ -210,7 +314,8 @@ class AlignmentParams(ModelParams):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description=MODEL_FIELD_DOC, examples=["align-brnn"])
-    sentence: str = Field(min_length=1, max_length=1000, description="the sentence to align",
+    sentence: str = Field(min_length=1, max_length=1000, json_schema_extra=HAS_A_WORD,
+                          description="the sentence to align",
                           examples=["a red circle left of a blue square"])
     beta: float | None = Field(
         None, ge=0, allow_inf_nan=False, examples=[2.0],
@@ -227,7 +332,7 @@ class AlignmentJSONRequest(AlignmentParams):
                                          "sentence": "a red circle left of a blue square",
                                          "beta": 2.0}]})
 
-    image: str = Field(description=IMAGE_FIELD_DOC)
+    image: str = image_field()
 
 
 class SegmentOut(BaseModel):
@@ -248,6 +353,7 @@ class AlignmentResponse(BaseModel):
     score: float = Field(description="image-sentence score S_kl = sum_t max_i v_i^T s_t "
                          "(Eq. 8 of Karpathy & Fei-Fei 2015)", examples=[15.2])
     segments: list[SegmentOut]
+    domain: DomainOut | None = Field(None, description=DOMAIN_DOC)
 
 
 # ---------------------------------------------------------------------------- retrieval
@@ -260,14 +366,14 @@ class RetrievalParams(ModelParams):
 
 
 class TextEmbeddingRequest(RetrievalParams):
-    text: str = Field(min_length=1, description="a sentence",
+    text: str = Field(min_length=1, json_schema_extra=HAS_A_WORD, description="a sentence",
                       examples=["a red circle left of a blue square"])
 
 
 class ImageEmbeddingRequest(RetrievalParams):
     """The JSON form of an image embedding: the image travels base64-encoded."""
 
-    image: str = Field(description=IMAGE_FIELD_DOC)
+    image: str = image_field()
 
 
 class EmbeddingResponse(BaseModel):
@@ -276,10 +382,12 @@ class EmbeddingResponse(BaseModel):
     dimensions: int = Field(examples=[128])
     unknown_words: list[str] | None = Field(
         None, description="words outside the vocabulary, embedded as <unk>")
+    domain: DomainOut | None = Field(None, description="for an image: " + DOMAIN_DOC)
 
 
 class ImageSearchRequest(RetrievalParams):
-    text: str = Field(min_length=1, description="the sentence to find images for",
+    text: str = Field(min_length=1, json_schema_extra=HAS_A_WORD,
+                      description="the sentence to find images for",
                       examples=["a small green star above a red circle"])
     top_k: int = Field(5, ge=1, le=MAX_SEARCH_TOP_K, description=SEARCH_TOP_K_DOC)
 
@@ -289,7 +397,7 @@ class CaptionSearchParams(RetrievalParams):
 
 
 class CaptionSearchJSONRequest(CaptionSearchParams):
-    image: str = Field(description=IMAGE_FIELD_DOC)
+    image: str = image_field()
 
 
 class ImageHit(BaseModel):
@@ -314,9 +422,19 @@ class ImageSearchResponse(BaseModel):
 class CaptionSearchResponse(BaseModel):
     model: str = Field(examples=["retrieval-vse/2"])
     results: list[CaptionHit]
+    domain: DomainOut | None = Field(None, description=DOMAIN_DOC)
 
 
 # ---------------------------------------------------------------------------- generations
+
+IMAGE_SIZES = (64, 128, 256, 512)
+ImageSize = Literal["64x64", "128x128", "256x256", "512x512"]
+
+
+def size_pixels(size: str | None) -> int | None:
+    """The side of a "SxS" size, None for None."""
+    return None if size is None else int(size.partition("x")[0])
+
 
 
 class GenerationParams(ModelParams):
@@ -324,10 +442,13 @@ class GenerationParams(ModelParams):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"prompt": "a red circle left of a blue square",
+        json_schema_extra={"examples": [{"prompt": "a large red circle",
                                          "model": "gan-int-cls", "n": 2, "seed": 7}]})
 
-    prompt: str = Field(description="what to draw, in the words of the training captions; at "
+    # Declared, not enforced here: the pipeline answers an empty prompt "must not be empty".
+    prompt: str = Field(json_schema_extra={"minLength": 1, **HAS_A_WORD},
+                        examples=["a large red circle"],
+                        description="what to draw, in the words of the training captions; at "
                         "most the model's max_prompt_length characters (its manifest's "
                         "`inference`; 64 for the committed models)")
     model: str | None = Field(None, description=MODEL_FIELD_DOC, examples=["gan-int-cls"])
@@ -359,6 +480,25 @@ class GenerationParams(ModelParams):
         return SamplingOptions(temperature=self.temperature, top_k=self.top_k,
                                top_p=self.top_p, candidates=self.candidates)
 
+    # The fields OpenAI's images API adds, accepted where glimpse can honour them, so that
+    # its clients (the OpenAI SDK's `images.generate`) work unchanged.
+    size: ImageSize | None = Field(
+        None, description="side of the returned PNGs: the model draws at its own size "
+        "(inference.image_size) and the image is resized to this one; omitted: the model's")
+    quality: Literal["auto", "standard"] | None = Field(
+        None, description="glimpse draws one quality; 'auto' and 'standard' name it")
+    style: None = Field(None, description="glimpse's generators have no styles: omit it")
+    user: str | None = Field(None, max_length=256,
+                             description="the end user, for the service's logs")
+
+    @field_validator("style", mode="before")
+    @classmethod
+    def _no_style(cls, value: object) -> object:
+        if value is not None:
+            raise ValueError("glimpse's generators have no styles (such as 'vivid' or "
+                             "'natural'); omit style")
+        return value
+
 
 class GeneratedImage(BaseModel):
     b64_json: str = Field(description="a PNG, base64-encoded", examples=["iVBORw0KGgo..."])
@@ -380,6 +520,7 @@ class ModelInfo(BaseModel):
     version: int = Field(examples=[1])
     id: str = Field(description="name/version", examples=["caption-sat/2"])
     latest: bool = Field(description="served when a request names the model without version")
+    default: bool = Field(description="answers the requests of its task that name no model")
     task: str = Field(examples=["caption"])
     architecture: str = Field(examples=["sat-soft"])
     created: datetime
@@ -388,8 +529,22 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any] = Field(description="evaluation measured on this bundle")
 
 
+class OpenAIModel(BaseModel):
+    """One entry of the listing in the shape OpenAI's clients read (`client.models.list()`)."""
+
+    id: str = Field(description="name/version, usable as a request's `model`",
+                    examples=["gan-int-cls/3"])
+    object: Literal["model"] = "model"
+    created: int = Field(description="Unix time the bundle was exported", examples=[1767225600])
+    owned_by: str = Field("glimpse", examples=["glimpse"])
+
+
 class ModelList(BaseModel):
+    """glimpse's own listing (`models`) and the OpenAI-style one (`object`, `data`)."""
+
     models: list[ModelInfo]
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel]
 
 
 class Live(BaseModel):

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     max_queue_delay_ms: float = Field(2.0, ge=0)
     max_queue_size: int = Field(64, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
+    # A request that finds every queue of its task full waits this long, its body unread,
+    # for a place before it is refused 503: clients that ignore Retry-After and send again
+    # at once cannot make refusals take the cores the models need. 0: refuse at once.
+    admission_wait_ms: float = Field(100.0, ge=0)
     model_overrides: dict[str, ModelSettings] = {}
     # Task -> model name used when a request names no model. When that model is not
     # served, the first served name A-Z is used.
@@ -92,6 +96,16 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys_when_given(cls, value: object) -> object:
+        # " , " or "," would otherwise split into no key at all and silently turn
+        # authentication off; an empty value is the explicit way to run without keys.
+        if isinstance(value, str) and value.strip() and not cls._split_commas(value):
+            raise ValueError("GLIMPSE_API_KEYS names no key; leave it empty to run "
+                             "without authentication")
         return value
 
     def for_model(self, name: str) -> ResolvedModelSettings:

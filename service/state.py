@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections import defaultdict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -63,6 +65,8 @@ class ServiceState:
         self.errors: list[str] = []
         self.phase = "loading"  # -> "ready" -> "draining"
         self.in_flight = 0
+        # task -> requests the admission gate holds until a queue of the task has room
+        self.waiting: dict[str, deque[asyncio.Future[None]]] = defaultdict(deque)
 
     # ------------------------------------------------------------------ readiness
 
@@ -83,6 +87,44 @@ class ServiceState:
     def begin_drain(self) -> None:
         """Readiness turns 503 and new inference requests are refused; queued ones finish."""
         self.phase = "draining"
+        for waiting in self.waiting.values():  # let them through, to be refused
+            while waiting:
+                _let_through(waiting.popleft())
+
+    # ------------------------------------------------------------------ admission waits
+
+    def has_room(self, task: str) -> bool | None:
+        """Whether a queue of `task` has room now; None when no model of `task` is served."""
+        served = [m for m in self.models.values() if m.task == task]
+        return any(m.batcher.has_room for m in served) if served else None
+
+    def room(self, task: str) -> None:
+        """Places freed up in a queue of `task`: let as many waiting requests through."""
+        waiting = self.waiting[task]
+        free = sum(m.batcher.free_places for m in self.models.values() if m.task == task)
+        while free > 0 and waiting:
+            if _let_through(waiting.popleft()):
+                free -= 1
+
+    async def wait_for_room(self, task: str, timeout_s: float) -> bool:
+        """Wait (first come, first served) until a queue of `task` has room; False when
+        `timeout_s` passes first."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting[task].append(future)
+        try:
+            await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ValueError):
+                self.waiting[task].remove(future)
+            return False
+        return True
+
+    def abort(self, reason: str) -> None:
+        """Answer every queued and running request with 503 now (drain timed out, or a
+        second signal): JSON errors, rather than connections cut by the server."""
+        self.begin_drain()
+        for served in self.models.values():
+            served.batcher.abort(reason)
 
     def check_accepting(self) -> None:
         if self.phase != "ready":
@@ -147,6 +189,17 @@ class ServiceState:
         name = self.settings.default_models.get(task)
         return self.resolve(name if name in names else names[0], task)
 
+    def is_default(self, served: ServedModel) -> bool:
+        """Whether `served` answers the requests of its task that name no model."""
+        return self._default(served.task) is served
+
     def is_latest(self, served: ServedModel) -> bool:
         versions = self.versions(served.bundle.manifest.name)
         return next(reversed(versions)) == served.bundle.manifest.version
+
+
+def _let_through(future: asyncio.Future[None]) -> bool:
+    if future.done():
+        return False
+    future.set_result(None)
+    return True

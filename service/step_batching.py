@@ -251,7 +251,8 @@ class StepBatcher(QueueDriver[P, R]):
             raise self._overloaded(str(exc)) from None
         request.request_id = request_id_var.get()
         request.future = asyncio.get_running_loop().create_future()
-        request.future.add_done_callback(lambda f: f.cancelled() and self.queue.cancel(request))
+        request.future.add_done_callback(
+            lambda f: f.cancelled() and self.queue.cancel(request) and self._room())
         self._wakeup.set()
         try:
             return await asyncio.wait_for(request.future, request.deadline - now)
@@ -264,7 +265,10 @@ class StepBatcher(QueueDriver[P, R]):
             now = self.clock()
             for request in self.queue.expire(now):
                 resolve(request, error=self._timeout_error())
+                self._room()
             plan = self.queue.plan()
+            if plan.joining:  # a request whose last rows join no longer holds a queue place
+                self._room()
             if plan.leaving or self.queue.running:
                 await self._step(plan)
                 continue
@@ -310,7 +314,8 @@ class StepBatcher(QueueDriver[P, R]):
             self.busy = False
 
     async def stop(self, timeout_s: float) -> None:
-        """Finish queued and running requests (at most `timeout_s`), then stop."""
+        """Finish queued and running requests (at most `timeout_s`), then stop; what is
+        still waiting then is answered 503 (`abort`)."""
         self._closing = True
         self._wakeup.set()
         if self._task is not None:
@@ -320,6 +325,13 @@ class StepBatcher(QueueDriver[P, R]):
                 self._task.cancel()
                 log.warning("%s: drain timed out with %d queued and %d rows decoding",
                             self.name, len(self.queue), len(self.queue.running))
-        for request in self.queue.drain():
-            resolve(request, error=ServiceUnavailable(f"model {self.name} shut down"))
+        self.abort(f"model {self.name} shut down")
         self._executor.shutdown(wait=False)
+
+    def abort(self, reason: str) -> None:
+        """Stop accepting and answer every waiting and decoding request with
+        ServiceUnavailable now; a step already computing finishes in its thread, unseen."""
+        self._closing = True
+        self._wakeup.set()
+        for request in self.queue.drain():
+            resolve(request, error=ServiceUnavailable(reason))

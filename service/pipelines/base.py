@@ -34,6 +34,7 @@ from PIL import Image
 
 from service.batching import Batcher, BatchObserver, QueueDriver
 from service.bundle import Bundle, BundleError, Manifest, load_bundle
+from service.domain import DOMAIN_FILE_KEY, DomainScore, DomainStatistics
 from service.errors import InvalidParameter
 from service.images import image_input, to_array
 from service.runtime import OnnxGraph, load_graphs
@@ -44,8 +45,10 @@ ResultT = TypeVar("ResultT")
 T = TypeVar("T")
 ImageInput = bytes | str | Path | Image.Image | np.ndarray
 
-# Seeds of sampled requests fit a signed 64-bit integer, which every client language has.
-MAX_SEED = 2**63 - 1
+# Seeds of sampled requests are integers that a JSON number holds exactly in every client
+# language (JavaScript's Number.MAX_SAFE_INTEGER), and that the OpenAPI document's
+# `maximum`, a JSON number too, states exactly.
+MAX_SEED = 2**53 - 1
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,13 @@ class ImagePipeline(Pipeline[RequestT, ResultT]):
                               "preprocessing.image_size")
         self.image_size = preprocessing.image_size
         self.pixel_range = preprocessing.pixel_range
+        self.domain = (self.read_file(DOMAIN_FILE_KEY, DomainStatistics.from_file)
+                       if DOMAIN_FILE_KEY in bundle.manifest.files else None)
+
+    def domain_score(self, image: np.ndarray) -> DomainScore | None:
+        """How far a graph input [3, S, S] lies from the model's training images (None for
+        a bundle without domain statistics: service/domain.py)."""
+        return None if self.domain is None else self.domain.score(image, self.pixel_range)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """The graph input [3, S, S] of a decoded RGB image."""

@@ -54,6 +54,7 @@ from service.pipelines.generation import (
     GenerationResult,
     SamplingOptions,
     TextToImage,
+    check_png_size,
     encode_png,
     to_uint8,
 )
@@ -84,6 +85,7 @@ class DalleRequest:
     top_p: float
     uniforms: np.ndarray  # float64 [n * candidates, G*G]: one draw per row and code
     rerank_tokens: tuple[int, ...] | None  # the prompt in the reranker's vocabulary
+    size: int | None = None  # side of the PNGs; None: the model's own image size
 
     @property
     def rows(self) -> int:
@@ -173,9 +175,11 @@ class DalleModel(TextToImage, task="generation", architecture="dalle"):
     # ------------------------------------------------------------------ requests
 
     def request(self, prompt: str, n: int = 1, seed: int | None = None,
-                options: SamplingOptions | None = None) -> DalleRequest:
+                options: SamplingOptions | None = None,
+                size: int | None = None) -> DalleRequest:
         """Validate a prompt, image count, seed and sampling settings (InvalidParameter
-        names what is wrong)."""
+        names what is wrong); the PNGs are resized to `size` when given."""
+        check_png_size(size)
         o, s = options or SamplingOptions(), self.settings
         temperature = s.temperature if o.temperature is None else o.temperature
         top_k = s.top_k if o.top_k is None else o.top_k
@@ -203,7 +207,7 @@ class DalleModel(TextToImage, task="generation", architecture="dalle"):
             prompt=text, tokens=(WordIndex.BOS_ID, *encoded.ids), n=n, seed=seed,
             candidates=candidates, temperature=float(temperature), top_k=top_k,
             top_p=float(top_p), uniforms=row_uniforms(seed, n, candidates, self.image_length),
-            rerank_tokens=rerank)
+            rerank_tokens=rerank, size=size)
 
     def _check_sampling(self, temperature: float, top_k: int, top_p: float, candidates: int,
                         n: int) -> None:
@@ -254,7 +258,7 @@ class DalleModel(TextToImage, task="generation", architecture="dalle"):
             images = images[np.arange(request.n), best]
         pixels = to_uint8(images)
         return GenerationResult(images=pixels, seed=request.seed,
-                                pngs=[encode_png(image) for image in pixels])
+                                pngs=[encode_png(image, request.size) for image in pixels])
 
     def decode(self, requests: Sequence[DalleRequest], *, max_rows: int | None = None
                ) -> list[GenerationResult]:

@@ -20,7 +20,13 @@ with T = inference.max_prompt_length, Z = inference.noise_dim, S = inference.ima
 
 Batching: the queue's max_batch_size counts requests, as for every model; one request
 of n images is one entry. A batch's images are drawn in generator runs of at most
-`MAX_IMAGES_PER_RUN`, and the text encoder runs once over the batch's distinct prompts.
+`MAX_IMAGES_PER_RUN`. The text encoder runs once per distinct prompt, alone: its
+kernels round differently at batch size 1 than at 2 and more (2.9e-8 on the committed
+gan-int-cls), which flips a grey level of some pixels, so a prompt embedded in a batch
+of others would not get the image it gets alone. Embeddings are cached per prompt,
+which also spares the encoder the prompts people repeat. The generator's rows are
+computed independently of each other at every batch size (tests/service/
+test_generation_api.py checks byte-identical PNGs alone and mixed).
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from service.text import CharIndex, WordIndex, pad_ids
 
 MAX_IMAGES_PER_REQUEST = 16
 MAX_IMAGES_PER_RUN = 64
+MAX_PNG_SIZE = 512
+EMBEDDING_CACHE_SIZE = 1024  # prompts whose text embedding is kept
 
 
 @dataclass(frozen=True)
@@ -66,9 +74,10 @@ class TextToImage(Pipeline[Any, "GenerationResult"]):
 
     @abstractmethod
     def request(self, prompt: str, n: int = 1, seed: int | None = None,
-                options: SamplingOptions | None = None) -> Any:
+                options: SamplingOptions | None = None, size: int | None = None) -> Any:
         """A validated request (InvalidParameter names what is wrong); without a seed one
-        is drawn at random and returned with the images."""
+        is drawn at random and returned with the images, as PNGs resized to `size` (the
+        model's own size when None)."""
 
     @abstractmethod
     def generate(self, prompts: Sequence[str], n: int = 1, seed: int = 0) -> np.ndarray:
@@ -84,6 +93,7 @@ class GenerationRequest:
     chars: tuple[int, ...]  # alphabet ids of the prompt, unpadded
     n: int
     seed: int
+    size: int | None = None  # side of the PNGs; None: the model's own image size
 
 
 @dataclass
@@ -93,16 +103,25 @@ class GenerationResult:
     pngs: list[bytes]
 
 
+def check_png_size(size: int | None) -> None:
+    """InvalidParameter unless `size` (a requested PNG side) is None or in range."""
+    if size is not None and not 1 <= size <= MAX_PNG_SIZE:
+        raise InvalidParameter(f"size: must be between 1 and {MAX_PNG_SIZE}, got {size}")
+
+
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """[B, 3, S, S] floats in [0, 1] -> [B, S, S, 3] uint8 (rounded)."""
     pixels = np.rint(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
     return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of one [S, S, 3] uint8 image."""
+def encode_png(image: np.ndarray, size: int | None = None) -> bytes:
+    """PNG bytes of one [S, S, 3] uint8 image, resized to size x size if given (Lanczos)."""
+    picture = Image.fromarray(image, mode="RGB")
+    if size is not None and size != picture.width:
+        picture = picture.resize((size, size), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
-    Image.fromarray(image, mode="RGB").save(buffer, format="PNG")
+    picture.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -128,6 +147,8 @@ class GenerationModel(TextToImage, task="generation"):
         self.alphabet = self.read_file(self.tokenizer_file("char"), CharIndex.from_file)
         self.vocabulary = (None if inference.vocabulary is None
                            else self.read_file(inference.vocabulary, WordIndex.from_file))
+        # prompt character ids -> embedding; written by the batch thread only
+        self._embeddings: dict[tuple[int, ...], np.ndarray] = {}
 
     def contract(self) -> dict[str, GraphContract]:
         return {"text_encoder": GraphContract(inputs=frozenset({"chars"}),
@@ -138,16 +159,19 @@ class GenerationModel(TextToImage, task="generation"):
     # ------------------------------------------------------------------ requests
 
     def request(self, prompt: str, n: int = 1, seed: int | None = None,
-                options: SamplingOptions | None = None) -> GenerationRequest:
+                options: SamplingOptions | None = None,
+                size: int | None = None) -> GenerationRequest:
         """Validate a prompt, image count and seed (InvalidParameter names what is wrong).
 
-        Without a seed one is drawn at random; it is returned with the images. A GAN draws
-        from noise: sampling settings are refused.
+        Without a seed one is drawn at random; it is returned with the images. `size` is
+        the side the PNGs are resized to (the images themselves stay the model's). A GAN
+        draws from noise: sampling settings are refused.
         """
         if options is not None and (given := options.given()):
             raise InvalidParameter(f"{', '.join(given)}: model {self.bundle.key} "
                                    f"({self.bundle.manifest.architecture}) draws its images "
                                    "from noise and takes no sampling settings")
+        check_png_size(size)
         if not 1 <= n <= MAX_IMAGES_PER_REQUEST:
             raise InvalidParameter(f"n: must be between 1 and {MAX_IMAGES_PER_REQUEST}, got {n}")
         seed = request_seed(seed)
@@ -166,18 +190,26 @@ class GenerationModel(TextToImage, task="generation"):
             if unknown:
                 raise InvalidParameter(f"prompt: words the model was not trained on: "
                                        f"{', '.join(map(repr, unknown))}")
-        return GenerationRequest(prompt=text, chars=tuple(encoded.ids), n=n, seed=seed)
+        return GenerationRequest(prompt=text, chars=tuple(encoded.ids), n=n, seed=seed,
+                                 size=size)
 
     # ------------------------------------------------------------------ inference
 
+    def embed(self, chars: tuple[int, ...]) -> np.ndarray:
+        """phi(t) [E] of one prompt's character ids, computed alone (see the module
+        docstring) and cached."""
+        embedding = self._embeddings.get(chars)
+        if embedding is None:
+            padded = pad_ids([chars], length=self.max_prompt_length)
+            embedding = self.text_encoder.run({"chars": padded})["embedding"][0]
+            if len(self._embeddings) >= EMBEDDING_CACHE_SIZE:
+                self._embeddings.pop(next(iter(self._embeddings)))  # the oldest
+            self._embeddings[chars] = embedding
+        return embedding
+
     def _embed(self, requests: Sequence[GenerationRequest]) -> np.ndarray:
-        """phi(t) of each request's prompt, [len(requests), E]; one row per distinct prompt
-        goes through the text encoder."""
-        distinct = list(dict.fromkeys(r.chars for r in requests))
-        chars = pad_ids(distinct, length=self.max_prompt_length)
-        embeddings = self.text_encoder.run({"chars": chars})["embedding"]
-        row = {c: i for i, c in enumerate(distinct)}
-        return embeddings[[row[r.chars] for r in requests]]
+        """phi(t) of each request's prompt, [len(requests), E]."""
+        return np.stack([self.embed(r.chars) for r in requests])
 
     def images(self, requests: Sequence[GenerationRequest]) -> list[np.ndarray]:
         """uint8 [n, S, S, 3] images of each request, drawn in batched generator runs."""
@@ -196,7 +228,7 @@ class GenerationModel(TextToImage, task="generation"):
     def run_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """The batch function of the service's queue: images and their PNGs per request."""
         return [GenerationResult(images=images, seed=r.seed,
-                                 pngs=[encode_png(image) for image in images])
+                                 pngs=[encode_png(image, r.size) for image in images])
                 for r, images in zip(requests, self.images(requests), strict=True)]
 
     def generate(self, prompts: Sequence[str], n: int = 1, seed: int = 0) -> np.ndarray:
@@ -214,7 +246,7 @@ class GenerationModel(TextToImage, task="generation"):
         return np.concatenate(images)
 
     def warm_up_batches(self, size: int) -> list[list[GenerationRequest]]:
-        # distinct one-character prompts, so that the text encoder sees the batch size too
+        # distinct one-character prompts (their embeddings stay cached)
         letters = self.alphabet.alphabet
         return [[GenerationRequest(prompt=letters[i % len(letters)],
                                    chars=(1 + i % len(letters),), n=1, seed=i)

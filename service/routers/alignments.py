@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
+from service.domain import DomainScore
 from service.images import to_rgb
 from service.pipelines.alignment import AlignmentModel, AlignmentRequest, AlignmentResult
 from service.routers.deps import ImageCall, image_call, require_api_key
@@ -14,21 +15,24 @@ from service.schemas import (
     AlignmentParams,
     AlignmentResponse,
     SegmentOut,
+    domain_out,
     error_responses,
     image_request_body,
 )
 
+TASK = "alignment"  # of the models that answer this router's requests
 router = APIRouter(prefix="/v1", tags=["alignments"], dependencies=[Depends(require_api_key)])
 
 AlignmentCall = Annotated[ImageCall[AlignmentModel, AlignmentParams],
                           Depends(image_call(AlignmentParams, AlignmentModel))]
 
 
-def alignment_response(model: str, result: AlignmentResult) -> AlignmentResponse:
+def alignment_response(model: str, result: AlignmentResult, domain: DomainScore | None = None
+                       ) -> AlignmentResponse:
     segments = [SegmentOut(text=s.text, start=s.start, end=s.end, box=s.box, score=s.score)
                 for s in result.segments]
     return AlignmentResponse(model=model, sentence=" ".join(result.words), score=result.score,
-                             segments=segments)
+                             segments=segments, domain=domain_out(domain))
 
 
 @router.post("/alignments", response_model=AlignmentResponse,
@@ -48,9 +52,14 @@ async def create_alignment(call: AlignmentCall) -> AlignmentResponse:
     text = model.encode_sentence(call.params.sentence)
     beta = model.beta(call.params.beta)
 
+    domain = None
+
     def prepare() -> AlignmentRequest:
+        nonlocal domain
         image = to_rgb(call.decode_image())
-        return AlignmentRequest(model.preprocess(image), image.size, text, beta)
+        array = model.preprocess(image)
+        domain = model.domain_score(array)
+        return AlignmentRequest(array, image.size, text, beta)
 
     result: AlignmentResult = await call.compute_prepared(prepare)
-    return alignment_response(call.key, result)
+    return alignment_response(call.key, result, domain)

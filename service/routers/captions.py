@@ -6,37 +6,46 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
+from service.domain import DomainScore
 from service.pipelines.caption import CaptionModel, CaptionRequest, CaptionResult, SampleParams
 from service.routers.deps import ImageCall, image_call, require_api_key
 from service.schemas import (
-    CaptionJSONRequest,
+    BeamCaptionJSONRequest,
+    BeamCaptionParams,
     CaptionOut,
     CaptionParams,
     CaptionResponse,
+    SampleCaptionJSONRequest,
+    SampleCaptionParams,
     WordAttention,
+    domain_out,
     error_responses,
     image_request_body,
 )
 
+TASK = "caption"  # of the models that answer this router's requests
 router = APIRouter(prefix="/v1", tags=["captions"], dependencies=[Depends(require_api_key)])
 
 CaptionCall = Annotated[ImageCall[CaptionModel, CaptionParams],
                         Depends(image_call(CaptionParams, CaptionModel))]
 
 
-def caption_response(model: str, result: CaptionResult) -> CaptionResponse:
+def caption_response(model: str, result: CaptionResult, domain: DomainScore | None = None
+                     ) -> CaptionResponse:
     captions = [CaptionOut(text=c.text, log_prob=c.log_prob) for c in result.captions]
     attention = None
     if any(c.attention is not None for c in result.captions):
         attention = [[WordAttention(word=w, weights=a.tolist())
                       for w, a in zip(c.words, c.attention, strict=True)]
                      for c in result.captions if c.attention is not None]
-    return CaptionResponse(model=model, captions=captions, attention=attention)
+    return CaptionResponse(model=model, captions=captions, attention=attention,
+                           domain=domain_out(domain))
 
 
 @router.post("/captions", response_model=CaptionResponse, response_model_exclude_none=True,
-             openapi_extra={"requestBody": image_request_body(CaptionParams,
-                                                              CaptionJSONRequest)},
+             openapi_extra={"requestBody": image_request_body(
+                 (BeamCaptionParams, SampleCaptionParams), BeamCaptionJSONRequest,
+                 SampleCaptionJSONRequest)},
              responses=error_responses(400, 401, 404, 413, 415, 422, 503, 504))
 async def create_captions(call: CaptionCall, response: Response) -> CaptionResponse:
     """Caption an image, with beam search (the default) or by sampling.
@@ -54,8 +63,15 @@ async def create_captions(call: CaptionCall, response: Response) -> CaptionRespo
                             num_captions=p.num_captions, return_attention=p.return_attention,
                             temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
                             seed=p.seed)
-    result: CaptionResult = await call.compute_prepared(
-        lambda: CaptionRequest(model.preprocess(call.decode_image()), decoding))
+    domain = None
+
+    def prepare() -> CaptionRequest:
+        nonlocal domain
+        image = model.preprocess(call.decode_image())
+        domain = model.domain_score(image)
+        return CaptionRequest(image, decoding)
+
+    result: CaptionResult = await call.compute_prepared(prepare)
     if isinstance(decoding, SampleParams):
         response.headers["X-Seed"] = str(decoding.seed)
-    return caption_response(call.key, result)
+    return caption_response(call.key, result, domain)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hmac
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from PIL import Image
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from service.access import key_accepted, presented_key
 from service.errors import (
     BadRequest,
     ClientDisconnected,
@@ -59,25 +59,17 @@ async def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def _presented_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.headers.get("x-api-key")
-
-
 async def require_api_key(request: Request, state: StateDep) -> None:
     """With GLIMPSE_API_KEYS set, demand one of them (Authorization: Bearer or X-API-Key)."""
     keys = state.settings.api_keys
     if not keys:
         return
-    presented = _presented_key(request)
-    if presented is None:
-        raise Unauthorized("an API key is required: 'Authorization: Bearer KEY' or 'X-API-Key'")
-    # Compare with every key so that the time taken does not reveal which one matched.
-    matches = [hmac.compare_digest(presented.encode(), key.encode()) for key in keys]
-    if not any(matches):
+    presented = presented_key(request.headers)
+    if not key_accepted(presented, keys):
+        state.metrics.count_request("unknown", Unauthorized.error_type)
+        if presented is None:
+            raise Unauthorized("an API key is required: 'Authorization: Bearer KEY' or "
+                               "'X-API-Key'")
         raise Unauthorized("invalid API key")
 
 
@@ -100,15 +92,42 @@ async def json_object(request: Request) -> dict[str, Any]:
     return body
 
 
+def validated(params: type[M], fields: dict[str, Any], *, from_json: bool) -> M:
+    """`params` from a JSON object or from form fields (InvalidParameter naming each bad one).
+
+    JSON values must have the JSON Schema type the OpenAPI document declares: false is
+    not a number and 0 not a boolean (pydantic's lax mode would take both), but 3.0 is
+    an integer. Form fields are text, parsed as their declared types.
+    """
+    try:
+        if from_json:
+            whole = {k: int(v) if isinstance(v, float) and v.is_integer() else v
+                     for k, v in fields.items()}
+            return params.model_validate(whole, strict=True)
+        return params.model_validate(form_booleans(params, fields))
+    except ValidationError as exc:
+        raise InvalidParameter(validation_message(exc)) from None
+
+
+def form_booleans(params: type[BaseModel], fields: dict[str, Any]) -> dict[str, Any]:
+    """Boolean form fields read as true or false only (what forms and /docs send); pydantic
+    alone would also take 0, 1, yes, no, on and off."""
+    out = dict(fields)
+    for name, value in fields.items():
+        field = params.model_fields.get(name)
+        if field is not None and field.annotation is bool and isinstance(value, str):
+            if value.lower() not in ("true", "false"):
+                raise InvalidParameter(f"{name}: must be true or false, got {value!r}")
+            out[name] = value.lower() == "true"
+    return out
+
+
 async def read_json_request(request: Request, params: type[M]) -> M:
     """The validated parameters of a JSON-only request (415 for another content type)."""
     media = media_type(request)
     if media != "application/json":
         raise UnsupportedMediaType(f"send application/json, not {media or 'no content type'}")
-    try:
-        return params.model_validate(await json_object(request))
-    except ValidationError as exc:
-        raise InvalidParameter(validation_message(exc)) from None
+    return validated(params, await json_object(request), from_json=True)
 
 
 def _b64decode(text: str) -> bytes:
@@ -124,13 +143,26 @@ async def _from_multipart(request: Request) -> tuple[bytes, dict[str, Any]]:
     form = await request.form(max_files=1, max_fields=32)
     try:
         upload = form.get("file")
-        if upload is None or isinstance(upload, str):
+        if upload is None:
             raise InvalidParameter("file: send the image as the multipart part named 'file'")
-        data = await upload.read()
+        data = await upload.read() if not isinstance(upload, str) else form_bytes(upload)
         fields = {key: value for key, value in form.multi_items() if key != "file"}
     finally:
         await form.close()
     return data, fields
+
+
+def form_bytes(value: str) -> bytes:
+    """The bytes of a file part sent without a filename, which Starlette hands over as text:
+    decoded as UTF-8 when they are UTF-8, else as Latin-1 (lossless either way)."""
+    try:
+        raw = value.encode("latin-1")
+        raw.decode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+    return value.encode("utf-8")
 
 
 async def _from_json(request: Request) -> tuple[bytes, dict[str, Any]]:
@@ -152,10 +184,7 @@ async def read_image_request(request: Request, params: type[M]) -> tuple[bytes, 
         raise UnsupportedMediaType("send multipart/form-data (the image as 'file') or "
                                    f"application/json (the image base64 in 'image'), "
                                    f"not {media or 'no content type'}")
-    try:
-        return data, params.model_validate(fields)
-    except ValidationError as exc:
-        raise InvalidParameter(validation_message(exc)) from None
+    return data, validated(params, fields, from_json=media == "application/json")
 
 
 # ---------------------------------------------------------------------------- disconnects

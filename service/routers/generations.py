@@ -12,6 +12,7 @@ whatever else is batched with the request. Any generation bundle answers: a GAN
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from typing import Annotated
 
@@ -26,11 +27,14 @@ from service.schemas import (
     GenerationResponse,
     error_responses,
     json_request_body,
+    size_pixels,
 )
 
+TASK = "generation"  # of the models that answer this router's requests
 router = APIRouter(prefix="/v1", tags=["images"], dependencies=[Depends(require_api_key)])
 
 PNG = "image/png"
+log = logging.getLogger("service")
 
 
 def wants_png(request: Request) -> bool:
@@ -72,9 +76,14 @@ async def create_images(request: Request, call: GenerationCall) -> Response | Ge
     DALL-E decodes n * candidates sequences, which join and leave its running decode
     batch (max_batch_size sequences) between steps. Sampling settings (`candidates`,
     `temperature`, `top_k`, `top_p`) are for DALL-E; a GAN refuses them (422).
+
+    OpenAI's clients work unchanged: `size` resizes the PNGs, `quality` may be "auto" or
+    "standard", `user` is logged, and `style` (which glimpse cannot honour) is refused.
     """
     p = call.params
-    job = call.pipeline.request(p.prompt, p.n, p.seed, p.sampling())
+    job = call.pipeline.request(p.prompt, p.n, p.seed, p.sampling(), size=size_pixels(p.size))
+    if p.user is not None:
+        log.info("generation for user %r", p.user)
     result: GenerationResult = await call.compute(job)
     if wants_png(request):
         return Response(result.pngs[0], media_type=PNG, headers={"X-Seed": str(result.seed)})

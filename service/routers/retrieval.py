@@ -8,23 +8,27 @@ come as multipart `file` or JSON base64 `image`, like every image endpoint.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ValidationError
 
-from service.errors import InvalidParameter, validation_message
+from service.domain import DomainScore
+from service.errors import InvalidParameter
 from service.pipelines.retrieval import Query, QueryResult, RetrievalModel
 from service.routers.deps import (
     ImageCall,
     ModelCall,
     StateDep,
     image_call,
+    json_call,
     json_object,
     media_type,
     read_image_request,
+    read_json_request,
     require_api_key,
     resolve_model,
+    validated,
 )
 from service.schemas import (
     CaptionHit,
@@ -38,10 +42,13 @@ from service.schemas import (
     ImageSearchResponse,
     RetrievalParams,
     TextEmbeddingRequest,
+    domain_out,
     error_responses,
     image_request_body,
+    json_request_body,
 )
 
+TASK = "retrieval"  # of the models that answer this router's requests
 router = APIRouter(prefix="/v1", tags=["retrieval"], dependencies=[Depends(require_api_key)])
 
 RESPONSES = error_responses(400, 401, 404, 413, 415, 422, 503, 504, 409)
@@ -50,15 +57,9 @@ RESPONSES = error_responses(400, 401, 404, 413, 415, 422, 503, 504, 409)
 # ---------------------------------------------------------------------------- reading
 
 
-def _validated(params: type[BaseModel], fields: dict[str, Any]) -> Any:
-    try:
-        return params.model_validate(fields)
-    except ValidationError as exc:
-        raise InvalidParameter(validation_message(exc)) from None
-
-
-async def _text_fields(request: Request) -> dict[str, Any] | None:
-    """The fields of a text embedding request, or None when it carries an image."""
+async def _text_fields(request: Request) -> tuple[dict[str, Any], bool] | None:
+    """The fields of a text embedding request and whether they came as JSON, or None when
+    it carries an image."""
     media = media_type(request)
     if media == "application/json":
         body = await json_object(request)
@@ -73,7 +74,7 @@ async def _text_fields(request: Request) -> dict[str, Any] | None:
     if not has_image and "text" not in fields:
         raise InvalidParameter("send a sentence as `text`, or an image (JSON base64 `image` "
                                "or multipart `file`)")
-    return None if has_image else fields
+    return None if has_image else (fields, media == "application/json")
 
 
 EmbeddingCall = (ModelCall[RetrievalModel, TextEmbeddingRequest]
@@ -84,9 +85,10 @@ async def read_embedding_call(request: Request, state: StateDep) -> AsyncIterato
     """A sentence (JSON or form `text`) or an image (JSON `image` or multipart `file`)."""
     with state.track() as tracker:
         state.check_accepting()
-        fields = await _text_fields(request)
-        if fields is not None:
-            text: TextEmbeddingRequest = _validated(TextEmbeddingRequest, fields)
+        text_fields = await _text_fields(request)
+        if text_fields is not None:
+            fields, from_json = text_fields
+            text = validated(TextEmbeddingRequest, fields, from_json=from_json)
             yield ModelCall(request, text,
                             *resolve_model(state, tracker, text.model, RetrievalModel))
         else:
@@ -96,18 +98,23 @@ async def read_embedding_call(request: Request, state: StateDep) -> AsyncIterato
                             data, state.settings.max_image_pixels)
 
 
-async def read_image_search_call(request: Request, body: ImageSearchRequest, state: StateDep
-                                 ) -> AsyncIterator[ModelCall[RetrievalModel, ImageSearchRequest]]:
-    """The JSON body as FastAPI validates it: an invalid body is answered 422 before the
-    request is counted."""
-    with state.track() as tracker:
-        state.check_accepting()
-        yield ModelCall(request, body, *resolve_model(state, tracker, body.model,
-                                                      RetrievalModel))
+async def read_image_search(request: Request) -> ImageSearchRequest:
+    return await read_json_request(request, ImageSearchRequest)
 
 
-def _image_query(call: ImageCall[RetrievalModel, Any], **search: Any) -> Query:
-    return Query(image=call.pipeline.preprocess(call.decode_image()), **search)
+@dataclass
+class ImageQuery:
+    """Builds the query of an image call in a worker thread (`compute_prepared`), keeping
+    the image's domain score for the answer."""
+
+    call: ImageCall[RetrievalModel, Any]
+    search: dict[str, Any]
+    domain: DomainScore | None = None
+
+    def __call__(self) -> Query:
+        image = self.call.pipeline.preprocess(self.call.decode_image())
+        self.domain = self.call.pipeline.domain_score(image)
+        return Query(image=image, **self.search)
 
 
 # ---------------------------------------------------------------------------- routes
@@ -126,23 +133,28 @@ async def create_embedding(
     image as `file`, or a `text` field. Embeddings have unit length: the dot product of
     two of them is their cosine similarity, the score the search endpoints rank by.
     """
-    unknown = None
+    unknown, domain = None, None
     if isinstance(call, ImageCall):
-        result: QueryResult = await call.compute_prepared(lambda: _image_query(call))
+        query = ImageQuery(call, {})
+        result: QueryResult = await call.compute_prepared(query)
+        domain = query.domain
     else:
         query = Query(text=call.pipeline.text_query(call.params.text))
         result = await call.compute(query)
         unknown = list(query.text.unknown) if query.text else None
     return EmbeddingResponse(model=call.key, embedding=result.embedding.tolist(),
                              dimensions=int(result.embedding.shape[0]),
-                             unknown_words=unknown or None)
+                             unknown_words=unknown or None, domain=domain_out(domain))
+
+
+ImageSearchCall = Annotated[ModelCall[RetrievalModel, ImageSearchRequest],
+                            Depends(json_call(read_image_search, RetrievalModel))]
 
 
 @router.post("/retrieval/images", response_model=ImageSearchResponse,
-             response_model_exclude_none=True, responses=RESPONSES)
-async def search_images(
-        call: Annotated[ModelCall[RetrievalModel, ImageSearchRequest],
-                        Depends(read_image_search_call)]) -> ImageSearchResponse:
+             response_model_exclude_none=True, responses=RESPONSES,
+             openapi_extra={"requestBody": json_request_body(ImageSearchRequest)})
+async def search_images(call: ImageSearchCall) -> ImageSearchResponse:
     """Rank the model's image gallery against a sentence (text-to-image retrieval)."""
     model, body = call.pipeline, call.params
     model.check_search("images", body.top_k)
@@ -169,8 +181,8 @@ async def search_captions(call: CaptionSearchCall) -> CaptionSearchResponse:
     """
     top_k = call.params.top_k
     call.pipeline.check_search("captions", top_k)
-    result: QueryResult = await call.compute_prepared(
-        lambda: _image_query(call, search="captions", top_k=top_k))
+    query = ImageQuery(call, {"search": "captions", "top_k": top_k})
+    result: QueryResult = await call.compute_prepared(query)
     hits = [CaptionHit(text=h.entry["text"], image_id=h.entry["image_id"], score=h.score)
             for h in result.hits]
-    return CaptionSearchResponse(model=call.key, results=hits)
+    return CaptionSearchResponse(model=call.key, results=hits, domain=domain_out(query.domain))

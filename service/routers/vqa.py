@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
+from service.domain import DomainScore
 from service.pipelines.vqa import VqaModel, VqaRequest, VqaResult
 from service.routers.deps import ImageCall, image_call, require_api_key
 from service.schemas import (
@@ -14,17 +15,19 @@ from service.schemas import (
     VqaJSONRequest,
     VqaParams,
     VqaResponse,
+    domain_out,
     error_responses,
     image_request_body,
 )
 
+TASK = "vqa"  # of the models that answer this router's requests
 router = APIRouter(prefix="/v1", tags=["vqa"], dependencies=[Depends(require_api_key)])
 
 VqaCall = Annotated[ImageCall[VqaModel, VqaParams], Depends(image_call(VqaParams, VqaModel))]
 
 
-def vqa_response(model: str, question: str, result: VqaResult, size: tuple[int, int]
-                 ) -> VqaResponse:
+def vqa_response(model: str, question: str, result: VqaResult, size: tuple[int, int],
+                 domain: DomainScore | None = None) -> VqaResponse:
     attention = None
     if result.attention is not None:
         attention = [RegionAttention(box=r.box_in_pixels(*size), weight=r.weight)
@@ -32,7 +35,7 @@ def vqa_response(model: str, question: str, result: VqaResult, size: tuple[int, 
     return VqaResponse(model=model, question=question,
                        answers=[AnswerOut(answer=a.answer, score=a.score)
                                 for a in result.answers],
-                       attention=attention)
+                       attention=attention, domain=domain_out(domain))
 
 
 @router.post("/vqa", response_model=VqaResponse, response_model_exclude_none=True,
@@ -52,12 +55,15 @@ async def answer_question(call: VqaCall) -> VqaResponse:
     params = model.params(top_k=call.params.top_k,
                           return_attention=call.params.return_attention)
     size = (0, 0)  # of the image as sent: boxes are answered in its pixels
+    domain = None
 
     def prepare() -> VqaRequest:
-        nonlocal size
+        nonlocal size, domain
         image = call.decode_image()
         size = image.size
-        return VqaRequest(model.preprocess(image), question, params)
+        array = model.preprocess(image)
+        domain = model.domain_score(array)
+        return VqaRequest(array, question, params)
 
     result: VqaResult = await call.compute_prepared(prepare)
-    return vqa_response(call.key, call.params.question, result, size)
+    return vqa_response(call.key, call.params.question, result, size, domain)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import logging
+import re
 import shutil
 import threading
 import time
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 from tiny_bundle import GRID, build_caption_bundle, sample_png
 
 from service.app import create_app
@@ -93,9 +96,13 @@ def test_models_lists_every_version(api: TestClient) -> None:
 def test_openapi_documents_both_request_forms(api: TestClient) -> None:
     spec = api.get("/openapi.json").json()
     body = spec["paths"]["/v1/captions"]["post"]["requestBody"]["content"]
-    assert body["multipart/form-data"]["schema"]["required"] == ["file"]
-    assert "beam_size" in body["multipart/form-data"]["schema"]["properties"]
-    assert body["application/json"]["schema"]["required"] == ["image"]
+    # One form per decoding method (their parameters exclude each other): beam, sample.
+    beam, sample = body["multipart/form-data"]["schema"]["oneOf"]
+    assert (beam["required"], sample["required"]) == (["file"], ["file", "decoding"])
+    assert "beam_size" in beam["properties"] and "beam_size" not in sample["properties"]
+    assert "temperature" in sample["properties"] and "temperature" not in beam["properties"]
+    assert [s["required"] for s in body["application/json"]["schema"]["oneOf"]] == \
+        [["image"], ["decoding", "image"]]
     assert api.get("/docs").status_code == 200
 
 
@@ -284,6 +291,15 @@ def test_api_keys(make_client: MakeClient) -> None:
     assert client.get("/v1/models", headers={"X-API-Key": "k-one"}).status_code == 200
     assert client.get("/v2/health/ready").status_code == 200
     assert client.get("/metrics").status_code == 200
+
+
+def test_refused_keys_are_counted_in_the_request_metrics(make_client: MakeClient) -> None:
+    client = make_client(api_keys="k-one")
+    post_file(client, model="caption-tiny")
+    post_file(client, headers={"X-API-Key": "nope"})
+    client.get("/v1/models")
+    metrics = client.get("/metrics").text
+    assert 'glimpse_requests_total{model="unknown",outcome="unauthorized"} 3.0' in metrics
 
 
 def test_cors_is_off_unless_configured(make_client: MakeClient) -> None:
@@ -503,6 +519,9 @@ def test_a_bad_bundle_is_skipped_and_the_service_is_not_ready(
         body = ready.json()
         assert body["status"] == "degraded" and body["models"] == ["caption-nic/1"]
         assert "caption-bad/1/decoder_step.onnx: sha256 mismatch" in body["errors"][0]
+        # Anyone may ask: no absolute path, no hash (the log has them).
+        assert str(repo) not in ready.text and "/" + "caption-bad" not in ready.text
+        assert not re.search(r"[0-9a-f]{64}", ready.text)
         assert post_file(client, model="caption-nic").status_code == 200
         assert_error(post_file(client, model="caption-bad"), 404, "model_not_found")
     assert any("caption-bad/1/decoder_step.onnx" in r.getMessage() for r in caplog.records)
@@ -518,3 +537,58 @@ def test_a_bundle_that_fails_its_warm_up_is_not_served(tmp_path: Path) -> None:
     assert (body["status"], body["models"]) == ("degraded", [])
     assert "caption-wrong-k/1: warm-up failed" in body["errors"][0]
     assert "expected (1, 5)" in body["errors"][0]
+
+
+def test_openapi_is_as_strict_as_the_server(api: TestClient, make_client: MakeClient) -> None:
+    """The "valid by the schema, refused by the server" cases fuzzing once found."""
+    spec = api.get("/openapi.json").json()
+    paths = spec["paths"]
+    vqa = paths["/v1/vqa"]["post"]["requestBody"]["content"]
+    image = vqa["application/json"]["schema"]["properties"]["image"]
+    assert image["minLength"] >= 4 and re.fullmatch(image["pattern"], image["examples"][0])
+    Image.open(io.BytesIO(base64.b64decode(image["examples"][0]))).load()  # a real image
+    assert not re.fullmatch(image["pattern"], "iVBORw0KGgoAAAANSUhEUgAA...")
+    assert vqa["multipart/form-data"]["schema"]["additionalProperties"] is False
+    embeddings = paths["/v1/embeddings"]["post"]["requestBody"]["content"]
+    assert [f["required"] for f in embeddings["multipart/form-data"]["schema"]["oneOf"]] == \
+        [["file"], ["text"]]
+    generation = paths["/v1/images/generations"]["post"]["requestBody"]["content"]
+    prompt = generation["application/json"]["schema"]["properties"]["prompt"]
+    assert prompt["minLength"] == 1 and prompt["pattern"] == "[A-Za-z0-9]"
+    # served models only, and no security scheme while no key is configured
+    captions = paths["/v1/captions"]["post"]["requestBody"]["content"]
+    model = captions["multipart/form-data"]["schema"]["oneOf"][0]["properties"]["model"]
+    assert model["enum"] == ["caption-nic", "caption-tiny", "caption-nic/1", "caption-tiny/1",
+                             "caption-tiny/2"]
+    assert "securitySchemes" not in spec.get("components", {})
+    keyed = make_client(api_keys="k").get("/openapi.json").json()
+    assert set(keyed["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    assert keyed["paths"]["/v1/vqa"]["post"]["security"] == [{"bearer": []}, {"apiKey": []}]
+    assert "security" not in keyed["paths"]["/v2/health/ready"]["get"]
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    ({"beam_size": False}, ["beam_size"]),  # false is not a number
+    ({"return_attention": 0}, ["return_attention"]),  # 0 is not a boolean
+])
+def test_json_values_must_have_their_json_type(api: TestClient, body: dict,
+                                               words: list[str]) -> None:
+    image = base64.b64encode(PNG).decode()
+    response = api.post("/v1/captions", json={"image": image, **body})
+    assert_error(response, 422, "invalid_parameter", *words)
+    assert api.post("/v1/captions", json={"image": image, "beam_size": 3.0}).status_code == 200
+
+
+def test_form_booleans_are_true_or_false(api: TestClient) -> None:
+    assert_error(post_file(api, model="caption-tiny", return_attention="1"), 422,
+                 "invalid_parameter", "return_attention", "true or false")
+    assert post_file(api, model="caption-tiny", return_attention="true").status_code == 200
+
+
+def test_a_file_part_without_a_filename_is_the_file(api: TestClient) -> None:
+    boundary = "b0undary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"\r\n\r\n'.encode()
+            + PNG + f"\r\n--{boundary}--\r\n".encode())
+    response = api.post("/v1/captions", content=body,
+                        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert response.status_code == 200 and response.json()["captions"]

@@ -259,3 +259,26 @@ def test_observer_sees_batch_size_queue_and_compute_time() -> None:
 
     run(main())
     assert seen == [("m/1", 2, 2, True)]
+
+
+def test_stop_past_its_timeout_answers_running_and_queued_requests_unavailable() -> None:
+    release = threading.Event()
+
+    def slow(payloads: list[int]) -> list[int]:
+        release.wait(5)
+        return payloads
+
+    async def main() -> list:
+        b = await started(Batcher("m", slow, max_batch_size=1, max_queue_delay_s=0.0))
+        running = asyncio.ensure_future(b.submit(1))
+        await asyncio.sleep(0.05)  # in the worker thread now
+        queued = asyncio.ensure_future(b.submit(2))
+        await asyncio.sleep(0.01)
+        await b.stop(0.1)
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(running, queued, return_exceptions=True), 1.0)
+        release.set()
+        return outcomes
+
+    outcomes = run(main())
+    assert [type(o) for o in outcomes] == [ServiceUnavailable, ServiceUnavailable]

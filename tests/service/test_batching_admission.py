@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from types import SimpleNamespace
 
 import pytest
 
 from service.batching import Batcher
 from service.errors import Overloaded, ServiceUnavailable
+from service.metrics import ServiceMetrics
+from service.settings import Settings
+from service.state import ServiceState
 
 
 class HeldInfer:
@@ -83,3 +87,28 @@ def test_admission_refuses_a_batcher_that_is_not_running() -> None:
     with pytest.raises(ServiceUnavailable, match="not accepting"), b.admission():
         pass
     assert b.admitted == 0
+
+
+# ---------------------------------------------------------------------------- waiting for room
+
+
+def test_a_request_waiting_for_room_gets_the_place_that_frees_up() -> None:
+    async def main() -> tuple[bool, bool, bool]:
+        batcher = Batcher("m/1", lambda xs: xs, max_batch_size=1, max_queue_delay_s=0,
+                          max_queue_size=1)
+        batcher.start()
+        state = ServiceState(Settings(), ServiceMetrics())
+        state.models = {"m/1": SimpleNamespace(task="caption", batcher=batcher, key="m/1")}
+        batcher.on_room = lambda: state.room("caption")
+        with batcher.admission():  # the only place, held while "preparing"
+            assert state.has_room("caption") is False
+            timed_out = await state.wait_for_room("caption", 0.05)
+            waiter = asyncio.ensure_future(state.wait_for_room("caption", 5))
+            await asyncio.sleep(0.01)
+            still_waiting = not waiter.done()
+        # the block ended without queueing: its place is free, and goes to the waiter
+        let_through = await asyncio.wait_for(waiter, 1)
+        await batcher.stop(1)
+        return timed_out, still_waiting, let_through
+
+    assert asyncio.run(main()) == (False, True, True)

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from in_process import TestClientTransport
 from tiny_bundle import sample_png
 
 from service.client import AsyncGlimpseClient, GlimpseAPIError, GlimpseClient
@@ -18,7 +19,7 @@ from service.pipelines.caption import CaptionModel
 def glimpse(make_client) -> GlimpseClient:
     app_client: TestClient = make_client(api_keys="secret")
     return GlimpseClient("http://testserver", api_key="secret",
-                         transport=app_client._transport)
+                         transport=TestClientTransport(app_client))
 
 
 def test_caption_models_and_health(glimpse: GlimpseClient, repository: Path,

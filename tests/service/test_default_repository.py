@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from in_process import TestClientTransport
 from PIL import Image
 
 from service.app import create_app
@@ -42,7 +43,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def glimpse() -> Iterator[GlimpseClient]:
     app = create_app(Settings(model_repository=COMMITTED))
     with TestClient(app, raise_server_exceptions=False) as http:
-        yield GlimpseClient("http://testserver", transport=http._transport)
+        yield GlimpseClient("http://testserver", transport=TestClientTransport(http))
 
 
 @pytest.fixture(scope="module")

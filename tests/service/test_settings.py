@@ -32,6 +32,12 @@ def test_environment_is_read_with_the_glimpse_prefix(monkeypatch: pytest.MonkeyP
     assert (settings.max_batch_size, settings.max_queue_delay_ms) == (16, 0.5)
 
 
+def test_an_empty_key_list_runs_without_authentication(monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+    monkeypatch.setenv("GLIMPSE_API_KEYS", "")
+    assert Settings().api_keys == []
+
+
 def test_defaults() -> None:
     s = Settings()
     assert (s.host, s.port, s.device, s.max_queue_delay_ms, s.api_keys, s.cors_origins) == \
@@ -56,6 +62,8 @@ def test_model_overrides_apply_to_their_model_only(monkeypatch: pytest.MonkeyPat
     ("GLIMPSE_DEVICE", "gpu"),
     ("GLIMPSE_MAX_BATCH_SIZE", "0"),
     ("GLIMPSE_LOG_FORMAT", "xml"),
+    ("GLIMPSE_API_KEYS", " , "),  # would have turned authentication off
+    ("GLIMPSE_API_KEYS", ","),
 ])
 def test_invalid_settings_are_refused(monkeypatch: pytest.MonkeyPatch, env: str,
                                       value: str) -> None:

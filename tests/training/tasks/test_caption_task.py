@@ -20,6 +20,7 @@ from training.data.readers import load_captions
 from training.data.shapes import generate_shapes_world
 from training.evaluate.caption import evaluate_bundle
 from training.export.caption import TorchCaptionStep, export_caption, load_caption_model
+from training.export.onnx import round_weights_to_half
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY = str(ROOT / "configs" / "caption_tiny.json")
@@ -57,6 +58,7 @@ def test_bundle_decodes_like_the_pytorch_model(trained, world, tmp_path):
     assert manifest.architecture == "sat-soft-ln"
     assert manifest.decoding.attention.grid == (8, 8)
     model, vocab, _ = load_caption_model(trained / "checkpoints" / "best")
+    round_weights_to_half(model)  # as export did: the bundle is this model, exactly
     served = CaptionModel.from_bundle(bundle)
     images = load_captions(world, "test")
     arrays = [served.as_array(world / im.path) for im in images]

@@ -1,0 +1,157 @@
+"""Schemathesis hooks for fuzzing the committed repository (tests/e2e/test_openapi_fuzz.py).
+
+The OpenAPI document says everything JSON Schema can say (types, ranges, patterns,
+required and forbidden fields, the served model names). What it cannot say are rules
+of the models themselves, which the server answers 415 or 422 with the rule named:
+- an image must decode as an image (JSON Schema cannot check that base64 text is a PNG;
+  Schemathesis draws real images for multipart files itself);
+- words must be in the model's vocabulary (a question, a sentence, a prompt);
+- captions: num_captions <= beam_size, return_attention only with an attention model
+  (the parameters of one decoding method only: the document says so with oneOf).
+For schema-valid (positive) bodies these hooks keep the values JSON Schema chose and
+bring those rules in: a real image, a sentence the model knows, a coherent decoding.
+Schema-violating (negative) bodies are left as generated: each must still be refused.
+
+One kind of case is dropped: negative multipart bodies of the coverage phase. Seen
+with Schemathesis 4.32: their violation does not survive serialization as a form
+(the form that goes out is valid, e.g. `beta=1.0`, `return_attention=true`), and the
+check then reports a valid request that was accepted. The fuzzing phase still sends
+negative forms, and the coverage phase negative JSON bodies.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import random
+import re
+from typing import Any
+
+import numpy as np
+import schemathesis
+from PIL import Image
+from schemathesis.generation.meta import CoveragePhaseData
+
+rng = random.Random(0)
+
+QUESTIONS = ["what color is the circle?", "how many circles are there?",
+             "is there a red square?", "what shape is the blue object?"]
+SENTENCES = ["a red circle", "a small green star above a red circle", "a large blue square"]
+PROMPTS = ["a red circle", "a large blue square", "a large yellow triangle"]
+# the examples of the OpenAPI document, which the coverage phase sends as they are
+EXAMPLES = {"what color is the circle?", "a red circle left of a blue square",
+            "a small green star above a red circle", "a large red circle"}
+BASE64 = re.compile(r"(data:[^,]*,)?(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+TEXT_FIELDS = {"/v1/vqa": ("question", QUESTIONS), "/v1/alignments": ("sentence", SENTENCES),
+               "/v1/embeddings": ("text", SENTENCES),
+               "/v1/retrieval/images": ("text", SENTENCES),
+               "/v1/images/generations": ("prompt", PROMPTS)}
+ATTENTION_CAPTIONERS = {None, "caption-sat", "caption-sat/1", "caption-updown",
+                        "caption-updown/1"}  # None: the default, caption-updown
+
+
+def picture(seed: int) -> bytes:
+    """A small image with a few coloured squares, PNG or JPEG, of a random size."""
+    r = np.random.default_rng(seed)
+    side = int(r.integers(8, 96))
+    pixels = np.full((side, side, 3), r.integers(0, 256, 3), dtype=np.uint8)
+    for _ in range(3):
+        x, y = r.integers(0, side, 2)
+        pixels[y:y + side // 4, x:x + side // 4] = r.integers(0, 256, 3)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG" if seed % 3 else "JPEG")
+    return out.getvalue()
+
+
+PICTURES = [picture(seed) for seed in range(12)]
+
+
+def coherent_captioning(body: dict[str, Any]) -> None:
+    count = body.get("num_captions")
+    if body.get("decoding", "beam") == "beam" and isinstance(count, int | float) \
+            and not isinstance(count, bool):
+        beam = body.get("beam_size") or 3  # the committed captioners' default
+        if isinstance(beam, int | float) and not isinstance(beam, bool) and count > beam:
+            body["beam_size"] = count
+    model = body.get("model")
+    if body.get("return_attention") is True and isinstance(model, str | None) \
+            and model not in ATTENTION_CAPTIONERS:
+        body["return_attention"] = False
+
+
+def with_model_rules(path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """`body` with the models' rules brought in, changing only values that are already
+    schema-valid into other schema-valid ones: a negative body stays negative."""
+    body = dict(body)
+    image = body.get("image")
+    if isinstance(image, str) and len(image) >= 4 and BASE64.fullmatch(image):
+        body["image"] = base64.b64encode(rng.choice(PICTURES)).decode()
+    field, choices = TEXT_FIELDS.get(path, (None, []))
+    text = body.get(field)
+    if isinstance(text, str) and re.search("[A-Za-z0-9]", text) \
+            and len(text) <= (64 if field == "prompt" else 1000):
+        body[field] = rng.choice(choices)
+    if path == "/v1/captions":
+        coherent_captioning(body)
+    return body
+
+
+def is_multipart(case: Any) -> bool:
+    return (case.media_type or "").startswith("multipart/")
+
+
+@schemathesis.hook
+def map_body(context: Any, body: Any) -> Any:
+    """Fuzzing: JSON bodies as they are drawn. A multipart body (it holds the file's
+    bytes) is left alone: Schemathesis judges an edited one schema-violating."""
+    if not isinstance(body, dict) or "file" in body:
+        return body
+    return with_model_rules(context.operation.path, body)
+
+
+@schemathesis.hook
+def map_case(context: Any, case: Any) -> Any:
+    """The examples and coverage phases' JSON bodies. Multipart bodies are left alone:
+    Schemathesis judges an edited body that holds a file's bytes schema-violating."""
+    meta = case.meta
+    if isinstance(case.body, dict) and meta is not None and not is_multipart(case) \
+            and not meta.generation.mode.is_negative:
+        case.body = with_model_rules(case.operation.path, case.body)
+    return case
+
+
+@schemathesis.hook
+def filter_case(context: Any, case: Any) -> bool:
+    """Drop the coverage phase's negative multipart bodies, which cannot be judged as sent
+    (see the module docstring), and positive multipart bodies that break a model's rule
+    (they cannot be edited, see map_case): positive forms that reach the server are the
+    ones that happen to follow the rules (the document's examples, mostly)."""
+    meta = case.meta
+    if meta is None or not is_multipart(case):
+        return True
+    coverage = isinstance(meta.phase.data, CoveragePhaseData)
+    if meta.generation.mode.is_negative:
+        return not coverage
+    body = case.body if isinstance(case.body, dict) else {}
+    return with_model_rules_hold(case.operation.path, body)
+
+
+def is_image(data: Any) -> bool:
+    try:
+        Image.open(io.BytesIO(data)).load()
+    except Exception:
+        return False
+    return True
+
+
+def with_model_rules_hold(path: str, body: dict[str, Any]) -> bool:
+    if "file" in body and not is_image(body["file"]):
+        return False
+    field, choices = TEXT_FIELDS.get(path, (None, []))
+    if field in body and body[field] not in choices and body[field] not in EXAMPLES:
+        return False
+    if path == "/v1/captions":
+        fixed = dict(body)
+        coherent_captioning(fixed)
+        return fixed == body
+    return True
