@@ -326,7 +326,8 @@ def test_not_an_image_is_415(api: TestClient):
 
 # ---------------------------------------------------------------------------- committed bundle
 
-COMMITTED = Path(__file__).parents[2] / "model_repository" / "retrieval-vse" / "1"
+COMMITTED = max((Path(__file__).parents[2] / "model_repository" / "retrieval-vse").glob("[0-9]*"),
+                key=lambda path: int(path.name))  # the served version: the highest
 
 
 def test_committed_bundle_finds_the_image_a_test_sentence_was_written_for():
