@@ -6,11 +6,13 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from service.client import GlimpseClient
+import httpx
+
+from service.client import AsyncGlimpseClient, GlimpseClient
 
 
 def free_port() -> int:
@@ -42,3 +44,24 @@ def running_server(repository: Path, log_path: Path, env: dict[str, str], *,
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def queue_depth_is(client: AsyncGlimpseClient, key: str, depth: int
+                   ) -> Callable[[], Awaitable[bool]]:
+    """A condition for polling.until: `depth` requests wait in model `key`'s queue."""
+
+    async def check() -> bool:
+        metrics = (await client.http.get("/metrics")).text
+        return f'glimpse_queue_depth{{model="{key}"}} {float(depth)}' in metrics
+
+    return check
+
+
+def not_ready(client: AsyncGlimpseClient) -> Callable[[], Awaitable[httpx.Response | None]]:
+    """A condition for polling.until: the readiness answer once it is no longer 200."""
+
+    async def check() -> httpx.Response | None:
+        ready = await client.http.get("/v2/health/ready")
+        return ready if ready.status_code != 200 else None
+
+    return check
