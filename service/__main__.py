@@ -2,9 +2,10 @@
 
 Command-line flags override the GLIMPSE_* settings. With one worker, SIGTERM (or
 Ctrl+C) drains: /v2/health/ready turns 503 and new inference requests are refused,
-queued and running requests finish (at most GLIMPSE_DRAIN_TIMEOUT_S), then the
-process exits; a second signal exits at once. With several workers uvicorn's
-supervisor forwards the signal and each worker finishes its in-flight requests.
+queued and running requests finish (at most GLIMPSE_DRAIN_TIMEOUT_S; what is still
+queued then is refused with 503), then the process exits; a second signal exits at
+once, without waiting for the requests. With several workers uvicorn's supervisor
+forwards the signal and each worker finishes its in-flight requests.
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ class DrainingServer(uvicorn.Server):
             self.drain_deadline = time.monotonic() + self.drain_timeout_s
             self.state.begin_drain()
             return
+        if self.drain_deadline is not None and not self.force_exit:
+            # uvicorn forces its exit on a second Ctrl+C only; any second signal does here.
+            log.warning("second signal while draining: exiting now, without waiting for "
+                        "the requests still in flight")
+            self.force_exit = True
         super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:
@@ -78,6 +84,11 @@ class DrainingServer(uvicorn.Server):
                          self.drain_timeout_s)
             timed_out = time.monotonic() >= self.drain_deadline
             if self.state.idle or timed_out:
+                if timed_out:
+                    # Refused now (503), they are not left to uvicorn, which would cancel
+                    # them into 500s once it stops waiting for open requests.
+                    refused = self.state.refuse_queued()
+                    log.warning("drain timed out: refused %d queued request(s)", refused)
                 log.info("drained%s; exiting", " (timed out)" if timed_out else "")
                 self.should_exit = True
         return await super().on_tick(counter)

@@ -176,6 +176,10 @@ class QueueDriver(ABC, Generic[P, R]):
     async def stop(self, timeout_s: float) -> None:
         """Finish queued and running requests (at most `timeout_s`), then stop."""
 
+    @abstractmethod
+    def refuse_queued(self) -> int:
+        """Refuse (ServiceUnavailable) the requests still waiting; returns how many."""
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batch-{self.name}")
 
@@ -280,6 +284,10 @@ class Batcher(QueueDriver[P, R]):
         try:
             results = await loop.run_in_executor(self._executor, self._infer_checked,
                                                  [p.payload for p in batch])
+        except asyncio.CancelledError:  # stopped mid-batch: its callers are not left waiting
+            for pending in batch:
+                resolve(pending, error=ServiceUnavailable(f"model {self.name} shut down"))
+            raise
         except Exception as exc:
             log.error("batch of %d on %s failed (requests %s): %r", len(batch), self.name,
                       ", ".join(p.request_id for p in batch), exc)
@@ -305,16 +313,24 @@ class Batcher(QueueDriver[P, R]):
         """Finish queued and running requests (at most `timeout_s`), then stop."""
         self._closing = True
         self._wakeup.set()
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
             except TimeoutError:
                 self._task.cancel()
                 log.warning("%s: drain timed out with %d queued", self.name, len(self.queue))
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task  # until it has stopped: a second stop finds it done
+        self.refuse_queued()
+        self._executor.shutdown(wait=False)
+
+    def refuse_queued(self) -> int:
+        refused = 0
         while batch := self.queue.next_batch(self.clock(), flush=True):
             for pending in batch:
                 resolve(pending, error=ServiceUnavailable(f"model {self.name} shut down"))
-        self._executor.shutdown(wait=False)
+            refused += len(batch)
+        return refused
 
 
 class Awaited(Protocol):

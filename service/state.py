@@ -84,6 +84,11 @@ class ServiceState:
         """Readiness turns 503 and new inference requests are refused; queued ones finish."""
         self.phase = "draining"
 
+    def refuse_queued(self) -> int:
+        """Refuse (503) every request still waiting in a queue, as a drain that ran out of
+        time does; running batches go on. Returns how many were refused."""
+        return sum(m.batcher.refuse_queued() for m in self.models.values())
+
     def check_accepting(self) -> None:
         if self.phase != "ready":
             raise ServiceUnavailable(f"the service is {self.phase}", retry_after_s=5)

@@ -313,13 +313,23 @@ class StepBatcher(QueueDriver[P, R]):
         """Finish queued and running requests (at most `timeout_s`), then stop."""
         self._closing = True
         self._wakeup.set()
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
             except TimeoutError:
                 self._task.cancel()
                 log.warning("%s: drain timed out with %d queued and %d rows decoding",
                             self.name, len(self.queue), len(self.queue.running))
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task  # until it has stopped: a second stop finds it done
         for request in self.queue.drain():
             resolve(request, error=ServiceUnavailable(f"model {self.name} shut down"))
         self._executor.shutdown(wait=False)
+
+    def refuse_queued(self) -> int:
+        """Refuse the requests with rows still waiting (their decoding rows leave too)."""
+        waiting = list(self.queue.waiting)
+        for request in waiting:
+            self.queue.cancel(request)
+            resolve(request, error=ServiceUnavailable(f"model {self.name} shut down"))
+        return len(waiting)

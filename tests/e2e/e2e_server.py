@@ -6,7 +6,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,16 +23,17 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(repository: Path, log_path: Path, env: dict[str, str], *,
-                   ready_timeout: float = 30) -> Iterator[tuple[subprocess.Popen, str]]:
+                   ready_timeout: float = 30, args: Sequence[str] = ()
+                   ) -> Iterator[tuple[subprocess.Popen, str]]:
     """(process, base URL) of a server on `repository`, ready; killed on exit if still up.
 
-    `env` adds GLIMPSE_* settings to this process's environment; the server's output
-    goes to `log_path`.
+    `env` adds GLIMPSE_* settings to this process's environment and `args` flags to its
+    command line; the server's output goes to `log_path`.
     """
     port = free_port()
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port),
-                                 "--repository", str(repository)],
+                                 "--repository", str(repository), *args],
                                 env={**os.environ, **env}, stdout=log,
                                 stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -163,8 +163,7 @@ def test_full_queue_answers_overloaded_and_loses_nothing() -> None:
         b = await started(Batcher("m", infer, max_batch_size=1, max_queue_delay_s=0.0,
                                   max_queue_size=2))
         first = asyncio.ensure_future(b.submit(0))
-        while not infer.batches:  # the first request is being computed
-            await asyncio.sleep(0.001)
+        await until(lambda: infer.batches)  # the first request is being computed
         queued = [asyncio.ensure_future(b.submit(i)) for i in (1, 2)]
         await asyncio.sleep(0.01)
         assert len(b.queue) == 2
@@ -241,6 +240,27 @@ def test_stop_finishes_queued_requests_then_refuses_new_ones() -> None:
 
     assert run(main()) == [0, 10, 20]
     assert infer.batches == [[0, 1, 2]]
+
+
+def test_stop_past_its_timeout_refuses_the_running_and_the_queued_requests() -> None:
+    infer = Recorder()
+    infer.gate.clear()  # the first batch computes past the stop's timeout
+
+    async def main() -> list:
+        b = await started(Batcher("m", infer, max_batch_size=1, max_queue_delay_s=0.0))
+        running = asyncio.ensure_future(b.submit(0))
+        await until(lambda: infer.batches)
+        queued = asyncio.ensure_future(b.submit(1))
+        await until(lambda: len(b.queue) == 1)
+        await b.stop(0.05)
+        await b.stop(1.0)  # stopping again does nothing
+        infer.gate.set()
+        return await asyncio.gather(running, queued, return_exceptions=True)
+
+    out = run(main())
+    assert [type(r) for r in out] == [ServiceUnavailable, ServiceUnavailable]
+    assert "shut down" in str(out[0])
+    assert infer.batches == [[0]]  # the queued request was never computed
 
 
 def test_observer_sees_batch_size_queue_and_compute_time() -> None:

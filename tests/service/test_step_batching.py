@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from polling import until
 
 from service.batching import QueueFull
 from service.errors import Overloaded, RequestTimeout, ServiceUnavailable
@@ -190,8 +191,7 @@ def test_short_requests_are_answered_while_a_long_one_decodes() -> None:
             return result
 
         long = asyncio.ensure_future(ask((2, 30, "long")))
-        while len(decoder.steps) < 3:  # "long" is decoding when the short ones arrive
-            await asyncio.sleep(0.001)
+        await until(lambda: len(decoder.steps) >= 3)  # "long" decodes when the short ones come
         shorts = await asyncio.gather(ask((1, 2, "s1")), ask((2, 3, "s2")))
         results = [await long, *shorts]
         await b.stop(1.0)
@@ -231,6 +231,31 @@ def test_overload_is_refused_and_a_timeout_leaves_the_batch() -> None:
         await b.stop(1.0)
 
     run(main())
+
+
+def test_refusing_the_queue_keeps_the_decoding_rows() -> None:
+    # What a drain that ran out of time does: the waiting request is refused at once,
+    # the one decoding finishes.
+    decoder = Countdown()
+
+    async def main() -> tuple:
+        b = StepBatcher("m", decoder, max_batch_size=1)
+        b.start()
+        decoder.gate.clear()  # the first step holds
+        running = asyncio.ensure_future(b.submit((1, 2, "running")))
+        await until(lambda: b.queue.running)
+        waiting = asyncio.ensure_future(b.submit((1, 1, "waiting")))
+        await until(lambda: len(b.queue) == 1)
+        assert b.refuse_queued() == 1
+        decoder.gate.set()
+        out = await asyncio.gather(running, waiting, return_exceptions=True)
+        await b.stop(1.0)
+        return out
+
+    running, waiting = run(main())
+    assert running == [("running", 0, [1, 1])]
+    assert isinstance(waiting, ServiceUnavailable) and "shut down" in str(waiting)
+    assert all("waiting" not in tags for tags in decoder.steps)
 
 
 def test_a_failing_step_fails_its_requests_and_the_batcher_keeps_serving() -> None:
