@@ -1,7 +1,8 @@
 # glimpse: two commands on a fresh machine.
 #   make run   - create .venv-serve (serve extra only, no torch) and start the service
 #                on the committed model repository; the log prints the /docs URL
-#   make test  - create .venv (every extra) and run ruff and the test suite
+#   make test  - create .venv (every extra) and run ruff and the test suite (needs Java
+#                for the METEOR test); make test-fast leaves out the tests marked slow
 PYTHON ?= python3
 VENV ?= .venv
 SERVE_VENV ?= .venv-serve
@@ -15,7 +16,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 REPOSITORY ?= model_repository
 
-.PHONY: run serve test lint data models env-dev env-serve clean
+.PHONY: run serve test test-fast lint data models env-dev env-serve clean
 
 $(VENV)/.dev-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,10 @@ run serve: env-serve
 test: env-dev
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+test-fast: env-dev
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -m "not slow"
 
 lint: env-dev
 	$(VENV)/bin/ruff check .
