@@ -106,19 +106,23 @@ def top_k_search(queries: np.ndarray, gallery: np.ndarray, k: int
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Exact search: scores = queries @ gallery.T, then the top k of each row.
 
-    argpartition selects the k best in O(N) per query; only those k are sorted
-    (ties by row), so the cost beyond the matrix product does not grow with N log N.
+    A partition finds the k-th best score in O(N) per query; only the rows scoring at
+    least that are sorted (ties by row), so the cost beyond the matrix product does not
+    grow with N log N. Every row tied with the k-th is a candidate, so which of them
+    make the cut is decided by row, not by the partition: the k best do not depend on k,
+    and a query batched with a larger top_k gets the hits it gets alone. (Galleries of
+    templated captions hold many identical sentences, hence many exact ties.)
     """
     scores = queries @ gallery.T  # (n, N)
-    k = min(k, scores.shape[1])
-    if k < scores.shape[1]:
-        rows = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    else:
-        rows = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
-    top = np.take_along_axis(scores, rows, axis=1)
-    order = np.lexsort((rows, -top), axis=1)
-    rows = np.take_along_axis(rows, order, axis=1)
-    return rows, np.take_along_axis(top, order, axis=1)
+    n, N = scores.shape
+    k = min(k, N)
+    rows = np.empty((n, k), dtype=np.int64)
+    for i, row_scores in enumerate(scores):
+        kth_best = np.partition(row_scores, N - k)[N - k]
+        candidates = np.flatnonzero(row_scores >= kth_best)
+        order = np.lexsort((candidates, -row_scores[candidates]))[:k]
+        rows[i] = candidates[order]
+    return rows, np.take_along_axis(scores, rows, axis=1)
 
 
 def load_gallery(bundle: Bundle, kind: str, spec: GallerySpec, dim: int) -> Gallery:

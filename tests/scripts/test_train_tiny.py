@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from shell_commands import glimpse_commands
 
 from service.bundle import discover
 from training.cli import build_parser
@@ -25,19 +25,6 @@ BUNDLES = {
     "retrieval-vse/1": ("retrieval", "test"), "gan-int-cls/1": ("generation", "test"),
     "stackgan/1": ("generation", "test"),
 }
-
-
-def glimpse_commands(text: str) -> list[list[str]]:
-    """The arguments of each `glimpse ...` line of a shell text (continuations joined,
-    arrays of flags dropped, $variables made dummies, the `| tail` of a capture dropped)."""
-    text = re.sub(r'"\$(@|\{\w+\[@\]\})"', "", text.replace("\\\n", " "))
-    commands = []
-    for line in text.splitlines():
-        found = re.search(r"(?:^|\$\()\s*glimpse (.*)", line)
-        if found and not line.lstrip().startswith("#"):
-            words = re.sub(r"\$\{?([\w%-]+)\}?", "dummy", found.group(1))
-            commands.append(shlex.split(words.split("|")[0].split("#")[0]))
-    return commands
 
 
 def readme_training_path() -> str:

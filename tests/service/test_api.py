@@ -10,7 +10,6 @@ import logging
 import re
 import shutil
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from polling import until, wait_until
 from tiny_bundle import GRID, build_caption_bundle, sample_png
 
 from service.app import create_app
@@ -48,13 +48,6 @@ def assert_error(response, status: int, error_type: str, *words: str) -> dict:
     for word in words:
         assert word in error["message"]
     return error
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.002)
 
 
 def batcher(client: TestClient, key: str):
@@ -436,8 +429,7 @@ def test_disconnected_caller_leaves_the_queue_before_compute(
                              (b"content-length", str(len(body)).encode())],
                  "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
         call = asyncio.ensure_future(client.app(scope, receive, send))
-        while len(b.queue) == 0:
-            await asyncio.sleep(0.002)
+        await until(lambda: len(b.queue) > 0)
         gone.set()
         await call
         return sent

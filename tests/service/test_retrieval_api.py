@@ -161,6 +161,20 @@ def test_ties_rank_by_gallery_row():
     assert rows.tolist() == [[1, 2]]
 
 
+def test_ties_at_the_cut_rank_by_gallery_row_whatever_k():
+    # Half the gallery holds one sentence: which of its rows make the top k must not
+    # depend on k, or a query batched with a larger top_k gets other hits than alone.
+    rng = np.random.default_rng(0)
+    gallery = rng.normal(size=(60, 4)).astype(np.float32)
+    gallery[rng.choice(60, 30, replace=False)] = gallery[0]
+    queries = np.stack([gallery[0] * 3, rng.normal(size=4).astype(np.float32)])
+    full = np.argsort(-(queries @ gallery.T), axis=1, kind="stable")
+    for k in range(1, 61):
+        rows, scores = top_k_search(queries, gallery, k)
+        np.testing.assert_array_equal(rows, full[:, :k])
+        np.testing.assert_array_equal(scores, np.take_along_axis(queries @ gallery.T, rows, 1))
+
+
 def test_mixed_batch_gives_each_query_its_solo_answer(offline: RetrievalModel):
     image = offline.load_image(sample_png(3))
     text = offline.text_query("a red star above the blue circle")
