@@ -132,13 +132,17 @@ class ActivityRecognizer(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = build_frame_encoder(config.encoder, frozen=config.freeze_encoder)
-        self.frame_embed, d = frame_embedding(
-            frame_feature_dim(config.encoder, config.frame_grid), config.frame_embed_dim)
+        self.frame_embed, d = frame_embedding(self.feature_dim, config.frame_embed_dim)
         self.lstm = (LSTMCell(d, config.hidden_dim, layer_norm=config.layer_norm)
                      if config.temporal == "lstm" else None)
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_dim if self.lstm is not None else d,
                               config.num_classes)
+
+    @property
+    def feature_dim(self) -> int:
+        """Size of φ(x_t), what `classify_step` reads per frame."""
+        return frame_feature_dim(self.config.encoder, self.config.frame_grid)
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -182,11 +186,16 @@ class ActivityRecognizer(nn.Module):
             logits.append(scores)
         return torch.stack(logits, dim=1)
 
-    def forward(self, clips: torch.Tensor, labels: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """clips (B, T, 3, S, S) in [0, 1], labels (B,) -> per-frame scores (B, T', C) and
-        the cross entropy of every frame's prediction against its clip's label (or None)."""
-        logits = self.frame_logits(self.frame_features(self.frame_inputs(clips)))
+    def forward(self, clips: torch.Tensor | tuple[torch.Tensor],
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """clips (B, T, 3, S, S) in [0, 1] (or `(features,)`, φ of frame_inputs(clips)
+        precomputed), labels (B,) -> per-frame scores (B, T', C) and the cross entropy of
+        every frame's prediction against its clip's label (or None)."""
+        if isinstance(clips, tuple):
+            (features,) = clips
+        else:
+            features = self.frame_features(self.frame_inputs(clips))
+        logits = self.frame_logits(features)
         if labels is None:
             return logits, None
         frame_labels = labels.unsqueeze(1).expand(-1, logits.shape[1])  # (B, T')
