@@ -78,7 +78,9 @@ class Settings(BaseSettings):
 
     # Input limits.
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
-    max_image_pixels: int = Field(4096 * 4096, ge=1)
+    max_image_pixels: int = Field(4096 * 4096, ge=1)  # per image, and per frame of a clip
+    max_video_frames: int = Field(1024, ge=2)  # frames of a clip, decoded or sent
+    max_video_seconds: float = Field(120.0, gt=0)  # length of a clip, from its container
 
     # Access.
     api_keys: CommaList = []

@@ -297,6 +297,16 @@ def _train_activity(p: argparse.ArgumentParser) -> None:
     _video_task_arguments(p)
 
 
+def _train_activity_fusion(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rgb-run", required=True, help="`glimpse train activity --input rgb` run")
+    p.add_argument("--motion-run", required=True,
+                   help="`glimpse train activity --input motion` run")
+    p.add_argument("--data", default=None, help="clip set (default: the RGB run's)")
+    p.add_argument("--features", default=None,
+                   help="frame features directory (default: DATA/features/frames)")
+    p.add_argument("--out", required=True, help="run directory of the fused model")
+
+
 def _train_video_caption(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", choices=["lstm-encoder", "mean-pool"], default=None)
     _video_task_arguments(p)
@@ -377,6 +387,10 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
         "training.tasks.activity:train",
         "train LRCN activity recognition (RGB or motion; LSTM or single-frame) on frame "
         "features", _train_activity),
+    ("train", "activity-fusion"): Command(
+        "training.tasks.activity:fuse",
+        "late fusion of an RGB and a motion activity run, its weight chosen on validation "
+        "clips", _train_activity_fusion),
     ("train", "video-caption"): Command(
         "training.tasks.video_caption:train",
         "train LRCN video description (LSTM encoder-decoder or mean-pool) on frame features",

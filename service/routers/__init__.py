@@ -11,8 +11,9 @@ from service.routers import (
     metrics,
     models,
     retrieval,
+    videos,
     vqa,
 )
 
 ROUTERS = (health.router, metrics.router, models.router, captions.router, alignments.router,
-           vqa.router, retrieval.router, generations.router)
+           vqa.router, retrieval.router, generations.router, videos.router)

@@ -263,3 +263,13 @@ def test_caption_models_read_grid_features(arch):
         torch.testing.assert_close(state, unrolled)
     else:
         torch.testing.assert_close(context, features.mean(dim=1, keepdim=True))
+
+
+def test_activity_forward_on_precomputed_features_equals_forward_on_clips():
+    model = activity_model("motion", "lstm", frame_grid=2)
+    x, labels = clips(6), torch.tensor([2, 0, 1])
+    features = model.frame_features(model.frame_inputs(x))
+    from_features, loss_a = model((features,), labels)
+    from_clips, loss_b = model(x, labels)
+    torch.testing.assert_close(from_features, from_clips)
+    torch.testing.assert_close(loss_a, loss_b)
