@@ -76,11 +76,15 @@ def frame_feature_dim(encoder: EncoderConfig, grid: int) -> int:
     return grid * grid * encoder.out_dim
 
 
-def frame_embedding(in_dim: int, embed_dim: int | None) -> tuple[nn.Module, int]:
-    """The layer between φ(x_t) and the model (ReLU(W φ + b), or none) and its output size."""
-    if not embed_dim:
-        return nn.Identity(), in_dim
-    return nn.Sequential(nn.Linear(in_dim, embed_dim), nn.ReLU()), embed_dim
+def frame_embedding(in_dim: int, embed_dim: int | None, *, norm: bool = False
+                    ) -> tuple[nn.Module, int]:
+    """The layers between φ(x_t) and the model and their output size: LayerNorm(φ) if
+    `norm` (the frozen features' scale varies widely between dimensions), then
+    ReLU(W φ + b) if `embed_dim`."""
+    layers: list[nn.Module] = [nn.LayerNorm(in_dim)] if norm else []
+    if embed_dim:
+        layers += [nn.Linear(in_dim, embed_dim), nn.ReLU()]
+    return (nn.Sequential(*layers) if layers else nn.Identity()), embed_dim or in_dim
 
 
 def build_frame_encoder(config: EncoderConfig, *, frozen: bool) -> ImageEncoder:
@@ -103,6 +107,7 @@ class ActivityConfig:
     freeze_encoder: bool = False  # keep φ (and its BatchNorm statistics) fixed
     frame_grid: int = 1  # G: φ(x_t) is the encoder's grid averaged to G x G cells
     frame_embed_dim: int | None = None  # a ReLU layer on φ(x_t) before the LSTM / head
+    frame_norm: bool = False  # LayerNorm on φ(x_t) first
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self) -> None:
@@ -132,7 +137,8 @@ class ActivityRecognizer(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = build_frame_encoder(config.encoder, frozen=config.freeze_encoder)
-        self.frame_embed, d = frame_embedding(self.feature_dim, config.frame_embed_dim)
+        self.frame_embed, d = frame_embedding(self.feature_dim, config.frame_embed_dim,
+                                              norm=config.frame_norm)
         self.lstm = (LSTMCell(d, config.hidden_dim, layer_norm=config.layer_norm)
                      if config.temporal == "lstm" else None)
         self.drop = nn.Dropout(config.dropout)
@@ -247,6 +253,7 @@ class VideoCaptionConfig:
     freeze_encoder: bool = False
     frame_grid: int = 1  # G, as ActivityConfig's
     frame_embed_dim: int | None = None  # lstm-encoder: a ReLU layer before the frame LSTM
+    frame_norm: bool = False  # LayerNorm on φ(x_t) first (both architectures)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self) -> None:
@@ -309,7 +316,8 @@ class LSTMEncoderDecoder(VideoCaptioner):
 
     def __init__(self, config: VideoCaptionConfig) -> None:
         super().__init__(config, decoder_input=config.embed_dim)
-        self.frame_embed, d = frame_embedding(self.feature_dim, config.frame_embed_dim)
+        self.frame_embed, d = frame_embedding(self.feature_dim, config.frame_embed_dim,
+                                              norm=config.frame_norm)
         self.frame_lstm = LSTMCell(d, config.hidden_dim, layer_norm=config.layer_norm)
 
     def encode_step(self, features: torch.Tensor, state: State | None) -> State:
@@ -337,6 +345,7 @@ class MeanPoolDecoder(VideoCaptioner):
 
     def __init__(self, config: VideoCaptionConfig) -> None:
         super().__init__(config, decoder_input=2 * config.embed_dim)
+        self.frame_norm = nn.LayerNorm(self.feature_dim) if config.frame_norm else nn.Identity()
         self.video_embed = nn.Linear(self.feature_dim, config.embed_dim)
 
     def encode_features(self, features: torch.Tensor) -> tuple[torch.Tensor, State]:
@@ -346,7 +355,7 @@ class MeanPoolDecoder(VideoCaptioner):
 
     def decode(self, tokens: torch.Tensor, state: State, context: torch.Tensor,
                expectation_rows: torch.Tensor | None = None) -> DecodeResult:
-        video = self.video_embed(context[:, 0])  # (N, E)
+        video = self.video_embed(self.frame_norm(context[:, 0]))  # (N, E)
         return self.next_word(torch.cat([self.embed(tokens), video], dim=-1), state)
 
 

@@ -273,3 +273,19 @@ def test_activity_forward_on_precomputed_features_equals_forward_on_clips():
     from_clips, loss_b = model(x, labels)
     torch.testing.assert_close(from_features, from_clips)
     torch.testing.assert_close(loss_a, loss_b)
+
+
+def test_frame_norm_normalises_each_frames_features_before_the_embedding():
+    model = activity_model("rgb", "lstm", frame_grid=2, frame_embed_dim=5, frame_norm=True)
+    norm, linear = model.frame_embed[0], model.frame_embed[1]
+    assert isinstance(norm, torch.nn.LayerNorm) and norm.normalized_shape == (32,)
+    features = model.frame_features(clips())
+    # Scaling a frame's features changes nothing once they are normalised.
+    torch.testing.assert_close(model.frame_logits(features * 7.0 + 3.0),
+                               model.frame_logits(features), atol=1e-4, rtol=1e-4)
+    assert linear.in_features == 32
+    mean_pool = caption_model("mean-pool", frame_grid=2, frame_norm=True)
+    captions_in, _ = captions()
+    (f,) = mean_pool.image_features(clips())
+    torch.testing.assert_close(mean_pool((f * 5.0,), captions_in)[0],
+                               mean_pool((f,), captions_in)[0], atol=1e-4, rtol=1e-4)

@@ -16,6 +16,8 @@ from training.checkpoint import save_checkpoint
 from training.cli import main as glimpse
 from training.data.clip_features import load_features, split_path
 from training.data.clips import generate_clips, read_clip
+from training.evaluate.activity import evaluate_activity, pair_accuracy
+from training.evaluate.video_caption import evaluate_video_caption
 from training.export.activity import load_activity_run
 from training.export.video_caption import load_video_caption_run
 from training.tasks.activity import fusion_weight
@@ -109,7 +111,7 @@ def test_activity_runs_train_on_features_with_a_frozen_encoder(activity_runs, cl
     assert single.model.state_names == () and config["model"]["frames"] == FRAMES
 
 
-def test_fusion_picks_its_weight_on_validation_and_exports_both_streams(activity_runs,
+def test_fusion_picks_its_weight_on_validation_and_exports_both_streams(activity_runs, clip_set,
                                                                          tmp_path):
     streams, config = load_activity_run(activity_runs["fusion"])
     weight = config["model"]["fusion"]["rgb_weight"]
@@ -124,6 +126,27 @@ def test_fusion_picks_its_weight_on_validation_and_exports_both_streams(activity
     assert [(s["input"], s["state"]) for s in streams] == [("rgb", ["h", "c"]),
                                                           ("motion", ["h", "c"])]
     assert max(manifest.training["parity_max_abs_diff"].values()) < 1e-4
+    metrics = evaluate_activity(tmp_path / "activity-test" / "1", clip_set / "clips", "test",
+                                progress=False)
+    assert metrics["n_clips"] == COUNTS["test"] and set(metrics["streams"]) == {"rgb", "motion"}
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert np.array(metrics["confusion"]).sum() == COUNTS["test"]
+    assert glimpse(["eval", "activity", str(tmp_path / "activity-test" / "1"), "--data",
+                    str(clip_set / "clips"), "--splits", "novel", "--write-manifest"]) == 0
+    recorded = load_bundle(tmp_path / "activity-test" / "1").manifest.metrics
+    assert recorded["novel"]["n_clips"] == COUNTS["novel"]
+
+
+def test_pair_accuracy_compares_the_two_classes_of_each_single_frame_pair():
+    classes = ["move_left", "move_right", "grow", "shrink", "bounce"]
+    labels = np.array([0, 1, 2, 3, 4])
+    probs = np.array([[0.5, 0.2, 0.1, 0.1, 0.1],  # left over right: right
+                      [0.6, 0.3, 0.0, 0.0, 0.1],  # right scores below left: wrong
+                      [0.0, 0.0, 0.2, 0.1, 0.7],  # grow over shrink, though bounce wins
+                      [0.0, 0.0, 0.3, 0.3, 0.4],  # a tie is not right
+                      [0.0, 0.0, 0.0, 0.0, 1.0]])
+    pairs = pair_accuracy(probs, labels, classes)
+    assert pairs == {"move_left/move_right": 0.5, "grow/shrink": 0.5, "mean": 0.5}
 
 
 def test_fusion_weight_is_the_best_on_validation_and_nearest_even_on_ties():
@@ -158,3 +181,7 @@ def test_video_caption_trains_on_features_and_exports(arch, clip_set, tmp_path):
     assert set(manifest.graphs) == graphs
     assert manifest.inference == {"frames": FRAMES, "feature_dim": GRID * GRID * 8,
                                   "video_encoder": arch}
+    metrics = evaluate_video_caption(tmp_path / "repo" / "video-test" / "1",
+                                     clip_set / "clips", "test", beam_size=2, progress=False)
+    assert metrics["n_clips"] == COUNTS["test"] and metrics["beam_size"] == 2
+    assert 0.0 <= metrics["semantic_exactness"] <= 1.0 and 0.0 <= metrics["cider_d"] <= 10.0
