@@ -21,7 +21,8 @@ Activity recognition (Sec. 4 of the paper)
 
 Video description (Sec. 6 of the paper; Venugopalan et al. 2015)
     "lstm-encoder":  an LSTM reads φ(x_1) ... φ(x_T); its final (h, c) starts the
-                     decoder LSTM, which then reads the words (encoder-decoder)
+                     decoder LSTM, which then reads the words (encoder-decoder); with
+                     `feed_encoding` the final h is also fed beside every word
     "mean-pool":     the mean of φ(x_t) is fed to the decoder LSTM beside every word
   Both are `FeatureCaptioner`s (models/caption.py), so they decode with the same
   `encode` + `step` interface as the image captioners: the state is explicit and
@@ -254,6 +255,7 @@ class VideoCaptionConfig:
     frame_grid: int = 1  # G, as ActivityConfig's
     frame_embed_dim: int | None = None  # lstm-encoder: a ReLU layer before the frame LSTM
     frame_norm: bool = False  # LayerNorm on φ(x_t) first (both architectures)
+    feed_encoding: bool = False  # lstm-encoder: its final h also beside every word
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self) -> None:
@@ -310,15 +312,23 @@ class VideoCaptioner(FeatureCaptioner):
 
 class LSTMEncoderDecoder(VideoCaptioner):
     """An LSTM reads the frame features; its final state starts the decoder (LRCN's
-    encoder-decoder, Sec. 6, with CNN features where the paper has CRF outputs)."""
+    encoder-decoder, Sec. 6, with CNN features where the paper has CRF outputs).
 
-    context_names = ()
+    With `feed_encoding`, the encoder's final h also enters the decoder beside every
+    word, as the mean feature does in mean-pool, instead of reaching the later words
+    only through the decoder's own state."""
 
     def __init__(self, config: VideoCaptionConfig) -> None:
-        super().__init__(config, decoder_input=config.embed_dim)
+        feed = config.feed_encoding
+        super().__init__(config, decoder_input=(2 if feed else 1) * config.embed_dim)
         self.frame_embed, d = frame_embedding(self.feature_dim, config.frame_embed_dim,
                                               norm=config.frame_norm)
         self.frame_lstm = LSTMCell(d, config.hidden_dim, layer_norm=config.layer_norm)
+        self.encoding_embed = nn.Linear(config.hidden_dim, config.embed_dim) if feed else None
+
+    @property
+    def context_names(self) -> tuple[str, ...]:
+        return ("context",) if self.config.feed_encoding else ()
 
     def encode_step(self, features: torch.Tensor, state: State | None) -> State:
         """One frame of the encoder: φ (B, G·G·D), its state (None at the first frame) ->
@@ -327,16 +337,21 @@ class LSTMEncoderDecoder(VideoCaptioner):
         h, c = self.frame_lstm(self.frame_embed(features), previous)
         return {"h": h, "c": c}
 
-    def encode_features(self, features: torch.Tensor) -> tuple[None, State]:
-        """φ (B, T, G·G·D) -> no context, the encoder's final {"h", "c"} (B, H)."""
+    def encode_features(self, features: torch.Tensor) -> tuple[torch.Tensor | None, State]:
+        """φ (B, T, G·G·D) -> the encoder's final {"h", "c"} (B, H), and as context its
+        final h (B, 1, H) with `feed_encoding` (else None)."""
         state = None
         for t in range(features.shape[1]):
             state = self.encode_step(features[:, t], state)
-        return None, state
+        context = state["h"].unsqueeze(1) if self.config.feed_encoding else None
+        return context, state
 
-    def decode(self, tokens: torch.Tensor, state: State, context: None,
+    def decode(self, tokens: torch.Tensor, state: State, context: torch.Tensor | None,
                expectation_rows: torch.Tensor | None = None) -> DecodeResult:
-        return self.next_word(self.embed(tokens), state)
+        x = self.embed(tokens)
+        if self.encoding_embed is not None:
+            x = torch.cat([x, self.encoding_embed(context[:, 0])], dim=-1)
+        return self.next_word(x, state)
 
 
 class MeanPoolDecoder(VideoCaptioner):

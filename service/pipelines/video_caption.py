@@ -6,7 +6,8 @@ evaluation uses offline (`VideoCaptionModel.from_bundle(path).describe(clip)`).
 Graph contract (manifest `decoding` and `inference`, service.bundle.VideoCaptionInference):
 the frame encoder maps `frames` (N, 3, S, S) to `features` (N, F). "lstm-encoder":
 `encoder_step` maps `features` (B, F), `h`, `c` to `h_out`, `c_out`; unrolled over the
-T frames from zeros, its final state starts the decoder. "mean-pool": the decoder's
+T frames from zeros, its final state starts the decoder (and when the decoder reads a
+`context`, the final h (B, 1, H) is that context). "mean-pool": the decoder's
 `context` is the mean feature (B, 1, F) and its state starts at zero. The decoder step
 graph has the caption step contract (service/pipelines/caption.py) and decodes with the
 same beam search, with the same parameters as /v1/captions: a batch mixes beam sizes,
@@ -140,6 +141,8 @@ class VideoCaptionModel(ImagePipeline[VideoCaptionRequest, CaptionResult],
             out = self.encoder_step.run(
                 {"features": np.ascontiguousarray(features[:, step]), **state}, outputs)
             state = {name: out[f"{name}_out"] for name in self.decoding.state}
+        if "context" in self.decoding.context:  # the encoding, fed beside every word
+            return state, {"context": state["h"][:, None, :]}
         return state, {}
 
     def run_batch(self, requests: Sequence[VideoCaptionRequest]) -> list[CaptionResult]:

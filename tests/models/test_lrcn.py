@@ -289,3 +289,23 @@ def test_frame_norm_normalises_each_frames_features_before_the_embedding():
     (f,) = mean_pool.image_features(clips())
     torch.testing.assert_close(mean_pool((f * 5.0,), captions_in)[0],
                                mean_pool((f,), captions_in)[0], atol=1e-4, rtol=1e-4)
+
+
+def test_fed_encoding_is_the_decoders_context_at_every_step():
+    model = caption_model("lstm-encoder", feed_encoding=True)
+    assert model.context_names == ("context",)
+    x = clips(7)
+    context, state = model.encode(x)
+    torch.testing.assert_close(context[:, 0], state["h"])
+    captions_in, captions_out = captions()
+    logits, _ = model(x, captions_in, captions_out)
+    steps = []
+    for t in range(L):
+        log_probs, state, _ = model.step(captions_in[:, t], state, context)
+        steps.append(log_probs)
+    torch.testing.assert_close(torch.stack(steps, dim=1), F.log_softmax(logits, dim=-1))
+    # The context matters: another clip's encoding changes the next word's scores.
+    other, _ = model.encode(clips(8))
+    start = model.encode(x)[1]
+    assert not torch.allclose(model.step(captions_in[:, 0], start, other)[0],
+                              model.step(captions_in[:, 0], start, context)[0])

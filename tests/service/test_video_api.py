@@ -41,6 +41,7 @@ def video_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_activity_bundle(root, "activity-tiny", 2, seed=1)
     build_video_caption_bundle(root, "video-caption-tiny", 1)
     build_video_caption_bundle(root, "video-caption-mean", 1, arch="mean-pool", seed=2)
+    build_video_caption_bundle(root, "video-caption-fed", 1, feed_encoding=True, seed=3)
     build_caption_bundle(root, "caption-tiny", 1, seed=0)
     return root
 
@@ -217,7 +218,8 @@ def test_concurrent_requests_batch_and_each_gets_its_solo_answer(video_repositor
 # ---------------------------------------------------------------------------- captions
 
 
-@pytest.mark.parametrize("name", ["video-caption-tiny", "video-caption-mean"])
+@pytest.mark.parametrize("name", ["video-caption-tiny", "video-caption-mean",
+                                  "video-caption-fed"])
 def test_descriptions_are_the_offline_pipelines(video_api, video_repository, name):
     r = descriptions(video_api, model=name, beam_size=3, num_captions=2)
     assert r.status_code == 200, r.text

@@ -9,12 +9,13 @@
                              features (B, F), h (B, H), c (B, H) -> h_out, c_out
         decoder_step.onnx    the caption step contract (training/export/caption.py):
                              tokens (N,), parents (N,), h (M, H), c (M, H)
-                             [, context (N, 1, F)] -> log_probs (N, K), token_ids (N, K),
-                             h_out (N, H), c_out (N, H)
+                             [, context (N, 1, F or H)] -> log_probs (N, K),
+                             token_ids (N, K), h_out (N, H), c_out (N, H)
         vocab.json
 
 "lstm-encoder" (LRCN's encoder-decoder): the service unrolls encoder_step over the
-T frames from a zero state, and the final state starts the decoder. "mean-pool":
+T frames from a zero state, and the final state starts the decoder (with
+`feed_encoding`, the final h is also the decoder's context, fed beside every word). "mean-pool":
 the decoder's context is the mean of the T frame features and its state starts at
 zero; there is no encoder step. Either way decoding is the service's beam search
 over decoder_step, exactly as for an image captioner.
@@ -65,6 +66,12 @@ class EncoderStepGraph(nn.Module):
         return state["h"], state["c"]
 
 
+def context_dim(model: VideoCaptioner) -> int:
+    """Size of the decoder's context per row: F (the mean feature) or H (the encoding)."""
+    return model.config.hidden_dim if isinstance(model, LSTMEncoderDecoder) else \
+        model.feature_dim
+
+
 def load_video_caption_run(run_dir: str | Path) -> tuple[VideoCaptioner, WordVocab, dict]:
     """The trained description model of a run (eval mode), its vocabulary and config."""
     ckpt, config = run_checkpoint(run_dir, "video-caption", "a video-caption")
@@ -92,7 +99,7 @@ def export_decoder_step(model: VideoCaptioner, path: Path, top_k: int,
     parents = torch.tensor([0, 1, 1])
     tokens = torch.randint(0, model.config.vocab_size, (3,))
     states = [torch.randn(2, hidden) for _ in STATE]
-    contexts = [torch.randn(3, 1, model.feature_dim)] if model.context_names else []
+    contexts = [torch.randn(3, 1, context_dim(model))] if model.context_names else []
     rows, prev_rows = torch.export.Dim("batch"), torch.export.Dim("prev_batch")
     dynamic = ({0: rows}, {0: rows},
                tuple([{0: prev_rows}] * len(states) + [{0: rows}] * len(contexts)))
@@ -145,7 +152,7 @@ def write_video_caption_bundle(model: VideoCaptioner, vocab: WordVocab, reposito
             "tokens": rng.integers(0, model.config.vocab_size, n).astype(np.int64),
             "parents": rng.integers(0, 3, n).astype(np.int64),
             **{s: rng.standard_normal((3, hidden)).astype(np.float32) for s in STATE},
-            **({"context": rng.standard_normal((n, 1, feature_dim)).astype(np.float32)}
+            **({"context": rng.standard_normal((n, 1, context_dim(model))).astype(np.float32)}
                if model.context_names else {})})
         parity = require_parity(diffs, atol)
         vocab.save(tmp / "vocab.json")
