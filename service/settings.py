@@ -73,7 +73,8 @@ class Settings(BaseSettings):
     # served, the first served name A-Z is used.
     default_models: dict[str, str] = {
         "caption": "caption-updown", "vqa": "vqa-updown", "retrieval": "retrieval-vse",
-        "alignment": "align-brnn", "generation": "gan-int-cls",
+        "alignment": "align-brnn", "generation": "gan-int-cls", "activity": "activity-lrcn",
+        "video-caption": "video-caption-lrcn",
     }
 
     # Input limits.
