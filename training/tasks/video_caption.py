@@ -7,8 +7,11 @@ those features, so the run trains on them: the LSTM encoder-decoder (`--arch
 lstm-encoder`, Sec. 6 of Donahue et al.) or the mean-pooled features feeding
 the decoder (`--arch mean-pool`, Venugopalan et al. 2015). One training example
 is one (clip, description) pair. Validation decodes greedily through the
-service's beam search and scores semantic exactness (the clip grammar's checker,
-training.metrics.semantic), which drives early stopping, and CIDEr-D.
+service's beam search and scores CIDEr-D, which drives early stopping, and
+semantic exactness (the clip grammar's checker, training.metrics.semantic). CIDEr-D
+rather than exactness picks the checkpoint because exactness stays near zero for
+many epochs (as for NIC on still scenes: a single encoding of the clip names the
+wrong objects long after the grammar is right), which would stop a run at once.
 """
 
 from __future__ import annotations
@@ -170,4 +173,4 @@ def describe(model, features: torch.Tensor, vocab: WordVocab, *, beam_size: int,
 train = TrainingCommand(
     config=VideoCaptionTaskConfig, task=VideoCaptionTask,
     flags=("data", "features", "encoder_run", "arch"),
-    trainer_defaults={"early_stop_metric": "semantic_exactness"}, run_files=save_vocab)
+    trainer_defaults={"early_stop_metric": "cider_d"}, run_files=save_vocab)
