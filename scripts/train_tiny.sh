@@ -82,7 +82,7 @@ glimpse train activity --input rgb --data "$CLIPS" --out "$RUNS/activity-rgb" \
     --config configs/tiny/activity.json "${QUICK[@]}"
 glimpse train activity --input motion --data "$CLIPS" --out "$RUNS/activity-motion" \
     --config configs/tiny/activity.json "${QUICK[@]}"
-glimpse train activity-fusion --rgb-run "$RUNS/activity-rgb" \
+glimpse fuse activity --rgb-run "$RUNS/activity-rgb" \
     --motion-run "$RUNS/activity-motion" --out "$RUNS/activity-fusion"
 bundle=$(export_run "$RUNS/activity-fusion" activity-lrcn)
 glimpse eval activity "$bundle" --data "$CLIPS" --splits test novel --write-manifest

@@ -387,7 +387,7 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
         "training.tasks.activity:train",
         "train LRCN activity recognition (RGB or motion; LSTM or single-frame) on frame "
         "features", _train_activity),
-    ("train", "activity-fusion"): Command(
+    ("fuse", "activity"): Command(
         "training.tasks.activity:fuse",
         "late fusion of an RGB and a motion activity run, its weight chosen on validation "
         "clips", _train_activity_fusion),

@@ -17,8 +17,8 @@ The step graph is `ActivityRecognizer.classify_step` followed by a softmax, with
 the LSTM state an explicit input and output, so the service unrolls it over the
 frames and reads a distribution per frame; the clip's is their mean (Sec. 4 of
 Donahue et al.). A single-frame model's step has no state. A run of `glimpse
-train activity` exports one stream of weight 1; a fusion run (`glimpse train
-activity-fusion`) both, each with its weight in the late fusion.
+train activity` exports one stream of weight 1; a fusion run (`glimpse fuse
+activity`) both, each with its weight in the late fusion.
 
 The export is followed by a parity check of ONNX Runtime against PyTorch on fresh
 random inputs and refuses to write a bundle that fails it.
@@ -180,7 +180,7 @@ def write_activity_bundle(streams: list[Stream], repository: Path, name: str,
 
 def export_activity(run_dir: Path, repository: Path, name: str, version: int | None = None
                     ) -> Path:
-    """`glimpse export` of an activity or activity-fusion run (EXPORTERS["activity"])."""
+    """`glimpse export` of an activity run or a fusion run (EXPORTERS["activity"])."""
     streams, config = load_activity_run(run_dir)
     ckpt, _ = run_checkpoint(run_dir, "activity", "an activity")
     model_cfg = config["model"]

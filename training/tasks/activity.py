@@ -1,4 +1,5 @@
-"""LRCN activity recognition as a trainer task, and `glimpse train activity`.
+"""LRCN activity recognition as a trainer task, `glimpse train activity`, and the late
+fusion of two trained streams, `glimpse fuse activity`.
 
 Data: a clip set's UCF-101-style split lists (the clip's folder is its class)
 and the frozen frame encoder's features of its clips (`glimpse features clips`,
@@ -145,17 +146,17 @@ def fusion_weight(rgb: torch.Tensor, motion: torch.Tensor, labels: torch.Tensor
 
 
 def fuse(args: argparse.Namespace) -> int:
-    """`glimpse train activity-fusion`: the late fusion of an RGB run and a motion run, its
+    """`glimpse fuse activity`: the late fusion of an RGB run and a motion run, its
     weight chosen on the validation clips; written as a run that `glimpse export` takes."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     (rgb,), rgb_config = load_activity_run(args.rgb_run)
     (motion,), motion_config = load_activity_run(args.motion_run)
     if (rgb.input, motion.input) != ("rgb", "motion"):
-        raise SystemExit(f"glimpse train activity-fusion: --rgb-run reads {rgb.input!r} and "
+        raise SystemExit(f"glimpse fuse activity: --rgb-run reads {rgb.input!r} and "
                          f"--motion-run {motion.input!r}")
     model_cfg = rgb_config["model"]
     if model_cfg["class_names"] != motion_config["model"]["class_names"]:
-        raise SystemExit("glimpse train activity-fusion: the runs have different classes")
+        raise SystemExit("glimpse fuse activity: the runs have different classes")
     dataset_dir = Path(args.data or model_cfg["data"]["dir"])
     features_dir = Path(args.features or default_features_dir(dataset_dir))
     val = load_video_features(features_dir, ("val",), model_cfg["encoder_run"]).splits["val"]

@@ -93,7 +93,7 @@ def activity_runs(clip_set, tmp_path_factory) -> dict[str, Path]:
         assert glimpse(["train", "activity", "--data", str(clip_set / "clips"), "--out",
                         str(runs[name]), "--config", config, *args]) == 0
     runs["fusion"] = root / "fusion"
-    assert glimpse(["train", "activity-fusion", "--rgb-run", str(runs["rgb"]), "--motion-run",
+    assert glimpse(["fuse", "activity", "--rgb-run", str(runs["rgb"]), "--motion-run",
                     str(runs["motion"]), "--out", str(runs["fusion"])]) == 0
     return runs
 
