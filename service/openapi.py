@@ -60,8 +60,14 @@ def require_keys(document: dict[str, Any]) -> None:
 
 
 def describe_served_models(document: dict[str, Any], state: ServiceState) -> None:
+    """Each inference endpoint lists the served models of its task; an endpoint whose
+    task no served model has (a repository without video models) is left out, as every
+    request to it would be refused."""
     for path, task in INFERENCE_TASKS.items():
         served = [m for m in state.models.values() if m.task == task]
+        if not served:
+            document["paths"].pop(path, None)
+            continue
         names = sorted({m.bundle.manifest.name for m in served}) + sorted(m.key for m in served)
         body = document["paths"][path]["post"].get("requestBody", {})
         for media in body.get("content", {}).values():

@@ -23,7 +23,8 @@ BUNDLES = {
     "caption-sat/1": ("caption", "test"), "caption-updown/1": ("caption", "test"),
     "vqa-updown/1": ("vqa", "novel"), "align-brnn/1": ("alignment", "test"),
     "retrieval-vse/1": ("retrieval", "test"), "gan-int-cls/1": ("generation", "test"),
-    "stackgan/1": ("generation", "test"),
+    "stackgan/1": ("generation", "test"), "activity-lrcn/1": ("activity", "test"),
+    "video-caption-lrcn/1": ("video-caption", "test"),
 }
 
 

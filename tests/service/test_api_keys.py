@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 from committed import COMMITTED
 from fastapi.testclient import TestClient
 from PIL import Image
+from tiny_video import build_activity_bundle, build_video_caption_bundle, clip_frames, png
 
 from service.app import create_app
 from service.settings import Settings
@@ -34,6 +36,8 @@ def _scene_png() -> bytes:
 
 
 PNG = _scene_png()
+FRAMES = [("frames", (f"{i}.png", png(frame), "image/png"))
+          for i, frame in enumerate(clip_frames(0))]
 
 
 def _image(**fields: str) -> dict:
@@ -50,12 +54,27 @@ VALID_REQUESTS: dict[tuple[str, str], dict] = {
     ("POST", "/v1/retrieval/images"): {"json": {"text": "a red square", "top_k": 2}},
     ("POST", "/v1/retrieval/captions"): _image(top_k="2"),
     ("POST", "/v1/images/generations"): {"json": {"prompt": "a small red square", "seed": 1}},
+    ("POST", "/v1/videos/activities"): {"files": FRAMES},
+    ("POST", "/v1/videos/captions"): {"files": FRAMES, "data": {"beam_size": "2"}},
 }
 OPEN_ROUTES = {("GET", "/v2/health/live"), ("GET", "/v2/health/ready"), ("GET", "/metrics")}
 
 
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The committed bundles, and tiny video bundles for the video routes (no video
+    model is committed)."""
+    root = tmp_path_factory.mktemp("keys_repository")
+    for entry in COMMITTED.iterdir():
+        (root / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    build_activity_bundle(root, "activity-tiny", 1, seed=0)
+    build_video_caption_bundle(root, "video-caption-tiny", 1)
+    return root
+
+
 def documented_routes() -> list[tuple[str, str]]:
-    """(METHOD, path) of every operation in the app's OpenAPI description."""
+    """(METHOD, path) of every operation the app has (its OpenAPI description before any
+    model is loaded: once loaded, an endpoint no served model answers is left out)."""
     spec = create_app(Settings(model_repository=COMMITTED)).openapi()
     return sorted((method.upper(), path) for path, operations in spec["paths"].items()
                   for method in operations)
@@ -65,8 +84,8 @@ V1_ROUTES = [route for route in documented_routes() if route[1].startswith("/v1/
 
 
 @pytest.fixture(scope="module")
-def api() -> Iterator[TestClient]:
-    app = create_app(Settings(model_repository=COMMITTED, api_keys=",".join(KEYS),
+def api(repository: Path) -> Iterator[TestClient]:
+    app = create_app(Settings(model_repository=repository, api_keys=",".join(KEYS),
                               max_queue_delay_ms=0, intra_op_threads=1))
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client

@@ -6,9 +6,10 @@
         vocab.json, ...    the files its pipeline reads
 
 One exporter per family, in training/export/FAMILY.py under the name of the
-task it serves (caption, vqa, alignment, retrieval, generation); `EXPORTERS`
-picks it by the run's task. Their shared pieces: training.export.onnx (export,
-opset, parity) and training.export.bundle (versions, staging, manifest entries).
+task it serves (caption, vqa, alignment, retrieval, generation, activity,
+video_caption); `EXPORTERS` picks it by the run's task. Their shared pieces:
+training.export.onnx (export, opset, parity), training.export.bundle (versions,
+staging, manifest entries) and, for the video bundles, training.export.frames.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ EXPORTERS: dict[str, str] = {
     "vqa": "training.export.vqa:export_vqa",
     "retrieval": "training.export.retrieval:export_retrieval",
     "generation": "training.export.generation:export_generation",
+    "activity": "training.export.activity:export_activity",
+    "video-caption": "training.export.video_caption:export_video_caption",
 }
 
 
