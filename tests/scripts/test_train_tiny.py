@@ -46,13 +46,14 @@ def test_the_tiny_script_runs_the_commands_of_the_readme_path():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # trains and exports every family, the video ones included
 def test_tiny_training_path_exports_and_evaluates_every_family(tmp_path):
     work = tmp_path / "tiny"
     committed = sorted(p.relative_to(ROOT) for p in (ROOT / "model_repository").rglob("*"))
     glimpse = Path(sys.executable).with_name("glimpse")
     env = {**os.environ, "GLIMPSE": str(glimpse), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(["bash", str(SCRIPT), str(work)], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=1400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     bundles, errors = discover(work / "repository")  # validates manifests, checks sha256
     assert errors == []
