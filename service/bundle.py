@@ -136,9 +136,31 @@ class AlignmentInference(InferenceSection):
     min_region_score: float = Field(0.0, description="regions scoring below are left out")
 
 
+IndexKind = Literal["exact", "hnsw", "ivfpq"]  # service.indexes.INDEX_KINDS implements each
+
+
+class IndexSpec(_Strict):
+    """How a gallery is searched: exact (every vector scored), or an approximate index file."""
+
+    kind: IndexKind = Field("exact", description="exact: every vector scored; hnsw: a FAISS "
+                            "HNSW graph; ivfpq: a FAISS inverted file of product-quantised "
+                            "codes (service/indexes.py)")
+    file: str | None = Field(None, description="key in `files` of the index file (none for "
+                             "exact)")
+    params: dict[str, int] = Field(default_factory=dict, description="the parameters it was "
+                                   "built and is searched with, e.g. {'M': 32, 'ef_search': 96}")
+
+    @model_validator(mode="after")
+    def _file_if_approximate(self) -> IndexSpec:
+        if (self.kind == "exact") != (self.file is None):
+            raise ValueError("an exact index has no file; an approximate one names its file")
+        return self
+
+
 class GallerySpec(_Strict):
     embeddings: str = Field(description="key in `files` of an [N, E] float32 .npy file")
     entries: str = Field(description="key in `files` of the JSON columns, one entry per row")
+    index: IndexSpec = Field(default_factory=IndexSpec)
 
 
 class RetrievalInference(InferenceSection):
