@@ -16,10 +16,19 @@ A gallery's `index` (service.bundle.IndexSpec) names one of INDEX_KINDS:
   rows are touched), so the scores returned are exact cosines. It holds m + 8 bytes a
   vector, a fraction of exact search's memory.
 
+- `qdrant`: the Qdrant vector database. The bundle holds no index file: at load the
+  gallery's vectors are uploaded to a collection named after the bundle, the gallery and
+  its embeddings' sha256 (kept if a server already holds it with every point), and
+  searched there. With `GLIMPSE_QDRANT_URL` (a server, e.g. its container image) the
+  collection is an HNSW index of `hnsw_m` links, built with `ef_construct` and searched
+  with `hnsw_ef`; without it, qdrant-client's embedded local mode keeps the collection
+  in the process and searches it exactly (tests, small galleries).
+
 FAISS is a maintained library (Meta's, used by most vector databases for exactly
 these two index types), reads and writes its indexes as single files and releases
 the GIL while searching; it is imported only when a gallery uses an approximate index,
-so a service whose galleries are all exact runs without it.
+so a service whose galleries are all exact runs without it; qdrant-client (the
+`vectordb` extra) likewise only for `qdrant`.
 
 Every kind answers `search(queries, k)` like `top_k_search`: rows and scores [n, k'] with
 k' = min(k, N), best first, ties by row; an approximate index may find fewer than k' for a
@@ -43,6 +52,14 @@ BUILD_CHUNK = 20_000  # vectors added per step of the progress bar
 
 class IndexUnavailable(RuntimeError):
     """An approximate index was asked for, and FAISS is not installed."""
+
+
+QDRANT = {"url": None}  # where `qdrant` galleries live: a server URL, or None (embedded)
+
+
+def use_qdrant(url: str | None) -> None:
+    """Search `qdrant` galleries on the server at `url` (None: embedded local mode)."""
+    QDRANT["url"] = url
 
 
 def faiss_module() -> Any:
@@ -132,9 +149,10 @@ class GalleryIndex:
         raise NotImplementedError
 
     @classmethod
-    def load(cls, embeddings: np.ndarray, path: Path | None, params: dict[str, int]
-             ) -> GalleryIndex:
-        """The index over `embeddings` (memory-mapped for the approximate kinds)."""
+    def load(cls, embeddings: np.ndarray, path: Path | None, params: dict[str, int], *,
+             name: str = "gallery") -> GalleryIndex:
+        """The index over `embeddings` (memory-mapped for the approximate kinds); `name`
+        identifies the gallery and its content (a vector database's collection)."""
         raise NotImplementedError
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -153,8 +171,8 @@ class ExactIndex(GalleryIndex, kind="exact"):
         self.embeddings = np.ascontiguousarray(embeddings)  # read into memory
 
     @classmethod
-    def load(cls, embeddings: np.ndarray, path: Path | None, params: dict[str, int]
-             ) -> ExactIndex:
+    def load(cls, embeddings: np.ndarray, path: Path | None, params: dict[str, int], *,
+             name: str = "gallery") -> ExactIndex:
         return cls(embeddings)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -224,8 +242,8 @@ class HnswIndex(FaissIndex, kind="hnsw"):
         cls.write(index, path)
 
     @classmethod
-    def load(cls, embeddings: np.ndarray, path: Path | None, params: dict[str, int]
-             ) -> HnswIndex:
+    def load(cls, embeddings: np.ndarray, path: Path | None, params: dict[str, int], *,
+             name: str = "gallery") -> HnswIndex:
         return cls(cls.read(path), params)
 
     def search_parameters(self, k: int) -> Any:
@@ -271,8 +289,8 @@ class IvfPqIndex(FaissIndex, kind="ivfpq"):
         cls.write(index, path)
 
     @classmethod
-    def load(cls, embeddings: np.ndarray, path: Path | None, params: dict[str, int]
-             ) -> IvfPqIndex:
+    def load(cls, embeddings: np.ndarray, path: Path | None, params: dict[str, int], *,
+             name: str = "gallery") -> IvfPqIndex:
         return cls(cls.read(path), params, embeddings)
 
     def __init__(self, index: Any, params: dict[str, int], embeddings: np.ndarray) -> None:
@@ -296,6 +314,75 @@ class IvfPqIndex(FaissIndex, kind="ivfpq"):
                 exact[order] = self.embeddings[picked[order]] @ query
                 scores[i][found] = exact
         return rank_candidates(rows, scores, k)
+
+
+class QdrantIndex(GalleryIndex, kind="qdrant"):
+    """A Qdrant collection of the gallery's vectors (dot product), point id = gallery row.
+    hnsw_m, ef_construct: the server's HNSW graph; hnsw_ef: candidates kept while
+    searching (at least k). The embedded local mode searches exactly and ignores them."""
+
+    defaults: ClassVar[dict[str, int]] = {"hnsw_m": 16, "ef_construct": 100, "hnsw_ef": 128}
+    needs_file = False
+    upload_batch = 1024
+
+    def __init__(self, client: Any, collection: str, count: int, params: dict[str, int],
+                 embedded: bool) -> None:
+        super().__init__(count, params)
+        self.client, self.collection, self.embedded = client, collection, embedded
+
+    @staticmethod
+    def client_module() -> Any:
+        try:
+            import qdrant_client
+        except ImportError:
+            raise IndexUnavailable("qdrant galleries need qdrant-client: "
+                                   "pip install 'glimpse[vectordb]'") from None
+        return qdrant_client
+
+    @classmethod
+    def load(cls, embeddings: np.ndarray, path: Path | None, params: dict[str, int], *,
+             name: str = "gallery") -> QdrantIndex:
+        qdrant_client = cls.client_module()
+        models = qdrant_client.models
+        url = QDRANT["url"]
+        try:
+            client = (qdrant_client.QdrantClient(url=url) if url
+                      else qdrant_client.QdrantClient(location=":memory:"))
+            if (client.collection_exists(name)
+                    and client.count(name, exact=True).count == len(embeddings)):
+                return cls(client, name, len(embeddings), params, embedded=not url)
+            if client.collection_exists(name):
+                client.delete_collection(name)
+            client.create_collection(
+                name, vectors_config=models.VectorParams(size=embeddings.shape[1],
+                                                         distance=models.Distance.DOT),
+                hnsw_config=models.HnswConfigDiff(m=params["hnsw_m"],
+                                                  ef_construct=params["ef_construct"]))
+            for start in range(0, len(embeddings), cls.upload_batch):
+                block = np.asarray(embeddings[start:start + cls.upload_batch])
+                client.upsert(name, points=models.Batch(
+                    ids=list(range(start, start + len(block))), vectors=block.tolist()),
+                    wait=True)
+        except Exception as exc:  # the client's own errors: connection, server answers
+            raise ValueError(f"qdrant at {url or 'embedded local mode'}: {exc}") from None
+        return cls(client, name, len(embeddings), params, embedded=not url)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        models = self.client_module().models
+        k = min(k, self.count)
+        params = (None if self.embedded
+                  else models.SearchParams(hnsw_ef=max(self.params["hnsw_ef"], k)))
+        rows = np.full((len(queries), k), -1, dtype=np.int64)
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        for i, query in enumerate(queries):
+            points = self.client.query_points(self.collection, query=query.tolist(), limit=k,
+                                              search_params=params, with_payload=False).points
+            rows[i, :len(points)] = [p.id for p in points]
+            scores[i, :len(points)] = [p.score for p in points]
+        return rank_candidates(rows, scores, k)
+
+    def memory_bytes(self) -> int:
+        return 0  # held by the server (or, embedded, by qdrant-client's own structures)
 
 
 def index_class(kind: str) -> type[GalleryIndex]:

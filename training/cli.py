@@ -187,12 +187,14 @@ def _index(p: argparse.ArgumentParser) -> None:
                         help="keep the stored gallery; build its search index again")
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--index", choices=["exact", "hnsw", "ivfpq"], default="exact",
-                   help="how the gallery is searched: exact (every vector), or an "
-                   "approximate FAISS index (hnsw: fast, more memory; ivfpq: compact)")
+    p.add_argument("--index", choices=["exact", "hnsw", "ivfpq", "qdrant"], default="exact",
+                   help="how the gallery is searched: exact (every vector), an approximate "
+                   "FAISS index (hnsw: fast, more memory; ivfpq: compact), or a Qdrant "
+                   "collection (uploaded by the service at load)")
     p.add_argument("--index-param", action="append", metavar="KEY=VALUE",
                    help="an index parameter, e.g. M=32, ef_search=128 (hnsw) or nlist=1024, "
-                   "m=32, nprobe=32, refine=10 (ivfpq); repeat for several")
+                   "m=32, nprobe=32, refine=10 (ivfpq), hnsw_m=16, hnsw_ef=128 (qdrant); repeat "
+                   "for several")
 
 
 def _eval_retrieval(p: argparse.ArgumentParser) -> None:

@@ -165,7 +165,10 @@ def load_index(bundle: Bundle, kind: str, spec: GallerySpec, embeddings: np.ndar
     cls = index_class(spec.index.kind)
     try:
         params = cls.resolve_params(spec.index.params, len(embeddings), embeddings.shape[1])
-        index = cls.load(embeddings, bundle.path / index_file if index_file else None, params)
+        content = bundle.manifest.files[spec.embeddings].sha256[:12]
+        index = cls.load(embeddings, bundle.path / index_file if index_file else None, params,
+                         name=f"glimpse-{bundle.manifest.name}-{bundle.manifest.version}-"
+                              f"{kind}-{content}")
     except (ValueError, IndexUnavailable) as exc:
         raise BundleError(bundle.path, f"gallery {kind!r}: {exc}", index_file) from None
     if len(index) != len(embeddings):

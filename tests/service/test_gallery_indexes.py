@@ -20,13 +20,13 @@ from tiny_bundle import sample_png
 
 from service.app import create_app
 from service.bundle import BundleError, file_sha256, load_bundle, write_manifest
-from service.indexes import INDEX_KINDS, ExactIndex, index_class, top_k_search
+from service.indexes import INDEX_KINDS, ExactIndex, index_class, top_k_search, use_qdrant
 from service.pipelines.retrieval import MAX_SEARCH_DEPTH, Query, RetrievalModel
 from service.settings import Settings
 from training.cli import main as glimpse
 from training.index import write_gallery
 
-KINDS = ("exact", "hnsw", "ivfpq")
+KINDS = ("exact", "hnsw", "ivfpq", "qdrant")
 GALLERY = 600  # vectors in the HTTP galleries
 
 
@@ -51,13 +51,14 @@ def test_the_manifest_names_every_index_kind():
     assert set(get_args(IndexKind)) == set(INDEX_KINDS) == set(KINDS)
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq", "qdrant"])
 def test_approximate_indexes_find_what_exact_search_finds(kind: str, tmp_path: Path):
     gallery, queries = unit_vectors(3000, 32, 0), unit_vectors(50, 32, 1)
     cls = index_class(kind)
     params = cls.resolve_params({}, len(gallery), gallery.shape[1])
-    cls.build(gallery, params, tmp_path / "index.faiss", progress=False)
-    index = cls.load(gallery, tmp_path / "index.faiss", params)
+    if cls.needs_file:
+        cls.build(gallery, params, tmp_path / "index.faiss", progress=False)
+    index = cls.load(gallery, tmp_path / "index.faiss", params, name=f"test-{kind}")
     truth, _ = top_k_search(queries, gallery, 10)
     rows, scores = index.search(queries, 10)
     assert recall(rows, truth) >= 0.95
@@ -153,6 +154,26 @@ def test_without_faiss_exact_galleries_serve_and_approximate_ones_say_why(
         RetrievalModel.from_bundle(hnsw)
 
 
+def test_a_qdrant_gallery_has_no_file_and_a_collection_named_by_its_content(tmp_path: Path):
+    bundle = indexed_bundle(tmp_path, "retrieval-qdrant", "qdrant", n=50)
+    manifest = load_bundle(bundle).manifest
+    assert manifest.inference["galleries"]["images"]["index"] == {
+        "kind": "qdrant", "params": {"hnsw_m": 16, "ef_construct": 100, "hnsw_ef": 128}}
+    assert "gallery_images_index" not in manifest.files
+    index = RetrievalModel.from_bundle(bundle).galleries["images"].index
+    sha = manifest.files["gallery_images"].sha256
+    assert index.collection == f"glimpse-retrieval-qdrant-1-images-{sha[:12]}"
+    assert index.embedded and index.client.count(index.collection).count == 50
+
+
+def test_without_qdrant_client_a_qdrant_gallery_says_why(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    bundle = indexed_bundle(tmp_path, "retrieval-qdrant", "qdrant", n=20)
+    monkeypatch.setitem(sys.modules, "qdrant_client", None)
+    with pytest.raises(BundleError, match=r"glimpse\[vectordb\]"):
+        RetrievalModel.from_bundle(bundle)
+
+
 def test_glimpse_index_rebuild_changes_the_index_only(tmp_path: Path, capsys):
     bundle = indexed_bundle(tmp_path, "retrieval-cli", "exact")
     before = np.load(bundle / "gallery_images.npy")
@@ -191,7 +212,7 @@ def search(api: TestClient, kind: str, **fields) -> list[dict]:
     return r.json()["results"]
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq", "qdrant"])
 def test_every_index_answers_the_ids_of_exact_search(api: TestClient, kind: str):
     for top_k in (1, 10, 100):
         exact = search(api, "exact", top_k=top_k)
@@ -246,3 +267,19 @@ def test_bad_paging_of_a_caption_search_is_422(api: TestClient):
     r = api.post("/v1/retrieval/captions", json={"image": b64(sample_png(1)), "offset": 2,
                                                  "model": "retrieval-hnsw"})
     assert r.status_code == 409  # a valid page, but this bundle has no sentence gallery
+
+
+def test_a_qdrant_server_that_does_not_answer_refuses_the_bundle_and_says_where(
+        tmp_path: Path):
+    indexed_bundle(tmp_path, "retrieval-exact", "exact", n=20)
+    indexed_bundle(tmp_path, "retrieval-qdrant", "qdrant", n=20)
+    settings = Settings(model_repository=tmp_path, qdrant_url="http://127.0.0.1:9")
+    try:
+        with TestClient(create_app(settings)) as client:
+            ready = client.get("/v2/health/ready").json()
+    finally:
+        use_qdrant(None)
+    assert ready["models"] == ["retrieval-exact/1"]
+    assert len(ready["errors"]) == 1
+    assert "retrieval-qdrant/1" in ready["errors"][0]
+    assert "qdrant at http://127.0.0.1:9" in ready["errors"][0]
