@@ -361,12 +361,13 @@ class AlignmentResponse(BaseModel):
 # ---------------------------------------------------------------------------- retrieval
 
 SEARCH_TOP_K_DOC = f"results returned, best first (1..{MAX_SEARCH_TOP_K})"
-SEARCH_OFFSET_DOC = (f"results skipped before the top_k returned, for paging; offset + top_k "
-                     f"is at most {MAX_SEARCH_DEPTH}")
+MAX_SEARCH_OFFSET = MAX_SEARCH_DEPTH - MAX_SEARCH_TOP_K  # any top_k may follow it
+SEARCH_OFFSET_DOC = (f"results skipped before the top_k returned, for paging "
+                     f"(0..{MAX_SEARCH_OFFSET}): offset 10 with top_k 10 is the second page")
 
 
 def offset_field() -> Any:
-    return Field(0, ge=0, le=MAX_SEARCH_DEPTH - 1, description=SEARCH_OFFSET_DOC,
+    return Field(0, ge=0, le=MAX_SEARCH_OFFSET, description=SEARCH_OFFSET_DOC,
                  examples=[0, 10])
 
 

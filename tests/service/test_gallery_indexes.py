@@ -248,8 +248,7 @@ def test_pages_batched_together_get_their_solo_answers(tmp_path: Path):
 @pytest.mark.parametrize(("fields", "message"), [
     ({"offset": -1}, "offset"),
     ({"offset": "second"}, "offset"),
-    ({"offset": MAX_SEARCH_DEPTH}, "offset"),
-    ({"offset": MAX_SEARCH_DEPTH - 5, "top_k": 10}, "offset + top_k must be at most"),
+    ({"offset": MAX_SEARCH_DEPTH - 99, "top_k": 10}, "offset"),
     ({"top_k": 101}, "top_k"),
 ])
 def test_bad_paging_is_422(api: TestClient, fields: dict, message: str):
@@ -258,6 +257,16 @@ def test_bad_paging_is_422(api: TestClient, fields: dict, message: str):
     assert r.status_code == 422, r.text
     assert message in r.json()["error"]["message"]
     assert r.json()["error"]["type"] == "invalid_parameter"
+
+
+def test_the_deepest_page_is_answered_and_a_deeper_one_refused(api: TestClient,
+                                                                 tmp_path: Path):
+    assert len(search(api, "exact", top_k=100, offset=MAX_SEARCH_DEPTH - 100)) == 0
+    model = RetrievalModel.from_bundle(indexed_bundle(tmp_path, "retrieval-deep", "exact",
+                                                      n=10))
+    with pytest.raises(Exception, match="offset \\+ top_k must be at most 1000") as err:
+        model.check_search("images", 10, MAX_SEARCH_DEPTH - 5)
+    assert err.value.status == 422
 
 
 def test_bad_paging_of_a_caption_search_is_422(api: TestClient):
