@@ -256,7 +256,7 @@ class IvfPqIndex(FaissIndex, kind="ivfpq"):
     (8 unless the gallery is too small to train 256 centroids); nprobe: lists searched;
     refine: candidates re-scored exactly, as a multiple of k (1: none)."""
 
-    defaults: ClassVar[dict[str, int]] = {"nlist": 0, "m": 0, "nbits": 8, "nprobe": 32,
+    defaults: ClassVar[dict[str, int]] = {"nlist": 0, "m": 0, "nbits": 8, "nprobe": 64,
                                           "refine": 10}
 
     @classmethod

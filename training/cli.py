@@ -193,7 +193,7 @@ def _index(p: argparse.ArgumentParser) -> None:
                    "collection (uploaded by the service at load)")
     p.add_argument("--index-param", action="append", metavar="KEY=VALUE",
                    help="an index parameter, e.g. M=32, ef_search=128 (hnsw) or nlist=1024, "
-                   "m=32, nprobe=32, refine=10 (ivfpq), hnsw_m=16, hnsw_ef=128 (qdrant); repeat "
+                   "m=32, nprobe=64, refine=10 (ivfpq), hnsw_m=16, hnsw_ef=128 (qdrant); repeat "
                    "for several")
 
 
