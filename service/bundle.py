@@ -136,9 +136,33 @@ class AlignmentInference(InferenceSection):
     min_region_score: float = Field(0.0, description="regions scoring below are left out")
 
 
+IndexKind = Literal["exact", "hnsw", "ivfpq", "qdrant"]  # service.indexes.INDEX_KINDS
+INDEX_FILE_KINDS = frozenset({"hnsw", "ivfpq"})  # the kinds whose index is a bundle file
+
+
+class IndexSpec(_Strict):
+    """How a gallery is searched: exact (every vector scored), or an approximate index file."""
+
+    kind: IndexKind = Field("exact", description="exact: every vector scored; hnsw: a FAISS "
+                            "HNSW graph; ivfpq: a FAISS inverted file of product-quantised "
+                            "codes; qdrant: a Qdrant collection (service/indexes.py)")
+    file: str | None = Field(None, description="key in `files` of the index file (hnsw and "
+                             "ivfpq only)")
+    params: dict[str, int] = Field(default_factory=dict, description="the parameters it was "
+                                   "built and is searched with, e.g. {'M': 32, 'ef_search': 96}")
+
+    @model_validator(mode="after")
+    def _file_if_approximate(self) -> IndexSpec:
+        if (self.kind in INDEX_FILE_KINDS) != (self.file is not None):
+            raise ValueError(f"index kinds {sorted(INDEX_FILE_KINDS)} name their file in "
+                             "`files`; the others have none")
+        return self
+
+
 class GallerySpec(_Strict):
     embeddings: str = Field(description="key in `files` of an [N, E] float32 .npy file")
     entries: str = Field(description="key in `files` of the JSON columns, one entry per row")
+    index: IndexSpec = Field(default_factory=IndexSpec)
 
 
 class RetrievalInference(InferenceSection):

@@ -21,6 +21,7 @@ from service.pipelines.caption import MAX_CAPTIONS, MAX_LENGTH, MAX_TEMPERATURE
 from service.pipelines.dalle import MAX_CANDIDATES, MAX_ROWS_PER_REQUEST
 from service.pipelines.dalle import MAX_TEMPERATURE as DALLE_MAX_TEMPERATURE
 from service.pipelines.generation import MAX_IMAGES_PER_REQUEST, SamplingOptions
+from service.pipelines.retrieval import MAX_SEARCH_DEPTH
 from service.pipelines.retrieval import MAX_TOP_K as MAX_SEARCH_TOP_K
 from service.pipelines.vqa import DEFAULT_TOP_K as DEFAULT_ANSWERS
 from service.pipelines.vqa import MAX_TOP_K as MAX_ANSWERS
@@ -360,6 +361,14 @@ class AlignmentResponse(BaseModel):
 # ---------------------------------------------------------------------------- retrieval
 
 SEARCH_TOP_K_DOC = f"results returned, best first (1..{MAX_SEARCH_TOP_K})"
+MAX_SEARCH_OFFSET = MAX_SEARCH_DEPTH - MAX_SEARCH_TOP_K  # any top_k may follow it
+SEARCH_OFFSET_DOC = (f"results skipped before the top_k returned, for paging "
+                     f"(0..{MAX_SEARCH_OFFSET}): offset 10 with top_k 10 is the second page")
+
+
+def offset_field() -> Any:
+    return Field(0, ge=0, le=MAX_SEARCH_OFFSET, description=SEARCH_OFFSET_DOC,
+                 examples=[0, 10])
 
 
 class RetrievalParams(ModelParams):
@@ -391,10 +400,12 @@ class ImageSearchRequest(RetrievalParams):
                       description="the sentence to find images for",
                       examples=["a small green star above a red circle"])
     top_k: int = Field(5, ge=1, le=MAX_SEARCH_TOP_K, description=SEARCH_TOP_K_DOC)
+    offset: int = offset_field()
 
 
 class CaptionSearchParams(RetrievalParams):
     top_k: int = Field(5, ge=1, le=MAX_SEARCH_TOP_K, description=SEARCH_TOP_K_DOC)
+    offset: int = offset_field()
 
 
 class CaptionSearchJSONRequest(CaptionSearchParams):

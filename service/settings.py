@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     # Seconds that queued and running requests get to finish on SIGTERM.
     drain_timeout_s: float = Field(30.0, ge=0)
 
+    # The Qdrant server that galleries indexed as `qdrant` are searched on, e.g.
+    # http://localhost:6333; unset: qdrant-client's embedded local mode, in the process.
+    qdrant_url: str | None = None
+
     @field_validator("providers", "api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

@@ -183,8 +183,18 @@ def _index(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="dataset directory: index a split's images and sentences")
     source.add_argument("--images", help="folder of images: index the images only")
+    source.add_argument("--rebuild", action="store_true",
+                        help="keep the stored gallery; build its search index again")
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--index", choices=["exact", "hnsw", "ivfpq", "qdrant"], default="exact",
+                   help="how the gallery is searched: exact (every vector), an approximate "
+                   "FAISS index (hnsw: fast, more memory; ivfpq: compact), or a Qdrant "
+                   "collection (uploaded by the service at load)")
+    p.add_argument("--index-param", action="append", metavar="KEY=VALUE",
+                   help="an index parameter, e.g. M=32, ef_search=128 (hnsw) or nlist=1024, "
+                   "m=32, nprobe=64, refine=10 (ivfpq), hnsw_m=16, hnsw_ef=128 (qdrant); repeat "
+                   "for several")
 
 
 def _eval_retrieval(p: argparse.ArgumentParser) -> None:

@@ -21,7 +21,8 @@ from tiny_bundle import TOKENS, build_caption_bundle, sample_png, write_vocab
 
 from service.app import create_app
 from service.bundle import BundleError, describe_graph, file_sha256, load_bundle, write_manifest
-from service.pipelines.retrieval import Query, RetrievalModel, top_k_search
+from service.indexes import top_k_search
+from service.pipelines.retrieval import Query, RetrievalModel
 from service.settings import Settings
 from training.index import write_gallery
 
