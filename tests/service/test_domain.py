@@ -28,8 +28,17 @@ from service.settings import Settings
 
 ROOT = Path(__file__).parents[2]
 COMMITTED = ROOT / "model_repository"
-IMAGE_BUNDLES = ["align-brnn/1", "caption-mrnn/1", "caption-nic/1", "caption-sat/1",
-                 "caption-updown/1", "retrieval-vse/1", "vqa-updown/1"]
+IMAGE_MODELS = ["align-brnn", "caption-mrnn", "caption-nic", "caption-sat", "caption-updown",
+                "retrieval-vse", "vqa-updown"]
+
+
+def served_version(name: str) -> str:
+    """NAME/VERSION of the committed model's highest version, the one the service serves."""
+    versions = [int(p.name) for p in (COMMITTED / name).iterdir() if p.name.isdigit()]
+    return f"{name}/{max(versions)}"
+
+
+IMAGE_BUNDLES = [served_version(name) for name in IMAGE_MODELS]
 
 _spec = importlib.util.spec_from_file_location("domain_auroc",
                                                ROOT / "benchmarks" / "domain_auroc.py")
