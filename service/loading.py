@@ -37,7 +37,8 @@ def load_model(bundle: Bundle, settings: Settings, metrics: ServiceMetrics) -> S
     knobs = settings.for_model(bundle.manifest.name)
     graphs = load_graphs(bundle, device=knobs.device, providers=knobs.providers,
                          intra_op_threads=knobs.intra_op_threads,
-                         allow_spinning=settings.ort_spinning)
+                         allow_spinning=settings.ort_spinning, cuda_options=knobs.cuda_options,
+                         batch_buckets=knobs.batch_buckets, max_batch_size=knobs.max_batch_size)
     pipeline = pipeline_class(bundle, graphs)
     started = time.perf_counter()
     try:
