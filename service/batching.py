@@ -3,8 +3,10 @@
 Two layers, as in TGI's router:
 - `BatchQueue` is plain state with an explicit clock (`now` is an argument), so batch
   assembly is tested synchronously: a batch is ready when `max_batch_size` requests
-  wait or the oldest has waited `max_queue_delay`; a full queue refuses; a request
-  past its deadline expires without being computed.
+  wait or the oldest has waited `max_queue_delay`, or at once when a lone request
+  waits while the model is idle and no other request is on its way (waiting could only
+  add its delay); a full queue refuses; a request past its deadline expires without
+  being computed.
 - `Batcher` is the asyncio driver: one task per served model takes ready batches,
   runs the batch function in a worker thread (ONNX Runtime releases the GIL, so the
   event loop keeps accepting requests) and resolves one future per request, as Ray
@@ -99,23 +101,30 @@ class BatchQueue(Generic[P]):
             self._items.remove(p)
         return expired
 
-    def ready(self, now: float) -> bool:
+    def ready(self, now: float, *, idle: bool = False) -> bool:
+        """Whether a batch is due. `idle`: the model computes nothing and no other request
+        is on its way, so a lone request would wait for companions that are not coming."""
         if not self._items:
             return False
+        if idle and len(self._items) == 1:
+            return True
         waited = now - self._items[0].enqueued_at
         return len(self._items) >= self.max_batch_size or waited >= self.max_queue_delay_s
 
-    def next_batch(self, now: float, *, flush: bool = False) -> list[Pending[P]]:
+    def next_batch(self, now: float, *, flush: bool = False,
+                   idle: bool = False) -> list[Pending[P]]:
         """The oldest `max_batch_size` requests if a batch is ready (or `flush`), else []."""
-        if not (self.ready(now) or (flush and self._items)):
+        if not (self.ready(now, idle=idle) or (flush and self._items)):
             return []
         count = min(self.max_batch_size, len(self._items))
         return [self._items.popleft() for _ in range(count)]
 
-    def wait_s(self, now: float) -> float | None:
+    def wait_s(self, now: float, *, idle: bool = False) -> float | None:
         """Seconds until a batch is due or a request expires; None while the queue is empty."""
         if not self._items:
             return None
+        if self.ready(now, idle=idle):
+            return 0.0
         due = self._items[0].enqueued_at + self.max_queue_delay_s
         deadline = min(p.deadline for p in self._items)
         return max(0.0, min(due, deadline) - now)
@@ -221,6 +230,7 @@ class QueueDriver(ABC, Generic[P, R]):
             if held:
                 held = False
                 self.admitted -= 1
+                self._wakeup.set()  # a lone queued request may no longer have company coming
 
         async def submit(payload: P) -> R:
             release()  # and queue it before anything else runs: the place cannot be taken
@@ -294,13 +304,16 @@ class Batcher(QueueDriver[P, R]):
             for pending in self.queue.expire(now):
                 resolve(pending, error=self._timeout_error())
                 self._room()
-            batch = self.queue.next_batch(now, flush=self._closing)
+            # Nothing runs between batches; a request being prepared (its image decoded)
+            # is a companion on its way.
+            idle = self.admitted == 0
+            batch = self.queue.next_batch(now, flush=self._closing, idle=idle)
             if batch:
                 self._room()
                 await self._compute(batch)
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.queue.wait_s(now))
+                await asyncio.wait_for(self._wakeup.wait(), self.queue.wait_s(now, idle=idle))
 
     async def _compute(self, batch: list[Pending[P]]) -> None:
         batch = [p for p in batch if not p.future.done()]
