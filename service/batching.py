@@ -166,6 +166,9 @@ class QueueDriver(ABC, Generic[P, R]):
         # Called (on the event loop) whenever a queue place frees up: the admission gate
         # lets a request that waits for one through (service/middleware.py).
         self.on_room: Callable[[], None] | None = None
+        # Requests of this model's task that the server has taken in and not answered yet,
+        # queued ones included (service/middleware.py): those not queued here may join.
+        self.arriving: Callable[[], int] | None = None
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task | None = None
@@ -266,9 +269,10 @@ class Batcher(QueueDriver[P, R]):
     def __init__(self, name: str, infer: BatchFn, *, max_batch_size: int = 8,
                  max_queue_delay_s: float = 0.002, max_queue_size: int = 64,
                  timeout_s: float = 30.0, observer: BatchObserver | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, idle_dispatch: bool = True) -> None:
         super().__init__(name, timeout_s=timeout_s, observer=observer, clock=clock)
         self.infer = infer
+        self.idle_dispatch = idle_dispatch
         self.queue: BatchQueue[P] = BatchQueue(max_batch_size=max_batch_size,
                                                max_queue_delay_s=max_queue_delay_s,
                                                max_queue_size=max_queue_size)
@@ -304,9 +308,7 @@ class Batcher(QueueDriver[P, R]):
             for pending in self.queue.expire(now):
                 resolve(pending, error=self._timeout_error())
                 self._room()
-            # Nothing runs between batches; a request being prepared (its image decoded)
-            # is a companion on its way.
-            idle = self.admitted == 0
+            idle = self._nothing_on_its_way()
             batch = self.queue.next_batch(now, flush=self._closing, idle=idle)
             if batch:
                 self._room()
@@ -314,6 +316,15 @@ class Batcher(QueueDriver[P, R]):
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.queue.wait_s(now, idle=idle))
+
+    def _nothing_on_its_way(self) -> bool:
+        """No request is being prepared for this queue (an image decoded) and, behind the
+        HTTP server, none of the task is being read or answered: a lone queued request has
+        no companion to wait for. (Nothing runs between batches.)"""
+        if not self.idle_dispatch:
+            return False
+        others = self.arriving() - len(self.queue) if self.arriving is not None else 0
+        return self.admitted == 0 and others <= 0
 
     async def _compute(self, batch: list[Pending[P]]) -> None:
         batch = [p for p in batch if not p.future.done()]

@@ -72,6 +72,7 @@ async def serving(state: ServiceState) -> AsyncIterator[None]:
     await asyncio.to_thread(load_repository, state)
     for served in state.models.values():
         served.batcher.on_room = partial(state.room, served.task)
+        served.batcher.arriving = partial(state.arriving.__getitem__, served.task)
         served.batcher.start()
         state.metrics.watch_queue(served.key, lambda b=served.batcher: len(b.queue))
     state.phase = "ready"

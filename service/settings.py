@@ -61,6 +61,7 @@ class ModelSettings(BaseModel):
     max_queue_delay_ms: float | None = Field(None, ge=0)
     max_queue_size: int | None = Field(None, ge=1)
     request_timeout_s: float | None = Field(None, gt=0)
+    idle_dispatch: bool | None = None
     device: Device | None = None
     intra_op_threads: int | None = Field(None, ge=0)
     providers: list[str] | None = None
@@ -79,6 +80,7 @@ class ResolvedModelSettings(BaseModel):
     max_queue_delay_ms: float
     max_queue_size: int
     request_timeout_s: float
+    idle_dispatch: bool
     device: str
     intra_op_threads: int | None
     providers: list[str] | None
@@ -113,6 +115,10 @@ class Settings(BaseSettings):
     max_queue_delay_ms: float = Field(2.0, ge=0)
     max_queue_size: int = Field(64, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
+    # A request alone in an idle model's queue, with no other request of its task being
+    # read or prepared, is computed at once rather than after max_queue_delay_ms.
+    # False: it waits like any partial batch (Triton's dynamic batcher).
+    idle_dispatch: bool = True
     # A request that finds every queue of its task full waits this long, its body unread,
     # for a place before it is refused 503: clients that ignore Retry-After and send again
     # at once cannot make refusals take the cores the models need. 0: refuse at once.

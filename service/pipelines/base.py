@@ -177,7 +177,8 @@ class Pipeline(ABC, Generic[RequestT, ResultT]):
         return Batcher(self.bundle.key, self.run_batch, max_batch_size=settings.max_batch_size,
                        max_queue_delay_s=settings.max_queue_delay_ms / 1000,
                        max_queue_size=settings.max_queue_size,
-                       timeout_s=settings.request_timeout_s, observer=observer)
+                       timeout_s=settings.request_timeout_s, observer=observer,
+                       idle_dispatch=settings.idle_dispatch)
 
     def warm_up(self, batch_sizes: Sequence[int]) -> None:
         """Run each batch size once so that first requests do not pay for allocation,
