@@ -33,6 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_load import (  # noqa: E402  (a sibling script)
     ROOT,
@@ -92,6 +94,18 @@ async def paired(servers: dict[str, Any], model: CaptionModel, images: list[byte
     return times
 
 
+def queue_totals(server: Any) -> tuple[float, float]:
+    """Seconds waited in queues, and requests, from the server's /metrics."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith("glimpse_queue_seconds_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("glimpse_queue_seconds_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,7 +138,9 @@ def main() -> None:
                                                    Path(tmp) / f"{i}.log", code_root=root))
                    for i, (name, (settings, root)) in enumerate(variants.items())}
         load_start = os.getloadavg()[0]
+        waits0 = {name: queue_totals(server) for name, server in servers.items()}
         times = asyncio.run(paired(servers, model, images, args.requests))
+        waits1 = {name: queue_totals(server) for name, server in servers.items()}
         loaded: dict[str, list[Outcomes]] = {name: [] for name in servers}
         for _ in range(args.rounds):
             for name, server in servers.items():
@@ -137,6 +153,10 @@ def main() -> None:
                       else args.bundle),
         "config": {k: str(v) for k, v in vars(args).items()},
         "concurrency_1": {name: percentiles_ms(t) for name, t in times.items()},
+        # the server's own account: mean time a request waited in the queue
+        "concurrency_1_queue_ms": {
+            name: (waits1[name][0] - waits0[name][0]) / (waits1[name][1] - waits0[name][1])
+            * 1000 for name in servers},
         "concurrency_8": {name: {
             "requests_per_s": sum(o.count(200) for o in outs) / sum(o.wall_s for o in outs),
             "mean_batch": sum(o.mean_batch or 0 for o in outs) / len(outs),
@@ -155,10 +175,13 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"Lone requests ({result['bundle']}, {result['config']['requests']} paired rounds, "
              f"{result['machine']['cpu_count']} cores, load average "
              f"{result['machine']['load_average_1m_at_start']:.1f} at start)", "",
-             "| path | concurrency 1 p50 ms | p95 ms | p50 - offline ms |", "|---|---|---|---|"]
+             "| path | concurrency 1 p50 ms | p95 ms | p50 - offline ms | mean queue wait ms |",
+             "|---|---|---|---|---|"]
+    waits = result["concurrency_1_queue_ms"]
     for name, stats in result["concurrency_1"].items():
+        wait = f"{waits[name]:.3f}" if name in waits else "-"
         lines.append(f"| {name} | {stats['p50_ms']:.2f} | {stats['p95_ms']:.2f} | "
-                     f"{stats['p50_ms'] - offline:+.2f} |")
+                     f"{stats['p50_ms'] - offline:+.2f} | {wait} |")
     lines += ["", "| server | concurrency 8 req/s | mean batch | p50 ms |", "|---|---|---|---|"]
     for name, stats in result["concurrency_8"].items():
         lines.append(f"| {name} | {stats['requests_per_s']:.1f} | {stats['mean_batch']:.2f} | "

@@ -316,7 +316,8 @@ def serve(repository: Path, settings: dict[str, str], log_path: Path,
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-             "--repository", str(repository)], env=env, stdout=log, stderr=subprocess.STDOUT)
+             "--repository", str(repository)], env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=code_root)  # `python -m` looks in the working directory first
     server = Server(process, f"http://127.0.0.1:{port}", log_path)
     try:
         with GlimpseClient(server.url) as client:

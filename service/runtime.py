@@ -16,7 +16,7 @@ bucket is run once at start (`OnnxGraph.warm_buckets`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,6 +188,53 @@ class OnnxGraph:
             self.warmed.update(padded.values())
         return {name: value[:rows[s]] if (s := self._output_symbols[name]) in rows else value
                 for name, value in zip(names, values, strict=True)}
+
+    def run_bound(self, feeds: Mapping[str, np.ndarray | ort.OrtValue], outputs: Sequence[str],
+                  *, keep: Collection[str] = ()) -> dict[str, Any]:
+        """As `run`, through IO binding. An input given as an `ort.OrtValue` (an output kept
+        from an earlier run) is bound where it lies, without a copy; the outputs named in
+        `keep` stay where the session computed them (GPU memory under CUDA) and come back
+        as OrtValues, the others as NumPy arrays.
+
+        With buckets a kept output keeps its padded rows, and an OrtValue input is neither
+        padded nor counted: feed one only where the graph picks its rows by index (a
+        decoder step's state, which the step gathers by `parents`)."""
+        names = list(outputs)
+        feeds = {k: feeds[k] for k in self.input_names}
+        host = {k: v for k, v in feeds.items() if not isinstance(v, ort.OrtValue)}
+        rows = {s: len(host[k]) for k, s in self._input_symbols.items() if s and k in host}
+        padded = {s: self.buckets.size_for(n) for s, n in rows.items()} if self.buckets else rows
+        if self.buckets is not None and len(host) == len(feeds):
+            self._remember(host, rows)
+        binding = self.session.io_binding()
+        for k, v in feeds.items():
+            if isinstance(v, ort.OrtValue):
+                binding.bind_ortvalue_input(k, v)
+            else:
+                s = self._input_symbols[k]
+                binding.bind_cpu_input(k, np.ascontiguousarray(pad_rows(v, padded[s]) if s else v))
+        for name in names:
+            binding.bind_output(name, *(self._device if name in keep else ("cpu", 0)))
+        self.session.run_with_iobinding(binding)
+        if self.buckets is not None and len(set(padded.values())) == 1:
+            self.warmed.update(padded.values())
+        result: dict[str, Any] = {}
+        for name, value in zip(names, binding.get_outputs(), strict=True):
+            if name in keep:
+                result[name] = value
+                continue
+            array = value.numpy()
+            s = self._output_symbols[name]
+            result[name] = array[:rows[s]] if s in rows and self.buckets else array
+        return result
+
+    @property
+    def _device(self) -> tuple[str, int]:
+        """Where the session computes: ("cuda", N) under the CUDA provider, else ("cpu", 0)."""
+        if self.session.get_providers()[0] == CUDA:
+            options = self.session.get_provider_options().get(CUDA, {})
+            return "cuda", int(options.get("device_id", 0))
+        return "cpu", 0
 
     def _rows(self, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
         return {s: len(feeds[k]) for k, s in self._input_symbols.items() if s}

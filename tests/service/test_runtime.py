@@ -160,3 +160,49 @@ def test_every_committed_graph_warms_every_bucket(name: str) -> None:
     served = load_model(bundle, settings, ServiceMetrics())
     for graph in served.pipeline.graphs.values():
         assert graph.warmed == {1, 2, 4, 8, 16}, graph.name
+
+
+@pytest.mark.parametrize("buckets", ["off", [2, 8]])
+@pytest.mark.parametrize("name", ["caption-sat", "caption-updown", "caption-mrnn"])
+def test_decoder_state_kept_between_steps_gives_the_numpy_path_answers(
+        name: str, buckets: str | list[int]) -> None:
+    """The step state as OrtValues from step to step (IO binding) against the state copied
+    through NumPy: same captions, log-probabilities and attention, beam search and sampling."""
+    bundle = served_bundles()[name]
+    model = CaptionModel(bundle, load_graphs(bundle, device="cpu", batch_buckets=buckets))
+    images = [np.random.default_rng(k).random((3, 64, 64), dtype=np.float32) for k in range(3)]
+    asks = [dict(beam_size=1), dict(beam_size=5, num_captions=3),
+            dict(decoding="sample", seed=3, num_captions=2)]
+    if model.has_attention:
+        asks[1]["return_attention"] = True
+    requests = [CaptionRequest(image, model.params(**ask))
+                for image, ask in zip(images, asks, strict=True)]
+    assert model.state_on_device
+    bound = model.caption_batch(requests)
+    model.state_on_device = False
+    copied = model.caption_batch(requests)
+    for got, want in zip(bound, copied, strict=True):
+        assert [c.text for c in got.captions] == [c.text for c in want.captions]
+        assert [c.log_prob for c in got.captions] == pytest.approx(
+            [c.log_prob for c in want.captions], abs=1e-5)
+        for g, w in zip(got.captions, want.captions, strict=True):
+            if w.attention is not None:
+                np.testing.assert_allclose(g.attention, w.attention, atol=1e-6)
+
+
+def test_kept_outputs_are_ort_values_on_the_sessions_device(tmp_path: Path) -> None:
+    bundle = load_bundle(build_caption_bundle(tmp_path / "repo", "caption-tiny", 1))
+    graphs = load_graphs(bundle, device="cpu", batch_buckets=[4])
+    encoded = graphs["encoder"].run({"image": np.zeros((3, 3, 16, 16), np.float32)})
+    feeds = {"tokens": np.ones(3, np.int64), "parents": np.arange(3),
+             "h": encoded["h"], "c": encoded["c"], "context": encoded["context"]}
+    out = graphs["decoder_step"].run_bound(feeds, ["log_probs", "h_out", "c_out"],
+                                           keep={"h_out", "c_out"})
+    assert isinstance(out["log_probs"], np.ndarray) and len(out["log_probs"]) == 3
+    assert isinstance(out["h_out"], onnxruntime.OrtValue)
+    assert out["h_out"].device_name() == "cpu" and out["h_out"].shape()[0] == 4  # padded
+    again = graphs["decoder_step"].run_bound(
+        {**feeds, "h": out["h_out"], "c": out["c_out"]}, ["log_probs"])
+    want = graphs["decoder_step"].run({**feeds, "h": out["h_out"].numpy()[:3],
+                                       "c": out["c_out"].numpy()[:3]}, ["log_probs"])
+    np.testing.assert_allclose(again["log_probs"], want["log_probs"], atol=1e-6)
