@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from tiny_bundle import build_caption_bundle
 from service.bundle import load_bundle
 from service.loading import load_model
 from service.metrics import ServiceMetrics
+from service.pipelines import pipeline_for
 from service.pipelines.caption import CaptionModel, CaptionRequest
 from service.runtime import (
     CPU,
@@ -206,3 +208,58 @@ def test_kept_outputs_are_ort_values_on_the_sessions_device(tmp_path: Path) -> N
     want = graphs["decoder_step"].run({**feeds, "h": out["h_out"].numpy()[:3],
                                        "c": out["c_out"].numpy()[:3]}, ["log_probs"])
     np.testing.assert_allclose(again["log_probs"], want["log_probs"], atol=1e-6)
+
+
+def plain(value: Any) -> Any:
+    """A result as nested lists, dicts and numbers, for comparing with a tolerance."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def assert_close(got: Any, want: Any, where: str = "result") -> None:
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), where
+        for key in want:
+            assert_close(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert_close(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-4), where
+    elif isinstance(want, bytes):  # PNGs: decoded pixels within one level
+        from io import BytesIO
+
+        from PIL import Image
+        a = np.asarray(Image.open(BytesIO(got)), dtype=int)
+        b = np.asarray(Image.open(BytesIO(want)), dtype=int)
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1, where
+    else:
+        assert got == want, where
+
+
+@pytest.mark.parametrize("build", ["activity", "video-caption", "dalle"])
+def test_the_other_pipelines_answer_the_same_with_buckets(build: str, tmp_path: Path) -> None:
+    """The video and DALL-E pipelines (their bundles are not committed): every graph warms
+    at every bucket, and a batch's results equal the unpadded ones."""
+    from tiny_dalle import tiny_dalle_bundle
+    from tiny_video import build_activity_bundle, build_video_caption_bundle
+
+    builders = {"activity": build_activity_bundle, "video-caption": build_video_caption_bundle,
+                "dalle": tiny_dalle_bundle}
+    bundle = load_bundle(builders[build](tmp_path / "repo"))
+    pipeline_class = pipeline_for(bundle.manifest)
+    unpadded = pipeline_class(bundle, load_graphs(bundle, device="cpu"))
+    padded = pipeline_class(bundle, load_graphs(bundle, device="cpu", batch_buckets=[2, 8]))
+    padded.warm_up([1, 3])
+    for graph in padded.graphs.values():
+        assert graph.warmed >= {2, 8}, graph.name
+    (batch, *_) = padded.warm_up_batches(3)
+    assert_close(plain(padded.run_batch(batch)), plain(unpadded.run_batch(batch)))
