@@ -182,6 +182,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name, config in configs.items():
         result["offline"][name] = offline(args.bundle, config, images, sizes,
                                           args.max_batch_size, args.repeats)
+    try:  # the server needs what the offline pipeline does not: FastAPI and its companions
+        import service.app  # noqa: F401
+    except ImportError as exc:
+        result["http_skipped"] = f"the service cannot start here: {exc}"
+        return result
     with tempfile.TemporaryDirectory(prefix="glimpse-gpu-check-") as tmp:
         for name, config in configs.items():
             result["http"][name] = over_http(args.bundle, config, images, args.concurrency,
@@ -209,7 +214,8 @@ def markdown(result: dict[str, Any]) -> str:
         + f" (batch {result['offline'][names[0]]['decoder_state']['batch_size']}).", ""]
     lines += ["Load and warm-up: " + ", ".join(
         f"{n} {result['offline'][n]['load_and_warm_s']:.1f} s" for n in names) + ".", "",
-        "## HTTP, closed loop", "",
+        "## HTTP, closed loop", "", *([f"Not measured: {result['http_skipped']}.", ""]
+                                       if "http_skipped" in result else []),
         "| configuration | concurrency | req/s | p50 ms | p95 ms | mean batch |",
         "|---|---|---|---|---|---|"]
     for name, levels in result["http"].items():

@@ -9,6 +9,9 @@
 # onnxruntime-gpu into /tmp/ortgpu; this script then runs benchmarks/gpu_check.py with it
 # and writes benchmarks/results/gpu_check.json and .md, copied to $OUT when that is set.
 # PARTS_DIR "none" uses the onnxruntime already installed (on a CPU: the CPU comparison).
+# The service also imports fastapi-offline, which make-parts.sh does not fetch: add it to
+# the wheels before the first transfer (pip download --no-deps -d PARTS_DIR/wheels
+# fastapi-offline), or the HTTP half is skipped and the results say why.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 parts=${1:?usage: gpu_check.sh PARTS_DIR|none [gpu_check.py options]}
