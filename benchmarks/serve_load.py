@@ -305,16 +305,19 @@ class Server:
 
 
 @contextmanager
-def serve(repository: Path, settings: dict[str, str], log_path: Path) -> Iterator[Server]:
-    """Start the service with `settings` (GLIMPSE_* names without the prefix) and stop it."""
+def serve(repository: Path, settings: dict[str, str], log_path: Path,
+          code_root: Path = ROOT) -> Iterator[Server]:
+    """Start the service with `settings` (GLIMPSE_* names without the prefix) and stop it;
+    `code_root` holds the `service` package it runs."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_")}
     env.update({f"GLIMPSE_{k.upper()}": str(v) for k, v in settings.items()})
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code_root), env.get("PYTHONPATH")]))
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-             "--repository", str(repository)], env=env, stdout=log, stderr=subprocess.STDOUT)
+             "--repository", str(repository)], env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=code_root)  # `python -m` looks in the working directory first
     server = Server(process, f"http://127.0.0.1:{port}", log_path)
     try:
         with GlimpseClient(server.url) as client:

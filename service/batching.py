@@ -3,8 +3,10 @@
 Two layers, as in TGI's router:
 - `BatchQueue` is plain state with an explicit clock (`now` is an argument), so batch
   assembly is tested synchronously: a batch is ready when `max_batch_size` requests
-  wait or the oldest has waited `max_queue_delay`; a full queue refuses; a request
-  past its deadline expires without being computed.
+  wait or the oldest has waited `max_queue_delay`, or at once when a lone request
+  waits while the model is idle and no other request is on its way (waiting could only
+  add its delay); a full queue refuses; a request past its deadline expires without
+  being computed.
 - `Batcher` is the asyncio driver: one task per served model takes ready batches,
   runs the batch function in a worker thread (ONNX Runtime releases the GIL, so the
   event loop keeps accepting requests) and resolves one future per request, as Ray
@@ -99,23 +101,30 @@ class BatchQueue(Generic[P]):
             self._items.remove(p)
         return expired
 
-    def ready(self, now: float) -> bool:
+    def ready(self, now: float, *, idle: bool = False) -> bool:
+        """Whether a batch is due. `idle`: the model computes nothing and no other request
+        is on its way, so a lone request would wait for companions that are not coming."""
         if not self._items:
             return False
+        if idle and len(self._items) == 1:
+            return True
         waited = now - self._items[0].enqueued_at
         return len(self._items) >= self.max_batch_size or waited >= self.max_queue_delay_s
 
-    def next_batch(self, now: float, *, flush: bool = False) -> list[Pending[P]]:
+    def next_batch(self, now: float, *, flush: bool = False,
+                   idle: bool = False) -> list[Pending[P]]:
         """The oldest `max_batch_size` requests if a batch is ready (or `flush`), else []."""
-        if not (self.ready(now) or (flush and self._items)):
+        if not (self.ready(now, idle=idle) or (flush and self._items)):
             return []
         count = min(self.max_batch_size, len(self._items))
         return [self._items.popleft() for _ in range(count)]
 
-    def wait_s(self, now: float) -> float | None:
+    def wait_s(self, now: float, *, idle: bool = False) -> float | None:
         """Seconds until a batch is due or a request expires; None while the queue is empty."""
         if not self._items:
             return None
+        if self.ready(now, idle=idle):
+            return 0.0
         due = self._items[0].enqueued_at + self.max_queue_delay_s
         deadline = min(p.deadline for p in self._items)
         return max(0.0, min(due, deadline) - now)
@@ -157,6 +166,9 @@ class QueueDriver(ABC, Generic[P, R]):
         # Called (on the event loop) whenever a queue place frees up: the admission gate
         # lets a request that waits for one through (service/middleware.py).
         self.on_room: Callable[[], None] | None = None
+        # Requests of this model's task that the server has taken in and not answered yet,
+        # queued ones included (service/middleware.py): those not queued here may join.
+        self.arriving: Callable[[], int] | None = None
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task | None = None
@@ -221,6 +233,7 @@ class QueueDriver(ABC, Generic[P, R]):
             if held:
                 held = False
                 self.admitted -= 1
+                self._wakeup.set()  # a lone queued request may no longer have company coming
 
         async def submit(payload: P) -> R:
             release()  # and queue it before anything else runs: the place cannot be taken
@@ -256,9 +269,10 @@ class Batcher(QueueDriver[P, R]):
     def __init__(self, name: str, infer: BatchFn, *, max_batch_size: int = 8,
                  max_queue_delay_s: float = 0.002, max_queue_size: int = 64,
                  timeout_s: float = 30.0, observer: BatchObserver | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, idle_dispatch: bool = True) -> None:
         super().__init__(name, timeout_s=timeout_s, observer=observer, clock=clock)
         self.infer = infer
+        self.idle_dispatch = idle_dispatch
         self.queue: BatchQueue[P] = BatchQueue(max_batch_size=max_batch_size,
                                                max_queue_delay_s=max_queue_delay_s,
                                                max_queue_size=max_queue_size)
@@ -294,13 +308,23 @@ class Batcher(QueueDriver[P, R]):
             for pending in self.queue.expire(now):
                 resolve(pending, error=self._timeout_error())
                 self._room()
-            batch = self.queue.next_batch(now, flush=self._closing)
+            idle = self._nothing_on_its_way()
+            batch = self.queue.next_batch(now, flush=self._closing, idle=idle)
             if batch:
                 self._room()
                 await self._compute(batch)
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.queue.wait_s(now))
+                await asyncio.wait_for(self._wakeup.wait(), self.queue.wait_s(now, idle=idle))
+
+    def _nothing_on_its_way(self) -> bool:
+        """No request is being prepared for this queue (an image decoded) and, behind the
+        HTTP server, none of the task is being read or answered: a lone queued request has
+        no companion to wait for. (Nothing runs between batches.)"""
+        if not self.idle_dispatch:
+            return False
+        others = self.arriving() - len(self.queue) if self.arriving is not None else 0
+        return self.admitted == 0 and others <= 0
 
     async def _compute(self, batch: list[Pending[P]]) -> None:
         batch = [p for p in batch if not p.future.done()]

@@ -38,7 +38,8 @@ def load_model(bundle: Bundle, settings: Settings, metrics: ServiceMetrics) -> S
     knobs = settings.for_model(bundle.manifest.name)
     graphs = load_graphs(bundle, device=knobs.device, providers=knobs.providers,
                          intra_op_threads=knobs.intra_op_threads,
-                         allow_spinning=settings.ort_spinning)
+                         allow_spinning=settings.ort_spinning, cuda_options=knobs.cuda_options,
+                         batch_buckets=knobs.batch_buckets, max_batch_size=knobs.max_batch_size)
     pipeline = pipeline_class(bundle, graphs)
     started = time.perf_counter()
     try:
@@ -73,6 +74,7 @@ async def serving(state: ServiceState) -> AsyncIterator[None]:
     await asyncio.to_thread(load_repository, state)
     for served in state.models.values():
         served.batcher.on_room = partial(state.room, served.task)
+        served.batcher.arriving = partial(state.arriving.__getitem__, served.task)
         served.batcher.start()
         state.metrics.watch_queue(served.key, lambda b=served.batcher: len(b.queue))
     state.phase = "ready"

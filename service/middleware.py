@@ -144,7 +144,14 @@ class AdmissionGate:
             refusal = None if self.state.phase == "ready" else ServiceUnavailable(
                 f"the service is {self.state.phase}", retry_after_s=5)
         if refusal is None:
-            await self.app(scope, receive, send)
+            if task is None:
+                await self.app(scope, receive, send)
+                return
+            self.state.arriving[task] += 1
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.state.arriving[task] -= 1
             return
         if isinstance(refusal, Overloaded):
             self.count_overloaded(task)

@@ -65,6 +65,9 @@ class ServiceState:
         self.errors: list[str] = []
         self.phase = "loading"  # -> "ready" -> "draining"
         self.in_flight = 0
+        # task -> inference requests past the admission gate and not yet answered: those
+        # not in a queue are companions on their way (`QueueDriver.arriving`)
+        self.arriving: dict[str, int] = defaultdict(int)
         # task -> requests the admission gate holds until a queue of the task has room
         self.waiting: dict[str, deque[asyncio.Future[None]]] = defaultdict(deque)
 

@@ -106,18 +106,21 @@ class Pipeline(ABC, Generic[RequestT, ResultT]):
             raise BundleError(bundle.path, f"architecture {bundle.manifest.architecture!r} is "
                               f"not served by {type(self).__name__} ({self.architecture})")
         self.bundle = bundle
+        self.graphs = dict(graphs)
         self._check_contract(graphs)
 
     @classmethod
     def from_bundle(cls, bundle: str | Path | Bundle, *, device: str = "auto",
                     providers: Sequence[str] | None = None,
-                    intra_op_threads: int | None = None) -> Self:
+                    intra_op_threads: int | None = None,
+                    **runtime: Any) -> Self:
         """Load a bundle (a directory, or one already loaded) for offline use, validated
-        as the service validates it."""
+        as the service validates it; `runtime` goes to `load_graphs` (`cuda_options`,
+        `batch_buckets`, `max_batch_size`)."""
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(bundle)
         return cls(bundle, load_graphs(bundle, device=device, providers=providers,
-                                       intra_op_threads=intra_op_threads))
+                                       intra_op_threads=intra_op_threads, **runtime))
 
     # ------------------------------------------------------------------ graphs
 
@@ -174,13 +177,17 @@ class Pipeline(ABC, Generic[RequestT, ResultT]):
         return Batcher(self.bundle.key, self.run_batch, max_batch_size=settings.max_batch_size,
                        max_queue_delay_s=settings.max_queue_delay_ms / 1000,
                        max_queue_size=settings.max_queue_size,
-                       timeout_s=settings.request_timeout_s, observer=observer)
+                       timeout_s=settings.request_timeout_s, observer=observer,
+                       idle_dispatch=settings.idle_dispatch)
 
     def warm_up(self, batch_sizes: Sequence[int]) -> None:
-        """Run each batch size once so that first requests do not pay for allocation."""
+        """Run each batch size once so that first requests do not pay for allocation,
+        then each graph at the batch buckets these batches did not reach."""
         for size in batch_sizes:
             for batch in self.warm_up_batches(size):
                 self.run_batch(batch)
+        for graph in self.graphs.values():
+            graph.warm_buckets()
 
     def defaults(self) -> dict[str, Any]:
         """Request parameters this model defaults to (GET /v1/models): the numeric settings

@@ -112,7 +112,15 @@ def refuse_unused(method: DecodingMethod, **given: object) -> None:
 
 
 class CaptionModel(ImagePipeline[CaptionRequest, CaptionResult], task="caption"):
-    """An encoder graph and a step graph, decoded with beam search or sampling."""
+    """An encoder graph and a step graph, decoded with beam search or sampling.
+
+    Between decoder steps the recurrent state stays where the session computes it (GPU
+    memory under CUDA; on CPU the same code with CPU OrtValues): only the top-k ids and
+    log-probabilities, and the attention weights when asked for, come to the host.
+    `state_on_device = False` copies it through NumPy at every step instead.
+    """
+
+    state_on_device = True
 
     def __init__(self, bundle: Bundle, graphs: Mapping[str, OnnxGraph]) -> None:
         decoding = bundle.manifest.decoding
@@ -297,10 +305,15 @@ class CaptionModel(ImagePipeline[CaptionRequest, CaptionResult], task="caption")
         if attention:
             outputs.append(attention)
 
+        kept = {f"{s}_out" for s in d.state} if self.state_on_device else set()
+
         def step(tokens: np.ndarray, parents: np.ndarray, state: Mapping[str, np.ndarray],
                  context: Mapping[str, np.ndarray]) -> StepOutput:
-            out = self.decoder.run({"tokens": tokens, "parents": parents, **state, **context},
-                                   outputs)
+            feeds = {"tokens": tokens, "parents": parents, **state, **context}
+            if self.state_on_device:
+                out = self.decoder.run_bound(feeds, outputs, keep=kept)
+            else:
+                out = self.decoder.run(feeds, outputs)
             return StepOutput(log_probs=out["log_probs"], token_ids=out["token_ids"],
                               state={s: out[f"{s}_out"] for s in d.state},
                               extras={ATTENTION: out[attention]} if attention else {})

@@ -23,7 +23,8 @@ tiny_bundle = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tiny_bundle)
 
 HOLD = {"caption-hold": {"max_batch_size": 2, "max_queue_size": 1,
-                         "max_queue_delay_ms": 5000}}
+                         "max_queue_delay_ms": 5000,
+                         "idle_dispatch": False}}
 
 
 @pytest.fixture(scope="module")

@@ -33,8 +33,10 @@ _spec.loader.exec_module(tiny_bundle)
 
 OVERRIDES = {
     "caption-queue": {"max_batch_size": 1, "max_queue_size": 1, "max_queue_delay_ms": 0},
-    "caption-timeout": {"max_queue_delay_ms": 3000, "request_timeout_s": 0.1},
-    "caption-drain": {"max_batch_size": 8, "max_queue_delay_ms": 1500},
+    # A lone request waits in these queues (idle_dispatch off), to time out or be drained.
+    "caption-timeout": {"max_queue_delay_ms": 3000, "request_timeout_s": 0.1,
+                        "idle_dispatch": False},
+    "caption-drain": {"max_batch_size": 8, "max_queue_delay_ms": 1500, "idle_dispatch": False},
 }
 
 

@@ -30,7 +30,8 @@ _spec = importlib.util.spec_from_file_location(
 tiny_bundle = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tiny_bundle)
 
-HOLD = {"caption-hold": {"max_batch_size": 8, "max_queue_delay_ms": 5000}}
+HOLD = {"caption-hold": {"max_batch_size": 8, "max_queue_delay_ms": 5000,
+                         "idle_dispatch": False}}
 
 
 @pytest.fixture(scope="module")

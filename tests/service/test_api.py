@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import logging
 import re
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -307,6 +308,18 @@ def test_cors_is_off_unless_configured(make_client: MakeClient) -> None:
 # ---------------------------------------------------------------------------- queueing
 
 
+@contextlib.contextmanager
+def companion_on_its_way(client: TestClient, task: str) -> Iterator[None]:
+    """Count one more request of `task` as taken in and not answered: a lone queued request
+    then waits `max_queue_delay_ms` for companions instead of being computed at once."""
+    arriving = client.app.state.service.arriving
+    arriving[task] += 1
+    try:
+        yield
+    finally:
+        arriving[task] -= 1
+
+
 class Gate:
     """Holds every batch of one model until opened; counts the requests it computed."""
 
@@ -371,7 +384,8 @@ def test_timeout_in_queue_is_504_and_never_computed(make_client: MakeClient) -> 
                                                            "request_timeout_s": 0.05}})
     gate = Gate(client, "caption-tiny/2")
     gate.event.set()
-    assert_error(post_file(client, model="caption-tiny"), 504, "timeout", "0.05 s")
+    with companion_on_its_way(client, "caption"):  # so the lone request waits in the queue
+        assert_error(post_file(client, model="caption-tiny"), 504, "timeout", "0.05 s")
     assert gate.computed == 0
     assert post_file(client, model="caption-nic").status_code == 200  # others unaffected
     metrics = client.get("/metrics").text
@@ -452,11 +466,11 @@ def test_concurrent_requests_are_batched(make_client: MakeClient,
     client = make_client(max_batch_size=4, max_queue_delay_ms=3000)
     offline = CaptionModel.from_bundle(repository / "caption-tiny" / "2")
     images = [sample_png(i) for i in range(4)]
-    threads = [in_thread(lambda data=data, i=i: post_file(client, data, model="caption-tiny",
-                                                          beam_size=1 + i))
-               for i, data in enumerate(images)]
-    for thread, _ in threads:
-        thread.join(10)
+    with companion_on_its_way(client, "caption"):  # so that the first does not run alone
+        threads = [in_thread(lambda data=data, i=i: post_file(
+            client, data, model="caption-tiny", beam_size=1 + i)) for i, data in enumerate(images)]
+        for thread, _ in threads:
+            thread.join(10)
     for i, (_, out) in enumerate(threads):
         want = offline.caption(images[i], beam_size=1 + i).captions[0].text
         assert out[0].json()["captions"][0]["text"] == want
@@ -474,10 +488,11 @@ def test_sampled_and_beam_requests_share_a_batch_and_keep_their_answers(
             (sample_png(1), dict(decoding="sample", seed=1)),
             (sample_png(0), dict(decoding="sample", seed=2, num_captions=2, top_k=5)),
             (sample_png(3), dict(beam_size=4, num_captions=2))]
-    threads = [in_thread(lambda data=data, fields=fields: post_file(
-        client, data, model="caption-tiny", **fields)) for data, fields in asks]
-    for thread, _ in threads:
-        thread.join(10)
+    with companion_on_its_way(client, "caption"):  # so that the first does not run alone
+        threads = [in_thread(lambda data=data, fields=fields: post_file(
+            client, data, model="caption-tiny", **fields)) for data, fields in asks]
+        for thread, _ in threads:
+            thread.join(10)
     for (data, fields), (_, out) in zip(asks, threads, strict=True):
         want = offline.caption(data, **fields)
         assert [c["text"] for c in out[0].json()["captions"]] == [c.text for c in want.captions]

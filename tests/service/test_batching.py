@@ -47,6 +47,18 @@ def test_zero_delay_sends_every_request_at_once() -> None:
     assert [p.payload for p in q.next_batch(5.0)] == ["a"]
 
 
+def test_a_lone_request_to_an_idle_model_does_not_wait() -> None:
+    q = make_queue(batch=3, delay=0.010)
+    q.submit("a", now=0.0, timeout_s=1.0)
+    assert not q.ready(0.0)  # companions may be on their way
+    assert q.wait_s(0.0, idle=True) == 0.0
+    assert [p.payload for p in q.next_batch(0.0, idle=True)] == ["a"]
+    q.submit("b", now=1.0, timeout_s=1.0)
+    q.submit("c", now=1.0, timeout_s=1.0)
+    assert q.next_batch(1.0, idle=True) == []  # two wait: they wait for a third
+    assert [p.payload for p in q.next_batch(1.010, idle=True)] == ["b", "c"]
+
+
 def test_full_queue_refuses() -> None:
     q = make_queue(size=2)
     q.submit("a", now=0.0, timeout_s=1.0)
@@ -122,6 +134,27 @@ def test_concurrent_requests_share_a_batch_and_get_their_own_results() -> None:
 
     assert run(main()) == [0, 10, 20, 30, 40, 50]
     assert infer.batches == [[0, 1, 2, 3], [4, 5]]
+
+
+def test_a_lone_request_is_computed_at_once_unless_another_is_being_prepared() -> None:
+    """With a minute's delay, a lone request is answered before its test's 10 s deadline;
+    one that arrives while another holds an admission place waits for it."""
+    infer = Recorder()
+
+    async def main() -> list:
+        b = await started(Batcher("m", infer, max_batch_size=2, max_queue_delay_s=60))
+        alone = await b.submit(1)
+        with b.admission() as submit_second:
+            first = asyncio.ensure_future(b.submit(2))
+            await asyncio.sleep(0.05)
+            assert not first.done()  # it waits for the request being prepared
+            second = await submit_second(3)
+        together = await first
+        await b.stop(1.0)
+        return [alone, together, second]
+
+    assert run(main()) == [10, 20, 30]
+    assert infer.batches == [[1], [2, 3]]
 
 
 def test_failing_batch_fails_its_requests_only_and_the_queue_keeps_serving() -> None:

@@ -6,7 +6,9 @@ requests wait, so the requests sent to it together surely share one batch per mo
 (asserted from /metrics). The requests of one model differ in image, settings, question,
 sentence, prompt or seed, so their answers differ, and an answer handed to the wrong
 request, or computed with a companion's settings, fails the comparison with the answer
-the solo app (batches of one, no wait) gives the same request.
+the solo app (batches of one, no wait) gives the same request. The batched app runs
+once as on CPU and once with batch buckets, as on a GPU: every graph's rows padded to
+4 or 16 (or a multiple of 16), which must not change any real row's answer.
 """
 
 from __future__ import annotations
@@ -50,15 +52,19 @@ def started(**settings: Any) -> Iterator[TestClient]:
         yield client
 
 
-@pytest.fixture(scope="module")
-def batched() -> Iterator[TestClient]:
-    yield from started(max_batch_size=REQUESTS_PER_MODEL, max_queue_delay_ms=60_000,
-                       request_timeout_s=120)
+@pytest.fixture(scope="module", params=["off", [4, 16]], ids=["unpadded", "buckets"])
+def batched(request: pytest.FixtureRequest) -> Iterator[TestClient]:
+    for client in started(max_batch_size=REQUESTS_PER_MODEL, max_queue_delay_ms=60_000,
+                          request_timeout_s=120, batch_buckets=request.param):
+        padded = {graph.buckets is not None for served in client.app.state.service.models.values()
+                  for graph in served.pipeline.graphs.values()}
+        assert padded == {request.param != "off"}
+        yield client
 
 
 @pytest.fixture(scope="module")
 def solo() -> Iterator[TestClient]:
-    yield from started(max_batch_size=1, max_queue_delay_ms=0)
+    yield from started(max_batch_size=1, max_queue_delay_ms=0, batch_buckets="off")
 
 
 def mixed_calls(world: Path) -> dict[str, list[Call]]:

@@ -202,8 +202,10 @@ def batch_sizes(client: TestClient, key: str) -> tuple[float, float]:
 def test_same_seed_same_images_whatever_the_batch(api: TestClient, repository: Path) -> None:
     alone = generate(api, prompt=PROMPT, model="gan-tiny", n=2, seed=8).json()["data"]
     # The batch fires when the third request arrives; the long delay only absorbs a slow
-    # machine, it is not waited out.
-    settings = Settings(model_repository=repository, max_batch_size=3, max_queue_delay_ms=5000)
+    # machine, it is not waited out. The threads' requests reach the server one by one, so
+    # the first would otherwise find the model idle and be computed alone.
+    settings = Settings(model_repository=repository, max_batch_size=3, max_queue_delay_ms=5000,
+                        idle_dispatch=False)
     bodies = [{"prompt": PROMPT, "n": 2, "seed": 8}, {"prompt": "a blue square", "n": 16},
               {"prompt": "a green circle", "n": 5, "seed": 8}]
     answers: list = [None] * 3
