@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from e2e_server import running_server
 
 REPOSITORY = Path(__file__).parents[2] / "model_repository"
@@ -25,6 +26,7 @@ FUZZ_SECONDS = 150
 KEY = "fuzz-key"
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
     env = {"GLIMPSE_API_KEYS": KEY, "GLIMPSE_INTRA_OP_THREADS": "1",
            "GLIMPSE_LOG_LEVEL": "warning"}

@@ -106,6 +106,7 @@ def test_meteor_disabled_or_unavailable(monkeypatch):
         caption_metrics(RESULTS, REFERENCES, meteor=True)
 
 
+@pytest.mark.slow
 def test_meteor_runs_with_java():
     # Java is a requirement of the test suite (README, "Set-up"; CI and docker/Dockerfile
     # install it): without it this fails, saying so, rather than skipping METEOR unseen.

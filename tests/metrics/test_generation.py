@@ -207,6 +207,7 @@ class NoiseModel:
         return rng.integers(0, 256, (len(prompts) * n, 128, 128, 3), dtype=np.uint8)
 
 
+@pytest.mark.slow
 def test_eval_generation_cli_scores_real_images_above_a_noise_generator(world, tmp_path,
                                                                         monkeypatch, capsys):
     tagger, text = _tiny_runs(tmp_path)
