@@ -6,8 +6,8 @@
         vocab.json, ...    the files its pipeline reads
 
 One exporter per family, in training/export/FAMILY.py under the name of the
-task it serves (caption, vqa, alignment, retrieval, generation); `EXPORTERS`
-picks it by the run's task. Their shared pieces: training.export.onnx (export,
+task it serves (caption, vqa, alignment, retrieval, generation; DALL-E, which serves
+generation too, in dalle.py); `EXPORTERS` picks it by the run's task. Their shared pieces: training.export.onnx (export,
 opset, parity) and training.export.bundle (versions, staging, manifest entries).
 """
 
@@ -32,6 +32,7 @@ EXPORTERS: dict[str, str] = {
     "vqa": "training.export.vqa:export_vqa",
     "retrieval": "training.export.retrieval:export_retrieval",
     "generation": "training.export.generation:export_generation",
+    "dalle": "training.export.dalle:export_dalle",  # served as "generation", trained apart
 }
 
 
