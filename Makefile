@@ -1,8 +1,9 @@
 # glimpse: two commands on a fresh machine.
 #   make run   - create .venv-serve (serve extra only, no torch) and start the service
 #                on the committed model repository; the log prints the /docs URL
-#   make test  - create .venv (every extra), install Debian's chromium when missing (the
-#                web page's browser tests), and run ruff and the test suite
+#   make test  - create .venv (every extra), install Debian's chromium (the web page's
+#                browser tests) and a Java runtime (the METEOR test) when missing, and
+#                run ruff and the test suite; make test-fast leaves out the slow tests
 PYTHON ?= python3
 VENV ?= .venv
 SERVE_VENV ?= .venv-serve
@@ -18,7 +19,7 @@ REPOSITORY ?= model_repository
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run serve test lint data models env-dev env-serve browser clean
+.PHONY: run serve test test-fast lint data models env-dev env-serve browser java clean
 
 $(VENV)/.dev-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,9 +48,18 @@ browser:
 	@test -x $(CHROMIUM) || { apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
 
-test: env-dev browser
+# METEOR (pycocoevalcap's METEOR 1.5) is a Java program.
+java:
+	@command -v java >/dev/null || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q default-jre-headless; }
+
+test: env-dev browser java
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+test-fast: env-dev browser java
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -m "not slow"
 
 lint: env-dev
 	$(VENV)/bin/ruff check .

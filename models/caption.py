@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.encoder import EncoderConfig, ImageEncoder
+from models.encoder import EncoderConfig, ImageEncoder, ImageVector
 from models.lstm import LSTMCell
 
 HARD_INFERENCE = ("expected", "argmax")
@@ -80,10 +80,10 @@ class CaptionConfig:
 
 
 @dataclass
-class ShowAndTellConfig(CaptionConfig):
-    archs: ClassVar[tuple[str, ...]] = ("nic",)
-    arch: str = "nic"
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # trained with the model
+class GridCaptionerConfig(CaptionConfig):
+    """What NIC and SAT share: the image encoder trained with them."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -92,7 +92,24 @@ class ShowAndTellConfig(CaptionConfig):
 
 
 @dataclass
-class ShowAttendTellConfig(ShowAndTellConfig):
+class ShowAndTellConfig(GridCaptionerConfig):
+    archs: ClassVar[tuple[str, ...]] = ("nic",)
+    arch: str = "nic"
+    # CNN(I): how the annotation grid is pooled, and whether the pooled vector is
+    # standardised across images before W_I (models.encoder.ImageVector).
+    image_pool: str = "max"
+    standardise_image: bool = True
+    # Train the encoder with the captioner (False: it stays as pre-trained, the first
+    # phase of the NIC paper's training).
+    train_encoder: bool = True
+    # Runs saved before these settings existed pooled by the mean, did not standardise,
+    # and trained the encoder.
+    SAVED_BEFORE: ClassVar[dict] = {"image_pool": "mean", "standardise_image": False,
+                                    "train_encoder": True}
+
+
+@dataclass
+class ShowAttendTellConfig(GridCaptionerConfig):
     archs: ClassVar[tuple[str, ...]] = ("sat-soft", "sat-hard")
     arch: str = "sat-soft"
     attention_dim: int = 64
@@ -299,14 +316,25 @@ class ShowAndTell(GridCaptioner):
 
     def __init__(self, config: ShowAndTellConfig) -> None:
         super().__init__(config, lstm_input=config.embed_dim)
-        self.image_embed = nn.Linear(config.encoder.out_dim, config.embed_dim)
+        self.image = ImageVector(config.encoder.out_dim, pool=config.image_pool,
+                                 standardise=config.standardise_image)
+        self.image_embed = nn.Linear(self.image.out_dim, config.embed_dim)  # W_I
         self.head = nn.Linear(config.hidden_dim, config.vocab_size)
+        if not config.train_encoder:
+            self.encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> ShowAndTell:
+        super().train(mode)
+        if not self.config.train_encoder:
+            self.encoder.eval()  # frozen: BatchNorm keeps its pre-trained statistics
+        return self
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, State]:
-        pooled, _ = self.encoder(images)  # (B, D)
+        _, grid = self.encoder(images)  # (B, L, D)
+        image = self.image(grid)  # CNN(I), standardised (B, D')
         # The image is the LSTM's input once, at t = -1, from a zero state.
-        h, c = self.lstm(self.image_embed(pooled))
-        return pooled.unsqueeze(1), {"h": h, "c": c}  # context (B, 1, D) is not attended
+        h, c = self.lstm(self.image_embed(image))
+        return image.unsqueeze(1), {"h": h, "c": c}  # context (B, 1, D') is not attended
 
     def decode(self, tokens: torch.Tensor, state: State, context: torch.Tensor,
                expectation_rows: torch.Tensor | None = None) -> DecodeResult:

@@ -28,13 +28,15 @@ def captioner_class(arch: str) -> type[CaptionModel]:
     return CAPTIONERS[arch]
 
 
-def caption_config(settings: Mapping[str, Any]) -> CaptionConfig:
+def caption_config(settings: Mapping[str, Any], *, saved: bool = False) -> CaptionConfig:
     """The config of the architecture `settings["arch"]` names, from a dict of settings.
 
     Settings that belong to another architecture are left out: a captioner's config
     used to carry every architecture's settings in one flat dict, and the runs and
     bundles written then (checkpoints' config.json, manifests) hold such dicts. A
-    setting no architecture knows is an error.
+    setting no architecture knows is an error. With `saved` (settings a run wrote), a
+    setting added since the run was made takes the value that rebuilds the model the
+    run trained (the config class's `SAVED_BEFORE`), not today's default.
     """
     cls = captioner_class(settings.get("arch", DEFAULT_ARCH)).config_class
     known = {f.name for c in CAPTIONERS.values() for f in fields(c.config_class)}
@@ -42,7 +44,10 @@ def caption_config(settings: Mapping[str, Any]) -> CaptionConfig:
     if unknown:
         raise ValueError(f"unknown captioner settings: {sorted(unknown)}")
     own = {f.name for f in fields(cls)}
-    return cls.from_dict({k: v for k, v in settings.items() if k in own})
+    chosen = {k: v for k, v in settings.items() if k in own}
+    if saved:
+        chosen = {**getattr(cls, "SAVED_BEFORE", {}), **chosen}
+    return cls.from_dict(chosen)
 
 
 def build_caption_model(config: CaptionConfig) -> CaptionModel:

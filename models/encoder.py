@@ -167,3 +167,40 @@ class ImageEncoder(nn.Module):
         grid = fmap.flatten(2).transpose(1, 2)  # (B, L = h*w, D)
         pooled = grid.mean(dim=1)  # (B, D)
         return pooled, grid
+
+
+IMAGE_POOLS = ("mean", "max", "mean+max")
+
+
+class ImageVector(nn.Module):
+    """CNN(I) as Show and Tell and the m-RNN feed it to their recurrent nets: the annotation
+    grid (B, L, D) pooled over locations, then standardised per feature across images.
+
+    The standardisation is what lets these models see the image at all. Every image of a
+    world shares most of its pooled features (the background, the layout of the grid):
+    measured on the pre-trained encoder, the part common to all images is about twice the
+    part that tells them apart. Fed as it is (or layer-normalised, which keeps the common
+    part), NIC and the m-RNN learn a language model that ignores the image (docs/results.md);
+    BatchNorm1d subtracts the common part and scales each feature to unit variance across
+    images, as the batch-normalised CNN of the NIC paper's later version gives it. At
+    inference the running statistics make it a fixed affine map.
+    """
+
+    def __init__(self, dim: int, *, pool: str = "max", standardise: bool = True) -> None:
+        super().__init__()
+        if pool not in IMAGE_POOLS:
+            raise ValueError(f"pool must be one of {IMAGE_POOLS}, got {pool!r}")
+        self.pool = pool
+        self.out_dim = 2 * dim if pool == "mean+max" else dim
+        self.norm = nn.BatchNorm1d(self.out_dim) if standardise else nn.Identity()
+
+    def pooled(self, grid: torch.Tensor) -> torch.Tensor:
+        """grid (B, L, D) -> (B, out_dim), before standardisation."""
+        if self.pool == "mean":
+            return grid.mean(dim=1)
+        if self.pool == "max":
+            return grid.amax(dim=1)
+        return torch.cat([grid.mean(dim=1), grid.amax(dim=1)], dim=-1)
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.pooled(grid))

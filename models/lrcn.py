@@ -2,7 +2,13 @@
 recognition and video description.
 
 Every frame x_t of a clip (B, T, 3, S, S) in [0, 1] goes through the shared image
-encoder φ (models/encoder.py, its pooled vector), then:
+encoder φ (models/encoder.py): its annotation grid averaged down to G x G cells and
+flattened, φ(x_t) of G·G·D values (`frame_grid` G; G = 1 is the encoder's pooled
+vector). The global mean of G = 1 forgets where things are, and where an object is
+from frame to frame is what tells a move to the left from one to the right, so the
+trained models keep a coarse grid. An optional `frame_embed_dim` maps φ(x_t) through
+a ReLU layer first (the paper's fc6 above the convolutions), which keeps the LSTM
+small over a wide grid feature. Then:
 
 Activity recognition (Sec. 4 of the paper)
     "lstm":          h_t = LSTM(φ(x_t), h_{t-1}),  scores_t = W h_t
@@ -15,7 +21,8 @@ Activity recognition (Sec. 4 of the paper)
 
 Video description (Sec. 6 of the paper; Venugopalan et al. 2015)
     "lstm-encoder":  an LSTM reads φ(x_1) ... φ(x_T); its final (h, c) starts the
-                     decoder LSTM, which then reads the words (encoder-decoder)
+                     decoder LSTM, which then reads the words (encoder-decoder); with
+                     `feed_encoding` the final h is also fed beside every word
     "mean-pool":     the mean of φ(x_t) is fed to the decoder LSTM beside every word
   Both are `FeatureCaptioner`s (models/caption.py), so they decode with the same
   `encode` + `step` interface as the image captioners: the state is explicit and
@@ -52,11 +59,33 @@ def motion_frames(clips: torch.Tensor) -> torch.Tensor:
     return 0.5 + 0.5 * (clips[:, 1:] - clips[:, :-1])
 
 
-def encode_frames(encoder: ImageEncoder, frames: torch.Tensor) -> torch.Tensor:
-    """frames (B, T, 3, S, S) -> pooled features (B, T, D), every frame on its own."""
+def encode_frames(encoder: ImageEncoder, frames: torch.Tensor, grid: int = 1) -> torch.Tensor:
+    """frames (B, T, 3, S, S) -> features (B, T, grid * grid * D), every frame on its own:
+    the annotation grid averaged to grid x grid cells, row by row (grid 1: the pooled vector)."""
     b, t = frames.shape[:2]
-    pooled, _ = encoder(frames.flatten(0, 1))  # (B*T, D)
-    return pooled.view(b, t, -1)
+    pooled, cells = encoder(frames.flatten(0, 1))  # (B*T, D), (B*T, L, D)
+    if grid == 1:
+        return pooled.view(b, t, -1)
+    side = int(round(cells.shape[1] ** 0.5))
+    fmap = cells.transpose(1, 2).reshape(b * t, -1, side, side)  # (B*T, D, h, w)
+    coarse = F.adaptive_avg_pool2d(fmap, grid)  # (B*T, D, G, G)
+    return coarse.permute(0, 2, 3, 1).reshape(b, t, -1)  # cells row by row, D each
+
+
+def frame_feature_dim(encoder: EncoderConfig, grid: int) -> int:
+    """Size of φ(x_t): D per cell of the grid x grid frame grid."""
+    return grid * grid * encoder.out_dim
+
+
+def frame_embedding(in_dim: int, embed_dim: int | None, *, norm: bool = False
+                    ) -> tuple[nn.Module, int]:
+    """The layers between φ(x_t) and the model and their output size: LayerNorm(φ) if
+    `norm` (the frozen features' scale varies widely between dimensions), then
+    ReLU(W φ + b) if `embed_dim`."""
+    layers: list[nn.Module] = [nn.LayerNorm(in_dim)] if norm else []
+    if embed_dim:
+        layers += [nn.Linear(in_dim, embed_dim), nn.ReLU()]
+    return (nn.Sequential(*layers) if layers else nn.Identity()), embed_dim or in_dim
 
 
 def build_frame_encoder(config: EncoderConfig, *, frozen: bool) -> ImageEncoder:
@@ -77,11 +106,16 @@ class ActivityConfig:
     layer_norm: bool = False  # layer-normalised LSTM (Ba et al. 2016)
     dropout: float = 0.3
     freeze_encoder: bool = False  # keep φ (and its BatchNorm statistics) fixed
+    frame_grid: int = 1  # G: φ(x_t) is the encoder's grid averaged to G x G cells
+    frame_embed_dim: int | None = None  # a ReLU layer on φ(x_t) before the LSTM / head
+    frame_norm: bool = False  # LayerNorm on φ(x_t) first
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.encoder, dict):
             self.encoder = EncoderConfig(**self.encoder)
+        if self.frame_grid < 1:
+            raise ValueError(f"frame_grid must be >= 1, got {self.frame_grid}")
         if self.input not in ACTIVITY_INPUTS:
             raise ValueError(f"input must be one of {ACTIVITY_INPUTS}, got {self.input!r}")
         if self.temporal not in ACTIVITY_TEMPORAL:
@@ -104,12 +138,18 @@ class ActivityRecognizer(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = build_frame_encoder(config.encoder, frozen=config.freeze_encoder)
-        d = config.encoder.out_dim
+        self.frame_embed, d = frame_embedding(self.feature_dim, config.frame_embed_dim,
+                                              norm=config.frame_norm)
         self.lstm = (LSTMCell(d, config.hidden_dim, layer_norm=config.layer_norm)
                      if config.temporal == "lstm" else None)
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_dim if self.lstm is not None else d,
                               config.num_classes)
+
+    @property
+    def feature_dim(self) -> int:
+        """Size of φ(x_t), what `classify_step` reads per frame."""
+        return frame_feature_dim(self.config.encoder, self.config.frame_grid)
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -127,8 +167,8 @@ class ActivityRecognizer(nn.Module):
         return motion_frames(clips) if self.config.input == "motion" else clips
 
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
-        """Encoder inputs (B, T', 3, S, S) -> features (B, T', D)."""
-        return encode_frames(self.encoder, frames)
+        """Encoder inputs (B, T', 3, S, S) -> φ (B, T', G·G·D)."""
+        return encode_frames(self.encoder, frames, self.config.frame_grid)
 
     def initial_state(self, batch_size: int, *, like: torch.Tensor) -> State:
         if self.lstm is None:
@@ -137,14 +177,15 @@ class ActivityRecognizer(nn.Module):
         return {"h": h, "c": c}
 
     def classify_step(self, features: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """One frame: features (B, D), state -> class scores (B, C), next state."""
+        """One frame: φ (B, G·G·D), state -> class scores (B, C), next state."""
+        x = self.frame_embed(features)
         if self.lstm is None:
-            return self.head(self.drop(features)), state
-        h, c = self.lstm(features, (state["h"], state["c"]))
+            return self.head(self.drop(x)), state
+        h, c = self.lstm(x, (state["h"], state["c"]))
         return self.head(self.drop(h)), {"h": h, "c": c}
 
     def frame_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """features (B, T', D) -> per-frame class scores (B, T', C), unrolling classify_step."""
+        """φ (B, T', G·G·D) -> per-frame class scores (B, T', C), unrolling classify_step."""
         state = self.initial_state(features.shape[0], like=features)
         logits = []
         for t in range(features.shape[1]):
@@ -152,11 +193,16 @@ class ActivityRecognizer(nn.Module):
             logits.append(scores)
         return torch.stack(logits, dim=1)
 
-    def forward(self, clips: torch.Tensor, labels: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """clips (B, T, 3, S, S) in [0, 1], labels (B,) -> per-frame scores (B, T', C) and
-        the cross entropy of every frame's prediction against its clip's label (or None)."""
-        logits = self.frame_logits(self.frame_features(self.frame_inputs(clips)))
+    def forward(self, clips: torch.Tensor | tuple[torch.Tensor],
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """clips (B, T, 3, S, S) in [0, 1] (or `(features,)`, φ of frame_inputs(clips)
+        precomputed), labels (B,) -> per-frame scores (B, T', C) and the cross entropy of
+        every frame's prediction against its clip's label (or None)."""
+        if isinstance(clips, tuple):
+            (features,) = clips
+        else:
+            features = self.frame_features(self.frame_inputs(clips))
+        logits = self.frame_logits(features)
         if labels is None:
             return logits, None
         frame_labels = labels.unsqueeze(1).expand(-1, logits.shape[1])  # (B, T')
@@ -206,11 +252,17 @@ class VideoCaptionConfig:
     dropout: float = 0.2
     pad_id: int = 0
     freeze_encoder: bool = False
+    frame_grid: int = 1  # G, as ActivityConfig's
+    frame_embed_dim: int | None = None  # lstm-encoder: a ReLU layer before the frame LSTM
+    frame_norm: bool = False  # LayerNorm on φ(x_t) first (both architectures)
+    feed_encoding: bool = False  # lstm-encoder: its final h also beside every word
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.encoder, dict):
             self.encoder = EncoderConfig(**self.encoder)
+        if self.frame_grid < 1:
+            raise ValueError(f"frame_grid must be >= 1, got {self.frame_grid}")
         if self.arch not in VIDEO_CAPTION_ARCHS:
             raise ValueError(f"arch must be one of {VIDEO_CAPTION_ARCHS}, got {self.arch!r}")
 
@@ -243,9 +295,14 @@ class VideoCaptioner(FeatureCaptioner):
             self.encoder.eval()
         return self
 
+    @property
+    def feature_dim(self) -> int:
+        """Size of φ(x_t), what `encode_features` reads per frame."""
+        return frame_feature_dim(self.config.encoder, self.config.frame_grid)
+
     def image_features(self, clips: torch.Tensor) -> tuple[torch.Tensor]:
-        """clips (B, T, 3, S, S) in [0, 1] -> (frame features (B, T, D),)."""
-        return (encode_frames(self.encoder, clips),)
+        """clips (B, T, 3, S, S) in [0, 1] -> (frame features φ (B, T, G·G·D),)."""
+        return (encode_frames(self.encoder, clips, self.config.frame_grid),)
 
     def next_word(self, x: torch.Tensor, state: State) -> DecodeResult:
         """The decoder LSTM on its input x (N, I) -> word scores (N, V)."""
@@ -255,26 +312,46 @@ class VideoCaptioner(FeatureCaptioner):
 
 class LSTMEncoderDecoder(VideoCaptioner):
     """An LSTM reads the frame features; its final state starts the decoder (LRCN's
-    encoder-decoder, Sec. 6, with CNN features where the paper has CRF outputs)."""
+    encoder-decoder, Sec. 6, with CNN features where the paper has CRF outputs).
 
-    context_names = ()
+    With `feed_encoding`, the encoder's final h also enters the decoder beside every
+    word, as the mean feature does in mean-pool, instead of reaching the later words
+    only through the decoder's own state."""
 
     def __init__(self, config: VideoCaptionConfig) -> None:
-        super().__init__(config, decoder_input=config.embed_dim)
-        self.frame_lstm = LSTMCell(config.encoder.out_dim, config.hidden_dim,
-                                   layer_norm=config.layer_norm)
+        feed = config.feed_encoding
+        super().__init__(config, decoder_input=(2 if feed else 1) * config.embed_dim)
+        self.frame_embed, d = frame_embedding(self.feature_dim, config.frame_embed_dim,
+                                              norm=config.frame_norm)
+        self.frame_lstm = LSTMCell(d, config.hidden_dim, layer_norm=config.layer_norm)
+        self.encoding_embed = nn.Linear(config.hidden_dim, config.embed_dim) if feed else None
 
-    def encode_features(self, features: torch.Tensor) -> tuple[None, State]:
-        """features (B, T, D) -> no context, the encoder's final {"h", "c"} (B, H)."""
+    @property
+    def context_names(self) -> tuple[str, ...]:
+        return ("context",) if self.config.feed_encoding else ()
+
+    def encode_step(self, features: torch.Tensor, state: State | None) -> State:
+        """One frame of the encoder: φ (B, G·G·D), its state (None at the first frame) ->
+        the next {"h", "c"} (B, H)."""
+        previous = None if state is None else (state["h"], state["c"])
+        h, c = self.frame_lstm(self.frame_embed(features), previous)
+        return {"h": h, "c": c}
+
+    def encode_features(self, features: torch.Tensor) -> tuple[torch.Tensor | None, State]:
+        """φ (B, T, G·G·D) -> the encoder's final {"h", "c"} (B, H), and as context its
+        final h (B, 1, H) with `feed_encoding` (else None)."""
         state = None
         for t in range(features.shape[1]):
-            state = self.frame_lstm(features[:, t], state)
-        h, c = state
-        return None, {"h": h, "c": c}
+            state = self.encode_step(features[:, t], state)
+        context = state["h"].unsqueeze(1) if self.config.feed_encoding else None
+        return context, state
 
-    def decode(self, tokens: torch.Tensor, state: State, context: None,
+    def decode(self, tokens: torch.Tensor, state: State, context: torch.Tensor | None,
                expectation_rows: torch.Tensor | None = None) -> DecodeResult:
-        return self.next_word(self.embed(tokens), state)
+        x = self.embed(tokens)
+        if self.encoding_embed is not None:
+            x = torch.cat([x, self.encoding_embed(context[:, 0])], dim=-1)
+        return self.next_word(x, state)
 
 
 class MeanPoolDecoder(VideoCaptioner):
@@ -283,16 +360,17 @@ class MeanPoolDecoder(VideoCaptioner):
 
     def __init__(self, config: VideoCaptionConfig) -> None:
         super().__init__(config, decoder_input=2 * config.embed_dim)
-        self.video_embed = nn.Linear(config.encoder.out_dim, config.embed_dim)
+        self.frame_norm = nn.LayerNorm(self.feature_dim) if config.frame_norm else nn.Identity()
+        self.video_embed = nn.Linear(self.feature_dim, config.embed_dim)
 
     def encode_features(self, features: torch.Tensor) -> tuple[torch.Tensor, State]:
-        """features (B, T, D) -> context (B, 1, D) = their mean, a zero state (B, H)."""
+        """φ (B, T, F) -> context (B, 1, F) = their mean, a zero state (B, H)."""
         zeros = features.new_zeros(features.shape[0], self.config.hidden_dim)
         return features.mean(dim=1, keepdim=True), {"h": zeros, "c": zeros.clone()}
 
     def decode(self, tokens: torch.Tensor, state: State, context: torch.Tensor,
                expectation_rows: torch.Tensor | None = None) -> DecodeResult:
-        video = self.video_embed(context[:, 0])  # (N, E)
+        video = self.video_embed(self.frame_norm(context[:, 0]))  # (N, E)
         return self.next_word(torch.cat([self.embed(tokens), video], dim=-1), state)
 
 

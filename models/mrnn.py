@@ -6,8 +6,10 @@ The image enters the recurrence once, as a bias on the first step:
     h_t = f(W_hx x_t + W_hh h_{t-1} + b_h + 1(t = 1) ⊙ b_v),   f = ReLU
     y_t = softmax(W_oh h_t + b_o)
 
-with h_0 = 0 and x_1 the START (<bos>) word vector. CNN(I) is the pooled vector
-of a frozen, pre-trained `ImageEncoder`, so training reads it precomputed.
+with h_0 = 0 and x_1 the START (<bos>) word vector. CNN(I) is the pooled grid
+of a frozen, pre-trained `ImageEncoder`, so training reads it precomputed, and it
+is standardised across images before W_hi (models.encoder.ImageVector: without it
+the shared part of every image's vector drowns the part that tells images apart).
 
 The indicator 1(t = 1) lives in the recurrent state: `encode` returns
 {"h": 0, "image_bias": b_v}, and every step adds `image_bias` and hands on
@@ -26,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.caption import CaptionConfig, DecodeResult, FeatureCaptioner, State, register_captioner
-from models.encoder import EncoderConfig, ImageEncoder
+from models.encoder import EncoderConfig, ImageEncoder, ImageVector
 
 
 @dataclass
@@ -34,6 +36,12 @@ class MultimodalRNNConfig(CaptionConfig):
     archs: ClassVar[tuple[str, ...]] = ("mrnn",)
     arch: str = "mrnn"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # CNN(I), pre-trained, frozen
+    # How the frozen grid is pooled into CNN(I), and whether CNN(I) is standardised across
+    # images before W_hi (models.encoder.ImageVector; without it the m-RNN ignores the image).
+    image_pool: str = "max"
+    standardise_image: bool = True
+    # Runs saved before these settings existed pooled by the mean and did not standardise.
+    SAVED_BEFORE: ClassVar[dict] = {"image_pool": "mean", "standardise_image": False}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -58,7 +66,8 @@ class MultimodalRNN(FeatureCaptioner):
         self.encoder = ImageEncoder(config.encoder)
         self.encoder.requires_grad_(False)  # CNN(I) is a fixed, pre-trained feature
         self.encoder.eval()
-        self.image_bias = nn.Linear(d, h)  # W_hi
+        self.image = ImageVector(d, pool=config.image_pool, standardise=config.standardise_image)
+        self.image_bias = nn.Linear(self.image.out_dim, h)  # W_hi
         self.embed = nn.Embedding(config.vocab_size, e)  # x_t
         self.input = nn.Linear(e, h)  # W_hx, b_h
         self.recurrent = nn.Linear(h, h, bias=False)  # W_hh
@@ -71,14 +80,13 @@ class MultimodalRNN(FeatureCaptioner):
         return self
 
     def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor]:
-        pooled, _ = self.encoder(images)  # (B, D) CNN(I)
-        return (pooled,)
+        _, grid = self.encoder(images)  # (B, L, D)
+        return (self.image.pooled(grid),)  # CNN(I) (B, D'), before standardisation
 
     def encode_features(self, pooled: torch.Tensor) -> tuple[None, State]:
-        """pooled (B, D) -> no context; h_0 = 0 and the pending image bias b_v (B, H)."""
-        b_v = self.image_bias(pooled)  # (B, H)
+        """pooled (B, D') -> no context; h_0 = 0 and the pending image bias b_v (B, H)."""
+        b_v = self.image_bias(self.image.norm(pooled))  # (B, H)
         return None, {"h": torch.zeros_like(b_v), "image_bias": b_v}
-
 
     def decode(self, tokens: torch.Tensor, state: State, context: torch.Tensor | None,
                expectation_rows: torch.Tensor | None = None) -> DecodeResult:

@@ -29,7 +29,10 @@ glimpse data shapes --out "$DATA_DIR" --num-train 15000 --num-val 500 --num-test
 glimpse train encoder --data "$DATA_DIR" --out "$RUNS_DIR/encoder" --config configs/encoder.json
 
 # The committed caption-nic and caption-sat (SAT soft attention, layer-normalised
-# LSTM) came from these settings, five epochs each (docs/results.md).
+# LSTM) came from these settings, five epochs each (docs/results.md). NIC reads the
+# max-pooled, standardised CNN(I) of the pre-trained encoder, which it leaves frozen
+# (configs/caption_nic.json); caption-nic/3 took its five epochs on the 5k world of
+# `make data` (980 steps; on this 15k world they are 2,930).
 glimpse train caption --arch nic --data "$DATA_DIR" --out "$RUNS_DIR/nic" \
     --config configs/caption_nic.json --encoder-init "$RUNS_DIR/encoder" --epochs 5
 glimpse train caption --arch sat-soft --layer-norm --data "$DATA_DIR" --out "$RUNS_DIR/sat-soft" \

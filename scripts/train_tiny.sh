@@ -73,6 +73,25 @@ bundle=$(export_run "$RUNS/vse" retrieval-vse)
 glimpse index "$bundle" --data "$DATA" --split test
 glimpse eval retrieval "$bundle" --data "$DATA" --split test --write-manifest
 
+# -- video: clips of the shapes world on the encoder's frame features -------------------------
+CLIPS="$WORK/data/clips"
+glimpse data clips --out "$CLIPS" --num-train 60 --num-val 12 --num-test 12 --num-novel 12 \
+    --frames 8 --seed 0 --workers 1 --no-progress
+glimpse features clips --encoder-run "$RUNS/encoder" --data "$CLIPS"
+glimpse train activity --input rgb --data "$CLIPS" --out "$RUNS/activity-rgb" \
+    --config configs/tiny/activity.json "${QUICK[@]}"
+glimpse train activity --input motion --data "$CLIPS" --out "$RUNS/activity-motion" \
+    --config configs/tiny/activity.json "${QUICK[@]}"
+glimpse fuse activity --rgb-run "$RUNS/activity-rgb" \
+    --motion-run "$RUNS/activity-motion" --out "$RUNS/activity-fusion"
+bundle=$(export_run "$RUNS/activity-fusion" activity-lrcn)
+glimpse eval activity "$bundle" --data "$CLIPS" --splits test novel --write-manifest
+glimpse train video-caption --arch lstm-encoder --data "$CLIPS" --out "$RUNS/video-lstm" \
+    --config configs/tiny/video_caption.json "${QUICK[@]}"
+bundle=$(export_run "$RUNS/video-lstm" video-caption-lrcn)
+glimpse eval video-caption "$bundle" --data "$CLIPS" --splits test novel --beam-size 3 \
+    --write-manifest
+
 # -- text to image: single-object scenes at 128 px ------------------------------------------
 world "$T2I" --size 128 --max-objects 1
 glimpse train text-encoder --data "$T2I" --out "$RUNS/text-encoder" \

@@ -74,6 +74,7 @@ class DrainingServer(uvicorn.Server):
             # The second signal: answer what waits with 503 and leave now. uvicorn's own
             # handler would record the signal and re-raise it once served, so that the
             # process ended killed by it, after its graceful shutdown.
+            log.info("second signal; exiting now")
             self.state.abort("the service is shutting down")
             self.should_exit = self.force_exit = True
             return

@@ -35,7 +35,8 @@ MANIFEST_FILE = "manifest.json"
 # REPOSITORY/.shared/SHA256.EXT, and each bundle's copy is a relative symbolic link to it.
 SHARED_DIR = ".shared"
 NAME_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
-Task = Literal["caption", "retrieval", "vqa", "alignment", "generation", "video"]
+Task = Literal["caption", "retrieval", "vqa", "alignment", "generation", "activity",
+               "video-caption"]
 Dim = int | str  # a fixed size, or a symbolic name such as "batch"
 
 
@@ -135,9 +136,33 @@ class AlignmentInference(InferenceSection):
     min_region_score: float = Field(0.0, description="regions scoring below are left out")
 
 
+IndexKind = Literal["exact", "hnsw", "ivfpq", "qdrant"]  # service.indexes.INDEX_KINDS
+INDEX_FILE_KINDS = frozenset({"hnsw", "ivfpq"})  # the kinds whose index is a bundle file
+
+
+class IndexSpec(_Strict):
+    """How a gallery is searched: exact (every vector scored), or an approximate index file."""
+
+    kind: IndexKind = Field("exact", description="exact: every vector scored; hnsw: a FAISS "
+                            "HNSW graph; ivfpq: a FAISS inverted file of product-quantised "
+                            "codes; qdrant: a Qdrant collection (service/indexes.py)")
+    file: str | None = Field(None, description="key in `files` of the index file (hnsw and "
+                             "ivfpq only)")
+    params: dict[str, int] = Field(default_factory=dict, description="the parameters it was "
+                                   "built and is searched with, e.g. {'M': 32, 'ef_search': 96}")
+
+    @model_validator(mode="after")
+    def _file_if_approximate(self) -> IndexSpec:
+        if (self.kind in INDEX_FILE_KINDS) != (self.file is not None):
+            raise ValueError(f"index kinds {sorted(INDEX_FILE_KINDS)} name their file in "
+                             "`files`; the others have none")
+        return self
+
+
 class GallerySpec(_Strict):
     embeddings: str = Field(description="key in `files` of an [N, E] float32 .npy file")
     entries: str = Field(description="key in `files` of the JSON columns, one entry per row")
+    index: IndexSpec = Field(default_factory=IndexSpec)
 
 
 class RetrievalInference(InferenceSection):
@@ -187,10 +212,40 @@ class DalleInference(InferenceSection):
     reranker: RerankerSpec | None = None
 
 
+class ActivityStream(_Strict):
+    """One stream of an activity bundle: its step graph, what it reads, its fusion weight."""
+
+    input: Literal["rgb", "motion"] = Field(
+        description="rgb: the frames; motion: 0.5 + 0.5 (x_t - x_{t-1}), T - 1 of them")
+    graph: str = Field(description="key in `graphs`: features [batch, F], state -> probs "
+                       "[batch, C], <state>_out")
+    state: list[str] = Field(default_factory=list, description="recurrent state (none for a "
+                             "single-frame model), zeros at the first frame")
+    hidden_dim: int = Field(ge=1, description="H, the size of each state tensor")
+    weight: float = Field(ge=0, le=1, description="weight of its clip distribution in the "
+                          "late fusion")
+
+
+class ActivityInference(InferenceSection):
+    frames: int = Field(ge=1, description="T: every clip is sampled to T frames")
+    feature_dim: int = Field(ge=1, description="F, the frame encoder's output per frame")
+    classes: str = Field(description="key in `files` of the class names")
+    streams: list[ActivityStream] = Field(min_length=1)
+
+
+class VideoCaptionInference(InferenceSection):
+    frames: int = Field(ge=1, description="T: every clip is sampled to T frames")
+    feature_dim: int = Field(ge=1, description="F, the frame encoder's output per frame")
+    video_encoder: Literal["lstm-encoder", "mean-pool"] = Field(
+        description="lstm-encoder: encoder_step unrolled over the frames gives the decoder's "
+                    "first state; mean-pool: the mean feature is the decoder's context")
+
+
 # task -> the section its `inference` must validate as (tasks not served have none)
 INFERENCE_SECTIONS: dict[str, type[InferenceSection]] = {
     "caption": CaptionInference, "alignment": AlignmentInference,
     "retrieval": RetrievalInference, "vqa": VqaInference, "generation": GenerationInference,
+    "activity": ActivityInference, "video-caption": VideoCaptionInference,
 }
 # (task, architecture) -> its section, for architectures whose pipeline reads another one
 # than their task's
@@ -248,6 +303,8 @@ class Manifest(_Strict):
     def _task_requirements(self) -> Manifest:
         if self.task == "caption":
             _require_caption_parts(self)
+        if self.task == "video-caption":
+            _require_decoder_parts(self, "a video-caption bundle")
         return self
 
     def inference_as(self, section: type[S]) -> S:
@@ -258,6 +315,19 @@ class Manifest(_Strict):
         """Every file the bundle holds (key -> file name), graphs and others together."""
         entries: dict[str, FileSpec | GraphSpec] = {**self.graphs, **self.files}
         return {key: spec.file for key, spec in entries.items()}
+
+
+def _require_decoder_parts(m: Manifest, what: str) -> None:
+    """A word decoder's parts: the step graph, `decoding`, the image size and vocabulary."""
+    if "decoder_step" not in m.graphs:
+        raise ValueError(f"{what} needs graph 'decoder_step'")
+    if m.decoding is None:
+        raise ValueError(f"{what} needs a `decoding` section")
+    if m.preprocessing.image_size is None:
+        raise ValueError(f"{what} needs preprocessing.image_size")
+    tok = m.preprocessing.tokenizer
+    if tok is None or tok.file not in m.files:
+        raise ValueError(f"{what} needs preprocessing.tokenizer naming an entry of `files`")
 
 
 def _require_caption_parts(m: Manifest) -> None:

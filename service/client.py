@@ -6,8 +6,10 @@
         drawn = client.caption("cat.png", decoding="sample", temperature=0.7, seed=7)
         client.vqa("cat.png", "what colour is the circle?")["answers"][0]["answer"]
         png = client.generate_images("a small green star", n=1, seed=7)[0]
+        client.video_activities("clip.mp4", top_k=3)["activities"][0]["label"]
+        client.video_captions(frames=["f0.png", "f1.png", "f2.png"])["captions"][0]["text"]
 
-Images go up as multipart form data; each method's keyword arguments are the
+Images and clips go up as multipart form data; each method's keyword arguments are the
 endpoint's other fields (docs/service.md lists them).
 
 Every non-2xx answer raises `GlimpseAPIError` carrying the status, the error type,
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypedDict, Unpack
 
@@ -77,6 +80,20 @@ def _image_post(path: str, image: ImageInput, params: dict[str, Any]) -> dict[st
     return {"url": path, "files": files, "data": _form_fields(params)}
 
 
+def _video_post(path: str, clip: ImageInput | None, frames: Sequence[ImageInput] | None,
+                params: dict[str, Any]) -> dict[str, Any]:
+    """Arguments of an httpx POST sending a clip file as `file`, or its frames as repeated
+    `frames` parts, plus form fields."""
+    if (clip is None) == (frames is None):
+        raise ValueError("send a clip file or its frames (frames=[...]), not both")
+    if clip is not None:
+        files = [("file", ("clip", _image_bytes(clip), "application/octet-stream"))]
+    else:
+        files = [("frames", (f"frame{i}", _image_bytes(f), "application/octet-stream"))
+                 for i, f in enumerate(frames or [])]
+    return {"url": path, "files": files, "data": _form_fields(params)}
+
+
 def _json_post(path: str, body: dict[str, Any]) -> dict[str, Any]:
     return {"url": path, "json": {k: v for k, v in body.items() if v is not None}}
 
@@ -115,6 +132,16 @@ class _Requests:
     @staticmethod
     def search_captions(image: ImageInput, top_k: int, model: str | None) -> dict[str, Any]:
         return _image_post("/v1/retrieval/captions", image, {"top_k": top_k, "model": model})
+
+    @staticmethod
+    def video_activities(clip: ImageInput | None, frames: Sequence[ImageInput] | None,
+                         params: dict[str, Any]) -> dict[str, Any]:
+        return _video_post("/v1/videos/activities", clip, frames, params)
+
+    @staticmethod
+    def video_captions(clip: ImageInput | None, frames: Sequence[ImageInput] | None,
+                       params: dict[str, Any]) -> dict[str, Any]:
+        return _video_post("/v1/videos/captions", clip, frames, params)
 
     @staticmethod
     def generate(prompt: str, n: int, seed: int | None, model: str | None) -> dict[str, Any]:
@@ -188,6 +215,20 @@ class GlimpseClient:
         """POST /v1/images/generations; the PNG files, in order."""
         return _pngs(_checked(self.http.post(**_Requests.generate(prompt, n, seed, model))))
 
+    def video_activities(self, clip: ImageInput | None = None, *,
+                         frames: Sequence[ImageInput] | None = None,
+                         **params: Any) -> dict[str, Any]:
+        """POST /v1/videos/activities of a clip file (GIF, APNG, WebP, MP4, WebM) or of its
+        frames; params: model, top_k, per_frame."""
+        return _checked(self.http.post(**_Requests.video_activities(clip, frames, params)))
+
+    def video_captions(self, clip: ImageInput | None = None, *,
+                       frames: Sequence[ImageInput] | None = None,
+                       **params: Any) -> dict[str, Any]:
+        """POST /v1/videos/captions of a clip file or of its frames; params: model,
+        beam_size, max_length, length_penalty, num_captions."""
+        return _checked(self.http.post(**_Requests.video_captions(clip, frames, params)))
+
     def models(self) -> list[dict[str, Any]]:
         return _checked(self.http.get("/v1/models"))["models"]
 
@@ -255,6 +296,17 @@ class AsyncGlimpseClient:
                               model: str | None = None) -> list[bytes]:
         answer = _checked(await self.http.post(**_Requests.generate(prompt, n, seed, model)))
         return _pngs(answer)
+
+    async def video_activities(self, clip: ImageInput | None = None, *,
+                               frames: Sequence[ImageInput] | None = None,
+                               **params: Any) -> dict[str, Any]:
+        request = _Requests.video_activities(clip, frames, params)
+        return _checked(await self.http.post(**request))
+
+    async def video_captions(self, clip: ImageInput | None = None, *,
+                             frames: Sequence[ImageInput] | None = None,
+                             **params: Any) -> dict[str, Any]:
+        return _checked(await self.http.post(**_Requests.video_captions(clip, frames, params)))
 
     async def models(self) -> list[dict[str, Any]]:
         return _checked(await self.http.get("/v1/models"))["models"]

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from service.bundle import Bundle, BundleError, discover
+from service.indexes import use_qdrant
 from service.metrics import ServiceMetrics
 from service.pipelines import pipeline_for
 from service.runtime import load_graphs, warm_batch_sizes
@@ -51,6 +52,7 @@ def load_model(bundle: Bundle, settings: Settings, metrics: ServiceMetrics) -> S
 
 def load_repository(state: ServiceState) -> None:
     """Fill `state.models` and `state.errors` from the repository (blocking)."""
+    use_qdrant(state.settings.qdrant_url)
     bundles, errors = discover(state.settings.model_repository)
     for bundle in bundles:
         try:

@@ -5,7 +5,8 @@ the running service knows is added here, so that the document describes exactly 
 this server accepts:
 - `model` of each inference endpoint is an enum of the served models of its task
   ("name" and "name/version"), a prompt's `maxLength` is the shortest
-  max_prompt_length among the served generators, and sampling's `top_k` is at most
+  max_prompt_length among the served generators, image sampling settings are declared
+  only when a served generator takes them, and caption sampling's `top_k` is at most
   the candidates every served captioner's step graph returns;
 - with GLIMPSE_API_KEYS set, the two ways to present a key are declared as security
   schemes and required by every /v1 operation (health, metrics and docs stay open).
@@ -20,9 +21,11 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service.bundle import GenerationInference
+from service.pipelines.generation import SamplingOptions, TextToImage
 from service.routers import INFERENCE_TASKS
 from service.state import ServiceState
+
+SAMPLING_FIELDS = tuple(SamplingOptions.__dataclass_fields__)
 
 SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer",
@@ -57,8 +60,14 @@ def require_keys(document: dict[str, Any]) -> None:
 
 
 def describe_served_models(document: dict[str, Any], state: ServiceState) -> None:
+    """Each inference endpoint lists the served models of its task; an endpoint whose
+    task no served model has (a repository without video models) is left out, as every
+    request to it would be refused."""
     for path, task in INFERENCE_TASKS.items():
         served = [m for m in state.models.values() if m.task == task]
+        if not served:
+            document["paths"].pop(path, None)
+            continue
         names = sorted({m.bundle.manifest.name for m in served}) + sorted(m.key for m in served)
         body = document["paths"][path]["post"].get("requestBody", {})
         for media in body.get("content", {}).values():
@@ -67,13 +76,23 @@ def describe_served_models(document: dict[str, Any], state: ServiceState) -> Non
                 if "model" in properties:
                     restrict_model(properties["model"], names)
                 if task == "generation" and "prompt" in properties and served:
-                    properties["prompt"]["maxLength"] = min(
-                        m.bundle.manifest.inference_as(GenerationInference).max_prompt_length
-                        for m in served)
+                    describe_generators(properties, [m.pipeline for m in served])
                 if task == "caption" and "temperature" in properties and served:
                     # sampling's top_k: at most the candidates every step graph returns
                     properties["top_k"]["maximum"] = min(m.bundle.manifest.decoding.top_k
                                                          for m in served)
+
+
+def describe_generators(properties: dict[str, Any], pipelines: list[TextToImage]) -> None:
+    """A prompt's `maxLength` is the shortest limit among the served generators; the
+    sampling settings are declared only when a served generator draws tokens (a GAN
+    refuses them)."""
+    limits = [p.max_prompt_length for p in pipelines if p.max_prompt_length is not None]
+    if limits:
+        properties["prompt"]["maxLength"] = min(limits)
+    if not any(p.takes_sampling for p in pipelines):
+        for name in SAMPLING_FIELDS:
+            properties.pop(name, None)
 
 
 def restrict_model(prop: dict[str, Any], names: list[str]) -> None:

@@ -15,11 +15,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.decoding import MAX_BEAM_SIZE
+from service.pipelines.activity import MAX_TOP_K as MAX_ACTIVITY_TOP_K
 from service.pipelines.base import MAX_SEED
 from service.pipelines.caption import MAX_CAPTIONS, MAX_LENGTH, MAX_TEMPERATURE
 from service.pipelines.dalle import MAX_CANDIDATES, MAX_ROWS_PER_REQUEST
 from service.pipelines.dalle import MAX_TEMPERATURE as DALLE_MAX_TEMPERATURE
 from service.pipelines.generation import MAX_IMAGES_PER_REQUEST, SamplingOptions
+from service.pipelines.retrieval import MAX_SEARCH_DEPTH
 from service.pipelines.retrieval import MAX_TOP_K as MAX_SEARCH_TOP_K
 from service.pipelines.vqa import DEFAULT_TOP_K as DEFAULT_ANSWERS
 from service.pipelines.vqa import MAX_TOP_K as MAX_ANSWERS
@@ -359,6 +361,14 @@ class AlignmentResponse(BaseModel):
 # ---------------------------------------------------------------------------- retrieval
 
 SEARCH_TOP_K_DOC = f"results returned, best first (1..{MAX_SEARCH_TOP_K})"
+MAX_SEARCH_OFFSET = MAX_SEARCH_DEPTH - MAX_SEARCH_TOP_K  # any top_k may follow it
+SEARCH_OFFSET_DOC = (f"results skipped before the top_k returned, for paging "
+                     f"(0..{MAX_SEARCH_OFFSET}): offset 10 with top_k 10 is the second page")
+
+
+def offset_field() -> Any:
+    return Field(0, ge=0, le=MAX_SEARCH_OFFSET, description=SEARCH_OFFSET_DOC,
+                 examples=[0, 10])
 
 
 class RetrievalParams(ModelParams):
@@ -390,10 +400,12 @@ class ImageSearchRequest(RetrievalParams):
                       description="the sentence to find images for",
                       examples=["a small green star above a red circle"])
     top_k: int = Field(5, ge=1, le=MAX_SEARCH_TOP_K, description=SEARCH_TOP_K_DOC)
+    offset: int = offset_field()
 
 
 class CaptionSearchParams(RetrievalParams):
     top_k: int = Field(5, ge=1, le=MAX_SEARCH_TOP_K, description=SEARCH_TOP_K_DOC)
+    offset: int = offset_field()
 
 
 class CaptionSearchJSONRequest(CaptionSearchParams):
@@ -510,6 +522,106 @@ class GenerationResponse(BaseModel):
                        examples=["gan-int-cls/1"])
     seed: int = Field(description="the seed the images were drawn with", examples=[7])
     data: list[GeneratedImage]
+
+
+# ---------------------------------------------------------------------------- videos
+
+VIDEO_FIELD_DOC = ("the clip file, base64-encoded (a data: URL is accepted): an animated GIF, "
+                   "APNG or WebP, an MP4 or a WebM")
+FRAMES_FIELD_DOC = "the clip as its frames, in order, each an image file base64-encoded"
+VIDEO_EXAMPLE = "iVBORw0KGgoAAAANSUhEUgAA..."
+
+
+class VideoActivityParams(ModelParams):
+    """Parameters of /v1/videos/activities besides the clip."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description=MODEL_FIELD_DOC, examples=["activity-lrcn"])
+    top_k: int | None = Field(None, ge=1, le=MAX_ACTIVITY_TOP_K, examples=[3],
+                              description="labels returned, best first (default 5, at most "
+                                          "the model's classes)")
+    per_frame: bool = Field(False, description="also the labels of each sampled frame")
+
+
+class VideoActivityJSONRequest(VideoActivityParams):
+    """The JSON form of /v1/videos/activities: the clip (`video`) or its frames (`frames`)
+    travel base64-encoded."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [
+            {"video": VIDEO_EXAMPLE, "model": "activity-lrcn", "top_k": 3},
+            {"frames": [VIDEO_EXAMPLE, VIDEO_EXAMPLE, VIDEO_EXAMPLE], "per_frame": True}]})
+
+    video: str | None = Field(None, description=VIDEO_FIELD_DOC)
+    frames: list[str] | None = Field(None, description=FRAMES_FIELD_DOC)
+
+
+class LabelScoreOut(BaseModel):
+    label: str = Field(examples=["move_left"])
+    score: float = Field(description="probability; the scores of all labels sum to 1",
+                         examples=[0.93])
+
+
+class FrameActivitiesOut(BaseModel):
+    frame: int = Field(description="index among the sampled frames", examples=[3])
+    activities: list[LabelScoreOut]
+
+
+class VideoActivityResponse(BaseModel):
+    model: str = Field(description="the bundle that answered, name/version",
+                       examples=["activity-lrcn/1"])
+    num_frames: int = Field(description="frames in the clip as sent", examples=[48])
+    sampled_frames: int = Field(description="frames the model read, evenly spread over "
+                                "the clip", examples=[16])
+    activities: list[LabelScoreOut]
+    per_frame: list[FrameActivitiesOut] | None = Field(
+        None, description="with per_frame: the labels of each sampled frame (the model's "
+        "reading up to that frame)")
+
+
+class VideoCaptionParams(ModelParams):
+    """Decoding parameters of /v1/videos/captions; omitted ones take the bundle's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description=MODEL_FIELD_DOC,
+                              examples=["video-caption-lrcn"])
+    beam_size: int | None = Field(None, ge=1, le=MAX_BEAM_SIZE,
+                                  description="beam search: beams kept per step", examples=[5])
+    max_length: int | None = Field(None, ge=1, le=MAX_LENGTH,
+                                   description="decoding steps, the final <eos> included",
+                                   examples=[24])
+    length_penalty: float | None = Field(
+        None, ge=0, le=10, examples=[0.0],
+        description="GNMT alpha, descriptions rank by log_prob / ((5 + |Y|) / 6)^alpha")
+    num_captions: int = Field(1, ge=1, le=MAX_BEAM_SIZE, examples=[1],
+                              description="descriptions returned, best first; <= beam_size")
+
+
+class VideoCaptionJSONRequest(VideoCaptionParams):
+    """The JSON form of /v1/videos/captions: the clip (`video`) or its frames (`frames`)
+    travel base64-encoded."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [
+            {"video": VIDEO_EXAMPLE, "model": "video-caption-lrcn", "beam_size": 5,
+             "num_captions": 2}]})
+
+    video: str | None = Field(None, description=VIDEO_FIELD_DOC)
+    frames: list[str] | None = Field(None, description=FRAMES_FIELD_DOC)
+
+
+class VideoCaptionResponse(BaseModel):
+    model: str = Field(description="the bundle that answered, name/version",
+                       examples=["video-caption-lrcn/1"])
+    num_frames: int = Field(description="frames in the clip as sent", examples=[48])
+    sampled_frames: int = Field(description="frames the model read", examples=[16])
+    captions: list[CaptionOut] = Field(examples=[[{
+        "text": "the small red circle moves to the left while a blue star stays still",
+        "log_prob": -1.7}]])
 
 
 # ---------------------------------------------------------------------------- models, health

@@ -77,12 +77,15 @@ class Settings(BaseSettings):
     # served, the first served name A-Z is used.
     default_models: dict[str, str] = {
         "caption": "caption-updown", "vqa": "vqa-updown", "retrieval": "retrieval-vse",
-        "alignment": "align-brnn", "generation": "gan-int-cls",
+        "alignment": "align-brnn", "generation": "gan-int-cls", "activity": "activity-lrcn",
+        "video-caption": "video-caption-lrcn",
     }
 
     # Input limits.
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
-    max_image_pixels: int = Field(4096 * 4096, ge=1)
+    max_image_pixels: int = Field(4096 * 4096, ge=1)  # per image, and per frame of a clip
+    max_video_frames: int = Field(1024, ge=2)  # frames of a clip, decoded or sent
+    max_video_seconds: float = Field(120.0, gt=0)  # length of a clip, from its container
 
     # Access.
     api_keys: CommaList = []
@@ -90,6 +93,10 @@ class Settings(BaseSettings):
 
     # Seconds that queued and running requests get to finish on SIGTERM.
     drain_timeout_s: float = Field(30.0, ge=0)
+
+    # The Qdrant server that galleries indexed as `qdrant` are searched on, e.g.
+    # http://localhost:6333; unset: qdrant-client's embedded local mode, in the process.
+    qdrant_url: str | None = None
 
     @field_validator("providers", "api_keys", "cors_origins", mode="before")
     @classmethod

@@ -209,8 +209,18 @@ def _index(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="dataset directory: index a split's images and sentences")
     source.add_argument("--images", help="folder of images: index the images only")
+    source.add_argument("--rebuild", action="store_true",
+                        help="keep the stored gallery; build its search index again")
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--index", choices=["exact", "hnsw", "ivfpq", "qdrant"], default="exact",
+                   help="how the gallery is searched: exact (every vector), an approximate "
+                   "FAISS index (hnsw: fast, more memory; ivfpq: compact), or a Qdrant "
+                   "collection (uploaded by the service at load)")
+    p.add_argument("--index-param", action="append", metavar="KEY=VALUE",
+                   help="an index parameter, e.g. M=32, ef_search=128 (hnsw) or nlist=1024, "
+                   "m=32, nprobe=64, refine=10 (ivfpq), hnsw_m=16, hnsw_ef=128 (qdrant); repeat "
+                   "for several")
 
 
 def _eval_retrieval(p: argparse.ArgumentParser) -> None:
@@ -316,6 +326,75 @@ def _features_regions(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None)
 
 
+def _features_clips(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoder-run", required=True,
+                   help="run directory of `glimpse train encoder` (the frozen frame encoder)")
+    p.add_argument("--data", required=True, help="clip set directory (`glimpse data clips`)")
+    p.add_argument("--out", default=None, help="default: DATA/features/frames")
+    p.add_argument("--grid", type=int, default=4,
+                   help="G: the encoder's grid averaged to G x G cells per frame")
+    p.add_argument("--splits", nargs="+", default=["train", "val", "test", "novel"])
+    p.add_argument("--batch-size", type=int, default=32, help="clips per encoder batch")
+    p.add_argument("--device", default=None)
+
+
+def _video_task_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="clip set directory (`glimpse data clips`)")
+    p.add_argument("--features", default=None,
+                   help="directory of the frame features {split}.npz "
+                        "(default: DATA/features/frames)")
+    p.add_argument("--encoder-run", default=None,
+                   help="run directory of `glimpse train encoder` that computed the features "
+                        "(its encoder goes into the exported frame graph)")
+    p.add_argument("--out", required=True, help="run directory for checkpoints and logs")
+    p.add_argument("--config", default=None, help="JSON file with any of the knobs")
+    _trainer_arguments(p)
+
+
+def _train_activity(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", choices=["rgb", "motion"], default=None,
+                   help="frames, or motion images (frame differences)")
+    p.add_argument("--temporal", choices=["lstm", "single-frame"], default=None,
+                   help="LRCN's LSTM over the frames, or the single-frame baseline")
+    _video_task_arguments(p)
+
+
+def _train_activity_fusion(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rgb-run", required=True, help="`glimpse train activity --input rgb` run")
+    p.add_argument("--motion-run", required=True,
+                   help="`glimpse train activity --input motion` run")
+    p.add_argument("--data", default=None, help="clip set (default: the RGB run's)")
+    p.add_argument("--features", default=None,
+                   help="frame features directory (default: DATA/features/frames)")
+    p.add_argument("--out", required=True, help="run directory of the fused model")
+
+
+def _train_video_caption(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", choices=["lstm-encoder", "mean-pool"], default=None)
+    _video_task_arguments(p)
+
+
+def _eval_activity(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="activity bundle directory (model_repository/NAME/VERSION)")
+    p.add_argument("--data", required=True, help="clip set directory")
+    p.add_argument("--splits", nargs="+", default=["test", "novel"])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=int, default=None, help="the first N clips only")
+    p.add_argument("--write-manifest", action="store_true",
+                   help="record the metrics in the bundle's manifest")
+
+
+def _eval_video_caption(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="video-caption bundle directory (model_repository/NAME/VERSION)")
+    p.add_argument("--data", required=True, help="clip set directory")
+    p.add_argument("--splits", nargs="+", default=["test", "novel"])
+    p.add_argument("--beam-size", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=int, default=None, help="the first N clips only")
+    p.add_argument("--write-manifest", action="store_true",
+                   help="record the metrics in the bundle's manifest")
+
+
 def _train_alignment(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="dataset directory (captions.json, scenes.json)")
     p.add_argument("--features", default=None,
@@ -362,6 +441,22 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
         "training.tasks.regions:features",
         "write a region run's boxes and features for dataset splits (features/regions)",
         _features_regions),
+    ("features", "clips"): Command(
+        "training.tasks.frames:features",
+        "write the frozen frame encoder's features of a clip set (features/frames)",
+        _features_clips),
+    ("train", "activity"): Command(
+        "training.tasks.activity:train",
+        "train LRCN activity recognition (RGB or motion; LSTM or single-frame) on frame "
+        "features", _train_activity),
+    ("fuse", "activity"): Command(
+        "training.tasks.activity:fuse",
+        "late fusion of an RGB and a motion activity run, its weight chosen on validation "
+        "clips", _train_activity_fusion),
+    ("train", "video-caption"): Command(
+        "training.tasks.video_caption:train",
+        "train LRCN video description (LSTM encoder-decoder or mean-pool) on frame features",
+        _train_video_caption),
     ("train", "vqa"): Command(
         "training.tasks.vqa:train",
         "train a Bottom-Up/Top-Down VQA model on precomputed region features", _train_vqa),
@@ -422,6 +517,13 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
         "training.evaluate.judge:eval_judge",
         "judge text-to-image samples: parse each image into a scene, check its prompt",
         _eval_judge),
+    ("eval", "activity"): Command(
+        "training.evaluate.activity:eval_activity",
+        "activity accuracy of an activity bundle, per class and per stream", _eval_activity),
+    ("eval", "video-caption"): Command(
+        "training.evaluate.video_caption:eval_video_caption",
+        "description metrics of a video-caption bundle: semantic exactness, CIDEr-D",
+        _eval_video_caption),
     ("eval", "captions"): Command(
         "training.metrics.cli:eval_captions",
         "score COCO-format caption results against a dataset split", _eval_captions),

@@ -6,7 +6,16 @@ complete; a new task or architecture is one module here (a `Pipeline` subclass n
 its task, and its architecture) and its line below.
 """
 
-from service.pipelines import alignment, caption, dalle, generation, retrieval, vqa  # noqa: F401
+from service.pipelines import (  # noqa: F401
+    activity,
+    alignment,
+    caption,
+    dalle,
+    generation,
+    retrieval,
+    video_caption,
+    vqa,
+)
 from service.pipelines.base import ARCHITECTURE_PIPELINES, PIPELINES, Pipeline, pipeline_for
 
 __all__ = ["ARCHITECTURE_PIPELINES", "PIPELINES", "Pipeline", "pipeline_for"]

@@ -126,6 +126,8 @@ class Reranker:
 class DalleModel(TextToImage, task="generation", architecture="dalle"):
     """Transformer prefill and step graphs, a dVAE decoder and an optional reranker."""
 
+    takes_sampling = True
+
     def __init__(self, bundle: Bundle, graphs: Mapping[str, OnnxGraph]) -> None:
         super().__init__(bundle, graphs)
         self.prefill_graph = graphs[PREFILL_GRAPH]

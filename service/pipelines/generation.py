@@ -35,7 +35,7 @@ import io
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -71,6 +71,10 @@ class TextToImage(Pipeline[Any, "GenerationResult"]):
     """A pipeline of /v1/images/generations: prompt, n, seed (and sampling) -> images."""
 
     task = "generation"
+    # Whether the model draws tokens and so takes SamplingOptions (a GAN draws from noise).
+    takes_sampling: ClassVar[bool] = False
+    # Longest prompt in characters, where the model has such a limit.
+    max_prompt_length: int | None = None
 
     @abstractmethod
     def request(self, prompt: str, n: int = 1, seed: int | None = None,

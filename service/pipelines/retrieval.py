@@ -20,7 +20,15 @@ i.e. cosine similarities. The manifest's `inference` section holds E
 
 whose values are keys of `files`: an [N, E] float32 .npy file and a JSON file of
 columns (`{"ids": [...], "files": [...]}` for images, `{"texts": [...],
-"image_ids": [...]}` for captions), one entry per row.
+"image_ids": [...]}` for captions), one entry per row. A gallery's optional `index`
+(`{"kind": "hnsw", "file": "gallery_images_index", "params": {...}}`) says how it is
+searched (service/indexes.py): `exact` when absent, else an approximate index whose
+file is listed in `files` with its sha256 like every other file of the bundle.
+
+Paging: a search asks for `top_k` hits after the first `offset`; the index is searched
+for the best offset + top_k (at most MAX_SEARCH_DEPTH), so a page is exactly that slice
+of a longer answer. Queries of a batch that ask for different depths are searched
+apart, so that no answer depends on the batch it was in.
 
 Words outside the vocabulary: a sentence of which some words are unknown is
 embedded with <unk> in their place (training replaces random words by <unk>, so
@@ -40,6 +48,7 @@ import numpy as np
 from service.bundle import Bundle, BundleError, GallerySpec, RetrievalInference
 from service.errors import InvalidParameter, ServiceError
 from service.images import stack
+from service.indexes import GalleryIndex, IndexUnavailable, index_class
 from service.pipelines.base import GraphContract, ImagePipeline
 from service.runtime import OnnxGraph
 from service.text import WordIndex, pad_ids
@@ -49,7 +58,8 @@ TEXT_GRAPH = "text_encoder"
 GalleryKind = Literal["images", "captions"]
 GALLERY_COLUMNS: dict[str, tuple[str, str]] = {"images": ("ids", "files"),
                                                "captions": ("texts", "image_ids")}
-MAX_TOP_K = 100
+MAX_TOP_K = 100  # hits in one answer
+MAX_SEARCH_DEPTH = 1000  # offset + top_k: how deep paging may reach
 
 
 class NoGallery(ServiceError):
@@ -72,6 +82,11 @@ class Query:
     text: TextQuery | None = None
     search: GalleryKind | None = None
     top_k: int = 5
+    offset: int = 0  # hits skipped before the top_k returned (paging)
+
+    @property
+    def depth(self) -> int:
+        return self.offset + self.top_k
 
 
 @dataclass
@@ -89,48 +104,41 @@ class QueryResult:
 
 @dataclass
 class Gallery:
-    """Unit-length embeddings [N, E] and one entry per row."""
+    """Unit-length embeddings [N, E], one entry per row, and the index that searches them.
+
+    With an approximate index, `embeddings` is a memory map of the .npy file (read only
+    where the index re-scores rows); exact search holds it in memory.
+    """
 
     embeddings: np.ndarray
     entries: list[dict[str, Any]]
+    index: GalleryIndex
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and scores [n, min(k, N)] of the best matches of each query, best first."""
-        return top_k_search(queries, self.embeddings, k)
-
-
-def top_k_search(queries: np.ndarray, gallery: np.ndarray, k: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact search: scores = queries @ gallery.T, then the top k of each row.
-
-    argpartition selects the k best in O(N) per query; only those k are sorted
-    (ties by row), so the cost beyond the matrix product does not grow with N log N.
-    """
-    scores = queries @ gallery.T  # (n, N)
-    k = min(k, scores.shape[1])
-    if k < scores.shape[1]:
-        rows = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    else:
-        rows = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
-    top = np.take_along_axis(scores, rows, axis=1)
-    order = np.lexsort((rows, -top), axis=1)
-    rows = np.take_along_axis(rows, order, axis=1)
-    return rows, np.take_along_axis(top, order, axis=1)
+        """Rows and scores [n, min(k, N)] of the best matches of each query, best first
+        (an approximate index pads a row it could not fill with -1)."""
+        return self.index.search(queries, k)
 
 
 def load_gallery(bundle: Bundle, kind: str, spec: GallerySpec, dim: int) -> Gallery:
-    """Read one gallery named by the manifest (BundleError says what is wrong)."""
+    """Read one gallery named by the manifest, and its index (BundleError says what is
+    wrong)."""
     files = bundle.manifest.files
-    for role, key in (("embeddings", spec.embeddings), ("entries", spec.entries)):
+    keyed = [("embeddings", spec.embeddings), ("entries", spec.entries)]
+    if spec.index.file is not None:
+        keyed.append(("index", spec.index.file))
+    for role, key in keyed:
         if key not in files:
             raise BundleError(bundle.path, f"gallery {kind!r}: {role} {key!r} is "
                               "not an entry of `files`")
     emb_file, entries_file = files[spec.embeddings].file, files[spec.entries].file
+    exact = spec.index.kind == "exact"
     try:
-        embeddings = np.load(bundle.path / emb_file, allow_pickle=False)
+        embeddings = np.load(bundle.path / emb_file, allow_pickle=False,
+                             mmap_mode=None if exact else "r")
         columns = json.loads((bundle.path / entries_file).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise BundleError(bundle.path, f"unreadable gallery: {exc}", emb_file) from None
@@ -146,7 +154,27 @@ def load_gallery(bundle: Bundle, kind: str, spec: GallerySpec, dim: int) -> Gall
     keys = ("id", "file") if kind == "images" else ("text", "image_id")
     entries = [dict(zip(keys, values, strict=True))
                for values in zip(*(columns[n] for n in names), strict=True)]
-    return Gallery(np.ascontiguousarray(embeddings), entries)
+    return Gallery(embeddings, entries, load_index(bundle, kind, spec, embeddings))
+
+
+def load_index(bundle: Bundle, kind: str, spec: GallerySpec, embeddings: np.ndarray
+               ) -> GalleryIndex:
+    """The gallery's index as the manifest describes it (BundleError if it cannot be read,
+    is not the gallery's, or FAISS is missing for an approximate one)."""
+    index_file = bundle.manifest.files[spec.index.file].file if spec.index.file else None
+    cls = index_class(spec.index.kind)
+    try:
+        params = cls.resolve_params(spec.index.params, len(embeddings), embeddings.shape[1])
+        content = bundle.manifest.files[spec.embeddings].sha256[:12]
+        index = cls.load(embeddings, bundle.path / index_file if index_file else None, params,
+                         name=f"glimpse-{bundle.manifest.name}-{bundle.manifest.version}-"
+                              f"{kind}-{content}")
+    except (ValueError, IndexUnavailable) as exc:
+        raise BundleError(bundle.path, f"gallery {kind!r}: {exc}", index_file) from None
+    if len(index) != len(embeddings):
+        raise BundleError(bundle.path, f"gallery {kind!r}: the index holds {len(index)} "
+                          f"vectors, the gallery {len(embeddings)}", index_file)
+    return index
 
 
 class RetrievalModel(ImagePipeline[Query, QueryResult], task="retrieval"):
@@ -188,14 +216,20 @@ class RetrievalModel(ImagePipeline[Query, QueryResult], task="retrieval"):
                                    f"(unknown: {', '.join(encoded.unknown)})")
         return TextQuery(tuple(encoded.ids), tuple(encoded.unknown))
 
-    def check_search(self, kind: GalleryKind, top_k: int) -> None:
-        """NoGallery (409) without a gallery of `kind`, InvalidParameter for a bad top_k."""
+    def check_search(self, kind: GalleryKind, top_k: int, offset: int = 0) -> None:
+        """NoGallery (409) without a gallery of `kind`, InvalidParameter for a bad top_k or
+        offset."""
         if kind not in self.galleries:
             raise NoGallery(f"model {self.bundle.key} has no {kind} gallery; build one with "
                             f"`glimpse index {self.bundle.path} --data DIR` "
                             + ("or `--images FOLDER`" if kind == "images" else ""))
         if not 1 <= top_k <= MAX_TOP_K:
             raise InvalidParameter(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
+        if offset < 0:
+            raise InvalidParameter(f"offset must be at least 0, got {offset}")
+        if offset + top_k > MAX_SEARCH_DEPTH:
+            raise InvalidParameter(f"offset + top_k must be at most {MAX_SEARCH_DEPTH}, got "
+                                   f"{offset} + {top_k}")
 
     # ------------------------------------------------------------------ inference
 
@@ -223,17 +257,18 @@ class RetrievalModel(ImagePipeline[Query, QueryResult], task="retrieval"):
         embeddings[picked] = self.embed_texts([queries[i].text.ids for i in picked])
         results = [QueryResult(embedding=e) for e in embeddings]
         for kind in GALLERY_COLUMNS:
-            picked = [i for i, q in enumerate(queries) if q.search == kind]
-            if not picked:
-                continue
-            self.check_search(kind, max(queries[i].top_k for i in picked))
-            gallery = self.galleries[kind]
-            rows, scores = gallery.search(embeddings[picked],
-                                          max(queries[i].top_k for i in picked))
-            for n, i in enumerate(picked):
-                k = queries[i].top_k
-                results[i].hits = [Hit(int(r), float(s), gallery.entries[r])
-                                   for r, s in zip(rows[n, :k], scores[n, :k], strict=True)]
+            for depth in sorted({q.depth for q in queries if q.search == kind}):
+                picked = [i for i, q in enumerate(queries)
+                          if q.search == kind and q.depth == depth]
+                for i in picked:
+                    self.check_search(kind, queries[i].top_k, queries[i].offset)
+                gallery = self.galleries[kind]
+                rows, scores = gallery.search(embeddings[picked], depth)
+                for n, i in enumerate(picked):
+                    page = slice(queries[i].offset, depth)
+                    results[i].hits = [Hit(int(r), float(s), gallery.entries[r])
+                                       for r, s in zip(rows[n, page], scores[n, page],
+                                                       strict=True) if r >= 0]
         return results
 
     def warm_up_batches(self, size: int) -> list[list[Query]]:

@@ -2,7 +2,9 @@
 
 `ROUTERS` is what the app includes, in the order /docs lists them; `INFERENCE_TASKS`
 maps the path of each inference endpoint to the task of the models that answer it
-(each inference router names its `TASK`), for the admission gate (service/middleware.py).
+(each inference router names its `TASK`, or its `TASKS` per path where its endpoints
+answer with models of different tasks), for the admission gate (service/middleware.py)
+and the OpenAPI document's model lists (service/openapi.py).
 """
 
 from service.routers import (
@@ -13,15 +15,24 @@ from service.routers import (
     metrics,
     models,
     retrieval,
+    videos,
     vqa,
     web,
 )
 
 ROUTERS = (health.router, metrics.router, models.router, captions.router, alignments.router,
-           vqa.router, retrieval.router, generations.router, web.router)
+           vqa.router, retrieval.router, generations.router, videos.router, web.router)
+
+
+def _route_tasks(module) -> dict[str, str]:
+    tasks = getattr(module, "TASKS", None)
+    if tasks is not None:
+        return dict(tasks)
+    return {route.path: module.TASK for route in module.router.routes}
+
 
 INFERENCE_TASKS: dict[str, str] = {
-    route.path: module.TASK
-    for module in (captions, alignments, vqa, retrieval, generations)
-    for route in module.router.routes
+    path: task
+    for module in (captions, alignments, vqa, retrieval, generations, videos)
+    for path, task in _route_tasks(module).items()
 }

@@ -155,10 +155,15 @@ ImageSearchCall = Annotated[ModelCall[RetrievalModel, ImageSearchRequest],
              response_model_exclude_none=True, responses=RESPONSES,
              openapi_extra={"requestBody": json_request_body(ImageSearchRequest)})
 async def search_images(call: ImageSearchCall) -> ImageSearchResponse:
-    """Rank the model's image gallery against a sentence (text-to-image retrieval)."""
+    """Rank the model's image gallery against a sentence (text-to-image retrieval).
+
+    `top_k` hits after the first `offset` (paging): offset 10 with top_k 10 is the second
+    page of ten. Each hit carries the gallery entry's id and file name.
+    """
     model, body = call.pipeline, call.params
-    model.check_search("images", body.top_k)
-    query = Query(text=model.text_query(body.text), search="images", top_k=body.top_k)
+    model.check_search("images", body.top_k, body.offset)
+    query = Query(text=model.text_query(body.text), search="images", top_k=body.top_k,
+                  offset=body.offset)
     result: QueryResult = await call.compute(query)
     hits = [ImageHit(id=h.entry["id"], file=h.entry["file"], score=h.score)
             for h in result.hits]
@@ -179,9 +184,9 @@ async def search_captions(call: CaptionSearchCall) -> CaptionSearchResponse:
     Send the image as multipart `file` (`curl -F file=@cat.png -F top_k=3 ...`) or as
     JSON with the image base64-encoded in `image`.
     """
-    top_k = call.params.top_k
-    call.pipeline.check_search("captions", top_k)
-    query = ImageQuery(call, {"search": "captions", "top_k": top_k})
+    top_k, offset = call.params.top_k, call.params.offset
+    call.pipeline.check_search("captions", top_k, offset)
+    query = ImageQuery(call, {"search": "captions", "top_k": top_k, "offset": offset})
     result: QueryResult = await call.compute_prepared(query)
     hits = [CaptionHit(text=h.entry["text"], image_id=h.entry["image_id"], score=h.score)
             for h in result.hits]

@@ -46,8 +46,8 @@ TEXT_FIELDS = {"/v1/vqa": ("question", QUESTIONS), "/v1/alignments": ("sentence"
                "/v1/embeddings": ("text", SENTENCES),
                "/v1/retrieval/images": ("text", SENTENCES),
                "/v1/images/generations": ("prompt", PROMPTS)}
-ATTENTION_CAPTIONERS = {None, "caption-sat", "caption-sat/1", "caption-updown",
-                        "caption-updown/1"}  # None: the default, caption-updown
+# None: the default, caption-updown; a name without its version is the served one
+ATTENTION_CAPTIONERS = {None, "caption-sat", "caption-updown"}
 
 
 def picture(seed: int) -> bytes:
@@ -75,7 +75,7 @@ def coherent_captioning(body: dict[str, Any]) -> None:
             body["beam_size"] = count
     model = body.get("model")
     if body.get("return_attention") is True and isinstance(model, str | None) \
-            and model not in ATTENTION_CAPTIONERS:
+            and (model if model is None else model.split("/")[0]) not in ATTENTION_CAPTIONERS:
         body["return_attention"] = False
 
 

@@ -21,6 +21,9 @@ from PIL import Image
 from service.client import AsyncGlimpseClient, GlimpseAPIError, GlimpseClient
 
 REPOSITORY = Path(__file__).parents[2] / "model_repository"
+# One question per image, each of another kind, so a batch that mixed answers up fails.
+QUESTIONS = ["what color is the square?", "how many squares are there?",
+             "is there a red square?"]
 
 
 def _scene_png(seed: int) -> bytes:
@@ -47,7 +50,7 @@ def _calls(client: AsyncGlimpseClient, image: bytes, k: int) -> list:
     """One request of each kind for image k (coroutines)."""
     return [
         client.caption(image),
-        client.vqa(image, "what color is the square?", top_k=2),
+        client.vqa(image, QUESTIONS[k], top_k=1 + k),
         client.align(image, "a red square left of a blue square"),
         client.embed(text=f"a red square and {k + 1} blue circles"),
         client.search_images("a small green circle", top_k=3),

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_server import running_server
+from e2e_server import not_ready, queue_depth_is, running_server
+from polling import until
 
 from service.client import AsyncGlimpseClient, GlimpseAPIError, GlimpseClient
 from service.pipelines.caption import CaptionModel
@@ -136,12 +137,9 @@ def test_sigterm_drains_queued_requests_then_exits(server, offline: CaptionModel
         async with AsyncGlimpseClient(url) as client:
             queued = [asyncio.ensure_future(client.caption(image, model="caption-drain"))
                       for image in images]
-            while 'glimpse_queue_depth{model="caption-drain/1"} 3.0' not in \
-                    (await client.http.get("/metrics")).text:
-                await asyncio.sleep(0.02)
+            await until(queue_depth_is(client, "caption-drain/1", 3), interval=0.02)
             proc.send_signal(signal.SIGTERM)
-            while (ready := await client.http.get("/v2/health/ready")).status_code == 200:
-                await asyncio.sleep(0.02)
+            ready = await until(not_ready(client), interval=0.02)
             refused = await client.http.post(
                 "/v1/captions", files={"file": images[0]}, data={"model": "caption-tiny"})
             answers = await asyncio.gather(*queued)

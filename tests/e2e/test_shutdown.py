@@ -1,4 +1,5 @@
-"""Shutdown of a real server: the drain timeout and a second signal answer JSON 503s.
+"""Shutdown of a real server: the drain timeout and a second signal answer JSON 503s;
+several workers answer as one and stop together.
 
 Each test starts its own `python -m service` on the tiny caption bundle, whose queue
 holds requests for 5 s waiting for companions, so that requests are still waiting
@@ -19,6 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 from e2e_server import running_server
+from polling import wait_until
+
+from service.client import GlimpseClient
+from service.pipelines.caption import CaptionModel
 
 _spec = importlib.util.spec_from_file_location(
     "tiny_bundle", Path(__file__).parents[1] / "service" / "tiny_bundle.py")
@@ -84,7 +89,7 @@ def test_drain_timeout_answers_waiting_requests_with_json_503(server) -> None:
 
 
 def test_second_signal_exits_at_once_with_status_0(server) -> None:
-    proc, url, _ = server
+    proc, url, log_path = server
 
     async def main() -> tuple[list[httpx.Response], float]:
         client, tasks = await _held_requests(url, 2)
@@ -101,4 +106,55 @@ def test_second_signal_exits_at_once_with_status_0(server) -> None:
     answers, sent = asyncio.run(main())
     _assert_json_503(answers)
     assert proc.wait(timeout=5) == 0
-    assert time.monotonic() - sent < 0.8
+    # The second signal answered them, not the drain timeout (1 s) that follows it.
+    assert all("drain timeout" not in answer.json()["error"]["message"] for answer in answers)
+    log = log_path.read_text()
+    assert "second signal; exiting now" in log and "drained" not in log
+
+
+def child_pids(pid: int) -> dict[int, str]:
+    """Processes whose parent is `pid` and their command lines (Linux /proc)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if parent == pid:
+            children[int(stat.parent.name)] = command
+    return children
+
+
+def worker_pids(pid: int) -> set[int]:
+    """The worker processes uvicorn's supervisor `pid` has spawned."""
+    return {child for child, command in child_pids(pid).items() if "spawn_main" in command}
+
+
+def running(pid: int) -> bool:
+    """The process exists and has not exited (a zombie waits only to be reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_several_workers_answer_as_one_and_stop_together(repository: Path,
+                                                         tmp_path: Path) -> None:
+    offline = CaptionModel.from_bundle(repository / "caption-hold" / "1")
+    images = [tiny_bundle.sample_png(seed) for seed in range(6)]
+    env = {"GLIMPSE_DRAIN_TIMEOUT_S": "5", "GLIMPSE_INTRA_OP_THREADS": "1"}
+    with running_server(repository, tmp_path / "server.log", env,
+                        args=("--workers", "2"), ready_timeout=60) as (proc, url):
+        workers = wait_until(lambda: len(worker_pids(proc.pid)) == 2 and worker_pids(proc.pid))
+        children = set(child_pids(proc.pid))  # the workers and multiprocessing's helper
+        with GlimpseClient(url) as client:
+            for image in images:
+                answer = client.caption(image, model="caption-hold", beam_size=2)
+                assert [c["text"] for c in answer["captions"]] == \
+                    [c.text for c in offline.caption(image, beam_size=2).captions]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert workers <= children
+    wait_until(lambda: not {pid for pid in children if running(pid)})  # none left over

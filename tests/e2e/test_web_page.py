@@ -137,7 +137,7 @@ def test_every_panel_answers_from_a_sample_image(visit: Visit, server: str,
                                                  tmp_path: Path) -> None:
     page = open_page(visit, server)
 
-    page.select_option("#caption-form select[name=model]", "caption-sat/1")
+    page.select_option("#caption-form select[name=model]", "caption-sat/2")
     page.click("#caption-form button[type=submit]")
     page.wait_for_selector("#caption-result .words button[aria-pressed=true]")
     assert page.locator("#caption-result li").count() == 1

@@ -107,6 +107,8 @@ def test_meteor_disabled_or_unavailable(monkeypatch):
 
 
 def test_meteor_runs_with_java():
+    # Java is a requirement of the test suite (README, "Set-up"; CI and docker/Dockerfile
+    # install it): without it this fails, saying so, rather than skipping METEOR unseen.
     assert shutil.which("java") is not None, (
         "METEOR needs Java: install a JRE (e.g. apt-get install default-jre-headless, as "
         "docker/Dockerfile does)")

@@ -15,7 +15,7 @@ from models.caption import (
     gather_location,
 )
 from models.captioners import build_caption_model, caption_config
-from models.encoder import EncoderConfig
+from models.encoder import EncoderConfig, ImageVector
 
 V, B, T, S = 13, 3, 5, 32
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -77,9 +77,12 @@ def test_flat_configs_of_earlier_runs_still_load(bundle):
     """Runs and bundles from before each architecture had its own config hold one flat
     dict with every captioner's settings; it still builds the architecture it names."""
     flat = json.loads(bundle.read_text())["training"]["config"]["caption"]
-    cfg = caption_config(flat)
+    cfg = caption_config(flat, saved=True)
     assert cfg.arch == flat["arch"]
-    assert json.loads(json.dumps(cfg.to_dict())).items() <= flat.items()
+    written = json.loads(json.dumps(cfg.to_dict()))
+    added = getattr(type(cfg), "SAVED_BEFORE", {})  # settings that came after the run
+    assert {k: v for k, v in written.items() if k not in added}.items() <= flat.items()
+    assert {k: written[k] for k in added} == {k: flat.get(k, v) for k, v in added.items()}
     assert build_caption_model(cfg).config is cfg
 
 
@@ -178,11 +181,32 @@ def test_nic_encode_feeds_the_image_once_at_t_minus_1():
     images = batch()[0]
     with torch.no_grad():
         context, state = model.encode(images)
-        pooled, _ = model.encoder(images)
-        h, c = model.lstm(model.image_embed(pooled))  # from the zero state
+        _, grid = model.encoder(images)
+        image = model.image.norm(grid.amax(dim=1))  # CNN(I): max-pooled, standardised
+        h, c = model.lstm(model.image_embed(image))  # from the zero state
     torch.testing.assert_close(state["h"], h)
     torch.testing.assert_close(state["c"], c)
-    torch.testing.assert_close(context, pooled.unsqueeze(1))
+    torch.testing.assert_close(context, image.unsqueeze(1))
+
+
+def test_cnn_image_vector_is_standardised_across_images():
+    """What makes NIC and the m-RNN see the image: each feature of CNN(I) has mean 0 and
+    variance 1 over the batch while training, whatever part all images share."""
+    vector = ImageVector(6, pool="mean+max")
+    grid = torch.randn(32, 9, 6) * 0.1 + 5.0  # a large part shared by every image
+    out = vector.train()(grid)
+    assert out.shape == (32, 12)
+    torch.testing.assert_close(out.mean(0), torch.zeros(12), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.std(0, unbiased=False), torch.ones(12), atol=1e-2, rtol=0)
+    plain = ImageVector(6, pool="mean", standardise=False)
+    torch.testing.assert_close(plain(grid), grid.mean(dim=1))
+
+
+def test_runs_saved_before_the_image_settings_rebuild_their_model():
+    old = caption_config({"arch": "nic", "vocab_size": 10}, saved=True)
+    assert (old.image_pool, old.standardise_image, old.train_encoder) == ("mean", False, True)
+    new = caption_config({"arch": "nic", "vocab_size": 10})
+    assert (new.image_pool, new.standardise_image) == ("max", True)
 
 
 def test_sat_initial_state_and_attention_weights():

@@ -13,6 +13,8 @@ from models.lrcn import (
     MeanPoolDecoder,
     VideoCaptionConfig,
     build_video_caption_model,
+    encode_frames,
+    frame_feature_dim,
     motion_frames,
 )
 
@@ -216,3 +218,94 @@ def test_video_caption_config_validates_and_survives_json():
         VideoCaptionConfig(arch="s2vt")
     config = VideoCaptionConfig(arch="mean-pool", vocab_size=V, encoder=TINY_ENCODER)
     assert VideoCaptionConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+# --- frame features on a coarse grid ------------------------------------------------
+
+def test_frame_grid_averages_the_annotation_grid_cell_by_cell():
+    encoder = activity_model().encoder
+    x = clips(5)
+    pooled, cells = encoder(x.flatten(0, 1))  # cells: (B*T, 2*2 = 4, 8) at S = 16
+    torch.testing.assert_close(encode_frames(encoder, x, 1), pooled.view(B, T, -1))
+    torch.testing.assert_close(encode_frames(encoder, x, 2), cells.reshape(B, T, -1))
+    bigger = x.repeat_interleave(2, -1).repeat_interleave(2, -2)  # S = 32: a 4 x 4 map
+    coarse = encode_frames(encoder, bigger, 2)
+    assert coarse.shape == (B, T, 4 * 8) and frame_feature_dim(TINY_ENCODER, 2) == 32
+    # The first cell of a 2 x 2 grid over a 4 x 4 map is the mean of its top-left 2 x 2.
+    _, big = encoder(bigger.flatten(0, 1))
+    top_left = big.view(B * T, 4, 4, -1)[:, :2, :2].mean(dim=(1, 2))
+    torch.testing.assert_close(coarse[:, :, :8].reshape(B * T, -1), top_left)
+
+
+@pytest.mark.parametrize("temporal", ["lstm", "single-frame"])
+def test_grid_features_and_frame_embedding_feed_the_classifier(temporal):
+    model = activity_model("rgb", temporal, frame_grid=2, frame_embed_dim=5)
+    features = model.frame_features(clips())
+    assert features.shape == (B, T, 32)
+    assert model.frame_embed[0].in_features == 32 and model.head.in_features == (
+        6 if temporal == "lstm" else 5)
+    logits, _ = model(clips())
+    torch.testing.assert_close(logits, model.frame_logits(features))
+    with pytest.raises(ValueError, match="frame_grid"):
+        ActivityConfig(frame_grid=0)
+
+
+@pytest.mark.parametrize("arch", ["lstm-encoder", "mean-pool"])
+def test_caption_models_read_grid_features(arch):
+    model = caption_model(arch, frame_grid=2, frame_embed_dim=4)
+    (features,) = model.image_features(clips())
+    assert features.shape == (B, T, model.feature_dim) == (B, T, 32)
+    context, state = model.encode_features(features)
+    if arch == "lstm-encoder":
+        unrolled = None
+        for t in range(T):
+            unrolled = model.encode_step(features[:, t], unrolled)
+        torch.testing.assert_close(state, unrolled)
+    else:
+        torch.testing.assert_close(context, features.mean(dim=1, keepdim=True))
+
+
+def test_activity_forward_on_precomputed_features_equals_forward_on_clips():
+    model = activity_model("motion", "lstm", frame_grid=2)
+    x, labels = clips(6), torch.tensor([2, 0, 1])
+    features = model.frame_features(model.frame_inputs(x))
+    from_features, loss_a = model((features,), labels)
+    from_clips, loss_b = model(x, labels)
+    torch.testing.assert_close(from_features, from_clips)
+    torch.testing.assert_close(loss_a, loss_b)
+
+
+def test_frame_norm_normalises_each_frames_features_before_the_embedding():
+    model = activity_model("rgb", "lstm", frame_grid=2, frame_embed_dim=5, frame_norm=True)
+    norm, linear = model.frame_embed[0], model.frame_embed[1]
+    assert isinstance(norm, torch.nn.LayerNorm) and norm.normalized_shape == (32,)
+    features = model.frame_features(clips())
+    # Scaling a frame's features changes nothing once they are normalised.
+    torch.testing.assert_close(model.frame_logits(features * 7.0 + 3.0),
+                               model.frame_logits(features), atol=1e-4, rtol=1e-4)
+    assert linear.in_features == 32
+    mean_pool = caption_model("mean-pool", frame_grid=2, frame_norm=True)
+    captions_in, _ = captions()
+    (f,) = mean_pool.image_features(clips())
+    torch.testing.assert_close(mean_pool((f * 5.0,), captions_in)[0],
+                               mean_pool((f,), captions_in)[0], atol=1e-4, rtol=1e-4)
+
+
+def test_fed_encoding_is_the_decoders_context_at_every_step():
+    model = caption_model("lstm-encoder", feed_encoding=True)
+    assert model.context_names == ("context",)
+    x = clips(7)
+    context, state = model.encode(x)
+    torch.testing.assert_close(context[:, 0], state["h"])
+    captions_in, captions_out = captions()
+    logits, _ = model(x, captions_in, captions_out)
+    steps = []
+    for t in range(L):
+        log_probs, state, _ = model.step(captions_in[:, t], state, context)
+        steps.append(log_probs)
+    torch.testing.assert_close(torch.stack(steps, dim=1), F.log_softmax(logits, dim=-1))
+    # The context matters: another clip's encoding changes the next word's scores.
+    other, _ = model.encode(clips(8))
+    start = model.encode(x)[1]
+    assert not torch.allclose(model.step(captions_in[:, 0], start, other)[0],
+                              model.step(captions_in[:, 0], start, context)[0])

@@ -26,9 +26,11 @@ def captions(seed: int = 0) -> torch.Tensor:
 
 def reference_logits(model: MultimodalRNN, images: torch.Tensor,
                      captions_in: torch.Tensor) -> torch.Tensor:
-    """Eq. 13 of Karpathy & Fei-Fei 2015 written out, with the indicator 1(t = 1)."""
-    pooled, _ = model.encoder(images)
-    b_v = pooled @ model.image_bias.weight.T + model.image_bias.bias
+    """Eq. 13 of Karpathy & Fei-Fei 2015 written out, with the indicator 1(t = 1); CNN(I)
+    is the max-pooled grid of the frozen encoder, standardised across images."""
+    _, grid = model.encoder(images)
+    cnn = model.image.norm(grid.amax(dim=1))
+    b_v = cnn @ model.image_bias.weight.T + model.image_bias.bias
     h = torch.zeros(images.shape[0], model.config.hidden_dim)
     out = []
     for t in range(captions_in.shape[1]):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from shell_commands import glimpse_commands
 
 from service.bundle import discover
 from training.cli import build_parser
@@ -23,21 +23,9 @@ BUNDLES = {
     "caption-sat/1": ("caption", "test"), "caption-updown/1": ("caption", "test"),
     "vqa-updown/1": ("vqa", "novel"), "align-brnn/1": ("alignment", "test"),
     "retrieval-vse/1": ("retrieval", "test"), "gan-int-cls/1": ("generation", "test"),
-    "stackgan/1": ("generation", "test"),
+    "stackgan/1": ("generation", "test"), "activity-lrcn/1": ("activity", "test"),
+    "video-caption-lrcn/1": ("video-caption", "test"),
 }
-
-
-def glimpse_commands(text: str) -> list[list[str]]:
-    """The arguments of each `glimpse ...` line of a shell text (continuations joined,
-    arrays of flags dropped, $variables made dummies, the `| tail` of a capture dropped)."""
-    text = re.sub(r'"\$(@|\{\w+\[@\]\})"', "", text.replace("\\\n", " "))
-    commands = []
-    for line in text.splitlines():
-        found = re.search(r"(?:^|\$\()\s*glimpse (.*)", line)
-        if found and not line.lstrip().startswith("#"):
-            words = re.sub(r"\$\{?([\w%-]+)\}?", "dummy", found.group(1))
-            commands.append(shlex.split(words.split("|")[0].split("#")[0]))
-    return commands
 
 
 def readme_training_path() -> str:
@@ -58,13 +46,14 @@ def test_the_tiny_script_runs_the_commands_of_the_readme_path():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # trains and exports every family, the video ones included
 def test_tiny_training_path_exports_and_evaluates_every_family(tmp_path):
     work = tmp_path / "tiny"
     committed = sorted(p.relative_to(ROOT) for p in (ROOT / "model_repository").rglob("*"))
     glimpse = Path(sys.executable).with_name("glimpse")
     env = {**os.environ, "GLIMPSE": str(glimpse), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(["bash", str(SCRIPT), str(work)], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=1400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     bundles, errors = discover(work / "repository")  # validates manifests, checks sha256
     assert errors == []

@@ -7,6 +7,7 @@ import contextlib
 import threading
 
 import pytest
+from polling import until
 
 from service.batching import Batcher, BatchQueue, QueueFull
 from service.errors import BatchSizeMismatch, Overloaded, RequestTimeout, ServiceUnavailable
@@ -162,8 +163,7 @@ def test_full_queue_answers_overloaded_and_loses_nothing() -> None:
         b = await started(Batcher("m", infer, max_batch_size=1, max_queue_delay_s=0.0,
                                   max_queue_size=2))
         first = asyncio.ensure_future(b.submit(0))
-        while not infer.batches:  # the first request is being computed
-            await asyncio.sleep(0.001)
+        await until(lambda: infer.batches)  # the first request is being computed
         queued = [asyncio.ensure_future(b.submit(i)) for i in (1, 2)]
         await asyncio.sleep(0.01)
         assert len(b.queue) == 2
@@ -187,8 +187,7 @@ def test_request_past_its_timeout_is_answered_504_and_never_computed() -> None:
         b = await started(Batcher("m", infer, max_batch_size=1, max_queue_delay_s=0.0,
                                   timeout_s=0.05))
         busy = asyncio.ensure_future(b.submit(0))  # holds the worker past the others' timeout
-        while not infer.batches:
-            await asyncio.sleep(0.001)
+        await until(lambda: infer.batches)
         with pytest.raises(RequestTimeout):
             await b.submit(1)
         assert len(b.queue) == 0
@@ -209,8 +208,7 @@ def test_cancelled_caller_is_removed_before_compute() -> None:
     async def main() -> None:
         b = await started(Batcher("m", infer, max_batch_size=1, max_queue_delay_s=0.0))
         busy = asyncio.ensure_future(b.submit(0))
-        while not infer.batches:
-            await asyncio.sleep(0.001)
+        await until(lambda: infer.batches)
         gone = asyncio.ensure_future(b.submit(1))
         stays = asyncio.ensure_future(b.submit(2))
         await asyncio.sleep(0.01)

@@ -7,6 +7,7 @@ import threading
 from types import SimpleNamespace
 
 import pytest
+from polling import until
 
 from service.batching import Batcher
 from service.errors import Overloaded, ServiceUnavailable
@@ -59,8 +60,7 @@ def test_admitted_requests_pass_their_place_to_the_queue() -> None:
         b = Batcher("m", infer, max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=2)
         b.start()
         busy = asyncio.ensure_future(b.submit(0))  # holds the worker
-        while not infer.batches:
-            await asyncio.sleep(0.001)
+        await until(lambda: infer.batches)
 
         async def client(value: int) -> int:
             with b.admission() as submit:
@@ -68,8 +68,7 @@ def test_admitted_requests_pass_their_place_to_the_queue() -> None:
                 return await submit(value)
 
         queued = [asyncio.ensure_future(client(i)) for i in (1, 2)]
-        while len(b.queue) < 2:
-            await asyncio.sleep(0.001)
+        await until(lambda: len(b.queue) >= 2)
         assert b.admitted == 0  # each place counted once: now in the queue
         with pytest.raises(Overloaded), b.admission():
             pass

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from polling import wait_until
 from pydantic import ValidationError
 from tiny_dalle import IMAGE_SIZE, TEXT_LENGTH, tiny_dalle_bundle, without_reranker
 from tiny_generation import tiny_generation_bundle
@@ -378,13 +378,6 @@ def test_concurrent_requests_share_steps_and_keep_their_images(repository: Path,
 
 
 # ---------------------------------------------------------------------------- overload
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.002)
 
 
 class StepGate:

@@ -28,8 +28,10 @@ from service.settings import Settings
 
 ROOT = Path(__file__).parents[2]
 COMMITTED = ROOT / "model_repository"
-IMAGE_BUNDLES = ["align-brnn/1", "caption-mrnn/1", "caption-nic/1", "caption-sat/1",
-                 "caption-updown/1", "retrieval-vse/1", "vqa-updown/1"]
+# Every committed bundle that reads an image (the generators read text only).
+IMAGE_BUNDLES = sorted(f"{path.parent.parent.name}/{path.parent.name}"
+                       for path in COMMITTED.glob("*/*/manifest.json")
+                       if json.loads(path.read_text())["task"] != "generation")
 
 _spec = importlib.util.spec_from_file_location("domain_auroc",
                                                ROOT / "benchmarks" / "domain_auroc.py")

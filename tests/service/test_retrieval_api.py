@@ -21,7 +21,8 @@ from tiny_bundle import TOKENS, build_caption_bundle, sample_png, write_vocab
 
 from service.app import create_app
 from service.bundle import BundleError, describe_graph, file_sha256, load_bundle, write_manifest
-from service.pipelines.retrieval import Query, RetrievalModel, top_k_search
+from service.indexes import top_k_search
+from service.pipelines.retrieval import Query, RetrievalModel
 from service.settings import Settings
 from training.index import write_gallery
 
@@ -159,6 +160,20 @@ def test_ties_rank_by_gallery_row():
     gallery = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]], dtype=np.float32)
     rows, _ = top_k_search(np.array([[1.0, 0.0]], dtype=np.float32), gallery, 2)
     assert rows.tolist() == [[1, 2]]
+
+
+def test_ties_at_the_cut_rank_by_gallery_row_whatever_k():
+    # Half the gallery holds one sentence: which of its rows make the top k must not
+    # depend on k, or a query batched with a larger top_k gets other hits than alone.
+    rng = np.random.default_rng(0)
+    gallery = rng.normal(size=(60, 4)).astype(np.float32)
+    gallery[rng.choice(60, 30, replace=False)] = gallery[0]
+    queries = np.stack([gallery[0] * 3, rng.normal(size=4).astype(np.float32)])
+    full = np.argsort(-(queries @ gallery.T), axis=1, kind="stable")
+    for k in range(1, 61):
+        rows, scores = top_k_search(queries, gallery, k)
+        np.testing.assert_array_equal(rows, full[:, :k])
+        np.testing.assert_array_equal(scores, np.take_along_axis(queries @ gallery.T, rows, 1))
 
 
 def test_mixed_batch_gives_each_query_its_solo_answer(offline: RetrievalModel):
@@ -326,7 +341,8 @@ def test_not_an_image_is_415(api: TestClient):
 
 # ---------------------------------------------------------------------------- committed bundle
 
-COMMITTED = Path(__file__).parents[2] / "model_repository" / "retrieval-vse" / "1"
+COMMITTED = max((Path(__file__).parents[2] / "model_repository" / "retrieval-vse").glob("[0-9]*"),
+                key=lambda path: int(path.name))  # the served version: the highest
 
 
 def test_committed_bundle_finds_the_image_a_test_sentence_was_written_for():

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from polling import until
 
 from service.batching import QueueFull
 from service.errors import Overloaded, RequestTimeout, ServiceUnavailable
@@ -190,8 +191,7 @@ def test_short_requests_are_answered_while_a_long_one_decodes() -> None:
             return result
 
         long = asyncio.ensure_future(ask((2, 30, "long")))
-        while len(decoder.steps) < 3:  # "long" is decoding when the short ones arrive
-            await asyncio.sleep(0.001)
+        await until(lambda: len(decoder.steps) >= 3)  # "long" decodes when the short ones come
         shorts = await asyncio.gather(ask((1, 2, "s1")), ask((2, 3, "s2")))
         results = [await long, *shorts]
         await b.stop(1.0)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from polling import wait_until
 from tiny_bundle import build_caption_bundle, sample_png
 from tiny_vqa_bundle import ANSWERS, BOXES, TOKENS, build_vqa_bundle
 
@@ -189,8 +190,7 @@ def test_full_queue_is_503(vqa_repository: Path) -> None:
         assert started.wait(10)
         second = threading.Thread(target=lambda: out.append(ask(client, model="vqa-tiny")))
         second.start()
-        while len(served.batcher.queue) < 1:
-            threading.Event().wait(0.002)
+        wait_until(lambda: len(served.batcher.queue) >= 1)
         refused = ask(client, model="vqa-tiny")
         release.set()
         first.join(10)

@@ -68,6 +68,12 @@ ACTIVITY_DEFINITIONS: dict[str, str] = {
     "vanish": "the object is present until one frame mid-clip, then absent",
     "bounce": "the centre hops up by 0.2-0.3 of the side and falls back, once or twice",
 }
+# The pairs of activities whose single frames are distributed alike (see the module
+# docstring): a single-frame model can only guess between the two of a pair.
+SINGLE_FRAME_PAIRS: tuple[tuple[str, str], ...] = (
+    ("move_left", "move_right"), ("move_up", "move_down"), ("grow", "shrink"),
+    ("appear", "vanish"),
+)
 STILL = "still"  # what a bystander does; not a class
 MOVES: dict[str, tuple[float, float]] = {  # direction (dx, dy) of each straight move
     "move_left": (-1.0, 0.0), "move_right": (1.0, 0.0),

@@ -229,7 +229,7 @@ def load_caption_model(ckpt: Path) -> tuple[CaptionModel, WordVocab, dict]:
     """The trained captioner of a run or checkpoint (eval mode), its vocabulary and config."""
     ckpt, config = run_checkpoint(ckpt, "caption", "a caption")
     model_cfg = config["model"]
-    model = build_caption_model(caption_config(model_cfg["caption"]))
+    model = build_caption_model(caption_config(model_cfg["caption"], saved=True))
     load_weights(model, ckpt)
     model.eval()
     return model, WordVocab.from_dict(model_cfg["vocab"]), config

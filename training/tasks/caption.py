@@ -117,7 +117,7 @@ class CaptionTask:
         if config.arch == "mrnn" and self.encoder_weights is None and self.init_weights is None:
             raise ValueError("--arch mrnn reads CNN(I) from a trained encoder: give "
                              "--encoder-init (or --init-from an m-RNN run)")
-        self.caption_config = caption_config(model_cfg)
+        self.caption_config = caption_config(model_cfg, saved=self.init_weights is not None)
 
     # -- Task protocol -------------------------------------------------------
     def _earlier_run(self, run_dir: str) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -95,6 +95,26 @@ def test_export_refuses_an_existing_version_and_bad_names(trained, tmp_path):
         export_caption(trained, tmp_path, "Caption_Test")
 
 
+def test_export_refuses_graphs_that_fail_parity(trained, tmp_path, monkeypatch):
+    # The graphs are written, then the model moves, as if they came from another run.
+    import training.export.caption as caption_export
+
+    write_graphs = caption_export.export_caption_graphs
+
+    def graphs_of_another_model(model, out_dir, **kwargs):
+        specs = write_graphs(model, out_dir, **kwargs)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        return specs
+
+    monkeypatch.setattr(caption_export, "export_caption_graphs", graphs_of_another_model)
+    with pytest.raises(RuntimeError, match="disagree on .*step.log_probs"):
+        export_caption(trained, tmp_path / "repo", "caption-test")
+    left = [p for p in (tmp_path / "repo").rglob("*") if p.is_file() or p.name.startswith(".")]
+    assert left == []  # neither a bundle nor its staging directory
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
