@@ -1,5 +1,6 @@
 """From a generated shapes world to a served DALL-E bundle: `glimpse train dvae`, then
-`glimpse train dalle` on its codes, then `glimpse export` and the service's pipeline."""
+`glimpse train dalle` on its codes, then `glimpse export` and the service's pipeline;
+and `glimpse eval judge` of real images and of that bundle's samples."""
 
 import json
 import math
@@ -7,9 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from models.attributes import AttributeConfig, AttributeTagger
 from service.bundle import load_bundle
 from service.pipelines.dalle import DalleModel
+from training.checkpoint import save_checkpoint
 from training.cli import main as glimpse
 from training.data.images import load_images
 from training.data.readers import load_captions
@@ -87,3 +91,41 @@ def test_export_gives_a_bundle_the_dalle_pipeline_serves(dalle_run, dvae_run, tm
     images = model.generate(["a large red circle"], n=2, seed=0)
     assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
     np.testing.assert_array_equal(images, model.generate(["a large red circle"], n=2, seed=0))
+
+
+@pytest.fixture(scope="module")
+def regions_run(world, tmp_path_factory) -> Path:
+    """A two-epoch `glimpse train regions` run on a random tiny encoder: a judge that
+    runs, not one that sees (its scores are not checked here)."""
+    root = tmp_path_factory.mktemp("judge")
+    torch.manual_seed(0)
+    cfg = AttributeConfig(encoder={"out_dim": 16, "channels": [8, 16, 16]})
+    save_checkpoint(root / "encoder" / "checkpoints" / "best", model=AttributeTagger(cfg),
+                    config={"model": {"task": "attributes", "attributes": cfg.to_dict()}})
+    (root / "regions.json").write_text(json.dumps({
+        "val_images": 8, "regions": {"head_channels": 8, "feature_dim": 12, "max_proposals": 4},
+        "trainer": {"batch_size": 16, "warmup_steps": 1, "progress": False}}))
+    assert glimpse(["train", "regions", "--data", str(world), "--out", str(root / "regions"),
+                    "--encoder-init", str(root / "encoder"), "--config",
+                    str(root / "regions.json"), "--epochs", "2"]) == 0
+    return root / "regions"
+
+
+def test_judge_reads_real_images_and_a_bundles_samples(dalle_run, world, regions_run,
+                                                       tmp_path):
+    judged = {"regions-run": str(regions_run), "data": str(world), "prompts": "4"}
+    flags = [a for k, v in judged.items() for a in (f"--{k}", v)]
+    assert glimpse(["eval", "judge", "real", *flags, "--out", str(tmp_path / "real.json")]) == 0
+    real = json.loads((tmp_path / "real.json").read_text())
+    assert real["metrics"]["prompts"] == 20  # 4 images x 5 captions, each against its image
+    assert 0 <= real["metrics"]["satisfied"] <= real["metrics"]["coverage"] <= 1
+    assert glimpse(["export", str(dalle_run), "--repository", str(tmp_path / "repo"),
+                    "--name", "dalle-tiny"]) == 0
+    assert glimpse(["eval", "judge", str(tmp_path / "repo" / "dalle-tiny" / "1"), *flags,
+                    "--samples-per-prompt", "2", "--out", str(tmp_path / "bundle.json"),
+                    "--grid", str(tmp_path / "grid.png")]) == 0
+    drawn = json.loads((tmp_path / "bundle.json").read_text())
+    assert drawn["architecture"] == "dalle" and drawn["model"] == "dalle-tiny/1"
+    assert drawn["metrics"]["prompts"] == 4 and drawn["metrics"]["images"] == 8
+    assert 0 <= drawn["metrics"]["satisfied"] <= 1 and drawn["metrics"]["refused"] == 0
+    assert (tmp_path / "grid.png").is_file()
