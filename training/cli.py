@@ -140,6 +140,32 @@ def _eval_generation(p: argparse.ArgumentParser) -> None:
                    help="record the metrics in the bundle's manifest under metrics[split]")
 
 
+def _eval_judge(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="generation bundle (model_repository/NAME/VERSION), or 'real' "
+                                "to judge the split's images against their own captions")
+    p.add_argument("--data", required=True,
+                   help="shapes-world dataset: single-object (data/t2i) or scenes (data/shapes)")
+    p.add_argument("--split", choices=["test", "novel"], default="test")
+    p.add_argument("--prompts", type=int, default=200,
+                   help="prompts, from distinct images ('real': images, every caption)")
+    p.add_argument("--samples-per-prompt", type=int, default=1)
+    p.add_argument("--candidates", type=int, default=None,
+                   help="DALL-E: samples drawn per image and reranked (default: the bundle's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--regions-run", default="runs/regions",
+                   help="`glimpse train regions` run: the judge's region detector")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="centre score an object needs (default: calibrated on the val split)")
+    p.add_argument("--calibrate-on", default=None,
+                   help="dataset whose val split calibrates the threshold (default: --data)")
+    p.add_argument("--out", default=None, help="write the result as JSON here")
+    p.add_argument("--grid", default=None, help="save a sample grid PNG here")
+    p.add_argument("--grid-prompts", type=int, default=8, help="rows of the sample grid")
+    p.add_argument("--grid-label-width", type=int, default=200, help="pixels of prompt text")
+    p.add_argument("--write-manifest", action="store_true",
+                   help="record the metrics in the bundle's manifest")
+
+
 def _export(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="training run directory holding a checkpoint")
     p.add_argument("--repository", default="model_repository")
@@ -254,6 +280,32 @@ def _t2i_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true")
+
+
+def _train_dvae(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", nargs="+", default=None,
+                   help="shapes-world dataset directories whose training images it learns "
+                        "(default: data/t2i data/shapes)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--config", default=None, help="JSON file with any of the knobs")
+    p.add_argument("--save-every", type=int, default=None, help="steps between checkpoints")
+    _trainer_arguments(p)
+
+
+def _train_dalle(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", nargs="+", default=None,
+                   help="shapes-world dataset directories of (image, caption) pairs "
+                        "(default: data/t2i data/shapes)")
+    p.add_argument("--dvae-run", default=None,
+                   help="run directory of `glimpse train dvae` (its codes are the image tokens)")
+    p.add_argument("--attention", choices=["dense", "sparse"], default=None,
+                   help="dense causal attention, or the paper's row/column/conv masks")
+    p.add_argument("--reranker", default=None,
+                   help="retrieval bundle whose joint embedding the exported bundle reranks with")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--config", default=None, help="JSON file with any of the knobs")
+    p.add_argument("--save-every", type=int, default=None, help="steps between checkpoints")
+    _trainer_arguments(p)
 
 
 def _train_regions(p: argparse.ArgumentParser) -> None:
@@ -425,6 +477,13 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ("train", "stackgan"): Command(
         "training.tasks.stackgan:train",
         "train a StackGAN stage (Stage-I 64 px, Stage-II 128 px)", _train_stackgan),
+    ("train", "dvae"): Command(
+        "training.tasks.dvae:train",
+        "train DALL-E's discrete VAE (image -> grid of codebook ids -> image)", _train_dvae),
+    ("train", "dalle"): Command(
+        "training.tasks.dalle:train",
+        "train DALL-E's transformer over caption words and the dVAE's image codes",
+        _train_dalle),
     ("export", None): Command(
         "training.export:export",
         "export a training run to a model bundle (ONNX graphs + manifest); "
@@ -454,6 +513,10 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
         "training.evaluate.generation:eval_generation",
         "score generated images: attribute accuracy, IS, FID, R-precision, diversity",
         _eval_generation),
+    ("eval", "judge"): Command(
+        "training.evaluate.judge:eval_judge",
+        "judge text-to-image samples: parse each image into a scene, check its prompt",
+        _eval_judge),
     ("eval", "activity"): Command(
         "training.evaluate.activity:eval_activity",
         "activity accuracy of an activity bundle, per class and per stream", _eval_activity),

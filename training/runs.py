@@ -9,7 +9,9 @@ below rebuild the part another family builds on:
 - `glimpse train regions`: the frozen RegionNet (`load_region_net`,
   `pretrained_regions`);
 - `glimpse train text-encoder`: psi, the char-CNN-RNN (`load_text_encoder`, and
-  `embed_texts` to apply it), and phi, the image side (`load_joint_image_encoder`).
+  `embed_texts` to apply it), and phi, the image side (`load_joint_image_encoder`);
+- `glimpse train dvae` and `glimpse train dalle`: DALL-E's discrete VAE (`load_dvae`)
+  and its transformer (`load_dalle`).
 
 Tasks import these instead of each other, so no task depends on another.
 """
@@ -23,6 +25,8 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 from models.attributes import AttributeConfig, AttributeTagger
+from models.dalle import Dalle, DalleConfig
+from models.dvae import DiscreteVAE, DVAEConfig
 from models.gan import GanConfig, Generator
 from models.regions import RegionConfig, RegionNet
 from models.stackgan import StackGanConfig, StageIGenerator, StageIIGenerator
@@ -170,3 +174,23 @@ def load_generator(run_dir: str | Path) -> tuple[nn.Module, dict]:
     return generator, {"variant": model_cfg["variant"], "noise_dim": generator.noise_dim,
                        "embed_dim": generator.embed_dim, "image_size": generator.image_size,
                        "text_encoder_run": model_cfg["text_encoder"].get("run")}
+
+
+# ------------------------------------------------------------------------------ DALL-E
+
+
+def load_dvae(run_dir: str | Path) -> DiscreteVAE:
+    """The trained discrete VAE of a `glimpse train dvae` run (best checkpoint), eval mode."""
+    ckpt, config = run_checkpoint(run_dir, "dvae", "a dVAE")
+    dvae = DiscreteVAE(DVAEConfig.from_dict(config["model"]["dvae"]))
+    dvae.load_state_dict(submodule_weights(run_weights(ckpt), "dvae."))
+    return dvae.eval().requires_grad_(False)
+
+
+def load_dalle(run_dir: str | Path) -> tuple[Dalle, dict]:
+    """The trained transformer of a `glimpse train dalle` run (best checkpoint, eval mode)
+    and the run's model config (its "dvae_run", "sampling", "reranker", ...)."""
+    ckpt, config = run_checkpoint(run_dir, "dalle", "a DALL-E")
+    dalle = Dalle(DalleConfig.from_dict(config["model"]["dalle"]))
+    dalle.load_state_dict(run_weights(ckpt))
+    return dalle.eval().requires_grad_(False), config["model"]

@@ -7,9 +7,10 @@
 
 One exporter per family, in training/export/FAMILY.py under the name of the
 task it serves (caption, vqa, alignment, retrieval, generation, activity,
-video_caption); `EXPORTERS` picks it by the run's task. Their shared pieces:
-training.export.onnx (export, opset, parity), training.export.bundle (versions,
-staging, manifest entries) and, for the video bundles, training.export.frames.
+video_caption; DALL-E, which serves generation too, in dalle.py); `EXPORTERS`
+picks it by the run's task. Their shared pieces: training.export.onnx (export,
+opset, parity), training.export.bundle (versions, staging, manifest entries)
+and, for the video bundles, training.export.frames.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ EXPORTERS: dict[str, str] = {
     "vqa": "training.export.vqa:export_vqa",
     "retrieval": "training.export.retrieval:export_retrieval",
     "generation": "training.export.generation:export_generation",
+    "dalle": "training.export.dalle:export_dalle",  # served as "generation", trained apart
     "activity": "training.export.activity:export_activity",
     "video-caption": "training.export.video_caption:export_video_caption",
 }

@@ -29,6 +29,10 @@ evaluated on its own, with every file it needs listed under its sha256, and cann
 break when another bundle changes version.
 
 Every graph is compared with PyTorch on fresh random inputs before the bundle is written.
+
+`export_dalle` (EXPORTERS["dalle"]) exports a `glimpse train dalle` run: its transformer
+and vocabulary, the dVAE of the run it names, the reranker and the sampling defaults
+it records.
 """
 
 from __future__ import annotations
@@ -50,9 +54,11 @@ from onnx.external_data_helper import set_external_data
 from models.dalle import Dalle
 from models.dvae import DiscreteVAE
 from service.bundle import describe_graph, load_bundle, write_manifest
+from training.checkpoint import checkpoint_dir
 from training.data.tokenizer import WordVocab
 from training.export.bundle import created_now, file_entry, staged_bundle
 from training.export.onnx import DEFAULT_OPSET, cpu_session, onnx_export, require_parity
+from training.runs import load_dalle, load_dvae
 
 PREFILL_FILE = "prefill.onnx"
 STEP_FILE = "decoder_step.onnx"
@@ -292,3 +298,25 @@ def manifest(models: DalleModels, name: str, version: int, graphs: dict, files: 
                      "parity_max_abs_diff": parity},
         "metrics": {},
     }
+
+
+def load_dalle_models(run_dir: Path) -> DalleModels:
+    """What a `glimpse train dalle` run exports to: its transformer and vocabulary, the
+    dVAE run it was trained on, its reranker (a retrieval bundle) and sampling defaults."""
+    dalle, config = load_dalle(run_dir)
+    dvae = load_dvae(config["dvae_run"])
+    sampling = config.get("sampling", {})
+    reranker = config.get("reranker")
+    return DalleModels(
+        dalle=dalle, dvae=dvae, vocab=WordVocab.load(Path(run_dir) / VOCAB_FILE),
+        reranker=None if reranker is None else Path(reranker),
+        training={"run": str(run_dir), "checkpoint": str(checkpoint_dir(Path(run_dir))),
+                  "dvae_run": config["dvae_run"], "data": config.get("data", {})},
+        **{k: sampling[k] for k in ("temperature", "top_k", "top_p", "candidates")
+           if k in sampling})
+
+
+def export_dalle(run_dir: Path, repository: Path, name: str, version: int | None = None
+                 ) -> Path:
+    """`glimpse export` of a DALL-E run (EXPORTERS["dalle"]); returns the bundle path."""
+    return write_dalle_bundle(load_dalle_models(Path(run_dir)), Path(repository), name, version)
