@@ -347,6 +347,7 @@ class VideoCaptionConfig:
     frame_embed_dim: int | None = None  # lstm-encoder: a ReLU layer before the frame LSTM
     frame_norm: str | bool | None = "batch"  # as ActivityConfig's (both architectures)
     feed_encoding: bool = False  # lstm-encoder: its final h also beside every word
+    frame_diff: bool = False  # lstm-encoder: as ActivityConfig's, for the encoder LSTM
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self) -> None:
@@ -415,8 +416,18 @@ class LSTMEncoderDecoder(VideoCaptioner):
         super().__init__(config, decoder_input=(2 if feed else 1) * config.embed_dim)
         self.frame_embed, d = frame_embedding(self.feature_dim, config.frame_embed_dim,
                                               norm=config.frame_norm)
-        self.frame_lstm = LSTMCell(d, config.hidden_dim, layer_norm=config.layer_norm)
+        h = config.hidden_dim
+        self.diff_proj = nn.Linear(d, h) if config.frame_diff else None
+        self.diff_norm = FeatureBatchNorm(h) if config.frame_diff else None
+        self.frame_lstm = LSTMCell(d + (h if config.frame_diff else 0), h,
+                                   layer_norm=config.layer_norm)
         self.encoding_embed = nn.Linear(config.hidden_dim, config.embed_dim) if feed else None
+
+    @property
+    def encoder_state_names(self) -> tuple[str, ...]:
+        """The encoder LSTM's state between frames: the decoder's ("h", "c"), and with
+        frame_diff the previous frame's projection "prev" (B, H)."""
+        return ("h", "c", "prev") if self.config.frame_diff else ("h", "c")
 
     @property
     def context_names(self) -> tuple[str, ...]:
@@ -426,13 +437,25 @@ class LSTMEncoderDecoder(VideoCaptioner):
         """One frame of the encoder: φ (B, G·G·D), its state (None at the first frame) ->
         the next {"h", "c"} (B, H)."""
         previous = None if state is None else (state["h"], state["c"])
-        h, c = self.frame_lstm(self.frame_embed(features), previous)
-        return {"h": h, "c": c}
+        x = self.frame_embed(features)
+        if self.diff_proj is None:
+            h, c = self.frame_lstm(x, previous)
+            return {"h": h, "c": c}
+        p = self.diff_proj(x)
+        prev = torch.zeros_like(p) if state is None else state["prev"]
+        started = (prev.abs().sum(dim=-1, keepdim=True) > 0).to(p.dtype)  # see ActivityRecognizer
+        h, c = self.frame_lstm(torch.cat([x, self.diff_norm(started * (p - prev))], -1), previous)
+        return {"h": h, "c": c, "prev": p}
 
     def encode_features(self, features: torch.Tensor) -> tuple[torch.Tensor | None, State]:
         """φ (B, T, G·G·D) -> the encoder's final {"h", "c"} (B, H), and as context its
         final h (B, 1, H) with `feed_encoding` (else None)."""
         x = self.frame_embed(features)  # all frames at once: BatchNorm sees frames x clips
+        if self.diff_proj is not None:
+            p = self.diff_proj(x)
+            change = p[:, 1:] - p[:, :-1]
+            x = torch.cat([x, self.diff_norm(torch.cat([torch.zeros_like(p[:, :1]), change], 1))],
+                          dim=-1)
         state = None
         for t in range(features.shape[1]):
             previous = None if state is None else (state["h"], state["c"])
