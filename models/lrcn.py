@@ -101,10 +101,10 @@ def normalize_frame_norm(norm: str | bool | None) -> str | None:
     return norm
 
 
-def with_saved_frame_norm(d: dict) -> dict:
-    """A saved config from before `frame_norm` existed had no normalisation; the field's
-    default (BatchNorm) applies to new configs only."""
-    return d if "frame_norm" in d else {**d, "frame_norm": None}
+def with_saved_defaults(d: dict) -> dict:
+    """A saved config from before `frame_norm` or `frame_diff` existed had neither; the
+    fields' defaults (BatchNorm, the change between frames) apply to new configs only."""
+    return {"frame_norm": None, "frame_diff": False, **d}
 
 
 def frame_norm_layer(dim: int, norm: str | bool | None) -> nn.Module:
@@ -161,8 +161,9 @@ class ActivityConfig:
     frame_norm: str | bool | None = "batch"
     # lstm: the LSTM also reads the change of the (projected) frame feature since the
     # previous frame, BatchNorm-ed; the projection of the previous frame is carried in
-    # the recurrent state as "prev" (B, hidden_dim)
-    frame_diff: bool = False
+    # the recurrent state as "prev" (B, hidden_dim). None: on with the LSTM (configs
+    # saved before the field: off)
+    frame_diff: bool | None = None
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self) -> None:
@@ -171,6 +172,8 @@ class ActivityConfig:
         if self.frame_grid < 1:
             raise ValueError(f"frame_grid must be >= 1, got {self.frame_grid}")
         self.frame_norm = normalize_frame_norm(self.frame_norm)
+        if self.frame_diff is None:
+            self.frame_diff = self.temporal == "lstm"
         if self.frame_diff and self.temporal != "lstm":
             raise ValueError("frame_diff needs the LSTM (temporal 'lstm')")
         if self.input not in ACTIVITY_INPUTS:
@@ -184,7 +187,7 @@ class ActivityConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ActivityConfig:
-        return cls(**with_saved_frame_norm(d))
+        return cls(**with_saved_defaults(d))
 
 
 class ActivityRecognizer(nn.Module):
@@ -347,7 +350,8 @@ class VideoCaptionConfig:
     frame_embed_dim: int | None = None  # lstm-encoder: a ReLU layer before the frame LSTM
     frame_norm: str | bool | None = "batch"  # as ActivityConfig's (both architectures)
     feed_encoding: bool = False  # lstm-encoder: its final h also beside every word
-    frame_diff: bool = False  # lstm-encoder: as ActivityConfig's, for the encoder LSTM
+    # lstm-encoder: as ActivityConfig's, for the encoder LSTM (None: on for lstm-encoder)
+    frame_diff: bool | None = None
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self) -> None:
@@ -356,6 +360,10 @@ class VideoCaptionConfig:
         if self.frame_grid < 1:
             raise ValueError(f"frame_grid must be >= 1, got {self.frame_grid}")
         self.frame_norm = normalize_frame_norm(self.frame_norm)
+        if self.frame_diff is None:
+            self.frame_diff = self.arch == "lstm-encoder"
+        if self.frame_diff and self.arch != "lstm-encoder":
+            raise ValueError("frame_diff needs the LSTM encoder (arch 'lstm-encoder')")
         if self.arch not in VIDEO_CAPTION_ARCHS:
             raise ValueError(f"arch must be one of {VIDEO_CAPTION_ARCHS}, got {self.arch!r}")
 
@@ -364,7 +372,7 @@ class VideoCaptionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> VideoCaptionConfig:
-        return cls(**with_saved_frame_norm(d))
+        return cls(**with_saved_defaults(d))
 
 
 class VideoCaptioner(FeatureCaptioner):
