@@ -117,8 +117,21 @@ def frame_norm_layer(dim: int, norm: str | bool | None) -> nn.Module:
     return nn.Identity()
 
 
-def frame_embedding(in_dim: int, embed_dim: int | None, *, norm: str | bool | None = None
-                    ) -> tuple[nn.Module, int]:
+class CellMax(nn.Module):
+    """φ (..., G·G·D) -> (..., G·G·D + D): the grid's cells and, after them, their
+    elementwise maximum, the same wherever in the frame an object is."""
+
+    def __init__(self, cells: int) -> None:
+        super().__init__()
+        self.cells = cells
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grid = x.reshape(*x.shape[:-1], self.cells, x.shape[-1] // self.cells)
+        return torch.cat([x, grid.amax(dim=-2)], dim=-1)
+
+
+def frame_embedding(in_dim: int, embed_dim: int | None, *, norm: str | bool | None = None,
+                    cell_max_of: int | None = None) -> tuple[nn.Module, int]:
     """The layers between φ(x_t) (..., F) and the model and their output size: the
     normalisation `norm` names, then ReLU(W φ + b) if `embed_dim`.
 
@@ -129,6 +142,9 @@ def frame_embedding(in_dim: int, embed_dim: int | None, *, norm: str | bool | No
     LayerNorm-ed vector mostly sees as a constant. "layer" (LayerNorm per vector)
     only evens out the scale and keeps that shared component."""
     layers: list[nn.Module] = []
+    if cell_max_of:  # with cell_max_of cells, the maximum over them comes first
+        layers.append(CellMax(cell_max_of))
+        in_dim += in_dim // cell_max_of
     if normalize_frame_norm(norm) is not None:
         layers.append(frame_norm_layer(in_dim, norm))
     if embed_dim:
@@ -352,6 +368,8 @@ class VideoCaptionConfig:
     feed_encoding: bool = False  # lstm-encoder: its final h also beside every word
     # lstm-encoder: as ActivityConfig's, for the encoder LSTM (None: on for lstm-encoder)
     frame_diff: bool | None = None
+    # lstm-encoder: the maximum over the grid's cells joins φ(x_t) before the embedding
+    cell_max: bool = False
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self) -> None:
@@ -422,8 +440,9 @@ class LSTMEncoderDecoder(VideoCaptioner):
     def __init__(self, config: VideoCaptionConfig) -> None:
         feed = config.feed_encoding
         super().__init__(config, decoder_input=(2 if feed else 1) * config.embed_dim)
-        self.frame_embed, d = frame_embedding(self.feature_dim, config.frame_embed_dim,
-                                              norm=config.frame_norm)
+        self.frame_embed, d = frame_embedding(
+            self.feature_dim, config.frame_embed_dim, norm=config.frame_norm,
+            cell_max_of=config.frame_grid ** 2 if config.cell_max else None)
         h = config.hidden_dim
         self.diff_proj = nn.Linear(d, h) if config.frame_diff else None
         self.diff_norm = FeatureBatchNorm(h) if config.frame_diff else None

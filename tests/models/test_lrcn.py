@@ -338,6 +338,15 @@ def test_frame_diff_feeds_the_change_since_the_previous_frame_through_the_state(
         ActivityConfig(temporal="single-frame", frame_diff=True)
 
 
+def test_cell_max_adds_the_maximum_over_the_grid_cells():
+    model = caption_model("lstm-encoder", frame_grid=2, frame_embed_dim=4, cell_max=True)
+    (features,) = model.image_features(clips())  # (B, T, 4 cells x 8)
+    joined = model.frame_embed[0](features)
+    assert joined.shape == (B, T, 40)
+    torch.testing.assert_close(joined[..., 32:], features.view(B, T, 4, 8).amax(dim=2))
+    assert model.frame_embed[-2].in_features == 40
+
+
 def test_configs_saved_before_batch_norm_keep_their_frame_normalisation():
     saved = ActivityConfig(encoder=TINY_ENCODER).to_dict()
     del saved["frame_norm"], saved["frame_diff"]  # saved before the fields existed
