@@ -107,6 +107,11 @@ def with_saved_defaults(d: dict) -> dict:
     return {"frame_norm": None, "frame_diff": False, **d}
 
 
+def with_saved_caption_defaults(d: dict) -> dict:
+    """with_saved_defaults, and no cell_max for a description config saved before it."""
+    return {"cell_max": False, **with_saved_defaults(d)}
+
+
 def frame_norm_layer(dim: int, norm: str | bool | None) -> nn.Module:
     """The normalisation of φ(x_t) that `norm` names (nn.Identity for None)."""
     norm = normalize_frame_norm(norm)
@@ -369,7 +374,8 @@ class VideoCaptionConfig:
     # lstm-encoder: as ActivityConfig's, for the encoder LSTM (None: on for lstm-encoder)
     frame_diff: bool | None = None
     # lstm-encoder: the maximum over the grid's cells joins φ(x_t) before the embedding
-    cell_max: bool = False
+    # (None: on for lstm-encoder; configs saved before the field: off)
+    cell_max: bool | None = None
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self) -> None:
@@ -382,6 +388,8 @@ class VideoCaptionConfig:
             self.frame_diff = self.arch == "lstm-encoder"
         if self.frame_diff and self.arch != "lstm-encoder":
             raise ValueError("frame_diff needs the LSTM encoder (arch 'lstm-encoder')")
+        if self.cell_max is None:
+            self.cell_max = self.arch == "lstm-encoder"
         if self.arch not in VIDEO_CAPTION_ARCHS:
             raise ValueError(f"arch must be one of {VIDEO_CAPTION_ARCHS}, got {self.arch!r}")
 
@@ -390,7 +398,7 @@ class VideoCaptionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> VideoCaptionConfig:
-        return cls(**with_saved_defaults(d))
+        return cls(**with_saved_caption_defaults(d))
 
 
 class VideoCaptioner(FeatureCaptioner):

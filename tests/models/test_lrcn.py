@@ -358,10 +358,11 @@ def test_configs_saved_before_batch_norm_keep_their_frame_normalisation():
     assert ActivityConfig.from_dict({**saved, "frame_norm": False}).frame_norm is None
     caption = VideoCaptionConfig(encoder=TINY_ENCODER).to_dict()
     assert caption["frame_norm"] == "batch"
-    assert caption["frame_diff"] is True
-    del caption["frame_norm"], caption["frame_diff"]
-    assert VideoCaptionConfig.from_dict(caption).frame_norm is None
-    assert VideoCaptionConfig.from_dict(caption).frame_diff is False
+    assert caption["frame_diff"] is True and caption["cell_max"] is True
+    del caption["frame_norm"], caption["frame_diff"], caption["cell_max"]
+    old_caption = VideoCaptionConfig.from_dict(caption)
+    assert (old_caption.frame_norm, old_caption.frame_diff, old_caption.cell_max) == \
+        (None, False, False)
     assert VideoCaptionConfig(arch="mean-pool").frame_diff is False
     old = ActivityRecognizer(ActivityConfig.from_dict({**saved, "frame_norm": True}))
     assert isinstance(old.frame_embed, torch.nn.LayerNorm) or \
