@@ -12,11 +12,13 @@ from tiny_bundle import sample_png
 
 from service.bundle import BundleError, load_bundle
 from service.pipelines import PIPELINES, Pipeline
+from service.pipelines.activity import ActivityModel
 from service.pipelines.alignment import AlignmentModel
 from service.pipelines.base import GraphContract
 from service.pipelines.caption import CaptionModel
 from service.pipelines.generation import GenerationModel
 from service.pipelines.retrieval import RetrievalModel
+from service.pipelines.video_caption import VideoCaptionModel
 from service.pipelines.vqa import VqaModel
 from service.runtime import load_graphs
 from service.state import ServedModel
@@ -24,7 +26,8 @@ from service.state import ServedModel
 
 def test_every_served_task_has_registered_its_pipeline() -> None:
     served = {"caption": CaptionModel, "vqa": VqaModel, "alignment": AlignmentModel,
-              "retrieval": RetrievalModel, "generation": GenerationModel}
+              "retrieval": RetrievalModel, "generation": GenerationModel,
+              "activity": ActivityModel, "video-caption": VideoCaptionModel}
     assert dict(PIPELINES) == served
     assert all(cls.task == task for task, cls in PIPELINES.items())
 
