@@ -8,7 +8,15 @@ vector). The global mean of G = 1 forgets where things are, and where an object 
 from frame to frame is what tells a move to the left from one to the right, so the
 trained models keep a coarse grid. An optional `frame_embed_dim` maps φ(x_t) through
 a ReLU layer first (the paper's fc6 above the convolutions), which keeps the LSTM
-small over a wide grid feature. Then:
+small over a wide grid feature. Before it, `frame_norm` normalises φ(x_t): "batch"
+(the default, BatchNorm over the frames of a batch's clips) removes the component every
+frame's pooled feature shares, which is as large as a clip's own part for RGB frames and
+eight times it for motion images and leaves an LSTM fed the raw or LayerNorm-ed vector
+close to blind; "layer" (LayerNorm) keeps it, which suits the RGB activity stream
+(docs/results.md). With `frame_diff` (on by default wherever an LSTM reads the frames)
+the LSTM also reads the BatchNorm-ed change of a projection of the frame feature since
+the previous frame, carried between steps in the state as "prev"; with `cell_max`
+(the video encoder's default) the maximum over the grid's cells joins φ(x_t). Then:
 
 Activity recognition (Sec. 4 of the paper)
     "lstm":          h_t = LSTM(φ(x_t), h_{t-1}),  scores_t = W h_t
