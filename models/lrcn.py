@@ -8,7 +8,15 @@ vector). The global mean of G = 1 forgets where things are, and where an object 
 from frame to frame is what tells a move to the left from one to the right, so the
 trained models keep a coarse grid. An optional `frame_embed_dim` maps φ(x_t) through
 a ReLU layer first (the paper's fc6 above the convolutions), which keeps the LSTM
-small over a wide grid feature. Then:
+small over a wide grid feature. Before it, `frame_norm` normalises φ(x_t): "batch"
+(the default, BatchNorm over the frames of a batch's clips) removes the component every
+frame's pooled feature shares, which is as large as a clip's own part for RGB frames and
+eight times it for motion images and leaves an LSTM fed the raw or LayerNorm-ed vector
+close to blind; "layer" (LayerNorm) keeps it, which suits the RGB activity stream
+(docs/results.md). With `frame_diff` (on by default wherever an LSTM reads the frames)
+the LSTM also reads the BatchNorm-ed change of a projection of the frame feature since
+the previous frame, carried between steps in the state as "prev"; with `cell_max`
+(the video encoder's default) the maximum over the grid's cells joins φ(x_t). Then:
 
 Activity recognition (Sec. 4 of the paper)
     "lstm":          h_t = LSTM(φ(x_t), h_{t-1}),  scores_t = W h_t
@@ -77,12 +85,81 @@ def frame_feature_dim(encoder: EncoderConfig, grid: int) -> int:
     return grid * grid * encoder.out_dim
 
 
-def frame_embedding(in_dim: int, embed_dim: int | None, *, norm: bool = False
-                    ) -> tuple[nn.Module, int]:
-    """The layers between φ(x_t) and the model and their output size: LayerNorm(φ) if
-    `norm` (the frozen features' scale varies widely between dimensions), then
-    ReLU(W φ + b) if `embed_dim`."""
-    layers: list[nn.Module] = [nn.LayerNorm(in_dim)] if norm else []
+FRAME_NORMS = ("batch", "layer")
+
+
+class FeatureBatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d over every leading dimension: φ (..., F) standardised feature by
+    feature over all the frames of all the clips of a batch (running statistics at
+    eval time, where it is one affine map and exports to ONNX as such)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).view(x.shape)
+
+
+def normalize_frame_norm(norm: str | bool | None) -> str | None:
+    """A config's frame_norm: "batch", "layer" or None (True, as saved before
+    BatchNorm was an option, is "layer"; False is None)."""
+    if norm is True:
+        return "layer"
+    if norm is False or norm is None:
+        return None
+    if norm not in FRAME_NORMS:
+        raise ValueError(f"frame_norm must be one of {FRAME_NORMS} or None, got {norm!r}")
+    return norm
+
+
+def with_saved_defaults(d: dict) -> dict:
+    """A saved config from before `frame_norm` or `frame_diff` existed had neither; the
+    fields' defaults (BatchNorm, the change between frames) apply to new configs only."""
+    return {"frame_norm": None, "frame_diff": False, **d}
+
+
+def with_saved_caption_defaults(d: dict) -> dict:
+    """with_saved_defaults, and no cell_max for a description config saved before it."""
+    return {"cell_max": False, **with_saved_defaults(d)}
+
+
+def frame_norm_layer(dim: int, norm: str | bool | None) -> nn.Module:
+    """The normalisation of φ(x_t) that `norm` names (nn.Identity for None)."""
+    norm = normalize_frame_norm(norm)
+    if norm == "batch":
+        return FeatureBatchNorm(dim)
+    if norm == "layer":
+        return nn.LayerNorm(dim)
+    return nn.Identity()
+
+
+class CellMax(nn.Module):
+    """φ (..., G·G·D) -> (..., G·G·D + D): the grid's cells and, after them, their
+    elementwise maximum, the same wherever in the frame an object is."""
+
+    def __init__(self, cells: int) -> None:
+        super().__init__()
+        self.cells = cells
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grid = x.reshape(*x.shape[:-1], self.cells, x.shape[-1] // self.cells)
+        return torch.cat([x, grid.amax(dim=-2)], dim=-1)
+
+
+def frame_embedding(in_dim: int, embed_dim: int | None, *, norm: str | bool | None = None,
+                    cell_max_of: int | None = None) -> tuple[nn.Module, int]:
+    """The layers between φ(x_t) (..., F) and the model and their output size: the
+    normalisation `norm` names, then ReLU(W φ + b) if `embed_dim`.
+
+    "batch" (the default of the configs) standardises every feature over the frames
+    of a batch's clips: the frozen pooled features are dominated by a component that
+    every frame shares (its norm is about that of a frame's own deviation for RGB
+    frames, about eight times it for motion images), which a model fed the raw or
+    LayerNorm-ed vector mostly sees as a constant. "layer" (LayerNorm per vector)
+    only evens out the scale and keeps that shared component."""
+    layers: list[nn.Module] = []
+    if cell_max_of:  # with cell_max_of cells, the maximum over them comes first
+        layers.append(CellMax(cell_max_of))
+        in_dim += in_dim // cell_max_of
+    if normalize_frame_norm(norm) is not None:
+        layers.append(frame_norm_layer(in_dim, norm))
     if embed_dim:
         layers += [nn.Linear(in_dim, embed_dim), nn.ReLU()]
     return (nn.Sequential(*layers) if layers else nn.Identity()), embed_dim or in_dim
@@ -108,7 +185,14 @@ class ActivityConfig:
     freeze_encoder: bool = False  # keep φ (and its BatchNorm statistics) fixed
     frame_grid: int = 1  # G: φ(x_t) is the encoder's grid averaged to G x G cells
     frame_embed_dim: int | None = None  # a ReLU layer on φ(x_t) before the LSTM / head
-    frame_norm: bool = False  # LayerNorm on φ(x_t) first
+    # φ(x_t) normalised first: "batch" (BatchNorm over frames and clips), "layer"
+    # (LayerNorm; true in configs saved before "batch"), None
+    frame_norm: str | bool | None = "batch"
+    # lstm: the LSTM also reads the change of the (projected) frame feature since the
+    # previous frame, BatchNorm-ed; the projection of the previous frame is carried in
+    # the recurrent state as "prev" (B, hidden_dim). None: on with the LSTM (configs
+    # saved before the field: off)
+    frame_diff: bool | None = None
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self) -> None:
@@ -116,6 +200,11 @@ class ActivityConfig:
             self.encoder = EncoderConfig(**self.encoder)
         if self.frame_grid < 1:
             raise ValueError(f"frame_grid must be >= 1, got {self.frame_grid}")
+        self.frame_norm = normalize_frame_norm(self.frame_norm)
+        if self.frame_diff is None:
+            self.frame_diff = self.temporal == "lstm"
+        if self.frame_diff and self.temporal != "lstm":
+            raise ValueError("frame_diff needs the LSTM (temporal 'lstm')")
         if self.input not in ACTIVITY_INPUTS:
             raise ValueError(f"input must be one of {ACTIVITY_INPUTS}, got {self.input!r}")
         if self.temporal not in ACTIVITY_TEMPORAL:
@@ -127,7 +216,7 @@ class ActivityConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ActivityConfig:
-        return cls(**d)
+        return cls(**with_saved_defaults(d))
 
 
 class ActivityRecognizer(nn.Module):
@@ -140,7 +229,11 @@ class ActivityRecognizer(nn.Module):
         self.encoder = build_frame_encoder(config.encoder, frozen=config.freeze_encoder)
         self.frame_embed, d = frame_embedding(self.feature_dim, config.frame_embed_dim,
                                               norm=config.frame_norm)
-        self.lstm = (LSTMCell(d, config.hidden_dim, layer_norm=config.layer_norm)
+        h = config.hidden_dim
+        self.diff_proj = nn.Linear(d, h) if config.frame_diff else None
+        self.diff_norm = FeatureBatchNorm(h) if config.frame_diff else None
+        self.lstm = (LSTMCell(d + (h if config.frame_diff else 0), h,
+                              layer_norm=config.layer_norm)
                      if config.temporal == "lstm" else None)
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_dim if self.lstm is not None else d,
@@ -154,7 +247,9 @@ class ActivityRecognizer(nn.Module):
     @property
     def state_names(self) -> tuple[str, ...]:
         """Keys of the recurrent state carried between frames (none without an LSTM)."""
-        return ("h", "c") if self.lstm is not None else ()
+        if self.lstm is None:
+            return ()
+        return ("h", "c", "prev") if self.config.frame_diff else ("h", "c")
 
     def train(self, mode: bool = True) -> ActivityRecognizer:
         super().train(mode)
@@ -174,22 +269,50 @@ class ActivityRecognizer(nn.Module):
         if self.lstm is None:
             return {}
         h, c = self.lstm.initial_state(batch_size, like=like)
-        return {"h": h, "c": c}
+        state = {"h": h, "c": c}
+        if self.config.frame_diff:  # zero: no previous frame yet
+            state["prev"] = torch.zeros_like(h)
+        return state
 
     def classify_step(self, features: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One frame: φ (B, G·G·D), state -> class scores (B, C), next state."""
         x = self.frame_embed(features)
+        if self.diff_proj is None:
+            return self.embedded_step(x, None, state)
+        p, prev = self.diff_proj(x), state["prev"]
+        # the first frame (a zero "prev": the projection has a bias, so a frame's is
+        # never all zeros) has no change
+        started = (prev.abs().sum(dim=-1, keepdim=True) > 0).to(p.dtype)
+        return self.embedded_step(x, self.diff_norm(started * (p - prev)), state, p)
+
+    def embedded_step(self, x: torch.Tensor, diff: torch.Tensor | None, state: State,
+                      projection: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """classify_step after the frame embedding (x: frame_embed(φ), (B, d)) and, with
+        frame_diff, the normalised change `diff` (B, H) and this frame's `projection`."""
         if self.lstm is None:
             return self.head(self.drop(x)), state
+        if diff is not None:
+            x = torch.cat([x, diff], dim=-1)
         h, c = self.lstm(x, (state["h"], state["c"]))
-        return self.head(self.drop(h)), {"h": h, "c": c}
+        new = {"h": h, "c": c}
+        if projection is not None:
+            new["prev"] = projection
+        return self.head(self.drop(h)), new
 
     def frame_logits(self, features: torch.Tensor) -> torch.Tensor:
         """φ (B, T', G·G·D) -> per-frame class scores (B, T', C), unrolling classify_step."""
         state = self.initial_state(features.shape[0], like=features)
+        x = self.frame_embed(features)  # all frames at once: BatchNorm sees frames x clips
+        diffs = projections = None
+        if self.diff_proj is not None:
+            projections = self.diff_proj(x)  # (B, T', H)
+            change = projections[:, 1:] - projections[:, :-1]
+            diffs = self.diff_norm(torch.cat([torch.zeros_like(change[:, :1]), change], 1))
         logits = []
         for t in range(features.shape[1]):
-            scores, state = self.classify_step(features[:, t], state)
+            scores, state = self.embedded_step(
+                x[:, t], None if diffs is None else diffs[:, t], state,
+                None if projections is None else projections[:, t])
             logits.append(scores)
         return torch.stack(logits, dim=1)
 
@@ -254,8 +377,13 @@ class VideoCaptionConfig:
     freeze_encoder: bool = False
     frame_grid: int = 1  # G, as ActivityConfig's
     frame_embed_dim: int | None = None  # lstm-encoder: a ReLU layer before the frame LSTM
-    frame_norm: bool = False  # LayerNorm on φ(x_t) first (both architectures)
+    frame_norm: str | bool | None = "batch"  # as ActivityConfig's (both architectures)
     feed_encoding: bool = False  # lstm-encoder: its final h also beside every word
+    # lstm-encoder: as ActivityConfig's, for the encoder LSTM (None: on for lstm-encoder)
+    frame_diff: bool | None = None
+    # lstm-encoder: the maximum over the grid's cells joins φ(x_t) before the embedding
+    # (None: on for lstm-encoder; configs saved before the field: off)
+    cell_max: bool | None = None
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self) -> None:
@@ -263,6 +391,13 @@ class VideoCaptionConfig:
             self.encoder = EncoderConfig(**self.encoder)
         if self.frame_grid < 1:
             raise ValueError(f"frame_grid must be >= 1, got {self.frame_grid}")
+        self.frame_norm = normalize_frame_norm(self.frame_norm)
+        if self.frame_diff is None:
+            self.frame_diff = self.arch == "lstm-encoder"
+        if self.frame_diff and self.arch != "lstm-encoder":
+            raise ValueError("frame_diff needs the LSTM encoder (arch 'lstm-encoder')")
+        if self.cell_max is None:
+            self.cell_max = self.arch == "lstm-encoder"
         if self.arch not in VIDEO_CAPTION_ARCHS:
             raise ValueError(f"arch must be one of {VIDEO_CAPTION_ARCHS}, got {self.arch!r}")
 
@@ -271,7 +406,7 @@ class VideoCaptionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> VideoCaptionConfig:
-        return cls(**d)
+        return cls(**with_saved_caption_defaults(d))
 
 
 class VideoCaptioner(FeatureCaptioner):
@@ -321,10 +456,21 @@ class LSTMEncoderDecoder(VideoCaptioner):
     def __init__(self, config: VideoCaptionConfig) -> None:
         feed = config.feed_encoding
         super().__init__(config, decoder_input=(2 if feed else 1) * config.embed_dim)
-        self.frame_embed, d = frame_embedding(self.feature_dim, config.frame_embed_dim,
-                                              norm=config.frame_norm)
-        self.frame_lstm = LSTMCell(d, config.hidden_dim, layer_norm=config.layer_norm)
+        self.frame_embed, d = frame_embedding(
+            self.feature_dim, config.frame_embed_dim, norm=config.frame_norm,
+            cell_max_of=config.frame_grid ** 2 if config.cell_max else None)
+        h = config.hidden_dim
+        self.diff_proj = nn.Linear(d, h) if config.frame_diff else None
+        self.diff_norm = FeatureBatchNorm(h) if config.frame_diff else None
+        self.frame_lstm = LSTMCell(d + (h if config.frame_diff else 0), h,
+                                   layer_norm=config.layer_norm)
         self.encoding_embed = nn.Linear(config.hidden_dim, config.embed_dim) if feed else None
+
+    @property
+    def encoder_state_names(self) -> tuple[str, ...]:
+        """The encoder LSTM's state between frames: the decoder's ("h", "c"), and with
+        frame_diff the previous frame's projection "prev" (B, H)."""
+        return ("h", "c", "prev") if self.config.frame_diff else ("h", "c")
 
     @property
     def context_names(self) -> tuple[str, ...]:
@@ -334,15 +480,30 @@ class LSTMEncoderDecoder(VideoCaptioner):
         """One frame of the encoder: φ (B, G·G·D), its state (None at the first frame) ->
         the next {"h", "c"} (B, H)."""
         previous = None if state is None else (state["h"], state["c"])
-        h, c = self.frame_lstm(self.frame_embed(features), previous)
-        return {"h": h, "c": c}
+        x = self.frame_embed(features)
+        if self.diff_proj is None:
+            h, c = self.frame_lstm(x, previous)
+            return {"h": h, "c": c}
+        p = self.diff_proj(x)
+        prev = torch.zeros_like(p) if state is None else state["prev"]
+        started = (prev.abs().sum(dim=-1, keepdim=True) > 0).to(p.dtype)  # see ActivityRecognizer
+        h, c = self.frame_lstm(torch.cat([x, self.diff_norm(started * (p - prev))], -1), previous)
+        return {"h": h, "c": c, "prev": p}
 
     def encode_features(self, features: torch.Tensor) -> tuple[torch.Tensor | None, State]:
         """φ (B, T, G·G·D) -> the encoder's final {"h", "c"} (B, H), and as context its
         final h (B, 1, H) with `feed_encoding` (else None)."""
+        x = self.frame_embed(features)  # all frames at once: BatchNorm sees frames x clips
+        if self.diff_proj is not None:
+            p = self.diff_proj(x)
+            change = p[:, 1:] - p[:, :-1]
+            x = torch.cat([x, self.diff_norm(torch.cat([torch.zeros_like(p[:, :1]), change], 1))],
+                          dim=-1)
         state = None
         for t in range(features.shape[1]):
-            state = self.encode_step(features[:, t], state)
+            previous = None if state is None else (state["h"], state["c"])
+            h, c = self.frame_lstm(x[:, t], previous)
+            state = {"h": h, "c": c}
         context = state["h"].unsqueeze(1) if self.config.feed_encoding else None
         return context, state
 
@@ -360,7 +521,7 @@ class MeanPoolDecoder(VideoCaptioner):
 
     def __init__(self, config: VideoCaptionConfig) -> None:
         super().__init__(config, decoder_input=2 * config.embed_dim)
-        self.frame_norm = nn.LayerNorm(self.feature_dim) if config.frame_norm else nn.Identity()
+        self.frame_norm = frame_norm_layer(self.feature_dim, config.frame_norm)
         self.video_embed = nn.Linear(self.feature_dim, config.embed_dim)
 
     def encode_features(self, features: torch.Tensor) -> tuple[torch.Tensor, State]:

@@ -239,6 +239,11 @@ class VideoCaptionInference(InferenceSection):
     video_encoder: Literal["lstm-encoder", "mean-pool"] = Field(
         description="lstm-encoder: encoder_step unrolled over the frames gives the decoder's "
                     "first state; mean-pool: the mean feature is the decoder's context")
+    encoder_state: list[str] | None = Field(
+        None, min_length=2,
+        description="lstm-encoder: encoder_step's state names, each [batch, H], all zero "
+                    "at the first frame; it starts with the decoder's (h, c), which the "
+                    "final state hands on (default: the decoder's state names)")
 
 
 # task -> the section its `inference` must validate as (tasks not served have none)

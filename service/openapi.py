@@ -77,6 +77,10 @@ def describe_served_models(document: dict[str, Any], state: ServiceState) -> Non
                     restrict_model(properties["model"], names)
                 if task == "generation" and "prompt" in properties and served:
                     describe_generators(properties, [m.pipeline for m in served])
+                if task == "activity" and "top_k" in properties:
+                    # at most the classes of every served model (more is refused)
+                    properties["top_k"]["maximum"] = min(len(m.pipeline.classes)
+                                                         for m in served)
                 if task == "caption" and "temperature" in properties and served:
                     # sampling's top_k: at most the candidates every step graph returns
                     properties["top_k"]["maximum"] = min(m.bundle.manifest.decoding.top_k

@@ -25,6 +25,7 @@ from service.pipelines.retrieval import MAX_SEARCH_DEPTH
 from service.pipelines.retrieval import MAX_TOP_K as MAX_SEARCH_TOP_K
 from service.pipelines.vqa import DEFAULT_TOP_K as DEFAULT_ANSWERS
 from service.pipelines.vqa import MAX_TOP_K as MAX_ANSWERS
+from service.videos import MIN_FRAMES as MIN_CLIP_FRAMES
 
 MODEL_FIELD_DOC = ('"name" (its highest served version) or "name/version"; omitted: the '
                    "default model of the task (GLIMPSE_DEFAULT_MODELS, else the first name A-Z)")
@@ -529,7 +530,20 @@ class GenerationResponse(BaseModel):
 VIDEO_FIELD_DOC = ("the clip file, base64-encoded (a data: URL is accepted): an animated GIF, "
                    "APNG or WebP, an MP4 or a WebM")
 FRAMES_FIELD_DOC = "the clip as its frames, in order, each an image file base64-encoded"
-VIDEO_EXAMPLE = "iVBORw0KGgoAAAANSUhEUgAA..."
+# a two-frame 8 x 8 APNG: a red square moving right
+VIDEO_EXAMPLE = ("iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAACGFjVEwAAAACAAAAAPONk3AAAAAaZmNU"
+                 "TAAAAAAAAAAIAAAACAAAAAAAAAAAAAEACAAA8cpuDAAAAClJREFUeJxjPHHiBAM2wIRVFJ8ECwMDg7mF"
+                 "BYRzEslY8ow6ic1hOHUAAJUoB8VZOgCCAAAAGmZjVEwAAAABAAAABgAAAAMAAAABAAAAAwABAAgAANBW"
+                 "8e0AAAAhZmRBVAAAAAJ4nGM8ceIEAwMDAwODuYUFhMHEgAGwCAEAn80DBe6C1zUAAAAASUVORK5CYII=")
+# `video` and each of `frames`: base64 text, as an image field (the file is checked when
+# decoded: 415 when it is not a clip or an image)
+VIDEO_BASE64 = {"minLength": 4, "pattern": BASE64_PATTERN, "contentEncoding": "base64"}
+# A JSON clip request carries exactly one of the clip file and its frames (as the server
+# requires: it refuses both and neither).
+VIDEO_JSON_ONE_OF = [
+    {"required": ["video"], "properties": {"video": {"type": "string"}}},
+    {"required": ["frames"], "properties": {"frames": {"type": "array",
+                                                       "minItems": MIN_CLIP_FRAMES}}}]
 
 
 class VideoActivityParams(ModelParams):
@@ -550,12 +564,14 @@ class VideoActivityJSONRequest(VideoActivityParams):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [
+        json_schema_extra={"oneOf": VIDEO_JSON_ONE_OF, "examples": [
             {"video": VIDEO_EXAMPLE, "model": "activity-lrcn", "top_k": 3},
-            {"frames": [VIDEO_EXAMPLE, VIDEO_EXAMPLE, VIDEO_EXAMPLE], "per_frame": True}]})
+            {"frames": [IMAGE_EXAMPLE, IMAGE_EXAMPLE, IMAGE_EXAMPLE], "per_frame": True}]})
 
-    video: str | None = Field(None, description=VIDEO_FIELD_DOC)
-    frames: list[str] | None = Field(None, description=FRAMES_FIELD_DOC)
+    video: str | None = Field(None, description=VIDEO_FIELD_DOC,
+                              json_schema_extra=VIDEO_BASE64)
+    frames: list[str] | None = Field(None, description=FRAMES_FIELD_DOC,
+                                     json_schema_extra={"items": VIDEO_BASE64})
 
 
 class LabelScoreOut(BaseModel):
@@ -606,12 +622,14 @@ class VideoCaptionJSONRequest(VideoCaptionParams):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [
+        json_schema_extra={"oneOf": VIDEO_JSON_ONE_OF, "examples": [
             {"video": VIDEO_EXAMPLE, "model": "video-caption-lrcn", "beam_size": 5,
              "num_captions": 2}]})
 
-    video: str | None = Field(None, description=VIDEO_FIELD_DOC)
-    frames: list[str] | None = Field(None, description=FRAMES_FIELD_DOC)
+    video: str | None = Field(None, description=VIDEO_FIELD_DOC,
+                              json_schema_extra=VIDEO_BASE64)
+    frames: list[str] | None = Field(None, description=FRAMES_FIELD_DOC,
+                                     json_schema_extra={"items": VIDEO_BASE64})
 
 
 class VideoCaptionResponse(BaseModel):

@@ -12,7 +12,7 @@ Rules (docs/service.md repeats them for users):
 - 413: more frames than `max_frames`, a frame of more pixels than `max_pixels` (checked
   from the header before that frame is decoded), or a clip longer than `max_seconds`
   (from the container's durations, before decoding where the container says);
-- 422: fewer than MIN_FRAMES frames.
+- 422: no frame at all (MIN_FRAMES); a still image is a clip of one frame.
 Every frame is converted to RGB as an image is (transparency on white) and resized to
 S x S as soon as it is decoded, so a long clip holds only small frames. The clip is
 then sampled to the model's T frames evenly over its length (`sample_indices`); a clip
@@ -32,7 +32,9 @@ from PIL import Image
 from service.errors import InvalidParameter, PayloadTooLarge, UnsupportedMediaType
 from service.images import decode_image, open_image, to_rgb
 
-MIN_FRAMES = 2  # a single frame has no motion
+# A still image is a clip of one frame, held still: the OpenAPI document cannot say how
+# many frames a clip file holds, so the server takes every clip it can decode.
+MIN_FRAMES = 1
 # First bytes of the formats Pillow reads as animations; anything else goes to PyAV.
 PILLOW_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a")
 FORMATS = "an animated GIF, APNG or WebP, an MP4 or WebM, or its frames as images"

@@ -32,6 +32,7 @@ test_generation_api.py checks byte-identical PNGs alone and mixed).
 from __future__ import annotations
 
 import io
+import re
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -182,6 +183,8 @@ class GenerationModel(TextToImage, task="generation"):
         text = prompt.strip()
         if not text:
             raise InvalidParameter("prompt: must not be empty")
+        if not re.search("[A-Za-z0-9]", text):  # as the document says (schemas.HAS_A_WORD)
+            raise InvalidParameter("prompt: has no words (no letter or digit)")
         if len(text) > self.max_prompt_length:
             raise InvalidParameter(f"prompt: {len(text)} characters, this model reads at most "
                                    f"{self.max_prompt_length}")

@@ -5,7 +5,8 @@ evaluation uses offline (`VideoCaptionModel.from_bundle(path).describe(clip)`).
 
 Graph contract (manifest `decoding` and `inference`, service.bundle.VideoCaptionInference):
 the frame encoder maps `frames` (N, 3, S, S) to `features` (N, F). "lstm-encoder":
-`encoder_step` maps `features` (B, F), `h`, `c` to `h_out`, `c_out`; unrolled over the
+`encoder_step` maps `features` (B, F), `h`, `c` (and `prev` with frame_diff: inference
+`encoder_state`) to their `_out`s; unrolled over the
 T frames from zeros, its final state starts the decoder (and when the decoder reads a
 `context`, the final h (B, 1, H) is that context). "mean-pool": the decoder's
 `context` is the mean feature (B, 1, F) and its state starts at zero. The decoder step
@@ -60,6 +61,11 @@ class VideoCaptionModel(ImagePipeline[VideoCaptionRequest, CaptionResult],
         assert decoding is not None  # a video-caption manifest has one (Manifest validation)
         self.decoding: Decoding = decoding
         self.video = bundle.manifest.inference_as(VideoCaptionInference)
+        # the encoder LSTM's state: the decoder's, and what else it carries between frames
+        self.encoder_state = list(self.video.encoder_state or self.decoding.state)
+        if self.encoder_state[:len(self.decoding.state)] != list(self.decoding.state):
+            raise BundleError(bundle.path, "inference.encoder_state must start with the "
+                                           f"decoder's state {list(self.decoding.state)}")
         super().__init__(bundle, graphs)
         self.frame_encoder = graphs[FRAME_ENCODER]
         self.encoder_step = graphs.get(ENCODER_STEP)
@@ -79,8 +85,8 @@ class VideoCaptionModel(ImagePipeline[VideoCaptionRequest, CaptionResult],
         }
         if self.video.video_encoder == "lstm-encoder":
             graphs[ENCODER_STEP] = GraphContract(
-                inputs=frozenset({"features", *d.state}),
-                outputs=frozenset(f"{s}_out" for s in d.state))
+                inputs=frozenset({"features", *self.encoder_state}),
+                outputs=frozenset(f"{s}_out" for s in self.encoder_state))
         return graphs
 
     def defaults(self) -> dict[str, Any]:
@@ -136,11 +142,13 @@ class VideoCaptionModel(ImagePipeline[VideoCaptionRequest, CaptionResult],
         zeros = {name: np.zeros((b, self.hidden), np.float32) for name in self.decoding.state}
         if self.encoder_step is None:  # mean-pool
             return zeros, {"context": features.mean(axis=1, keepdims=True)}
-        state, outputs = zeros, [f"{name}_out" for name in self.decoding.state]
+        state = {name: np.zeros((b, self.hidden), np.float32) for name in self.encoder_state}
+        outputs = [f"{name}_out" for name in self.encoder_state]
         for step in range(t):
             out = self.encoder_step.run(
                 {"features": np.ascontiguousarray(features[:, step]), **state}, outputs)
-            state = {name: out[f"{name}_out"] for name in self.decoding.state}
+            state = {name: out[f"{name}_out"] for name in self.encoder_state}
+        state = {name: state[name] for name in self.decoding.state}
         if "context" in self.decoding.context:  # the encoding, fed beside every word
             return state, {"context": state["h"][:, None, :]}
         return state, {}

@@ -17,9 +17,9 @@ from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from service.errors import BadRequest, InvalidParameter, UnsupportedMediaType, validation_message
+from service.errors import BadRequest, InvalidParameter, UnsupportedMediaType
 from service.pipelines.activity import ActivityModel, ActivityResult
 from service.pipelines.base import Pipeline
 from service.pipelines.caption import CaptionResult
@@ -31,8 +31,10 @@ from service.routers.deps import (
     media_type,
     require_api_key,
     resolve_model,
+    validated,
 )
 from service.schemas import (
+    MIN_CLIP_FRAMES,
     CaptionOut,
     FrameActivitiesOut,
     LabelScoreOut,
@@ -121,10 +123,8 @@ async def read_video_request(request: Request, params: type[ParamsT], max_frames
                                    "frames as 'frames') or application/json ('video' or "
                                    f"'frames' base64), not {media or 'no content type'}")
     clip = one_clip(file, frames)
-    try:
-        return clip, params.model_validate(fields)
-    except ValidationError as exc:
-        raise InvalidParameter(validation_message(exc)) from None
+    # JSON values have their JSON type (0 is no boolean); form fields are text (deps.validated)
+    return clip, validated(params, fields, from_json=media == "application/json")
 
 
 @dataclass(frozen=True)
@@ -162,10 +162,12 @@ def video_request_body(form: type[BaseModel], json_form: type[BaseModel]) -> dic
     multipart = {"type": "object", "properties": {
         "file": {**binary, "description": "the clip file: an animated GIF, APNG or WebP, an "
                                           "MP4 or a WebM"},
-        "frames": {"type": "array", "items": binary,
+        "frames": {"type": "array", "items": binary, "minItems": MIN_CLIP_FRAMES,
                    "description": "or the clip as its frames, in order (repeat the part)"},
         **{name: {k: v for k, v in prop.items() if k != "default"}
-           for name, prop in schema["properties"].items()}}}
+           for name, prop in schema["properties"].items()}},
+        # one clip: the file or its frames, not both and not neither
+        "oneOf": [{"required": ["file"]}, {"required": ["frames"]}]}
     return {"required": True, "content": {
         "multipart/form-data": {"schema": multipart},
         "application/json": {"schema": json_form.model_json_schema()}}}

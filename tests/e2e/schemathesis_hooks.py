@@ -4,7 +4,8 @@ The OpenAPI document says everything JSON Schema can say (types, ranges, pattern
 required and forbidden fields, the served model names). What it cannot say are rules
 of the models themselves, which the server answers 415 or 422 with the rule named:
 - an image must decode as an image (JSON Schema cannot check that base64 text is a PNG;
-  Schemathesis draws real images for multipart files itself);
+  Schemathesis draws real images for multipart files itself), and a clip as a clip
+  (for JSON bodies these hooks send short animated PNGs, or real images as its frames);
 - words must be in the model's vocabulary (a question, a sentence, a prompt);
 - captions: num_captions <= beam_size, return_attention only with an attention model
   (the parameters of one decoding method only: the document says so with oneOf).
@@ -66,11 +67,45 @@ def picture(seed: int) -> bytes:
 PICTURES = [picture(seed) for seed in range(12)]
 
 
+def clip(seed: int) -> bytes:
+    """A short animated PNG: a square crossing a plain background, 4 to 12 frames."""
+    r = np.random.default_rng(seed)
+    side, n = int(r.integers(16, 80)), int(r.integers(4, 13))
+    background, colour = r.integers(0, 256, 3), r.integers(0, 256, 3)
+    frames = []
+    for t in range(n):
+        pixels = np.full((side, side, 3), background, dtype=np.uint8)
+        x = t * (side // 2) // n
+        pixels[side // 3:side // 3 + side // 4, x:x + side // 4] = colour
+        frames.append(Image.fromarray(pixels))
+    out = io.BytesIO()
+    frames[0].save(out, format="PNG", save_all=True, append_images=frames[1:], duration=100)
+    return out.getvalue()
+
+
+CLIPS = [clip(seed) for seed in range(6)]
+VIDEO_PATHS = {"/v1/videos/activities", "/v1/videos/captions"}
+MAX_SENT_FRAMES = 16  # frames of a positive `frames` body (the server's limit is far above)
+
+
+def with_video_rules(body: dict[str, Any]) -> None:
+    """A real clip for `video`, real images for `frames`."""
+    video = body.get("video")
+    if isinstance(video, str) and len(video) >= 4 and BASE64.fullmatch(video):
+        body["video"] = base64.b64encode(rng.choice(CLIPS)).decode()
+    frames = body.get("frames")
+    if isinstance(frames, list) and frames and all(
+            isinstance(f, str) and len(f) >= 4 and BASE64.fullmatch(f) for f in frames):
+        body["frames"] = [base64.b64encode(rng.choice(PICTURES)).decode()
+                          for _ in range(min(len(frames), MAX_SENT_FRAMES))]
+
+
 def coherent_captioning(body: dict[str, Any]) -> None:
     count = body.get("num_captions")
     if body.get("decoding", "beam") == "beam" and isinstance(count, int | float) \
             and not isinstance(count, bool):
-        beam = body.get("beam_size") or 3  # the committed captioners' default
+        beam = body.get("beam_size")  # None: the committed captioners' default, 3 (or more)
+        beam = 3 if beam is None else beam
         if isinstance(beam, int | float) and not isinstance(beam, bool) and count > beam:
             body["beam_size"] = count
     model = body.get("model")
@@ -91,7 +126,9 @@ def with_model_rules(path: str, body: dict[str, Any]) -> dict[str, Any]:
     if isinstance(text, str) and re.search("[A-Za-z0-9]", text) \
             and len(text) <= (64 if field == "prompt" else 1000):
         body[field] = rng.choice(choices)
-    if path == "/v1/captions":
+    if path in VIDEO_PATHS:
+        with_video_rules(body)
+    if path in ("/v1/captions", "/v1/videos/captions"):
         coherent_captioning(body)
     return body
 
@@ -127,6 +164,15 @@ def filter_case(context: Any, case: Any) -> bool:
     (they cannot be edited, see map_case): positive forms that reach the server are the
     ones that happen to follow the rules (the document's examples, mostly)."""
     meta = case.meta
+    body = case.body if isinstance(case.body, dict) else {}
+    form = "file" in body or (is_multipart(case) and "frames" in body)
+    if case.operation.path in VIDEO_PATHS and form:
+        if meta is not None and meta.generation.mode.is_negative:
+            # a clip form's violation (a list or an object where a field is text) need not
+            # survive serialization as a form either; negative JSON bodies are still sent
+            return False
+        # a clip form that may be sent as positive: only one the server can read
+        return with_model_rules_hold(case.operation.path, body)
     if meta is None or not is_multipart(case):
         return True
     coverage = isinstance(meta.phase.data, CoveragePhaseData)
@@ -145,12 +191,21 @@ def is_image(data: Any) -> bool:
 
 
 def with_model_rules_hold(path: str, body: dict[str, Any]) -> bool:
-    if "file" in body and not is_image(body["file"]):
+    if path in VIDEO_PATHS:
+        frames = body.get("frames")
+        frames = [] if frames is None else frames if isinstance(frames, list) else [frames]
+        if ("file" in body) == bool(frames):
+            return False
+        if "file" in body and not is_image(body["file"]):  # a still image is a clip
+            return False
+        if frames and not all(is_image(f) for f in frames):
+            return False
+    elif "file" in body and not is_image(body["file"]):
         return False
     field, choices = TEXT_FIELDS.get(path, (None, []))
     if field in body and body[field] not in choices and body[field] not in EXAMPLES:
         return False
-    if path == "/v1/captions":
+    if path in ("/v1/captions", "/v1/videos/captions"):
         fixed = dict(body)
         coherent_captioning(fixed)
         return fixed == body

@@ -98,7 +98,7 @@ def test_classify_step_unrolled_gives_the_forward_scores():
     x = clips(1)
     features = model.frame_features(model.frame_inputs(x))  # (B, T - 1, D)
     state = model.initial_state(B, like=features)
-    assert set(state) == set(model.state_names) == {"h", "c"}
+    assert set(state) == set(model.state_names) == {"h", "c", "prev"}  # frame_diff: default
     steps = []
     for t in range(features.shape[1]):
         scores, state = model.classify_step(features[:, t], state)
@@ -242,7 +242,7 @@ def test_grid_features_and_frame_embedding_feed_the_classifier(temporal):
     model = activity_model("rgb", temporal, frame_grid=2, frame_embed_dim=5)
     features = model.frame_features(clips())
     assert features.shape == (B, T, 32)
-    assert model.frame_embed[0].in_features == 32 and model.head.in_features == (
+    assert model.frame_embed[-2].in_features == 32 and model.head.in_features == (
         6 if temporal == "lstm" else 5)
     logits, _ = model(clips())
     torch.testing.assert_close(logits, model.frame_logits(features))
@@ -260,7 +260,8 @@ def test_caption_models_read_grid_features(arch):
         unrolled = None
         for t in range(T):
             unrolled = model.encode_step(features[:, t], unrolled)
-        torch.testing.assert_close(state, unrolled)
+        assert set(unrolled) == {"h", "c", "prev"}  # the decoder gets h and c
+        torch.testing.assert_close(state, {k: unrolled[k] for k in ("h", "c")})
     else:
         torch.testing.assert_close(context, features.mean(dim=1, keepdim=True))
 
@@ -289,6 +290,85 @@ def test_frame_norm_normalises_each_frames_features_before_the_embedding():
     (f,) = mean_pool.image_features(clips())
     torch.testing.assert_close(mean_pool((f * 5.0,), captions_in)[0],
                                mean_pool((f,), captions_in)[0], atol=1e-4, rtol=1e-4)
+
+
+def test_batch_frame_norm_standardises_every_feature_over_the_frames_of_the_batch():
+    model = activity_model("rgb", "lstm", frame_grid=2, frame_embed_dim=5, frame_diff=False)
+    assert model.config.frame_norm == "batch"  # the default
+    norm = model.frame_embed[0]
+    assert isinstance(norm, torch.nn.BatchNorm1d) and norm.num_features == 32
+    features = model.frame_features(clips())
+    # In training, a component every frame shares and a per-feature scale are gone.
+    shift, scale = torch.randn(32) * 50, torch.rand(32) * 10 + 0.1
+    model.train()
+    torch.testing.assert_close(model.frame_logits(features * scale + shift),
+                               model.frame_logits(features), atol=1e-3, rtol=1e-3)
+    # The statistics come from all frames of all clips at once (B x T rows).
+    out = model.frame_embed[0](features)
+    torch.testing.assert_close(out.flatten(0, 1).mean(0), torch.zeros(32), atol=1e-5, rtol=0)
+    # At eval time one step on a frame is what the unrolled model does with it.
+    model.eval()
+    logits = model.frame_logits(features)
+    state = model.initial_state(B, like=features)
+    first, _ = model.classify_step(features[:, 0], state)
+    torch.testing.assert_close(first, logits[:, 0])
+    encoder = caption_model("lstm-encoder", frame_grid=2, frame_embed_dim=5).eval()
+    (f,) = encoder.image_features(clips())
+    _, state = encoder.encode_features(f)
+    unrolled = None
+    for t in range(T):
+        unrolled = encoder.encode_step(f[:, t], unrolled)
+    torch.testing.assert_close(state, {k: unrolled[k] for k in ("h", "c")})
+
+
+def test_frame_diff_feeds_the_change_since_the_previous_frame_through_the_state():
+    model = activity_model("rgb", "lstm", frame_grid=2, frame_embed_dim=5, frame_diff=True)
+    assert model.state_names == ("h", "c", "prev")
+    features = model.frame_features(clips())
+    model.train()
+    model.frame_logits(features)  # running statistics of the change
+    model.eval()
+    logits = model.frame_logits(features)
+    state = model.initial_state(B, like=features)
+    assert state["prev"].shape == (B, 6) and not state["prev"].any()
+    for t in range(T):
+        scores, state = model.classify_step(features[:, t], state)
+        torch.testing.assert_close(scores, logits[:, t])
+    with pytest.raises(ValueError, match="frame_diff"):
+        ActivityConfig(temporal="single-frame", frame_diff=True)
+
+
+def test_cell_max_adds_the_maximum_over_the_grid_cells():
+    model = caption_model("lstm-encoder", frame_grid=2, frame_embed_dim=4, cell_max=True)
+    (features,) = model.image_features(clips())  # (B, T, 4 cells x 8)
+    joined = model.frame_embed[0](features)
+    assert joined.shape == (B, T, 40)
+    torch.testing.assert_close(joined[..., 32:], features.view(B, T, 4, 8).amax(dim=2))
+    assert model.frame_embed[-2].in_features == 40
+
+
+def test_configs_saved_before_batch_norm_keep_their_frame_normalisation():
+    saved = ActivityConfig(encoder=TINY_ENCODER).to_dict()
+    del saved["frame_norm"], saved["frame_diff"]  # saved before the fields existed
+    assert ActivityConfig.from_dict(saved).frame_norm is None
+    assert ActivityConfig.from_dict(saved).frame_diff is False
+    assert ActivityConfig(encoder=TINY_ENCODER).frame_diff is True  # new: on with the LSTM
+    assert ActivityConfig(temporal="single-frame").frame_diff is False
+    assert ActivityConfig.from_dict({**saved, "frame_norm": True}).frame_norm == "layer"
+    assert ActivityConfig.from_dict({**saved, "frame_norm": False}).frame_norm is None
+    caption = VideoCaptionConfig(encoder=TINY_ENCODER).to_dict()
+    assert caption["frame_norm"] == "batch"
+    assert caption["frame_diff"] is True and caption["cell_max"] is True
+    del caption["frame_norm"], caption["frame_diff"], caption["cell_max"]
+    old_caption = VideoCaptionConfig.from_dict(caption)
+    assert (old_caption.frame_norm, old_caption.frame_diff, old_caption.cell_max) == \
+        (None, False, False)
+    assert VideoCaptionConfig(arch="mean-pool").frame_diff is False
+    old = ActivityRecognizer(ActivityConfig.from_dict({**saved, "frame_norm": True}))
+    assert isinstance(old.frame_embed, torch.nn.LayerNorm) or \
+        isinstance(old.frame_embed[0], torch.nn.LayerNorm)
+    with pytest.raises(ValueError, match="frame_norm"):
+        ActivityConfig(frame_norm="group")
 
 
 def test_fed_encoding_is_the_decoders_context_at_every_step():

@@ -31,6 +31,7 @@ from PIL import Image
 from service.app import create_app
 from service.client import AsyncGlimpseClient
 from service.settings import Settings
+from training.data.clips import generate_clips
 from training.data.readers import load_captions
 from training.data.shapes import generate_shapes_world
 
@@ -44,6 +45,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     generate_shapes_world(out, {"test": REQUESTS_PER_MODEL}, seed=43, workers=1,
                           progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    """REQUESTS_PER_MODEL fresh clips (animated PNGs) for the video models."""
+    out = tmp_path_factory.mktemp("batch_clips")
+    generate_clips(out, {"test": REQUESTS_PER_MODEL}, frames=16, size=64, seed=43, workers=1,
+                   progress=False)
+    return [p.read_bytes() for p in sorted((out / "clips").glob("*/test_*.png"))]
 
 
 def started(**settings: Any) -> Iterator[TestClient]:
@@ -67,7 +77,7 @@ def solo() -> Iterator[TestClient]:
     yield from started(max_batch_size=1, max_queue_delay_ms=0, batch_buckets="off")
 
 
-def mixed_calls(world: Path) -> dict[str, list[Call]]:
+def mixed_calls(world: Path, clips: list[bytes]) -> dict[str, list[Call]]:
     """Model name -> REQUESTS_PER_MODEL calls to it, no two alike."""
     images = load_captions(world, "test")
     pngs = [(world / im.path).read_bytes() for im in images]
@@ -97,6 +107,17 @@ def mixed_calls(world: Path) -> dict[str, list[Call]]:
                        "a large white hexagon", "a small yellow cross", "a large purple diamond"]
             calls[name] = [call("generate_images", prompt, n=1 + k % 3, seed=k, model=name)
                            for k, prompt in enumerate(prompts)]
+        elif task == "activity":
+            calls[name] = [call("video_activities", clip, model=name, top_k=1 + k % 3,
+                                per_frame=k % 2 == 0) for k, clip in enumerate(clips[:-1])]
+            calls[name].append(call("video_activities", frames=pngs[:3], model=name))
+        elif task == "video-caption":
+            settings = [dict(beam_size=1), dict(beam_size=5, num_captions=3),
+                        dict(beam_size=3, max_length=5), dict(beam_size=2, length_penalty=1.0),
+                        dict(beam_size=4, num_captions=2)]
+            calls[name] = [call("video_captions", clip, model=name, **s)
+                           for clip, s in zip(clips[:-1], settings, strict=True)]
+            calls[name].append(call("video_captions", frames=pngs[:3], model=name))
     assert set(calls) == set(served_bundles()), "a committed model has no mixed batch here"
     return calls
 
@@ -170,8 +191,8 @@ def assert_same(got: Any, want: Any, where: str) -> None:
 
 
 def test_every_model_batches_mixed_requests_and_answers_each_as_alone(
-        batched: TestClient, solo: TestClient, world: Path) -> None:
-    calls = mixed_calls(world)
+        batched: TestClient, solo: TestClient, world: Path, clips: list[bytes]) -> None:
+    calls = mixed_calls(world, clips)
     names = list(calls)
     flat = [call for name in names for call in calls[name]]
     before = batch_sizes(batched)

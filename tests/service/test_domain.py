@@ -29,9 +29,12 @@ from service.settings import Settings
 ROOT = Path(__file__).parents[2]
 COMMITTED = ROOT / "model_repository"
 # Every committed bundle that reads an image (the generators read text only).
+# The bundles that answer for an image (a clip's frames are no single image, and the
+# video endpoints report no domain score: their bundles carry no statistics).
 IMAGE_BUNDLES = sorted(f"{path.parent.parent.name}/{path.parent.name}"
                        for path in COMMITTED.glob("*/*/manifest.json")
-                       if json.loads(path.read_text())["task"] != "generation")
+                       if json.loads(path.read_text())["task"] not in
+                       ("generation", "activity", "video-caption"))
 
 _spec = importlib.util.spec_from_file_location("domain_auroc",
                                                ROOT / "benchmarks" / "domain_auroc.py")

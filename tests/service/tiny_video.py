@@ -54,13 +54,14 @@ def build_activity_bundle(repository: Path, name: str = "activity-tiny", version
 
 def build_video_caption_bundle(repository: Path, name: str = "video-caption-tiny",
                                version: int = 1, *, arch: str = "lstm-encoder",
-                               feed_encoding: bool = False, seed: int = 0) -> Path:
+                               feed_encoding: bool = False, frame_diff: bool = False,
+                               seed: int = 0) -> Path:
     torch.manual_seed(seed)
     vocab = WordVocab(WORDS)
     model = build_video_caption_model(VideoCaptionConfig(
         arch=arch, vocab_size=len(vocab), embed_dim=6, hidden_dim=8, frame_grid=2,
-        frame_embed_dim=6, frame_norm=True, feed_encoding=feed_encoding,
-        encoder=ENCODER)).eval()
+        frame_embed_dim=6, frame_norm="batch" if frame_diff else True,
+        feed_encoding=feed_encoding, frame_diff=frame_diff, encoder=ENCODER)).eval()
     return write_video_caption_bundle(model, vocab, repository, name, version,
                                       image_size=SIZE, frames=FRAMES, max_length=8,
                                       training={"tiny": True})

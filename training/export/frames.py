@@ -12,6 +12,7 @@ one encoder at one G export the same bytes, which the repository stores once
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +39,31 @@ class FrameEncoderGraph(nn.Module):
         return encode_frames(self.encoder, frames.unsqueeze(1), self.grid).squeeze(1)
 
 
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm2d into the Conv2d registered just before it (the
+    order in which every glimpse encoder applies them), in place; returns `module`.
+
+    The ONNX exporter folds them itself when the encoder is frozen, after the weights
+    were rounded to half precision, which leaves the folded convolutions in float32;
+    folded here first, they are rounded and stored in half like every other weight."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for parent in list(module.modules()):
+        children = list(parent.named_children())
+        for (name, conv), (bn_name, bn) in zip(children, children[1:], strict=False):
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and \
+                    bn.track_running_stats and conv.out_channels == bn.num_features:
+                setattr(parent, name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
+                setattr(parent, bn_name, nn.Identity())
+    return module
+
+
 def export_frame_encoder(encoder: ImageEncoder, grid: int, path: Path, image_size: int,
                          opset: int = DEFAULT_OPSET) -> FrameEncoderGraph:
-    """Write frame_encoder.onnx (weights rounded to half precision in place, as every
-    graph's); returns the graph module, for the parity check."""
+    """Write frame_encoder.onnx from a copy of `encoder` with its BatchNorms folded into
+    the convolutions (weights rounded to half precision, as every graph's); returns the
+    graph module, for the parity check."""
+    encoder = fold_batch_norms(copy.deepcopy(encoder).eval())
     graph = FrameEncoderGraph(encoder, grid).eval()
     frames = torch.rand(2, 3, image_size, image_size)  # 2: the batch stays symbolic
     onnx_export(graph, (frames,), path, ("frames",), ("features",),

@@ -6,7 +6,9 @@
         frame_encoder.onnx   frames (N, 3, S, S) in [0, 1] -> features (N, F)
                              (training/export/frames.py)
         encoder_step.onnx    lstm-encoder only, one frame of the encoder LSTM:
-                             features (B, F), h (B, H), c (B, H) -> h_out, c_out
+                             features (B, F), h (B, H), c (B, H) [, prev (B, H)]
+                             -> h_out, c_out [, prev_out]; its state names are
+                             inference "encoder_state" (prev with frame_diff)
         decoder_step.onnx    the caption step contract (training/export/caption.py):
                              tokens (N,), parents (N,), h (M, H), c (M, H)
                              [, context (N, 1, F or H)] -> log_probs (N, K),
@@ -60,10 +62,10 @@ class EncoderStepGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, features: torch.Tensor, h: torch.Tensor, c: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        state = self.model.encode_step(features, {"h": h, "c": c})
-        return state["h"], state["c"]
+    def forward(self, features: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        names = self.model.encoder_state_names
+        new = self.model.encode_step(features, dict(zip(names, state, strict=True)))
+        return tuple(new[name] for name in names)
 
 
 def context_dim(model: VideoCaptioner) -> int:
@@ -85,9 +87,10 @@ def export_encoder_step(model: LSTMEncoderDecoder, path: Path,
                         opset: int = DEFAULT_OPSET) -> EncoderStepGraph:
     graph = EncoderStepGraph(model).eval()
     batch, hidden = torch.export.Dim("batch"), model.config.hidden_dim
-    args = (torch.randn(2, model.feature_dim), torch.randn(2, hidden), torch.randn(2, hidden))
-    onnx_export(graph, args, path, ("features", *STATE), tuple(f"{s}_out" for s in STATE),
-                ({0: batch}, {0: batch}, {0: batch}), opset)
+    names = model.encoder_state_names
+    args = (torch.randn(2, model.feature_dim), *(torch.randn(2, hidden) for _ in names))
+    onnx_export(graph, args, path, ("features", *names), tuple(f"{s}_out" for s in names),
+                ({0: batch}, tuple({0: batch} for _ in names)), opset)
     return graph
 
 
@@ -144,7 +147,8 @@ def write_video_caption_bundle(model: VideoCaptioner, vocab: WordVocab, reposito
             encoder_graph = export_encoder_step(model, tmp / ENCODER_STEP_FILE)
             diffs |= graph_parity(encoder_graph, tmp / ENCODER_STEP_FILE, "encoder_step", {
                 "features": rng.standard_normal((3, feature_dim)).astype(np.float32),
-                **{s: rng.standard_normal((3, hidden)).astype(np.float32) for s in STATE}})
+                **{s: rng.standard_normal((3, hidden)).astype(np.float32)
+                   for s in model.encoder_state_names}})
             graphs.insert(1, "encoder_step")
         step_graph = export_decoder_step(model, tmp / STEP_FILE, top_k)
         n = 5
@@ -170,7 +174,9 @@ def write_video_caption_bundle(model: VideoCaptioner, vocab: WordVocab, reposito
                          "context": list(model.context_names), "attention": None,
                          "beam_size": 5, "max_length": max_length, "length_penalty": 0.0},
             "inference": {"frames": frames, "feature_dim": feature_dim,
-                          "video_encoder": model.config.arch},
+                          "video_encoder": model.config.arch,
+                          **({"encoder_state": list(model.encoder_state_names)}
+                             if lstm_encoder else {})},
             "training": {**training, "parity_max_abs_diff": parity},
             "metrics": {},
         }

@@ -123,8 +123,9 @@ def test_fusion_picks_its_weight_on_validation_and_exports_both_streams(activity
     assert manifest.task == "activity" and manifest.architecture == "lrcn-fusion"
     assert set(manifest.graphs) == {"frame_encoder", "rgb_step", "motion_step"}
     streams = manifest.inference["streams"]
-    assert [(s["input"], s["state"]) for s in streams] == [("rgb", ["h", "c"]),
-                                                          ("motion", ["h", "c"])]
+    # the LSTMs carry the previous frame's projection (frame_diff, on by default)
+    assert [(s["input"], s["state"]) for s in streams] == [("rgb", ["h", "c", "prev"]),
+                                                          ("motion", ["h", "c", "prev"])]
     assert max(manifest.training["parity_max_abs_diff"].values()) < 1e-4
     metrics = evaluate_activity(tmp_path / "activity-test" / "1", clip_set / "clips", "test",
                                 progress=False)
@@ -180,7 +181,8 @@ def test_video_caption_trains_on_features_and_exports(arch, clip_set, tmp_path):
                                                   else set())
     assert set(manifest.graphs) == graphs
     assert manifest.inference == {"frames": FRAMES, "feature_dim": GRID * GRID * 8,
-                                  "video_encoder": arch}
+                                  "video_encoder": arch} | (
+        {"encoder_state": ["h", "c", "prev"]} if arch == "lstm-encoder" else {})
     metrics = evaluate_video_caption(tmp_path / "repo" / "video-test" / "1",
                                      clip_set / "clips", "test", beam_size=2, progress=False)
     assert metrics["n_clips"] == COUNTS["test"] and metrics["beam_size"] == 2
