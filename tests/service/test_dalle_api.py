@@ -359,9 +359,12 @@ def test_concurrent_requests_share_steps_and_keep_their_images(repository: Path,
         gate = StepGate(client)
         threads = [threading.Thread(target=lambda i=i: answers.__setitem__(
             i, generate(client, model="dalle-tiny", **bodies[i]))) for i in range(3)]
-        for thread in threads:
+        # The first request's rows are held in their first step; the others wait. (Sent
+        # at once, the five-row request could come first and fill the batch alone.)
+        threads[0].start()
+        wait_until(lambda: gate.steps == 1)
+        for thread in threads[1:]:
             thread.start()
-        # The first request's rows are held in their first step; the others wait.
         wait_until(lambda: len(gate.batcher.queue) == 2)
         gate.open.set()
         for thread in threads:
