@@ -161,7 +161,10 @@ def test_every_committed_graph_warms_every_bucket(name: str) -> None:
                         intra_op_threads=1)
     served = load_model(bundle, settings, ServiceMetrics())
     for graph in served.pipeline.graphs.values():
-        assert graph.warmed == {1, 2, 4, 8, 16}, graph.name
+        # A graph whose rows are frames x clips (the video frame encoder) also warms the
+        # multiples of the largest bucket that its warm-up batches fill.
+        assert {1, 2, 4, 8, 16} <= graph.warmed, graph.name
+        assert all(size in (1, 2, 4, 8) or size % 16 == 0 for size in graph.warmed), graph.name
 
 
 @pytest.mark.parametrize("buckets", ["off", [2, 8]])
