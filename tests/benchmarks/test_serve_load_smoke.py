@@ -52,8 +52,11 @@ def server(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     root = tmp_path_factory.mktemp("serve_load")
     repository = root / "repository"
     serve_load.copy_bundle(bundle, repository)
+    # Each batch waits HOLD_MS for a companion, a lone request too (idle_dispatch off), and
+    # one request may queue: an open loop at 40 requests/s overloads it on any machine.
     settings = {"max_batch_size": "2", "max_queue_delay_ms": str(HOLD_MS),
-                "max_queue_size": "1", "intra_op_threads": "1", "log_level": "warning"}
+                "max_queue_size": "1", "idle_dispatch": "false", "intra_op_threads": "1",
+                "log_level": "warning"}
     with serve_load.serve(repository, settings, root / "server.log") as running:
         yield running
 
