@@ -38,13 +38,17 @@ query and k, never on the other queries searched with it.
 
 from __future__ import annotations
 
+import logging
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
 
 INDEX_KINDS: dict[str, type[GalleryIndex]] = {}
 BUILD_CHUNK = 20_000  # vectors added per step of the progress bar
@@ -108,17 +112,19 @@ def rank_candidates(rows: np.ndarray, scores: np.ndarray, k: int
     return out_rows, out_scores
 
 
-class GalleryIndex:
-    """One way of searching a gallery's unit vectors; subclasses register a `kind`."""
+class GalleryIndex(ABC):
+    """One way of searching a gallery's unit vectors; subclasses register a `kind` (a
+    shared base of several kinds passes none)."""
 
     kind: ClassVar[str]
     defaults: ClassVar[dict[str, int]] = {}
     needs_file: ClassVar[bool] = True
 
-    def __init_subclass__(cls, kind: str, **kwargs: Any) -> None:
+    def __init_subclass__(cls, kind: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.kind = kind
-        INDEX_KINDS[kind] = cls
+        if kind is not None:
+            cls.kind = kind
+            INDEX_KINDS[kind] = cls
 
     def __init__(self, count: int, params: dict[str, int]) -> None:
         self.count = count
@@ -145,22 +151,24 @@ class GalleryIndex:
     @classmethod
     def build(cls, embeddings: np.ndarray, params: dict[str, int], path: Path, *,
               progress: bool = True) -> None:
-        """Write the index of `embeddings` [N, E] (unit rows) to `path`."""
-        raise NotImplementedError
+        """Write the index of `embeddings` [N, E] (unit rows) to `path` (the kinds that
+        keep a file; `needs_file`)."""
+        raise TypeError(f"index {cls.kind!r} keeps no file to build")
 
     @classmethod
+    @abstractmethod
     def load(cls, embeddings: np.ndarray, path: Path | None, params: dict[str, int], *,
              name: str = "gallery") -> GalleryIndex:
         """The index over `embeddings` (memory-mapped for the approximate kinds); `name`
         identifies the gallery and its content (a vector database's collection)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        """(rows, scores) [Q, k] of each query's best k, ties ranked by row."""
 
+    @abstractmethod
     def memory_bytes(self) -> int:
         """Bytes the index holds in memory (the memory-mapped gallery not counted)."""
-        raise NotImplementedError
 
 
 class ExactIndex(GalleryIndex, kind="exact"):
@@ -182,7 +190,7 @@ class ExactIndex(GalleryIndex, kind="exact"):
         return int(self.embeddings.nbytes)
 
 
-class FaissIndex(GalleryIndex, kind="faiss"):
+class FaissIndex(GalleryIndex):
     """What the FAISS kinds share: the file, the search, the memory held."""
 
     def __init__(self, index: Any, params: dict[str, int]) -> None:
@@ -214,14 +222,13 @@ class FaissIndex(GalleryIndex, kind="faiss"):
                                          params=self.search_parameters(k))
         return rank_candidates(rows, scores, k)
 
+    @abstractmethod
     def search_parameters(self, k: int) -> Any:
-        raise NotImplementedError
+        """The FAISS search parameters of this kind for a search of depth k."""
 
     def memory_bytes(self) -> int:
         return int(faiss_module().serialize_index(self.index).nbytes)
 
-
-INDEX_KINDS.pop("faiss")  # the shared base is not a kind of its own
 
 
 class HnswIndex(FaissIndex, kind="hnsw"):
@@ -283,7 +290,7 @@ class IvfPqIndex(FaissIndex, kind="ivfpq"):
         sample = max(params["nlist"] * 64, 2 ** params["nbits"] * 64)
         rows = np.random.default_rng(0).permutation(len(embeddings))[:sample]
         if progress:
-            print(f"ivfpq: training on {len(rows):,} vectors", flush=True)
+            log.info("ivfpq: training on %s vectors", f"{len(rows):,}")
         index.train(np.ascontiguousarray(embeddings[np.sort(rows)], dtype=np.float32))
         cls.add_in_chunks(index, embeddings, progress, "ivfpq")
         cls.write(index, path)
