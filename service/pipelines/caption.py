@@ -19,7 +19,7 @@ al. 2015, one row per word).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -111,6 +111,33 @@ def refuse_unused(method: DecodingMethod, **given: object) -> None:
                                    f"decodes with '{method}'")
 
 
+
+def checked_max_length(decoding: Decoding, max_length: int | None) -> int:
+    """`max_length`, or the bundle's default; InvalidParameter outside 1..MAX_LENGTH."""
+    length = decoding.max_length if max_length is None else max_length
+    if not 1 <= length <= MAX_LENGTH:
+        raise InvalidParameter(f"max_length must be between 1 and {MAX_LENGTH}, got {length}")
+    return length
+
+
+def beam_search_params(decoding: Decoding, *, beam_size: int | None = None,
+                       max_length: int | None = None, length_penalty: float | None = None,
+                       num_captions: int = 1) -> SearchParams:
+    """Beam-search parameters with a bundle's defaults (its `decoding` section), for
+    every decoder that runs the service's beam search; InvalidParameter names a bad one."""
+    beam = decoding.beam_size if beam_size is None else beam_size
+    max_beam = min(MAX_BEAM_SIZE, decoding.top_k)
+    if not 1 <= beam <= max_beam:
+        raise InvalidParameter(f"beam_size must be between 1 and {max_beam}, got {beam}")
+    penalty = decoding.length_penalty if length_penalty is None else length_penalty
+    if not (np.isfinite(penalty) and penalty >= 0):
+        raise InvalidParameter(f"length_penalty must be >= 0, got {penalty}")
+    if not 1 <= num_captions <= beam:
+        raise InvalidParameter(f"num_captions must be between 1 and beam_size ({beam}), "
+                               f"got {num_captions}")
+    return SearchParams(beam_size=beam, max_length=checked_max_length(decoding, max_length),
+                        length_penalty=float(penalty), num_captions=num_captions)
+
 class CaptionModel(ImagePipeline[CaptionRequest, CaptionResult], task="caption"):
     """An encoder graph and a step graph, decoded with beam search or sampling.
 
@@ -181,20 +208,9 @@ class CaptionModel(ImagePipeline[CaptionRequest, CaptionResult], task="caption")
                       length_penalty: float | None = None, num_captions: int = 1,
                       return_attention: bool = False) -> SearchParams:
         """Beam-search parameters with the bundle's defaults."""
-        d = self.decoding
-        beam = d.beam_size if beam_size is None else beam_size
-        max_beam = min(MAX_BEAM_SIZE, d.top_k)
-        if not 1 <= beam <= max_beam:
-            raise InvalidParameter(f"beam_size must be between 1 and {max_beam}, got {beam}")
-        penalty = d.length_penalty if length_penalty is None else length_penalty
-        if not (np.isfinite(penalty) and penalty >= 0):
-            raise InvalidParameter(f"length_penalty must be >= 0, got {penalty}")
-        if not 1 <= num_captions <= beam:
-            raise InvalidParameter(f"num_captions must be between 1 and beam_size ({beam}), "
-                                   f"got {num_captions}")
-        return SearchParams(beam_size=beam, max_length=self._max_length(max_length),
-                            length_penalty=float(penalty), num_captions=num_captions,
-                            return_attention=self._attention(return_attention))
+        params = beam_search_params(self.decoding, beam_size=beam_size, max_length=max_length,
+                                    length_penalty=length_penalty, num_captions=num_captions)
+        return replace(params, return_attention=self._attention(return_attention))
 
     def sample_params(self, *, max_length: int | None = None, temperature: float | None = None,
                       top_k: int | None = None, top_p: float | None = None,
@@ -223,10 +239,7 @@ class CaptionModel(ImagePipeline[CaptionRequest, CaptionResult], task="caption")
                             return_attention=self._attention(return_attention))
 
     def _max_length(self, max_length: int | None) -> int:
-        length = self.decoding.max_length if max_length is None else max_length
-        if not 1 <= length <= MAX_LENGTH:
-            raise InvalidParameter(f"max_length must be between 1 and {MAX_LENGTH}, got {length}")
-        return length
+        return checked_max_length(self.decoding, max_length)
 
     def _attention(self, return_attention: bool) -> bool:
         if return_attention and not self.has_attention:

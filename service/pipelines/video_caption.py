@@ -25,10 +25,15 @@ from typing import Any
 import numpy as np
 
 from service.bundle import Bundle, BundleError, Decoding, VideoCaptionInference
-from service.decoding import MAX_BEAM_SIZE, Hypothesis, StepOutput, beam_search
-from service.errors import InvalidParameter
+from service.decoding import Hypothesis, StepOutput, beam_search
 from service.pipelines.base import GraphContract, ImagePipeline
-from service.pipelines.caption import MAX_LENGTH, Caption, CaptionResult, SearchParams, Vocabulary
+from service.pipelines.caption import (
+    Caption,
+    CaptionResult,
+    SearchParams,
+    Vocabulary,
+    beam_search_params,
+)
 from service.runtime import OnnxGraph
 from service.videos import VideoLimits, clip_input, decode_clip
 
@@ -100,22 +105,8 @@ class VideoCaptionModel(ImagePipeline[VideoCaptionRequest, CaptionResult],
                       length_penalty: float | None = None, num_captions: int = 1
                       ) -> SearchParams:
         """Beam-search parameters with the bundle's defaults; InvalidParameter names a bad one."""
-        d = self.decoding
-        beam = d.beam_size if beam_size is None else beam_size
-        max_beam = min(MAX_BEAM_SIZE, d.top_k)
-        if not 1 <= beam <= max_beam:
-            raise InvalidParameter(f"beam_size must be between 1 and {max_beam}, got {beam}")
-        penalty = d.length_penalty if length_penalty is None else length_penalty
-        if not (np.isfinite(penalty) and penalty >= 0):
-            raise InvalidParameter(f"length_penalty must be >= 0, got {penalty}")
-        if not 1 <= num_captions <= beam:
-            raise InvalidParameter(f"num_captions must be between 1 and beam_size ({beam}), "
-                                   f"got {num_captions}")
-        length = d.max_length if max_length is None else max_length
-        if not 1 <= length <= MAX_LENGTH:
-            raise InvalidParameter(f"max_length must be between 1 and {MAX_LENGTH}, got {length}")
-        return SearchParams(beam_size=beam, max_length=length, length_penalty=float(penalty),
-                            num_captions=num_captions)
+        return beam_search_params(self.decoding, beam_size=beam_size, max_length=max_length,
+                                  length_penalty=length_penalty, num_captions=num_captions)
 
     def request(self, frames: np.ndarray, params: SearchParams) -> VideoCaptionRequest:
         """A request for a clip's uint8 frames (n, S, S, 3)."""
