@@ -118,7 +118,7 @@ def test_entries_have_the_vqa_fields_and_ten_answers():
     for _, questions in MANY[:100]:
         for q in questions:
             assert set(q) == {"question", "question_type", "answer_type", "answers",
-                              "multiple_choice_answer"}
+                              "multiple_choice_answer", "objects"}
             assert q["answer_type"] == ANSWER_TYPES[q["question_type"]]
             answers, canonical = q["answers"], q["multiple_choice_answer"]
             assert len(answers) == 10 and answers.count(canonical) >= 8
@@ -127,6 +127,30 @@ def test_entries_have_the_vqa_fields_and_ten_answers():
                 assert canonical.isdigit()
             if q["answer_type"] == "yes/no":
                 assert canonical in ("yes", "no")
+
+
+# The noun phrases of each question type that name objects, in the order they name them.
+NAMED_PHRASES = {
+    "colour": r"what (?:color is|is the color of) the ([a-z ]+)\?",
+    "shape": r"what shape is the ([a-z ]+)\?",
+    "size": r"(?:what size is|is) the ([a-z ]+?)(?: small or large)?\?",
+    "spatial": rf"is the ([a-z ]+?) (?:{_REL}) the ([a-z ]+)\?",
+    "position": r"where is the ([a-z ]+) relative to the ([a-z ]+)\?",
+}
+
+
+def test_objects_are_the_ones_each_question_names_in_order():
+    named = Counter()
+    for scene, questions in MANY:
+        for q in questions:
+            pattern = NAMED_PHRASES.get(q["question_type"])
+            if pattern is None:  # counts and "is there ...?" ask about a kind, not an object
+                assert q["objects"] == [], q
+                continue
+            phrases = re.fullmatch(pattern, q["question"]).groups()
+            assert q["objects"] == [the(scene, p) for p in phrases], (q, scene)
+            named[len(q["objects"])] += 1
+    assert named[1] > 500 and named[2] > 500
 
 
 def test_questions_do_not_name_what_they_ask_for():

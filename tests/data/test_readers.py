@@ -162,6 +162,23 @@ def test_vqa_joined(tmp_path):
     assert q.annotated
 
 
+def test_vqa_reads_the_objects_a_question_names(tmp_path):
+    named = {**_annotation(50, 5, ["red"] * 10), "objects": [2, 0]}
+    _vqa_files(tmp_path, annotations=[named, _annotation(60, 6, ["2"] * 10)])
+    questions = {q.question_id: q for q in load_vqa_split(tmp_path, "test")}
+    assert questions[50].objects == (2, 0)
+    assert questions[60].objects == ()  # VQA v2's own annotations have no such field
+
+
+@pytest.mark.parametrize("objects", [3, [1, -1], ["0"], [True]])
+def test_vqa_refuses_objects_that_are_not_indices(tmp_path, objects):
+    bad = {**_annotation(50, 5, ["red"] * 10), "objects": objects}
+    _vqa_files(tmp_path, annotations=[bad, _annotation(60, 6, ["2"] * 10)])
+    with pytest.raises(DatasetFormatError,
+                       match=r"annotations\[0\]\.objects must be a list of object indices"):
+        load_vqa_split(tmp_path, "test")
+
+
 def test_vqa_without_annotations(tmp_path):
     vqa = _vqa_files(tmp_path, split="test-dev")
     questions = load_vqa(vqa / "test-dev_questions.json")

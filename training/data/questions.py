@@ -54,7 +54,10 @@ RELATION_QUESTION_PHRASE: dict[str, str] = {
 }
 
 Attributes = tuple[str, ...]  # names of ShapeObject fields: "size", "colour", "shape"
-Asked = tuple[str, str]  # (question, canonical answer)
+# (question, canonical answer, the objects the question names in the order it names them:
+# indices into the scene's objects; empty for questions about a kind of object, such as
+# counts and "is there ...?")
+Asked = tuple[str, str, tuple[int, ...]]
 
 # Descriptions tried in order when naming one object; none may hold the attribute asked for.
 COLOUR_REFERENCES: tuple[Attributes, ...] = (("shape",), ("size", "shape"))
@@ -74,7 +77,8 @@ def generate_questions(scene: Scene, rng: np.random.Generator) -> list[dict]:
     """At most one question of each type in QUESTION_TYPES, in that order.
 
     Each is {"question", "question_type", "answer_type", "answers" (10 strings),
-    "multiple_choice_answer" (the canonical answer)}.
+    "multiple_choice_answer" (the canonical answer), "objects" (indices of the scene
+    objects the question names, in the order it names them)}.
     """
     facts = _SceneFacts(scene)
     entries = []
@@ -82,13 +86,14 @@ def generate_questions(scene: Scene, rng: np.random.Generator) -> list[dict]:
         asked = ask(facts, rng)
         if asked is None:
             continue
-        question, answer = asked
+        question, answer, named = asked
         entries.append({
             "question": question,
             "question_type": question_type,
             "answer_type": ANSWER_TYPES[question_type],
             "answers": annotator_answers(answer, rng),
             "multiple_choice_answer": answer,
+            "objects": list(named),
         })
     return entries
 
@@ -197,7 +202,7 @@ def _ask_colour(facts: _SceneFacts, rng: np.random.Generator) -> Asked | None:
         return None
     k, pattern = _pick(rng, candidates)
     template = _pick(rng, ("what color is {}?", "what is the color of {}?"))
-    return template.format(facts.the(k, pattern)), facts.objects[k].colour
+    return template.format(facts.the(k, pattern)), facts.objects[k].colour, (k,)
 
 
 def _ask_shape(facts: _SceneFacts, rng: np.random.Generator) -> Asked | None:
@@ -205,7 +210,7 @@ def _ask_shape(facts: _SceneFacts, rng: np.random.Generator) -> Asked | None:
     if not candidates:
         return None
     k, pattern = _pick(rng, candidates)
-    return f"what shape is {facts.the(k, pattern)}?", facts.objects[k].shape
+    return f"what shape is {facts.the(k, pattern)}?", facts.objects[k].shape, (k,)
 
 
 def _ask_count(facts: _SceneFacts, rng: np.random.Generator) -> Asked | None:
@@ -224,7 +229,7 @@ def _ask_count(facts: _SceneFacts, rng: np.random.Generator) -> Asked | None:
     answer = _pick(rng, sorted(by_count))
     pattern, values = _pick(rng, by_count[answer])
     noun = _pick(rng, ("object", "shape"))
-    return f"how many {_phrase_of(pattern, values, noun, True)} are there?", str(answer)
+    return f"how many {_phrase_of(pattern, values, noun, True)} are there?", str(answer), ()
 
 
 @cache
@@ -265,7 +270,7 @@ def _ask_exists(facts: _SceneFacts, rng: np.random.Generator) -> Asked | None:
             values = _pick(rng, absent)
         phrase = _phrase_of(pattern, values)
         article = "an" if phrase[0] in "aeiou" else "a"
-        return f"is there {article} {phrase}?", "yes" if present else "no"
+        return f"is there {article} {phrase}?", "yes" if present else "no", ()
     return None
 
 
@@ -279,7 +284,7 @@ def _ask_size(facts: _SceneFacts, rng: np.random.Generator) -> Asked | None:
     size = _pick(rng, sorted({objs[k].size for k, _ in candidates}))
     k, pattern = _pick(rng, [(k, p) for k, p in candidates if objs[k].size == size])
     template = _pick(rng, ("what size is {}?", "is {} small or large?"))
-    return template.format(facts.the(k, pattern)), size
+    return template.format(facts.the(k, pattern)), size, (k,)
 
 
 def _ask_spatial(facts: _SceneFacts, rng: np.random.Generator) -> Asked | None:
@@ -293,7 +298,7 @@ def _ask_spatial(facts: _SceneFacts, rng: np.random.Generator) -> Asked | None:
     actual = relation(facts.objects[a], facts.objects[b])
     asked = actual if answer_yes else _pick(rng, _OTHER_RELATIONS[actual])
     question = f"is {ref_a} {RELATION_QUESTION_PHRASE[asked]} {ref_b}?"
-    return question, "yes" if answer_yes else "no"
+    return question, "yes" if answer_yes else "no", (a, b)
 
 
 def _ask_position(facts: _SceneFacts, rng: np.random.Generator) -> Asked | None:
@@ -307,8 +312,8 @@ def _ask_position(facts: _SceneFacts, rng: np.random.Generator) -> Asked | None:
     for pair in pairs:
         by_relation.setdefault(relation(objs[pair[0]], objs[pair[2]]), []).append(pair)
     answer = _pick(rng, sorted(by_relation))
-    _, ref_a, _, ref_b = _pick(rng, by_relation[answer])
-    return f"where is {ref_a} relative to {ref_b}?", answer
+    a, ref_a, b, ref_b = _pick(rng, by_relation[answer])
+    return f"where is {ref_a} relative to {ref_b}?", answer, (a, b)
 
 
 _OTHER_RELATIONS: dict[str, tuple[str, ...]] = {

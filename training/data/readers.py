@@ -195,6 +195,9 @@ class VQAQuestion:
     multiple_choice_answer: str | None = None
     question_type: str | None = None
     answer_type: str | None = None
+    # The objects the question names, in order (indices into the image's scene objects):
+    # the shapes world's addition to VQA v2's annotations; () where the file has none.
+    objects: tuple[int, ...] = ()
 
     @property
     def annotated(self) -> bool:
@@ -267,6 +270,7 @@ def _vqa_annotations(path: Path) -> dict[int, dict]:
             "multiple_choice_answer": _field(a, "multiple_choice_answer", str, where, path.name),
             "answers": tuple(_field(ans, "answer", str, f"{where}.answers[{j}]", path.name)
                              for j, ans in enumerate(answers)),
+            "objects": _named_objects(a, where, path.name),
         }
     return out
 
@@ -293,8 +297,19 @@ def _join_vqa(questions: dict[int, VQAQuestion], annotations: dict[int, dict],
         joined.append(VQAQuestion(
             question_id=qid, image_id=q.image_id, question=q.question, answers=a["answers"],
             multiple_choice_answer=a["multiple_choice_answer"],
-            question_type=a["question_type"], answer_type=a["answer_type"]))
+            question_type=a["question_type"], answer_type=a["answer_type"],
+            objects=a["objects"]))
     return joined
+
+
+def _named_objects(annotation: dict, where: str, filename: str) -> tuple[int, ...]:
+    """The optional `objects` of an annotation: a list of non-negative object indices."""
+    objects = annotation.get("objects", [])
+    if not isinstance(objects, list) or not all(
+            isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in objects):
+        raise DatasetFormatError(f"{filename}: {where}.objects must be a list of object "
+                                 f"indices (non-negative integers), not {objects!r}")
+    return tuple(objects)
 
 
 # ---------------------------------------------------------------- CUB-200 / Oxford-102

@@ -200,6 +200,7 @@ def _annotation_entry(qid: int, imgid: int, q: dict) -> dict:
         "multiple_choice_answer": q["multiple_choice_answer"],
         "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": k}
                     for k, a in enumerate(q["answers"], start=1)],
+        "objects": q["objects"],
     }
 
 
@@ -215,7 +216,7 @@ def _annotation_json(qid: int, imgid: int, q: dict) -> str:
             f'"question_type":{_json_string(q["question_type"])},'
             f'"answer_type":{_json_string(q["answer_type"])},'
             f'"multiple_choice_answer":{_json_string(q["multiple_choice_answer"])},'
-            f'"answers":[{answers}]}}')
+            f'"answers":[{answers}],"objects":{_dumps(q["objects"])}}}')
 
 
 @cache
