@@ -69,6 +69,10 @@ class VqaConfig:
     relations: bool = False  # add the relation-network branch (RelationNetwork)
     relation_feature_dim: int = 16  # P f_i: the projected region feature in o_i
     relation_dim: int = 128  # g's hidden and output width
+    # Weight of the attention supervision loss (training only): where a question names its
+    # objects, glimpse g is trained to attend to the region of the g-th named object (the
+    # last one for glimpses beyond the count). 0 trains the attention from answers alone.
+    attention_supervision: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -251,7 +255,8 @@ class UpDownVqa(nn.Module):
     def forward(self, features: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor,
                 question: torch.Tensor, question_length: torch.Tensor,
                 region_mask: torch.Tensor | None = None,
-                targets: torch.Tensor | None = None
+                targets: torch.Tensor | None = None,
+                attention_targets: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Answer logits (B, A), attention (B, R) and the loss when `targets` are given.
 
@@ -259,6 +264,9 @@ class UpDownVqa(nn.Module):
         scores (1 for the whole-image region), question (B, T) ids,
         question_length (B,), region_mask (B, R) True for real regions (default: all),
         targets (B, A) soft scores in [0, 1]. sigmoid(logits) are the answer scores s.
+        attention_targets (B, G): the region each glimpse should attend to, -1 where the
+        question names no object; with `attention_supervision` > 0 the loss adds that
+        weight times attention_loss.
         """
         if region_mask is None:
             region_mask = torch.ones(features.shape[:2], dtype=torch.bool,
@@ -280,7 +288,23 @@ class UpDownVqa(nn.Module):
         loss = None
         if targets is not None:
             loss = soft_score_loss(logits, targets)
+            if attention_targets is not None and self.config.attention_supervision > 0:
+                loss = loss + self.config.attention_supervision * attention_loss(
+                    alpha, attention_targets)
         return logits, alpha.mean(dim=1), loss
+
+
+def attention_loss(alpha: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean -log alpha[b, g, targets[b, g]] over the supervised glimpses (targets >= 0).
+
+    alpha (B, G, R) attention distributions, targets (B, G) region indices or -1.
+    0 when no glimpse of the batch is supervised.
+    """
+    supervised = targets >= 0
+    if not bool(supervised.any()):
+        return alpha.new_zeros(())
+    picked = alpha.gather(2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, G)
+    return -(picked.clamp(min=1e-8).log() * supervised).sum() / supervised.sum()
 
 
 def soft_score_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,14 @@
 import torch
 import torch.nn.functional as F
 
-from models.vqa import GatedTanh, RelationNetwork, UpDownVqa, VqaConfig, soft_score_loss
+from models.vqa import (
+    GatedTanh,
+    RelationNetwork,
+    UpDownVqa,
+    VqaConfig,
+    attention_loss,
+    soft_score_loss,
+)
 
 B, R, FEAT, V, A = 3, 5, 12, 20, 7
 
@@ -172,3 +179,35 @@ def test_relation_branch_reaches_the_answer_only_when_enabled():
         model.f_r.proj.bias.zero_()
         without, _, _ = model(**x)
     assert not torch.allclose(base, without)
+
+
+def test_attention_loss_is_the_mean_negative_log_of_the_targeted_regions():
+    alpha = torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]],
+                          [[0.2, 0.3, 0.5], [0.3, 0.3, 0.4]]])
+    targets = torch.tensor([[0, 2], [-1, 1]])  # the second question's first glimpse is free
+    expected = -(torch.tensor([0.5, 0.8, 0.3]).log().mean())
+    assert torch.allclose(attention_loss(alpha, targets), expected)
+    assert attention_loss(alpha, torch.full((2, 2), -1)).item() == 0.0
+
+
+def test_attention_supervision_moves_each_glimpse_to_its_region():
+    model = tiny(attention_supervision=1.0).train()
+    model.config.dropout = 0.0
+    batch = inputs()
+    targets = torch.zeros(B, A)
+    attention_targets = torch.tensor([[1, 3], [4, 4], [-1, -1]])
+    _, _, plain = tiny()(**batch, targets=targets, attention_targets=attention_targets)
+    _, _, supervised = model(**batch, targets=targets, attention_targets=attention_targets)
+    assert supervised > plain  # the attention term is added only when its weight is > 0
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        _, _, loss = model(**batch, targets=targets, attention_targets=attention_targets)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    mask = torch.ones(B, R, dtype=torch.bool)
+    q, states = model.question(batch["question"], batch["question_length"])
+    alpha = model.attention(model.regions(model.feature_norm(batch["features"]),
+                                          batch["boxes"], batch["scores"]),
+                            model.glimpse_queries(states, batch["question_length"]), mask)
+    assert alpha[0, 0, 1] > 0.8 and alpha[0, 1, 3] > 0.8 and alpha[1, :, 4].min() > 0.8

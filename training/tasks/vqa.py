@@ -124,6 +124,30 @@ def question_regions(features_dir: Path, split: str, questions: Sequence[VQAQues
     return split_regions, rows
 
 
+def glimpse_targets(questions: Sequence[VQAQuestion], regions: SplitRegions, rows: torch.Tensor,
+                    scenes: dict, glimpses: int) -> torch.Tensor:
+    """(N, G) the proposal each glimpse should attend to, -1 where the question names no
+    object: glimpse g takes the g-th named object (the last for g beyond the count), and an
+    object's region is the proposal whose box centre is nearest the object's centre (the
+    whole-image region, an image's last real row, is never a target)."""
+    out = torch.full((len(questions), glimpses), -1, dtype=torch.long)
+    boxes = regions.boxes.numpy()
+    num = regions.mask.sum(dim=1).numpy()
+    for i, q in enumerate(questions):
+        if not q.objects:
+            continue
+        row = int(rows[i])
+        proposals = boxes[row, :max(int(num[row]) - 1, 0)]
+        if not len(proposals):
+            continue
+        centres = (proposals[:, :2] + proposals[:, 2:]) / 2  # (P, 2) normalised x, y
+        objects = scenes[q.image_id].objects
+        for g in range(glimpses):
+            obj = objects[q.objects[min(g, len(q.objects) - 1)]]
+            out[i, g] = int(np.argmin(((centres - (obj.x, obj.y)) ** 2).sum(axis=1)))
+    return out
+
+
 def features_run(features_dir: Path) -> str:
     """The region run that wrote the features, from FEATURES/meta.json."""
     meta = features_dir / "meta.json"
@@ -167,6 +191,24 @@ class VqaTask:
             "vocab_size": len(self.vocab), "num_answers": len(self.answers),
             "pad_id": self.vocab.pad_id,
             "feature_dim": int(self.train_regions.features.shape[2]), **config.model})
+        self.train_attention = None
+        if self.vqa_config.attention_supervision > 0:
+            self.train_attention = self._attention_targets(train)
+
+    def _attention_targets(self, train: Sequence[VQAQuestion]) -> torch.Tensor:
+        """Glimpse targets of the training questions, from their named objects and the
+        world's scenes.json."""
+        from training.data.shapes import load_scenes
+
+        if not any(q.objects for q in train):
+            raise ValueError(f"{self.dataset_dir}: attention_supervision needs annotations that "
+                             "name each question's objects ('objects', as the shapes world "
+                             "writes them); set it to 0 for data without")
+        targets = glimpse_targets(train, self.train_regions, self.train_rows,
+                                  load_scenes(self.dataset_dir), self.vqa_config.glimpses)
+        log.info("attention supervision: %d of %d training questions name their objects",
+                 int((targets[:, 0] >= 0).sum()), len(train))
+        return targets
 
     # -- Task protocol -------------------------------------------------------
     def build_model(self) -> torch.nn.Module:
@@ -184,9 +226,12 @@ class VqaTask:
         return len(self.train_rows)
 
     def batch(self, indices: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-        return question_batch(self.train_regions, self.train_rows, self.train_questions,
-                              self.train_lengths, indices, device,
-                              targets=self.train_targets)
+        batch = question_batch(self.train_regions, self.train_rows, self.train_questions,
+                               self.train_lengths, indices, device,
+                               targets=self.train_targets)
+        if self.train_attention is not None:
+            batch["attention_targets"] = self.train_attention[indices].to(device)
+        return batch
 
     def loss(self, model, batch):
         _, _, loss = model(**batch)

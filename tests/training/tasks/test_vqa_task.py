@@ -1,6 +1,7 @@
 """VQA training on precomputed region features, export with the detector inside, evaluation."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,16 @@ from training.checkpoint import save_checkpoint
 from training.cli import main as glimpse
 from training.data.readers import VQAQuestion, load_captions, load_vqa_split
 from training.data.shapes import generate_shapes_world
+from training.data.world import Scene, ShapeObject
 from training.evaluate.vqa import evaluate_vqa_bundle
 from training.export.vqa import VqaGraph, load_vqa_run
-from training.tasks.vqa import answer_vocabulary, encode_questions, soft_scores
+from training.tasks.vqa import (
+    SplitRegions,
+    answer_vocabulary,
+    encode_questions,
+    glimpse_targets,
+    soft_scores,
+)
 
 
 def question(*answers: str) -> VQAQuestion:
@@ -126,3 +134,56 @@ def test_train_export_and_evaluate_through_the_bundle(world_with_regions, tmp_pa
     assert VqaModel.from_bundle(bundle).bundle.manifest.metrics["test"]["overall"] == (
         metrics["overall"])
 
+
+
+def test_glimpse_targets_are_the_proposals_nearest_the_named_objects():
+    def thing(x: float, y: float) -> ShapeObject:
+        return ShapeObject("circle", "red", "small", x=x, y=y, radius=0.1)
+
+    scenes = {7: Scene([thing(0.2, 0.2), thing(0.8, 0.7)]), 9: Scene([thing(0.5, 0.5)])}
+    # Image 7: proposals around (0.8, 0.7), (0.25, 0.2), then the whole image (the last real
+    # row) and a padding row; image 9: one proposal and the whole image.
+    boxes = torch.tensor([
+        [[0.7, 0.6, 0.9, 0.8], [0.1, 0.1, 0.4, 0.3], [0, 0, 1, 1], [0, 0, 0, 0]],
+        [[0.4, 0.4, 0.6, 0.6], [0, 0, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]]])
+    regions = SplitRegions(features=torch.zeros(2, 4, 3), boxes=boxes, scores=torch.ones(2, 4),
+                           mask=torch.tensor([[True, True, True, False],
+                                              [True, True, False, False]]))
+    questions = [VQAQuestion(1, 7, "where is the a relative to the b?", objects=(0, 1)),
+                 VQAQuestion(2, 7, "what color is the b?", objects=(1,)),
+                 VQAQuestion(3, 9, "how many circles are there?"),
+                 VQAQuestion(4, 9, "what shape is the red object?", objects=(0,))]
+    rows = torch.tensor([0, 0, 1, 1])
+    targets = glimpse_targets(questions, regions, rows, scenes, glimpses=3)
+    assert targets.tolist() == [[1, 0, 0], [0, 0, 0], [-1, -1, -1], [0, 0, 0]]
+
+
+def test_attention_supervision_trains_on_the_worlds_named_objects(world_with_regions, tmp_path):
+    world, _ = world_with_regions
+    config = tmp_path / "vqa.json"
+    config.write_text(json.dumps({
+        "min_answer_count": 3,
+        "model": {"embed_dim": 8, "question_dim": 16, "attention_dim": 16, "joint_dim": 16,
+                  "attention_supervision": 1.0},
+        "trainer": {"batch_size": 32, "warmup_steps": 2, "progress": False}}))
+    run = tmp_path / "run"
+    assert glimpse(["train", "vqa", "--data", str(world), "--out", str(run),
+                    "--config", str(config), "--epochs", "1"]) == 0
+    assert load_vqa_run(run / "checkpoints" / "best")[0].config.attention_supervision == 1.0
+
+
+def test_attention_supervision_needs_named_objects(world_with_regions, tmp_path):
+    world, _ = world_with_regions
+    plain = tmp_path / "world"
+    shutil.copytree(world, plain)
+    for path in (plain / "vqa").glob("*_annotations.json"):
+        data = json.loads(path.read_text())
+        for a in data["annotations"]:
+            del a["objects"]
+        path.write_text(json.dumps(data))
+    config = tmp_path / "vqa.json"
+    config.write_text(json.dumps({"min_answer_count": 3,
+                                  "model": {"attention_supervision": 1.0}}))
+    with pytest.raises(ValueError, match="attention_supervision needs annotations that name"):
+        glimpse(["train", "vqa", "--data", str(plain), "--out", str(tmp_path / "run"),
+                 "--config", str(config), "--epochs", "1"])
