@@ -55,6 +55,11 @@ class CaptionTaskConfig:
     # exported model carries) and the directory of its precomputed `{split}.npz` features.
     regions_run: str | None = None
     features: str | None = None
+    # "xent": cross-entropy on the reference captions; "scst": self-critical sequence
+    # training (training/tasks/scst.py) from an earlier run (init_from), rewarded with the
+    # semantic exactness and coverage of its captions against the world's scenes.
+    objective: str = "xent"
+    scst_samples: int = 5  # sampled captions per image and step
     trainer: dict = field(default_factory=dict)  # TrainerConfig overrides
 
     @classmethod
@@ -118,6 +123,27 @@ class CaptionTask:
             raise ValueError("--arch mrnn reads CNN(I) from a trained encoder: give "
                              "--encoder-init (or --init-from an m-RNN run)")
         self.caption_config = caption_config(model_cfg, saved=self.init_weights is not None)
+        self.train_scenes = None
+        if config.objective == "scst":
+            self.train_scenes = self._scst_scenes(train)
+        elif config.objective != "xent":
+            raise ValueError(f"objective must be 'xent' or 'scst', not {config.objective!r}")
+
+    def _scst_scenes(self, train: list[CaptionImage]) -> list:
+        """The scene of every training image, which SCST's reward checks captions against."""
+        from training.data.shapes import load_scenes
+
+        if not self.config.init_from:
+            raise ValueError("objective 'scst' fine-tunes a trained captioner: give --init-from "
+                             "(a cross-entropy run of the same architecture)")
+        if self.config.scst_samples < 1:
+            raise ValueError("scst_samples must be at least 1")
+        if not (self.dataset_dir / "scenes.json").exists():
+            raise ValueError(f"{self.dataset_dir}: objective 'scst' rewards captions against "
+                             "the scenes of a generated world (scenes.json), which this "
+                             "dataset does not have")
+        scenes = load_scenes(self.dataset_dir)
+        return [scenes[im.imgid] for im in train]
 
     # -- Task protocol -------------------------------------------------------
     def _earlier_run(self, run_dir: str) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -149,24 +175,50 @@ class CaptionTask:
                 "task_config": asdict(self.config)}
 
     def num_examples(self) -> int:
-        return len(self.pair_image)
+        # SCST's examples are images (it samples its own captions); cross-entropy's are
+        # (image, reference) pairs.
+        return self.num_train_images if self.train_scenes is not None else len(self.pair_image)
+
+    def image_inputs(self, rows: torch.Tensor, device: torch.device):
+        """The model's input for these training images: pixels or precomputed features."""
+        if self.on_features:
+            return tuple(f[rows].to(device) for f in self.train_features)
+        return self.train_images[rows].to(device).float().div_(255)
 
     def batch(self, indices: torch.Tensor, device: torch.device):
-        rows = self.pair_image[indices]
-        if self.on_features:
-            inputs = tuple(f[rows].to(device) for f in self.train_features)
-        else:
-            inputs = self.train_images[rows].to(device).float().div_(255)
+        if self.train_scenes is not None:
+            return self.image_inputs(indices, device), indices
+        inputs = self.image_inputs(self.pair_image[indices], device)
         caps = self.pair_caption[indices]
         length = int((caps != self.vocab.pad_id).sum(1).max())
         caps = caps[:, :length].to(device)
         return inputs, caps[:, :-1], caps[:, 1:]
 
     def loss(self, model, batch):
+        if self.train_scenes is not None:
+            return self.scst_loss(model, *batch)
         inputs, captions_in, captions_out = batch  # inputs: images, or a tuple of features
         _, loss = model(inputs, captions_in, captions_out)
         terms = getattr(model, "module", model).loss_terms
         return loss, {k: float(v) for k, v in terms.items()}
+
+    def scst_loss(self, model, inputs, rows: torch.Tensor):
+        from training.tasks.scst import scst_loss, semantic_reward
+
+        scenes = [self.train_scenes[int(r)] for r in rows]
+
+        def reward(token_rows, images) -> torch.Tensor:
+            return torch.tensor([semantic_reward(self.vocab.decode(t.tolist()), scenes[i])
+                                 for t, i in zip(token_rows, images, strict=True)])
+
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            # SCST decodes through the model's step, not its forward, which DDP's gradient
+            # averaging hooks into.
+            raise ValueError("objective 'scst' trains on one process; run it without torchrun")
+        return scst_loss(model, inputs, reward,
+                         samples=self.config.scst_samples, bos_id=self.vocab.bos_id,
+                         eos_id=self.vocab.eos_id, pad_id=self.vocab.pad_id,
+                         max_length=self.config.max_length)
 
     def evaluate(self, model) -> dict[str, float]:
         from training.metrics.captions import caption_metrics
