@@ -308,8 +308,13 @@ class GridCaptioner(CaptionModel):
 
 
 @register_captioner
-class ShowAndTell(GridCaptioner):
-    """NIC (Vinyals et al. 2015): x_{-1} = W_I CNN(I), x_t = W_e S_t, p_{t+1} = softmax(W h_t)."""
+class ShowAndTell(GridCaptioner, FeatureCaptioner):
+    """NIC (Vinyals et al. 2015): x_{-1} = W_I CNN(I), x_t = W_e S_t, p_{t+1} = softmax(W h_t).
+
+    With its encoder frozen (`train_encoder` False) NIC sees the image only through the
+    pooled CNN(I), so it trains on that vector precomputed (`image_features`), as the
+    m-RNN does; a jointly trained encoder trains on pixels.
+    """
 
     config_class = ShowAndTellConfig
     attends = False
@@ -329,9 +334,12 @@ class ShowAndTell(GridCaptioner):
             self.encoder.eval()  # frozen: BatchNorm keeps its pre-trained statistics
         return self
 
-    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, State]:
+    def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor]:
         _, grid = self.encoder(images)  # (B, L, D)
-        image = self.image(grid)  # CNN(I), standardised (B, D')
+        return (self.image.pooled(grid),)  # CNN(I) (B, D'), before standardisation
+
+    def encode_features(self, pooled: torch.Tensor) -> tuple[torch.Tensor, State]:
+        image = self.image.norm(pooled)  # CNN(I), standardised (B, D')
         # The image is the LSTM's input once, at t = -1, from a zero state.
         h, c = self.lstm(self.image_embed(image))
         return image.unsqueeze(1), {"h": h, "c": c}  # context (B, 1, D') is not attended

@@ -55,6 +55,8 @@ def build_caption_model(config: CaptionConfig) -> CaptionModel:
     return captioner_class(config.arch)(config)
 
 
-def trains_on_features(arch: str) -> bool:
-    """Whether the architecture trains on precomputed features of a frozen image network."""
-    return issubclass(captioner_class(arch), FeatureCaptioner)
+def trains_on_features(config: CaptionConfig) -> bool:
+    """Whether the captioner trains on precomputed features of a frozen image network: one
+    that can (a FeatureCaptioner) and does not train that network (`train_encoder`)."""
+    return (issubclass(captioner_class(config.arch), FeatureCaptioner)
+            and not getattr(config, "train_encoder", False))

@@ -189,6 +189,21 @@ def test_nic_encode_feeds_the_image_once_at_t_minus_1():
     torch.testing.assert_close(context, image.unsqueeze(1))
 
 
+def test_nic_with_a_frozen_encoder_trains_on_its_pooled_features():
+    from models.captioners import trains_on_features
+
+    frozen = tiny_model("nic", train_encoder=False).train()
+    images, captions_in, captions_out = batch()
+    _, from_images = frozen(images, captions_in, captions_out)
+    with torch.no_grad():
+        features = frozen.image_features(images)
+    _, from_features = frozen(features, captions_in, captions_out)
+    torch.testing.assert_close(from_images, from_features)
+    assert trains_on_features(frozen.config)
+    assert not trains_on_features(tiny_config("nic", train_encoder=True))  # trains on pixels
+    assert not trains_on_features(tiny_config("sat-soft"))
+
+
 def test_cnn_image_vector_is_standardised_across_images():
     """What makes NIC and the m-RNN see the image: each feature of CNN(I) has mean 0 and
     variance 1 over the batch while training, whatever part all images share."""

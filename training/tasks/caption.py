@@ -7,11 +7,12 @@ epoch sees every reference once. Validation decodes greedily through the same
 NumPy beam search the service uses and scores CIDEr-D (plus semantic exactness
 and coverage on the shapes world), which drives early stopping.
 
-Up-Down and the m-RNN generator see the image only through frozen features, so
-they train on those features computed once instead of on pixels: Up-Down reads
-the RegionNet features precomputed for the dataset (`--features DIR` holding
-`{split}.npz`, written by `glimpse features regions` from `--regions-run`), and
-the m-RNN runs its pre-trained encoder once over the training images at start.
+Up-Down, the m-RNN generator and NIC with a frozen encoder see the image only
+through frozen features, so they train on those features computed once instead of
+on pixels: Up-Down reads the RegionNet features precomputed for the dataset
+(`--features DIR` holding `{split}.npz`, written by `glimpse features regions` from
+`--regions-run`); the m-RNN and NIC run their pre-trained encoder once over the
+training images at start.
 """
 
 from __future__ import annotations
@@ -88,7 +89,6 @@ class CaptionTask:
             raise ValueError(f"{self.dataset_dir}: no training images in captions.json")
         self.vocab = WordVocab.build([t for im in train for t in im.tokens],
                                      min_count=config.min_count)
-        self.on_features = trains_on_features(config.arch)
         self.train_features: tuple[torch.Tensor, ...] = ()
         self.val_features: tuple[torch.Tensor, ...] = ()
         if config.arch == "updown":
@@ -123,6 +123,7 @@ class CaptionTask:
             raise ValueError("--arch mrnn reads CNN(I) from a trained encoder: give "
                              "--encoder-init (or --init-from an m-RNN run)")
         self.caption_config = caption_config(model_cfg, saved=self.init_weights is not None)
+        self.on_features = trains_on_features(self.caption_config)
         self.train_scenes = None
         if config.objective == "scst":
             self.train_scenes = self._scst_scenes(train)
@@ -162,7 +163,8 @@ class CaptionTask:
             model.region_net.load_state_dict(self.region_weights)
         if self.init_weights is not None:
             model.load_state_dict(self.init_weights)
-        if self.caption_config.arch == "mrnn":
+        if self.on_features and self.caption_config.arch != "updown":
+            # a frozen encoder (NIC's first phase, the m-RNN): its features once, up front
             self.train_features = encoder_features(model, self.train_images)
             self.val_features = encoder_features(model, self.val_images)
         return model
