@@ -57,10 +57,12 @@ class CaptionTaskConfig:
     regions_run: str | None = None
     features: str | None = None
     # "xent": cross-entropy on the reference captions; "scst": self-critical sequence
-    # training (training/tasks/scst.py) from an earlier run (init_from), rewarded with the
-    # semantic exactness and coverage of its captions against the world's scenes.
+    # training (training/tasks/scst.py) from an earlier run (init_from), rewarded with a
+    # weighted sum of CIDEr-D and, on a generated world, semantic exactness and coverage.
     objective: str = "xent"
     scst_samples: int = 5  # sampled captions per image and step
+    scst_reward: dict = field(default_factory=lambda: {"cider_d": 1.0, "exactness": 1.0,
+                                                       "coverage": 1.0})
     trainer: dict = field(default_factory=dict)  # TrainerConfig overrides
 
     @classmethod
@@ -124,27 +126,27 @@ class CaptionTask:
                              "--encoder-init (or --init-from an m-RNN run)")
         self.caption_config = caption_config(model_cfg, saved=self.init_weights is not None)
         self.on_features = trains_on_features(self.caption_config)
-        self.train_scenes = None
+        self.reward = None
         if config.objective == "scst":
-            self.train_scenes = self._scst_scenes(train)
+            self.reward = self._scst_reward(train)
         elif config.objective != "xent":
             raise ValueError(f"objective must be 'xent' or 'scst', not {config.objective!r}")
 
-    def _scst_scenes(self, train: list[CaptionImage]) -> list:
-        """The scene of every training image, which SCST's reward checks captions against."""
+    def _scst_reward(self, train: list[CaptionImage]):
+        """SCST's reward of a caption of training image i (by position in `train`)."""
         from training.data.shapes import load_scenes
+        from training.tasks.scst import CaptionReward
 
         if not self.config.init_from:
             raise ValueError("objective 'scst' fine-tunes a trained captioner: give --init-from "
                              "(a cross-entropy run of the same architecture)")
         if self.config.scst_samples < 1:
             raise ValueError("scst_samples must be at least 1")
-        if not (self.dataset_dir / "scenes.json").exists():
-            raise ValueError(f"{self.dataset_dir}: objective 'scst' rewards captions against "
-                             "the scenes of a generated world (scenes.json), which this "
-                             "dataset does not have")
-        scenes = load_scenes(self.dataset_dir)
-        return [scenes[im.imgid] for im in train]
+        scenes = None
+        if (self.dataset_dir / "scenes.json").exists():
+            by_id = load_scenes(self.dataset_dir)
+            scenes = [by_id[im.imgid] for im in train]
+        return CaptionReward(self.config.scst_reward, [im.captions for im in train], scenes)
 
     # -- Task protocol -------------------------------------------------------
     def _earlier_run(self, run_dir: str) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -179,7 +181,7 @@ class CaptionTask:
     def num_examples(self) -> int:
         # SCST's examples are images (it samples its own captions); cross-entropy's are
         # (image, reference) pairs.
-        return self.num_train_images if self.train_scenes is not None else len(self.pair_image)
+        return self.num_train_images if self.reward is not None else len(self.pair_image)
 
     def image_inputs(self, rows: torch.Tensor, device: torch.device):
         """The model's input for these training images: pixels or precomputed features."""
@@ -188,7 +190,7 @@ class CaptionTask:
         return self.train_images[rows].to(device).float().div_(255)
 
     def batch(self, indices: torch.Tensor, device: torch.device):
-        if self.train_scenes is not None:
+        if self.reward is not None:
             return self.image_inputs(indices, device), indices
         inputs = self.image_inputs(self.pair_image[indices], device)
         caps = self.pair_caption[indices]
@@ -197,7 +199,7 @@ class CaptionTask:
         return inputs, caps[:, :-1], caps[:, 1:]
 
     def loss(self, model, batch):
-        if self.train_scenes is not None:
+        if self.reward is not None:
             return self.scst_loss(model, *batch)
         inputs, captions_in, captions_out = batch  # inputs: images, or a tuple of features
         _, loss = model(inputs, captions_in, captions_out)
@@ -205,12 +207,12 @@ class CaptionTask:
         return loss, {k: float(v) for k, v in terms.items()}
 
     def scst_loss(self, model, inputs, rows: torch.Tensor):
-        from training.tasks.scst import scst_loss, semantic_reward
+        from training.tasks.scst import scst_loss
 
-        scenes = [self.train_scenes[int(r)] for r in rows]
+        rows = rows.tolist()
 
         def reward(token_rows, images) -> torch.Tensor:
-            return torch.tensor([semantic_reward(self.vocab.decode(t.tolist()), scenes[i])
+            return torch.tensor([self.reward(self.vocab.decode(t.tolist()), rows[i])
                                  for t, i in zip(token_rows, images, strict=True)])
 
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):

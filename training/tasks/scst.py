@@ -8,29 +8,70 @@ the greedy caption's reward as the baseline,
     L = -(r(w^s) - r(w^)) * sum_t log p(w^s_t | w^s_<t, I),
 
 so a sample is reinforced only when it beats what the model would say at test time.
-The reward here is what the shapes world can check exactly (`semantic_reward`):
-semantic exactness plus coverage of the image's scene, so a caption earns reward for
-every object it names correctly and a full point more when all it says is true; a
-caption outside the grammar earns 0.
+The reward (`CaptionReward`) is a weighted sum of the caption's CIDEr-D against its
+image's references (the paper's reward; document frequencies from the training
+references) and what the shapes world can check exactly: semantic exactness (1 when
+everything the caption says is true of the scene) and coverage (the share of the scene's
+objects it mentions); a caption outside the grammar gets 0 on both. The semantic terms
+alone are gamed: "there is a circle and a circle" is true and covers two circles without
+naming a colour, so CIDEr-D, which rewards saying what the references say, stays in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
 from models.caption import CaptionModel, State
 from training.data.language import caption_coverage, caption_is_exact, parse_caption
 from training.data.world import Scene
+from training.metrics.cider import CiderD
 
 
-def semantic_reward(caption: str, scene: Scene) -> float:
-    """Exactness (0 or 1) plus coverage (0..1) of one caption against its scene."""
+def semantic_terms(caption: str, scene: Scene) -> tuple[float, float]:
+    """Exactness (0 or 1) and coverage (0..1) of one caption against its scene; (0, 0)
+    for a caption outside the grammar."""
     parsed = parse_caption(caption)
     if parsed is None:
-        return 0.0
-    return float(caption_is_exact(parsed, scene)) + caption_coverage(parsed, scene)
+        return 0.0, 0.0
+    return float(caption_is_exact(parsed, scene)), caption_coverage(parsed, scene)
+
+
+REWARD_TERMS = ("cider_d", "exactness", "coverage")
+
+
+class CaptionReward:
+    """r = w_c CIDEr-D + w_e exactness + w_v coverage of a caption of training image i."""
+
+    def __init__(self, weights: Mapping[str, float], references: Sequence[Sequence[str]],
+                 scenes: Sequence[Scene] | None) -> None:
+        unknown = set(weights) - set(REWARD_TERMS)
+        if unknown or not any(weights.values()):
+            raise ValueError(f"scst_reward weighs some of {REWARD_TERMS}, not "
+                             f"{dict(weights)}")
+        self.weights = {k: float(weights.get(k, 0.0)) for k in REWARD_TERMS}
+        if scenes is None and (self.weights["exactness"] or self.weights["coverage"]):
+            raise ValueError("the exactness and coverage rewards check captions against the "
+                             "scenes of a generated world (scenes.json); this dataset has "
+                             "none, so weigh cider_d only")
+        self.references = references
+        self.scenes = scenes
+        self.cider = CiderD(references) if self.weights["cider_d"] else None
+        self._reference_vectors: dict[int, list] = {}
+
+    def __call__(self, caption: str, image: int) -> float:
+        total = 0.0
+        if self.cider is not None:
+            vectors = self._reference_vectors.get(image)
+            if vectors is None:
+                vectors = self._reference_vectors[image] = [
+                    self.cider.vector(r) for r in self.references[image]]
+            total += self.weights["cider_d"] * self.cider.score(caption, vectors)
+        if self.scenes is not None and (self.weights["exactness"] or self.weights["coverage"]):
+            exact, coverage = semantic_terms(caption, self.scenes[image])
+            total += self.weights["exactness"] * exact + self.weights["coverage"] * coverage
+        return total
 
 
 def repeat_rows(context: torch.Tensor | None, state: State, times: int

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,14 @@ from models.captioners import build_caption_model, caption_config
 from training.cli import main as glimpse
 from training.data.language import generate_captions
 from training.data.world import Scene, ShapeObject
-from training.tasks.scst import repeat_rows, rollout, scst_loss, semantic_reward, word_log_probs
+from training.tasks.scst import (
+    CaptionReward,
+    repeat_rows,
+    rollout,
+    scst_loss,
+    semantic_terms,
+    word_log_probs,
+)
 
 BOS, EOS, PAD, V = 1, 2, 0, 12
 ROOT = Path(__file__).resolve().parents[3]
@@ -83,14 +91,31 @@ def test_rows_are_repeated_adjacent():
     assert state["h"].flatten().tolist() == [1, 1, 1, 2, 2, 2]
 
 
-def test_semantic_reward_counts_truth_and_coverage():
-    scene = Scene([ShapeObject("circle", "red", "small", 0.2, 0.5, 0.1),
-                   ShapeObject("square", "blue", "large", 0.7, 0.5, 0.2)])
-    reference = generate_captions(scene, __import__("numpy").random.default_rng(0), n=1)[0]
-    assert semantic_reward(reference, scene) == 2.0
-    assert semantic_reward("a small red circle", scene) == 1.5  # true, half the scene
-    assert semantic_reward("a small green circle", scene) < 1.0  # false
-    assert semantic_reward("circle circle red the", scene) == 0.0  # outside the grammar
+SCENE = Scene([ShapeObject("circle", "red", "small", 0.2, 0.5, 0.1),
+               ShapeObject("square", "blue", "large", 0.7, 0.5, 0.2)])
+
+
+def test_semantic_terms_are_truth_and_coverage():
+    reference = generate_captions(SCENE, np.random.default_rng(0), n=1)[0]
+    assert semantic_terms(reference, SCENE) == (1.0, 1.0)
+    assert semantic_terms("a small red circle", SCENE) == (1.0, 0.5)  # true, half the scene
+    assert semantic_terms("a small green circle", SCENE)[0] == 0.0  # false
+    assert semantic_terms("circle circle red the", SCENE) == (0.0, 0.0)  # outside the grammar
+
+
+def test_caption_reward_weighs_cider_d_and_the_semantic_terms():
+    references = [generate_captions(SCENE, np.random.default_rng(k), n=5) for k in range(3)]
+    semantic = CaptionReward({"exactness": 1.0, "coverage": 2.0}, references, [SCENE] * 3)
+    assert semantic("a small red circle", 1) == 1.0 + 2.0 * 0.5
+    cider = CaptionReward({"cider_d": 1.0}, references, None)
+    both = CaptionReward({"cider_d": 0.5, "exactness": 1.0}, references, [SCENE] * 3)
+    caption = references[0][0]
+    assert cider(caption, 0) > cider("there is a circle", 0) > 0
+    assert both(caption, 0) == pytest.approx(0.5 * cider(caption, 0) + 1.0)
+    with pytest.raises(ValueError, match="weigh cider_d only"):
+        CaptionReward({"cider_d": 1.0, "coverage": 1.0}, references, None)
+    with pytest.raises(ValueError, match="scst_reward weighs"):
+        CaptionReward({"bleu": 1.0}, references, None)
 
 
 def test_scst_reinforces_the_captions_that_beat_the_greedy_one():
