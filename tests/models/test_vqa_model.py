@@ -1,5 +1,6 @@
 """The top-down VQA model on random region features (Anderson et al. 2018, §3.3)."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -211,3 +212,28 @@ def test_attention_supervision_moves_each_glimpse_to_its_region():
                                           batch["boxes"], batch["scores"]),
                             model.glimpse_queries(states, batch["question_length"]), mask)
     assert alpha[0, 0, 1] > 0.8 and alpha[0, 1, 3] > 0.8 and alpha[1, :, 4].min() > 0.8
+
+
+def test_glimpse_geometry_reads_the_offset_between_the_two_attended_boxes():
+    from models.vqa import GlimpseGeometry
+
+    model = tiny(glimpse_geometry=True)
+    geometry = model.geometry
+    boxes = torch.tensor([[[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.9, 0.7], [0, 0, 1, 1]]])
+    alpha = torch.tensor([[[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]])  # glimpse 0 on box 1, 1 on 0
+    seen = {}
+    geometry.f_g.register_forward_hook(lambda _m, args, _o: seen.update(g=args[0]))
+    geometry(alpha, boxes, torch.zeros(1, 16))
+    d = torch.tensor([0.7 - 0.2, 0.6 - 0.3])  # centre of box 1 minus centre of box 0
+    expected = torch.cat([d, d.abs(), torch.tensor([0.4, 0.2, 0.2, 0.2])]) * GlimpseGeometry.SCALE
+    torch.testing.assert_close(seen["g"][0], expected)
+    # swapping the glimpses' objects flips the offset, and the answer can tell
+    swapped = alpha.flip(1)
+    a = model.geometry(alpha, boxes, torch.ones(1, 16))
+    b = model.geometry(swapped, boxes, torch.ones(1, 16))
+    assert not torch.allclose(a, b)
+    batch = inputs()
+    torch.testing.assert_close(tiny(glimpse_geometry=False)(**batch)[1],
+                               tiny(glimpse_geometry=True)(**batch)[1])  # attention unchanged
+    with pytest.raises(ValueError, match="glimpses >= 2"):
+        tiny(glimpse_geometry=True, glimpses=1)
