@@ -76,6 +76,10 @@ class VqaConfig:
     # Relative geometry of the first two glimpses (GlimpseGeometry), fused with the question
     # beside the attended features.
     glimpse_geometry: bool = False
+    # A counting branch (CountingBranch): sigmoid matches per proposal, summed, fused with
+    # the question beside the attended features.
+    counting: bool = False
+    max_count: int = 8  # the summed matches are read as a soft one-hot over 0..max_count
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -258,6 +262,46 @@ class GlimpseGeometry(nn.Module):
         return self.f_gq(q) * self.f_g(g)
 
 
+class CountingBranch(nn.Module):
+    """How many proposals match the question, for "how many red shapes are there?".
+
+    Softmax attention sums to one whatever the number of matching regions, so v_hat
+    cannot say how many there were (Zhang et al. 2018). This branch scores each proposal
+    on its own with a sigmoid and adds the scores, weighted by the detection scores (empty
+    proposals drop out), then reads the sum as a soft one-hot over 0..max_count
+    (k_j = max(0, 1 - |c - j|)) for the answer layers:
+
+        m_i = sigmoid(w^T (f_cv(v_i) * f_cq(q))),   c = sum_i s_i m_i
+        r   = f_kq(q) * f_k(k(c))
+
+    The whole-image region (always the last) takes no part.
+    """
+
+    def __init__(self, region_dim: int, config: VqaConfig) -> None:
+        super().__init__()
+        self.max_count = config.max_count
+        self.f_cv = GatedTanh(region_dim, config.attention_dim)
+        self.f_cq = GatedTanh(config.question_dim, config.attention_dim)
+        self.w_c = nn.Linear(config.attention_dim, 1)
+        self.f_k = GatedTanh(config.max_count + 1, config.joint_dim)
+        self.f_kq = GatedTanh(config.question_dim, config.joint_dim)
+
+    def count(self, v: torch.Tensor, scores: torch.Tensor, q: torch.Tensor,
+              mask: torch.Tensor) -> torch.Tensor:
+        """v (B, R, Dv), scores (B, R), q (B, Dq), mask (B, R) -> c (B,), the soft count."""
+        n = v.shape[1] - 1
+        match = torch.sigmoid(self.w_c(self.f_cv(v[:, :n]) * self.f_cq(q).unsqueeze(1)))
+        weight = scores[:, :n] * mask[:, :n].to(scores.dtype)
+        return (match.squeeze(-1) * weight).sum(dim=1)
+
+    def forward(self, v: torch.Tensor, scores: torch.Tensor, q: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        c = self.count(v, scores, q, mask)
+        bins = torch.arange(self.max_count + 1, device=v.device, dtype=v.dtype)
+        k = (1 - (c.unsqueeze(1) - bins).abs()).clamp(min=0)  # (B, max_count + 1)
+        return self.f_kq(q) * self.f_k(k)
+
+
 class UpDownVqa(nn.Module):
     """The top-down VQA model over precomputed (or jointly computed) region features."""
 
@@ -281,6 +325,7 @@ class UpDownVqa(nn.Module):
         self.f_r = GatedTanh(config.relation_dim, config.joint_dim) if config.relations \
             else None
         self.geometry = GlimpseGeometry(config) if config.glimpse_geometry else None
+        self.counting = CountingBranch(region_dim, config) if config.counting else None
         self.dropout = nn.Dropout(config.dropout)
         self.w_o = nn.Linear(config.joint_dim, config.num_answers)
 
@@ -326,6 +371,8 @@ class UpDownVqa(nn.Module):
             h = h + self.f_r(self.relations(features, boxes, scores, q, region_mask))
         if self.geometry is not None:
             h = h + self.geometry(alpha, boxes, q)
+        if self.counting is not None:
+            h = h + self.counting(v, scores, q, region_mask)
         logits = self.w_o(self.dropout(self.f_o(self.dropout(h))))  # (B, A)
         loss = None
         if targets is not None:

@@ -237,3 +237,24 @@ def test_glimpse_geometry_reads_the_offset_between_the_two_attended_boxes():
                                tiny(glimpse_geometry=True)(**batch)[1])  # attention unchanged
     with pytest.raises(ValueError, match="glimpses >= 2"):
         tiny(glimpse_geometry=True, glimpses=1)
+
+
+def test_counting_branch_sums_sigmoid_matches_of_the_proposals_only():
+    model = tiny(counting=True)
+    branch = model.counting
+    v = torch.randn(2, 4, FEAT + 7)
+    q = torch.randn(2, 16)
+    scores = torch.tensor([[1.0, 1.0, 0.0, 1.0], [0.5, 1.0, 1.0, 1.0]])
+    mask = torch.tensor([[True, True, True, True], [True, True, False, True]])
+    with torch.no_grad():
+        c = branch.count(v, scores, q, mask)
+        match = torch.sigmoid(branch.w_c(branch.f_cv(v[:, :3]) * branch.f_cq(q)[:, None]))
+    expected = (match.squeeze(-1) * torch.tensor([[1.0, 1.0, 0.0], [0.5, 1.0, 0.0]])).sum(1)
+    torch.testing.assert_close(c, expected)  # the whole image and masked rows never count
+    # the soft one-hot of a count of 2.25 puts 0.75 on 2 and 0.25 on 3
+    seen = {}
+    branch.f_k.register_forward_hook(lambda _m, args, _o: seen.update(k=args[0]))
+    branch.count = lambda *_: torch.tensor([2.25, 0.0])
+    branch(v, scores, q, mask)
+    assert seen["k"][0].tolist() == [0, 0, 0.75, 0.25, 0, 0, 0, 0, 0]
+    assert seen["k"][1].tolist() == [1, 0, 0, 0, 0, 0, 0, 0, 0]

@@ -78,11 +78,11 @@ def test_train_export_and_evaluate_through_the_bundle(world_with_regions, tmp_pa
     config = tmp_path / "vqa.json"
     config.write_text(json.dumps({
         "min_answer_count": 3,
-        # The relation-network and glimpse-geometry branches on, so that their export is
+        # The relation-network, glimpse-geometry and counting branches on, so that their export is
         # checked for parity too.
         "model": {"embed_dim": 8, "question_dim": 16, "attention_dim": 16, "joint_dim": 16,
                   "relations": True, "relation_feature_dim": 4, "relation_dim": 8,
-                  "glimpse_geometry": True},
+                  "glimpse_geometry": True, "counting": True},
         "trainer": {"batch_size": 32, "warmup_steps": 2, "progress": False}}))
     run = tmp_path / "run"
     assert glimpse(["train", "vqa", "--data", str(world), "--out", str(run),
