@@ -62,6 +62,31 @@ def test_evaluate_caption_results_perfect(dataset):
     assert "semantic_exactness" not in scores  # no scenes.json in this dataset
 
 
+def _thing(shape, colour, size, x, y):
+    return {"shape": shape, "colour": colour, "size": size, "x": x, "y": y, "radius": 0.1,
+            "rotation": 0.0}
+
+
+def test_semantic_scores_come_overall_and_by_object_count(dataset):
+    scenes = [
+        {"imgid": 1, "objects": [_thing("circle", "red", "large", 0.2, 0.5),
+                                 _thing("square", "blue", "small", 0.7, 0.5)]},
+        {"imgid": 2, "objects": [_thing("square", "yellow", "small", 0.2, 0.2),
+                                 _thing("square", "yellow", "small", 0.5, 0.8),
+                                 _thing("star", "white", "small", 0.8, 0.2)]},
+        {"imgid": 3, "objects": [_thing("hexagon", "cyan", "large", 0.5, 0.8),
+                                 _thing("cross", "purple", "small", 0.5, 0.2)]},
+    ]
+    (dataset / "scenes.json").write_text(json.dumps({"image_size": 64, "images": scenes}))
+    results = {1: "a large red circle to the left of a small blue square",
+               2: "a white star", 3: "a green hexagon"}
+    scores = evaluate_caption_results(results, dataset, "test", meteor=False)
+    assert scores["by_objects"] == {
+        "2": {"semantic_exactness": 0.5, "coverage": 0.5, "n": 2},  # image 3's is false
+        "3": {"semantic_exactness": 1.0, "coverage": pytest.approx(1 / 3), "n": 1}}
+    assert scores["semantic_exactness"] == pytest.approx(2 / 3)
+
+
 def test_evaluate_caption_results_subset_and_mapping(dataset):
     scores = evaluate_caption_results({2: "two yellow squares and a white star"}, dataset,
                                       meteor=False)

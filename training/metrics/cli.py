@@ -92,7 +92,8 @@ def evaluate_caption_results(results: CaptionResults, dataset_dir: str | Path,
 
 
 def _semantic(captions: dict[int, str], dataset_dir: Path) -> dict:
-    """Semantic exactness and coverage against the shapes world's scenes."""
+    """Semantic exactness and coverage against the shapes world's scenes, overall and by
+    the number of objects in the scene ("by_objects": {"1": {...}, ...})."""
     from training.data.shapes import load_scenes
     from training.metrics.semantic import semantic_scores
 
@@ -101,8 +102,13 @@ def _semantic(captions: dict[int, str], dataset_dir: Path) -> dict:
     if missing:
         raise ValueError(f"scenes.json has no scene for image_id(s) {missing[:5]}")
     semantic = semantic_scores(captions, {i: scenes[i] for i in captions})
+    groups: dict[int, dict[int, str]] = {}
+    for i, caption in captions.items():
+        groups.setdefault(len(scenes[i].objects), {})[i] = caption
     return {"semantic_exactness": semantic["semantic_exactness"],
-            "coverage": semantic["coverage"]}
+            "coverage": semantic["coverage"],
+            "by_objects": {str(n): semantic_scores(group, {i: scenes[i] for i in group})
+                           for n, group in sorted(groups.items())}}
 
 
 def evaluate_vqa_results(results: AnswerResults, dataset_dir: str | Path,
