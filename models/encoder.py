@@ -14,6 +14,7 @@ state dict), never downloaded.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -169,7 +170,7 @@ class ImageEncoder(nn.Module):
         return pooled, grid
 
 
-IMAGE_POOLS = ("mean", "max", "mean+max")
+IMAGE_POOLS = ("mean", "max", "mean+max", "pyramid")
 
 
 class ImageVector(nn.Module):
@@ -184,6 +185,11 @@ class ImageVector(nn.Module):
     BatchNorm1d subtracts the common part and scales each feature to unit variance across
     images, as the batch-normalised CNN of the NIC paper's later version gives it. At
     inference the running statistics make it a fixed affine map.
+
+    Pools: "mean", "max", "mean+max" (both, concatenated) over all L locations, or
+    "pyramid": the maximum over the whole grid and over each of its four quadrants
+    (a two-level spatial pyramid, He et al. 2014), so that the vector also says roughly
+    where things are: a caption's "left of" and "above" are not in a grid pooled whole.
     """
 
     def __init__(self, dim: int, *, pool: str = "max", standardise: bool = True) -> None:
@@ -191,7 +197,7 @@ class ImageVector(nn.Module):
         if pool not in IMAGE_POOLS:
             raise ValueError(f"pool must be one of {IMAGE_POOLS}, got {pool!r}")
         self.pool = pool
-        self.out_dim = 2 * dim if pool == "mean+max" else dim
+        self.out_dim = {"mean+max": 2 * dim, "pyramid": 5 * dim}.get(pool, dim)
         self.norm = nn.BatchNorm1d(self.out_dim) if standardise else nn.Identity()
 
     def pooled(self, grid: torch.Tensor) -> torch.Tensor:
@@ -200,7 +206,22 @@ class ImageVector(nn.Module):
             return grid.mean(dim=1)
         if self.pool == "max":
             return grid.amax(dim=1)
+        if self.pool == "pyramid":
+            return pyramid_max(grid)
         return torch.cat([grid.mean(dim=1), grid.amax(dim=1)], dim=-1)
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         return self.norm(self.pooled(grid))
+
+
+def pyramid_max(grid: torch.Tensor) -> torch.Tensor:
+    """(B, L, D), L = S * S row by row with S even -> (B, 5 D): the maximum over the whole
+    grid, then over the top-left, top-right, bottom-left and bottom-right quadrants."""
+    _, cells, d = grid.shape
+    side = math.isqrt(cells)
+    if side * side != cells or side % 2:
+        raise ValueError(f"a pyramid pools a square grid of even side, not {cells} cells")
+    half = side // 2
+    # batch as -1: an exported graph keeps it dynamic
+    quadrants = grid.reshape(-1, 2, half, 2, half, d).amax(dim=(2, 4))  # (B, 2, 2, D)
+    return torch.cat([grid.amax(dim=1), quadrants.reshape(-1, 4 * d)], dim=-1)

@@ -217,6 +217,24 @@ def test_cnn_image_vector_is_standardised_across_images():
     torch.testing.assert_close(plain(grid), grid.mean(dim=1))
 
 
+def test_pyramid_pools_the_whole_grid_and_each_quadrant():
+    from models.encoder import pyramid_max
+
+    grid = torch.randn(2, 4, 4, 3)  # a 4 x 4 grid, row by row
+    pooled = pyramid_max(grid.reshape(2, 16, 3))
+    expected = [grid.amax(dim=(1, 2)), grid[:, :2, :2].amax(dim=(1, 2)),
+                grid[:, :2, 2:].amax(dim=(1, 2)), grid[:, 2:, :2].amax(dim=(1, 2)),
+                grid[:, 2:, 2:].amax(dim=(1, 2))]
+    torch.testing.assert_close(pooled, torch.cat(expected, dim=-1))
+    assert ImageVector(3, pool="pyramid").out_dim == 15
+    with pytest.raises(ValueError, match="square grid of even side"):
+        pyramid_max(torch.randn(1, 9, 3))
+    model = tiny_model("nic", image_pool="pyramid").eval()  # and NIC takes it end to end
+    images, captions_in, captions_out = batch()
+    logits, _ = model(images, captions_in, captions_out)
+    assert logits.shape == (B, T, V)
+
+
 def test_runs_saved_before_the_image_settings_rebuild_their_model():
     old = caption_config({"arch": "nic", "vocab_size": 10}, saved=True)
     assert (old.image_pool, old.standardise_image, old.train_encoder) == ("mean", False, True)
