@@ -299,7 +299,7 @@ class RegionAttention(BaseModel):
 
 class VqaResponse(BaseModel):
     model: str = Field(description="the bundle that answered, name/version",
-                       examples=["vqa-updown/2"])
+                       examples=["vqa-updown/4"])
     question: str = Field(examples=["what color is the circle?"])
     answers: list[AnswerOut]
     attention: list[RegionAttention] | None = Field(

@@ -111,8 +111,7 @@ def write_vqa_bundle(graph: VqaGraph, repository: Path, name: str, version: int 
         encoder = graph.regions.config.encoder
         manifest = {
             "name": name, "version": version, "task": "vqa",
-            "architecture": f"updown-g{graph.vqa.config.glimpses}"
-                            + ("-rn" if graph.vqa.config.relations else ""),
+            "architecture": vqa_architecture(graph.vqa.config),
             "created": created_now(),
             "graphs": {"vqa": describe_graph(tmp, GRAPH_FILE).model_dump()},
             "files": {key: file_entry(tmp, f"{key}.json") for key in ("vocab", "answers")},
@@ -145,3 +144,11 @@ def export_vqa(run_dir: Path, repository: Path, name: str, version: int | None =
                             answers=answers,
                             max_question_length=int(model_cfg["max_question_length"]),
                             training=training)
+
+
+def vqa_architecture(config) -> str:
+    """The manifest's architecture: glimpses, then the branches beyond the paper's model
+    ("updown-g2-rn-geo-count": two glimpses, relation network, glimpse geometry, counting)."""
+    branches = [("rn", config.relations), ("geo", config.glimpse_geometry),
+                ("count", config.counting)]
+    return "-".join([f"updown-g{config.glimpses}", *(name for name, on in branches if on)])

@@ -100,6 +100,7 @@ def test_train_export_and_evaluate_through_the_bundle(world_with_regions, tmp_pa
     bundle = tmp_path / "repo" / "vqa-test" / "1"
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["task"] == "vqa"
+    assert manifest["architecture"] == "updown-g2-rn-geo-count"
     assert manifest["graphs"]["vqa"]["inputs"][1]["shape"] == ["batch", "words"]
     assert max(manifest["training"]["parity_max_abs_diff"].values()) < 1e-4
     assert manifest["inference"] == {"answers": "answers", "max_question_length": 20}
