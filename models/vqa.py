@@ -35,8 +35,18 @@ and sums, so no region has to be selected:
 
 where s are the detection scores (empty proposals score near 0 and drop out of the sum),
 g is a two-layer ReLU MLP and the whole-image region (always the last) takes no part.
-On the shapes world (configs/vqa_updown.json) the branch raises counting accuracy, while
-position and spatial questions stay at chance.
+On the shapes world the branch raises counting accuracy, while position and spatial
+questions stay at chance with it.
+
+Three more options, each off by default and on in configs/vqa_updown.json, which took
+the shapes world's relation questions from chance to 100% (docs/results.md):
+- `attention_supervision`: where the data names the objects a question is about, glimpse
+  g is trained toward the g-th one's region (`attention_loss`), so a question about two
+  objects looks at both instead of both glimpses settling on one;
+- `glimpse_geometry` (GlimpseGeometry): the offset between the two attended boxes gets its
+  own path to the answer;
+- `counting` (CountingBranch): per-proposal sigmoid matches summed into a count, which
+  softmax attention cannot give.
 """
 
 from __future__ import annotations
