@@ -1,6 +1,6 @@
 """Draw test images with Up-Down captions and, for each word, its attention over regions.
 
-    python scripts/updown_figure.py --bundle model_repository/caption-updown/2 \
+    python scripts/updown_figure.py --bundle model_repository/caption-updown/4 \
         --data data/shapes15k --features data/shapes15k/features/regions \
         --out docs/images/caption_updown.png
 
