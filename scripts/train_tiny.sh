@@ -54,7 +54,10 @@ glimpse features regions --run "$RUNS/regions" --data "$DATA"
 glimpse train caption --arch updown --data "$DATA" --out "$RUNS/updown" \
     --config configs/tiny/caption_updown.json --regions-run "$RUNS/regions" \
     --features "$DATA/features/regions" "${QUICK[@]}"
-bundle=$(export_run "$RUNS/updown" caption-updown)
+glimpse train caption --arch updown --data "$DATA" --out "$RUNS/updown-scst" \
+    --config configs/tiny/caption_updown_scst.json --init-from "$RUNS/updown" \
+    --regions-run "$RUNS/regions" --features "$DATA/features/regions" --steps 3
+bundle=$(export_run "$RUNS/updown-scst" caption-updown)
 glimpse eval bundle "$bundle" --data "$DATA" --split test --beam-size 3 --no-meteor \
     --write-manifest
 
