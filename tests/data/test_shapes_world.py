@@ -226,7 +226,7 @@ def test_annotations_are_written_as_json_dumps_writes_them():
     questions = [*make_image(SEED, "novel", 4, 64)[1]["questions"], {
         "question": "is it \u00e9t\u00e9?", "question_type": 'a "quoted" \\ type',
         "answer_type": "other", "multiple_choice_answer": "caf\u00e9\n\U0001f600",
-        "answers": ["caf\u00e9\n\U0001f600"] * 9 + ["</script>"]}]
+        "answers": ["caf\u00e9\n\U0001f600"] * 9 + ["</script>"], "objects": [1, 0]}]
     for k, q in enumerate(questions):
         qid, imgid = 987654 * 1000 + k, 987654
         text = _annotation_json(qid, imgid, q)
@@ -266,8 +266,9 @@ def test_vqa_files_are_vqa_v2_format(world):
         assert list(annotations) == ["info", "license", "data_subtype", "annotations"]
         assert set(questions["questions"][0]) == {"image_id", "question", "question_id"}
         annotation = annotations["annotations"][0]
+        # VQA v2's fields, and the shapes world's one addition: the objects a question names
         assert set(annotation) == {"question_id", "image_id", "question_type", "answer_type",
-                                   "multiple_choice_answer", "answers"}
+                                   "multiple_choice_answer", "answers", "objects"}
         assert [a["answer_id"] for a in annotation["answers"]] == list(range(1, 11))
         assert {a["answer_confidence"] for a in annotation["answers"]} == {"yes"}
         loaded = load_vqa_split(world, split)
