@@ -11,6 +11,12 @@ their losses (models.gan):
                  D never sees them, as they have no real image
     gan-int-cls  both
 
+The stabilisers of models.gan are options, off by default: `loss` "hinge",
+`ema` (decay of the exported generator's moving average), `diff_augment`
+(DiffAugment's policy), `r1` (gamma), and in `model` spectral_norm / projection;
+`shape_negatives` makes some of GAN-CLS's wrong texts differ in shape only, so that
+D must check the shape (without them it learns to check colour and size only).
+
 Each batch takes one D step then one G step, each with its own Adam: the task
 brings its own `configure_optimizers` and `train_step`, and the Trainer does
 the rest (batches, progress, checkpoints of both optimizers, exact resume).
@@ -21,6 +27,7 @@ grids and loading a trained generator.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,19 +40,23 @@ import torch.nn as nn
 from PIL import Image
 
 from models.gan import (
+    ADVERSARIAL_LOSSES,
+    DIFF_AUGMENTATIONS,
     Discriminator,
     GanConfig,
     Generator,
-    discriminator_loss,
-    generator_loss,
+    diff_augment,
+    ema_update,
     init_dcgan_weights,
     interpolate_embeddings,
+    r1_penalty,
 )
 from training.callbacks import Callback, JsonLines
 from training.data.text_image import (
     TextEmbedder,
     load_pairs,
     mismatched_pairs,
+    shape_swapped_pairs,
     single_object_images,
     to_unit_range,
 )
@@ -56,6 +67,7 @@ from training.trainer import Trainer, config_from_dict
 log = logging.getLogger(__name__)
 
 GAN_VARIANTS = ("gan", "gan-cls", "gan-int", "gan-int-cls")
+EMA_GENERATOR = "generator_ema"  # the model's key of G's weight average, when kept
 BAG_OF_WORDS = "bag-of-words"  # --text-encoder value selecting the development stand-in
 # Prompts of the sample grids: every colour, every shape, both sizes, no held-out combination.
 GRID_PROMPTS = (
@@ -83,6 +95,15 @@ class GanTaskConfig:
     interpolation_beta: float = 0.5  # beta of Reed et al. Eq. 5
     sample_every: int = 250  # steps between sample grids (0: only after the last step)
     trainer: dict = field(default_factory=dict)  # TrainerConfig settings over GAN_TRAINER
+    # Stabilisers (models.gan); the defaults are the papers' recipes.
+    loss: str = "bce"  # one of ADVERSARIAL_LOSSES
+    ema: float = 0.0  # decay of the generator's weight average that is exported; 0: off
+    diff_augment: tuple[str, ...] = ()  # DiffAugment policy: "translation", "cutout"
+    r1: float = 0.0  # gamma of the R1 penalty on D; 0: off
+    lr_discriminator: float | None = None  # D's learning rate; None: the trainer's lr
+    # Share of GAN-CLS's wrong texts that differ from the right one in shape only (same
+    # colour and size); 0: any other class, as in Reed et al.
+    shape_negatives: float = 0.0
 
     VARIANTS: ClassVar[tuple[str, ...]] = GAN_VARIANTS
 
@@ -91,6 +112,17 @@ class GanTaskConfig:
         cfg = config_from_dict(cls, d, "text-to-image training")
         if cfg.variant not in cls.VARIANTS:
             raise ValueError(f"unknown variant {cfg.variant!r}")
+        if cfg.loss not in ADVERSARIAL_LOSSES:
+            raise ValueError(f"unknown loss {cfg.loss!r}; one of {sorted(ADVERSARIAL_LOSSES)}")
+        cfg.diff_augment = tuple(cfg.diff_augment)
+        unknown = set(cfg.diff_augment) - set(DIFF_AUGMENTATIONS)
+        if unknown:
+            raise ValueError(f"unknown DiffAugment policy {sorted(unknown)}; "
+                             f"known: {sorted(DIFF_AUGMENTATIONS)}")
+        if not 0.0 <= cfg.shape_negatives <= 1.0:
+            raise ValueError(f"shape_negatives is a share in [0, 1], not {cfg.shape_negatives}")
+        if not 0.0 <= cfg.ema < 1.0:
+            raise ValueError(f"ema must be a decay in [0, 1), not {cfg.ema}")
         cfg.trainer = {**GAN_TRAINER, **cfg.trainer}
         return cfg
 
@@ -224,7 +256,10 @@ class GanTask:
         generator, discriminator = self.build_networks()
         for network in (generator, discriminator):  # Stage-II: its own networks only
             network.embed_norm.set_statistics(self.pairs.pair_embeddings)
-        return nn.ModuleDict({"generator": generator, "discriminator": discriminator})
+        networks = {"generator": generator, "discriminator": discriminator}
+        if self.cfg.ema:  # the weights that are exported (training.runs.load_generator)
+            networks[EMA_GENERATOR] = copy.deepcopy(generator).requires_grad_(False)
+        return nn.ModuleDict(networks)
 
     def model_config(self) -> dict:
         return {"task": "generation", "variant": self.cfg.variant, **self.model_section(),
@@ -239,7 +274,13 @@ class GanTask:
 
     def batch(self, indices: torch.Tensor, device: torch.device) -> Batch:
         pairs = self.pairs
-        wrong = mismatched_pairs(pairs.pair_class, indices) if self.cfg.matching_aware else indices
+        wrong = indices
+        if self.cfg.matching_aware:
+            wrong = mismatched_pairs(pairs.pair_class, indices)
+            if self.cfg.shape_negatives:
+                hard = torch.rand(len(indices)) < self.cfg.shape_negatives
+                wrong = torch.where(hard, shape_swapped_pairs(pairs.pair_class, indices, wrong),
+                                    wrong)
         text = pairs.embeddings[pairs.pair_text[indices]]
         partner = text.roll(1, dims=0)
         return Batch(
@@ -251,36 +292,51 @@ class GanTask:
         )
 
     def configure_optimizers(self, model: nn.ModuleDict) -> dict[str, torch.optim.Optimizer]:
-        def adam(parameters) -> torch.optim.Adam:
+        def adam(parameters, lr: float) -> torch.optim.Adam:
             return torch.optim.Adam([p for p in parameters if p.requires_grad],
-                                    lr=self.cfg.trainer["lr"], betas=(self.cfg.beta1, 0.999))
+                                    lr=lr, betas=(self.cfg.beta1, 0.999))
 
-        return {"generator": adam(model["generator"].parameters()),
-                "discriminator": adam(model["discriminator"].parameters())}
+        lr = self.cfg.trainer["lr"]
+        lr_d = lr if self.cfg.lr_discriminator is None else self.cfg.lr_discriminator
+        return {"generator": adam(model["generator"].parameters(), lr),
+                "discriminator": adam(model["discriminator"].parameters(), lr_d)}
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """What D sees of an image, real or fake: DiffAugment's policy, or the image."""
+        return diff_augment(images, self.cfg.diff_augment) if self.cfg.diff_augment else images
 
     def train_step(self, model: nn.ModuleDict, batch: Batch,
                    optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         """One D update then one G update (Reed et al. Algorithm 1); returns logged terms."""
         cfg, generator, D = self.cfg, model["generator"], model["discriminator"]
+        d_loss, g_loss = ADVERSARIAL_LOSSES[cfg.loss]
         fake, kl = self.generate(generator, batch.text)
-        s_r = D(batch.real, batch.text)
-        s_f = D(fake.detach(), batch.text)
-        s_w = D(batch.real, batch.wrong_text) if cfg.matching_aware else None
-        loss_d = discriminator_loss(s_r, s_f, s_w)
+        real = batch.real.detach().requires_grad_(True) if cfg.r1 else batch.real
+        s_r = D(self.augment(real), batch.text)
+        s_f = D(self.augment(fake.detach()), batch.text)
+        s_w = D(self.augment(batch.real), batch.wrong_text) if cfg.matching_aware else None
+        loss_d = d_loss(s_r, s_f, s_w)
+        terms = {}
+        if cfg.r1:
+            penalty = r1_penalty(s_r, real)
+            loss_d = loss_d + 0.5 * cfg.r1 * penalty
+            terms["r1"] = penalty.item()
         descend(optimizers["discriminator"], loss_d)
 
         D.requires_grad_(False)  # G's loss flows through D to G; D's own gradients are unused
-        s_g = D(fake, batch.text)
+        s_g = D(self.augment(fake), batch.text)
         s_i = None
         if cfg.interpolates:
             fake_int, _ = self.generate(generator, batch.interpolated)
-            s_i = D(fake_int, batch.interpolated)
-        loss_g = generator_loss(s_g, s_i) + self.kl_weight * kl
+            s_i = D(self.augment(fake_int), batch.interpolated)
+        loss_g = g_loss(s_g, s_i) + self.kl_weight * kl
         descend(optimizers["generator"], loss_g)
         D.requires_grad_(True)
-        terms = {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "kl": kl.item(),
-                 "s_real": torch.sigmoid(s_r).mean().item(),
-                 "s_fake": torch.sigmoid(s_f).mean().item()}
+        if EMA_GENERATOR in model:
+            ema_update(model[EMA_GENERATOR], generator, cfg.ema)
+        terms |= {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "kl": kl.item(),
+                  "s_real": torch.sigmoid(s_r).mean().item(),
+                  "s_fake": torch.sigmoid(s_f).mean().item()}
         if s_w is not None:
             terms["s_wrong"] = torch.sigmoid(s_w).mean().item()
         return terms
@@ -295,7 +351,8 @@ class GanTask:
 
 class SampleGrid(Callback):
     """RUN/samples/step_NNNNNN.png every `every` steps and after the last: one row per
-    GRID_PROMPTS entry, fixed noise, the generator in eval mode (what a bundle draws)."""
+    GRID_PROMPTS entry, fixed noise, the generator in eval mode (its weight average when
+    kept: what a bundle draws)."""
 
     def __init__(self, embeddings: torch.Tensor, *, every: int, per_prompt: int = 8) -> None:
         self.embeddings = embeddings
@@ -305,7 +362,9 @@ class SampleGrid(Callback):
     def on_train_batch_end(self, trainer: Trainer) -> None:
         step = trainer.state["step"]
         if (self.every and step % self.every == 0) or step == trainer.total_steps:
-            images = sample_grid(trainer.model["generator"], self.embeddings, self.per_prompt)
+            model = trainer.model
+            generator = model[EMA_GENERATOR] if EMA_GENERATOR in model else model["generator"]
+            images = sample_grid(generator, self.embeddings, self.per_prompt)
             save_grid(images, self.per_prompt, trainer.run_dir / "samples" / f"step_{step:06d}.png")
 
 
