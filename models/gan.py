@@ -32,6 +32,8 @@ discriminator's two are GanConfig fields; the rest are the task's):
     DiffAugment    the same random translation and cutout on every image D sees, real or
                    fake (Zhao et al. 2020); no colour jitter, which would blur colour
     R1             gamma / 2 * E ||grad_x D(x, t)||^2 on real images (Mescheder et al. 2018)
+    mode seeking   G is also asked to draw two different images for two noises of one text
+                   (Mao et al. 2019, "Mode Seeking GANs"): conditional GANs learn to ignore z
 """
 
 from __future__ import annotations
@@ -306,6 +308,14 @@ ADVERSARIAL_LOSSES = {
 
 
 # ------------------------------------------------------------------------- stabilisers
+
+
+def mode_seeking_loss(images: torch.Tensor, other: torch.Tensor, noise: torch.Tensor,
+                      other_noise: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """1 / (mean |G(z1, t) - G(z2, t)| / mean |z1 - z2|) (Mao et al. 2019, Eq. 3): small
+    when the two noises of each text give images as far apart as the noises are."""
+    ratio = (images - other).abs().mean() / (noise - other_noise).abs().mean()
+    return 1.0 / (ratio + eps)
 
 
 def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from models.gan import (
     ema_update,
     hinge_discriminator_loss,
     hinge_generator_loss,
+    mode_seeking_loss,
     r1_penalty,
     translate,
 )
@@ -204,3 +205,11 @@ def test_checkpoints_made_before_the_stabilisers_load_with_them_off():
     cfg = GanConfig.from_dict(old)
     assert not cfg.spectral_norm and not cfg.projection
     assert set(Discriminator(cfg).state_dict()) == set(tiny_pair()[1].state_dict())
+
+
+def test_mode_seeking_loss_is_the_inverse_of_image_over_noise_distance():
+    a, b = torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 0.5)
+    za, zb = torch.zeros(2, 8), torch.full((2, 8), 2.0)
+    # ratio = 0.5 / 2 = 0.25 -> 1 / 0.25
+    assert mode_seeking_loss(a, b, za, zb, eps=0.0).item() == pytest.approx(4.0)
+    assert mode_seeking_loss(a, a, za, zb).item() == pytest.approx(1e5)  # G deaf to z

@@ -185,7 +185,8 @@ def test_cli_arguments_select_the_variant():
             ["train", "stackgan", "--stage", "2", "--out", "r"]))
 
 
-STABILISED = {"loss": "hinge", "ema": 0.9, "diff_augment": ["translation", "cutout"], "r1": 1.0}
+STABILISED = {"loss": "hinge", "ema": 0.9, "diff_augment": ["translation", "cutout"], "r1": 1.0,
+              "mode_seeking": 1.0}
 
 
 def test_one_step_with_every_stabiliser_updates_the_weight_average(world):
@@ -198,7 +199,7 @@ def test_one_step_with_every_stabiliser_updates_the_weight_average(world):
     terms = t.train_step(model, t.batch(torch.arange(4), torch.device("cpu")),
                          t.configure_optimizers(model))
     assert changed(g, model["generator"]) and changed(d, model["discriminator"])
-    assert terms["r1"] > 0
+    assert terms["r1"] > 0 and terms["mode_seeking"] > 0
     for name, p in model["generator"].named_parameters():  # average = 0.9 start + 0.1 new
         torch.testing.assert_close(dict(model[EMA_GENERATOR].named_parameters())[name],
                                    0.9 * g[name] + 0.1 * p.detach())

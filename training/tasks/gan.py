@@ -15,7 +15,8 @@ The stabilisers of models.gan are options, off by default: `loss` "hinge",
 `ema` (decay of the exported generator's moving average), `diff_augment`
 (DiffAugment's policy), `r1` (gamma), and in `model` spectral_norm / projection;
 `shape_negatives` makes some of GAN-CLS's wrong texts differ in shape only, so that
-D must check the shape (without them it learns to check colour and size only).
+D must check the shape (without them it learns to check colour and size only);
+`mode_seeking` weighs Mao et al.'s term that makes G use its noise.
 
 Each batch takes one D step then one G step, each with its own Adam: the task
 brings its own `configure_optimizers` and `train_step`, and the Trainer does
@@ -49,6 +50,7 @@ from models.gan import (
     ema_update,
     init_dcgan_weights,
     interpolate_embeddings,
+    mode_seeking_loss,
     r1_penalty,
 )
 from training.callbacks import Callback, JsonLines
@@ -104,6 +106,7 @@ class GanTaskConfig:
     # Share of GAN-CLS's wrong texts that differ from the right one in shape only (same
     # colour and size); 0: any other class, as in Reed et al.
     shape_negatives: float = 0.0
+    mode_seeking: float = 0.0  # weight of the mode-seeking term in G's loss; 0: off
 
     VARIANTS: ClassVar[tuple[str, ...]] = GAN_VARIANTS
 
@@ -244,12 +247,16 @@ class GanTask:
         init_dcgan_weights(generator)
         return generator, discriminator
 
-    def generate(self, generator: nn.Module, text: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fake images for a batch of embeddings, and the KL term of conditioning augmentation
-        (zero here)."""
-        noise = torch.randn(len(text), self.noise_dim, device=text.device)
+    def generate(self, generator: nn.Module, text: torch.Tensor,
+                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fake images for a batch of embeddings (and noise, drawn if not given), and the KL
+        term of conditioning augmentation (zero here)."""
+        noise = self.noise(text) if noise is None else noise
         return generator(noise, text), torch.zeros((), device=text.device)
+
+    def noise(self, text: torch.Tensor) -> torch.Tensor:
+        """z ~ N(0, I), one per embedding of `text`."""
+        return torch.randn(len(text), self.noise_dim, device=text.device)
 
     # -- the Trainer's side ---------------------------------------------------
     def build_model(self) -> nn.ModuleDict:
@@ -310,7 +317,8 @@ class GanTask:
         """One D update then one G update (Reed et al. Algorithm 1); returns logged terms."""
         cfg, generator, D = self.cfg, model["generator"], model["discriminator"]
         d_loss, g_loss = ADVERSARIAL_LOSSES[cfg.loss]
-        fake, kl = self.generate(generator, batch.text)
+        noise = self.noise(batch.text)
+        fake, kl = self.generate(generator, batch.text, noise)
         real = batch.real.detach().requires_grad_(True) if cfg.r1 else batch.real
         s_r = D(self.augment(real), batch.text)
         s_f = D(self.augment(fake.detach()), batch.text)
@@ -330,6 +338,12 @@ class GanTask:
             fake_int, _ = self.generate(generator, batch.interpolated)
             s_i = D(self.augment(fake_int), batch.interpolated)
         loss_g = g_loss(s_g, s_i) + self.kl_weight * kl
+        if cfg.mode_seeking:
+            other_noise = self.noise(batch.text)
+            other, _ = self.generate(generator, batch.text, other_noise)
+            seeking = mode_seeking_loss(fake, other, noise, other_noise)
+            loss_g = loss_g + cfg.mode_seeking * seeking
+            terms["mode_seeking"] = seeking.item()
         descend(optimizers["generator"], loss_g)
         D.requires_grad_(True)
         if EMA_GENERATOR in model:

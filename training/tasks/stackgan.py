@@ -114,10 +114,10 @@ class StackGanTask(GanTask):
             init_dcgan_weights(module)
         return generator, discriminator
 
-    def generate(self, generator: nn.Module, text: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def generate(self, generator: nn.Module, text: torch.Tensor,
+                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Fake images and KL(N(mu, Sigma) || N(0, I)) of this stage's conditioning."""
-        noise = torch.randn(len(text), self.noise_dim, device=text.device)
+        noise = self.noise(text) if noise is None else noise
         outputs = generator(text, noise)
         mu, log_sigma = outputs[-2], outputs[-1]
         return outputs[0], kl_to_standard_normal(mu, log_sigma)
