@@ -56,8 +56,12 @@ class GanConfig:
     # Discriminator stabilisers (above); False reads the checkpoints made before them.
     spectral_norm: bool = False
     projection: bool = False
+    # D also names the shape, colour and size it sees (an auxiliary classifier, Odena et
+    # al. 2017), from the same pooled features: AttributeHead's (shape, colour, size) sizes.
+    attribute_classes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        self.attribute_classes = tuple(self.attribute_classes)
         if self.image_size != 64:
             raise ValueError(f"the DCGAN generator draws 64x64 images, not {self.image_size}")
 
@@ -226,8 +230,32 @@ class Discriminator(nn.Module):
                      MatchingHead(config.ndf * 8, config.embed_dim, config.proj_dim,
                                   spectral_norm=sn))
 
-    def forward(self, image: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encode(image), self.embed_norm(embedding))
+        self.attributes = (AttributeHead(config.ndf * 8, config.attribute_classes)
+                           if config.attribute_classes else None)
+
+    def forward(self, image: torch.Tensor, embedding: torch.Tensor, *,
+                with_attributes: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits (B,); with `with_attributes`, also the attribute head's logits."""
+        features = self.encode(image)
+        logits = self.head(features, self.embed_norm(embedding))
+        if not with_attributes:
+            return logits
+        return logits, self.attributes(features)
+
+
+class AttributeHead(nn.Module):
+    """Logits of each attribute (shape, colour, size) from D's features summed over the grid:
+    the auxiliary classifier of AC-GAN (Odena et al. 2017), trained on real images, that
+    teaches D what tells the attributes apart and tells G when its image shows another."""
+
+    def __init__(self, channels: int, classes: tuple[int, ...]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(channels, n) for n in classes)
+
+    def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
+        h = features.sum(dim=(2, 3))  # (B, C)
+        return [head(h) for head in self.heads]  # each (B, n_k)
 
 
 def init_dcgan_weights(module: nn.Module) -> None:
@@ -308,6 +336,12 @@ ADVERSARIAL_LOSSES = {
 
 
 # ------------------------------------------------------------------------- stabilisers
+
+
+def attribute_loss(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Sum over attributes of the cross-entropy of each head's logits (B, n_k) against
+    labels (B, K), one column per attribute."""
+    return sum(F.cross_entropy(x, labels[:, k]) for k, x in enumerate(logits))
 
 
 def mode_seeking_loss(images: torch.Tensor, other: torch.Tensor, noise: torch.Tensor,

@@ -14,6 +14,7 @@ from models.gan import (
     GanConfig,
     Generator,
     ProjectionHead,
+    attribute_loss,
     cutout,
     diff_augment,
     ema_update,
@@ -213,3 +214,18 @@ def test_mode_seeking_loss_is_the_inverse_of_image_over_noise_distance():
     # ratio = 0.5 / 2 = 0.25 -> 1 / 0.25
     assert mode_seeking_loss(a, b, za, zb, eps=0.0).item() == pytest.approx(4.0)
     assert mode_seeking_loss(a, a, za, zb).item() == pytest.approx(1e5)  # G deaf to z
+
+
+def test_attribute_head_names_each_attribute_from_the_pooled_features():
+    torch.manual_seed(0)
+    d = Discriminator(GanConfig(embed_dim=12, noise_dim=8, proj_dim=4, ngf=4, ndf=4,
+                                attribute_classes=(7, 8, 2))).eval()
+    x, e = torch.randn(3, 3, 64, 64), torch.randn(3, 12)
+    logits, named = d(x, e, with_attributes=True)
+    torch.testing.assert_close(logits, d(x, e))
+    assert [n.shape for n in named] == [(3, 7), (3, 8), (3, 2)]
+    labels = torch.tensor([[0, 1, 0], [6, 7, 1], [3, 0, 1]])
+    expected = sum(torch.nn.functional.cross_entropy(n, labels[:, k])
+                   for k, n in enumerate(named))
+    torch.testing.assert_close(attribute_loss(named, labels), expected)
+    assert tiny_pair()[1].attributes is None  # off by default

@@ -3,6 +3,7 @@ resume, loading."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from training.checkpoint import load_training_state
 from training.cli import build_parser
 from training.data.shapes import generate_shapes_world
 from training.data.text_image import mismatched_pairs, shape_swapped_pairs, single_object_images
-from training.data.world import object_class
+from training.data.world import COLOURS, SHAPES, SIZES, object_class
 from training.runs import load_generator
 from training.tasks import gan, stackgan
 from training.tasks.gan import EMA_GENERATOR, BagOfWordsEmbedder, GanTask, GanTaskConfig
@@ -161,7 +162,7 @@ def test_resume_continues_exactly(world, tmp_path):
 
 
 def test_load_generator_gives_the_trained_generator_in_eval_mode(world, tmp_path):
-    training = trainer(config(world, "gan-int"), tmp_path / "run")
+    training = trainer(config(world, "gan-int", ema=0.0), tmp_path / "run")
     training.fit()
     generator, info = load_generator(tmp_path / "run")
     assert not generator.training
@@ -186,7 +187,7 @@ def test_cli_arguments_select_the_variant():
 
 
 STABILISED = {"loss": "hinge", "ema": 0.9, "diff_augment": ["translation", "cutout"], "r1": 1.0,
-              "mode_seeking": 1.0}
+              "mode_seeking": 1.0, "auxiliary": 1.0}
 
 
 def test_one_step_with_every_stabiliser_updates_the_weight_average(world):
@@ -200,6 +201,8 @@ def test_one_step_with_every_stabiliser_updates_the_weight_average(world):
                          t.configure_optimizers(model))
     assert changed(g, model["generator"]) and changed(d, model["discriminator"])
     assert terms["r1"] > 0 and terms["mode_seeking"] > 0
+    assert terms["aux_real"] > 0 and terms["aux_fake"] > 0
+    assert model["discriminator"].config.attribute_classes == (7, 8, 2)
     for name, p in model["generator"].named_parameters():  # average = 0.9 start + 0.1 new
         torch.testing.assert_close(dict(model[EMA_GENERATOR].named_parameters())[name],
                                    0.9 * g[name] + 0.1 * p.detach())
@@ -231,9 +234,20 @@ def test_unknown_stabiliser_settings_are_refused(world, bad):
         config(world, "gan", **bad)
 
 
-def test_the_papers_recipe_is_the_default():
-    cfg = GanTaskConfig.from_dict({})
-    assert (cfg.loss, cfg.ema, cfg.diff_augment, cfg.r1) == ("bce", 0.0, (), 0.0)
+def test_new_runs_get_the_ablations_choice_and_the_papers_recipe_is_a_config():
+    cfg = GanTaskConfig.from_dict({"model": {"ngf": 32}})
+    assert (cfg.loss, cfg.ema, cfg.diff_augment, cfg.auxiliary) == (
+        "hinge", 0.995, ("translation", "cutout"), 1.0)
+    assert cfg.model == {"spectral_norm": True, "projection": True, "ngf": 32}
+    recipe = json.loads((Path(__file__).parents[2] / "configs" / "gan_reed2016.json")
+                        .read_text())
+    paper = GanTaskConfig.from_dict(recipe)
+    assert (paper.loss, paper.ema, paper.diff_augment, paper.auxiliary, paper.r1) == (
+        "bce", 0.0, (), 0.0, 0.0)
+    assert paper.model == {"spectral_norm": False, "projection": False}
+    stack = StackGanTaskConfig.from_dict({})  # StackGAN keeps Zhang et al.'s recipe
+    assert (stack.loss, stack.ema, stack.diff_augment, stack.auxiliary, stack.model) == (
+        "bce", 0.0, (), 0.0, {})
 
 
 def test_shape_swapped_texts_keep_colour_and_size_and_change_the_shape():
@@ -265,3 +279,11 @@ def test_with_shape_negatives_every_wrong_text_that_can_differs_in_shape_only(wo
         source = (texts == batch.wrong_text[i]).all(1)
         assert (classes[source] % 16 == classes[i] % 16).all()
         assert (classes[source] // 16 != classes[i] // 16).all()
+
+
+def test_batch_attributes_are_the_shape_colour_and_size_of_each_image(world):
+    t = task(config(world, "gan-cls"))
+    indices = torch.arange(len(t.pairs))
+    batch = t.batch(indices, torch.device("cpu"))
+    for i, (s, c, z) in zip(indices.tolist(), batch.attributes.tolist(), strict=True):
+        assert t.pairs.pair_class[i] == object_class(SHAPES[s], list(COLOURS)[c], SIZES[z])

@@ -16,7 +16,8 @@ The stabilisers of models.gan are options, off by default: `loss` "hinge",
 (DiffAugment's policy), `r1` (gamma), and in `model` spectral_norm / projection;
 `shape_negatives` makes some of GAN-CLS's wrong texts differ in shape only, so that
 D must check the shape (without them it learns to check colour and size only);
-`mode_seeking` weighs Mao et al.'s term that makes G use its noise.
+`mode_seeking` weighs Mao et al.'s term that makes G use its noise; `auxiliary`
+weighs an AC-GAN classifier of the shape, colour and size in D.
 
 Each batch takes one D step then one G step, each with its own Adam: the task
 brings its own `configure_optimizers` and `train_step`, and the Trainer does
@@ -46,6 +47,7 @@ from models.gan import (
     Discriminator,
     GanConfig,
     Generator,
+    attribute_loss,
     diff_augment,
     ema_update,
     init_dcgan_weights,
@@ -62,6 +64,7 @@ from training.data.text_image import (
     single_object_images,
     to_unit_range,
 )
+from training.data.world import COLOURS, SHAPES, SIZES
 from training.runs import embed_texts, generator_from_config, load_text_encoder
 from training.tasks import TrainingCommand
 from training.trainer import Trainer, config_from_dict
@@ -69,6 +72,7 @@ from training.trainer import Trainer, config_from_dict
 log = logging.getLogger(__name__)
 
 GAN_VARIANTS = ("gan", "gan-cls", "gan-int", "gan-int-cls")
+ATTRIBUTE_CLASSES = (len(SHAPES), len(COLOURS), len(SIZES))  # D's auxiliary classifier
 EMA_GENERATOR = "generator_ema"  # the model's key of G's weight average, when kept
 BAG_OF_WORDS = "bag-of-words"  # --text-encoder value selecting the development stand-in
 # Prompts of the sample grids: every colour, every shape, both sizes, no held-out combination.
@@ -97,18 +101,25 @@ class GanTaskConfig:
     interpolation_beta: float = 0.5  # beta of Reed et al. Eq. 5
     sample_every: int = 250  # steps between sample grids (0: only after the last step)
     trainer: dict = field(default_factory=dict)  # TrainerConfig settings over GAN_TRAINER
-    # Stabilisers (models.gan); the defaults are the papers' recipes.
-    loss: str = "bce"  # one of ADVERSARIAL_LOSSES
-    ema: float = 0.0  # decay of the generator's weight average that is exported; 0: off
-    diff_augment: tuple[str, ...] = ()  # DiffAugment policy: "translation", "cutout"
+    # Stabilisers (models.gan). The defaults are what the ablation of docs/results.md
+    # favours; configs/gan_reed2016.json is Reed et al.'s own recipe.
+    loss: str = "hinge"  # one of ADVERSARIAL_LOSSES
+    ema: float = 0.995  # decay of the generator's weight average that is exported; 0: off
+    diff_augment: tuple[str, ...] = ("translation", "cutout")  # DiffAugment policy
     r1: float = 0.0  # gamma of the R1 penalty on D; 0: off
     lr_discriminator: float | None = None  # D's learning rate; None: the trainer's lr
     # Share of GAN-CLS's wrong texts that differ from the right one in shape only (same
     # colour and size); 0: any other class, as in Reed et al.
     shape_negatives: float = 0.0
     mode_seeking: float = 0.0  # weight of the mode-seeking term in G's loss; 0: off
+    # Weight of the auxiliary classifier's loss (D names the shape, colour and size of real
+    # images; G's images must be named as their prompt says); 0: no classifier
+    auxiliary: float = 1.0
 
     VARIANTS: ClassVar[tuple[str, ...]] = GAN_VARIANTS
+    # GanConfig settings a run gets unless its `model` says otherwise (a checkpoint's own
+    # model config always holds them, so older runs load as they were trained)
+    MODEL_DEFAULTS: ClassVar[dict] = {"spectral_norm": True, "projection": True}
 
     @classmethod
     def from_dict(cls, d: dict) -> GanTaskConfig:
@@ -127,6 +138,7 @@ class GanTaskConfig:
         if not 0.0 <= cfg.ema < 1.0:
             raise ValueError(f"ema must be a decay in [0, 1), not {cfg.ema}")
         cfg.trainer = {**GAN_TRAINER, **cfg.trainer}
+        cfg.model = {**cls.MODEL_DEFAULTS, **cfg.model}
         return cfg
 
     @property
@@ -199,12 +211,20 @@ def text_embedder(spec: str | dict, captions: Sequence[str]) -> tuple[TextEmbedd
 # --------------------------------------------------------------------------------- task
 
 
+def class_attributes(classes: torch.Tensor) -> torch.Tensor:
+    """(shape, colour, size) ids (N, 3) of world.object_class ids (N,)."""
+    per_shape = len(COLOURS) * len(SIZES)
+    return torch.stack([classes // per_shape, classes % per_shape // len(SIZES),
+                        classes % len(SIZES)], dim=1)
+
+
 @dataclass
 class Batch:
     real: torch.Tensor  # (B, 3, S, S) in [-1, 1]
     text: torch.Tensor  # (B, E) phi of each image's own caption
     wrong_text: torch.Tensor  # (B, E) phi of a caption of another class
     interpolated: torch.Tensor  # (B, E) between the batch's captions and those of a shift
+    attributes: torch.Tensor  # (B, 3) shape, colour, size ids of each image (and its text)
 
 
 def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
@@ -236,12 +256,19 @@ class GanTask:
 
     def model_section(self) -> dict:
         """The architecture part of the checkpoint's model config."""
-        gan = GanConfig.from_dict({"embed_dim": self.embed_dim, **self.cfg.model})
+        gan = GanConfig.from_dict({"embed_dim": self.embed_dim, **self.model_overrides()})
         return {"architecture": "dcgan", "generator": gan.to_dict()}
+
+    def model_overrides(self) -> dict:
+        """GanConfig settings of the run: the config's, and D's attribute head when the
+        auxiliary classifier is on."""
+        if not self.cfg.auxiliary:
+            return self.cfg.model
+        return {**self.cfg.model, "attribute_classes": ATTRIBUTE_CLASSES}
 
     def build_networks(self) -> tuple[nn.Module, nn.Module]:
         """Generator and discriminator, initialised as in DCGAN."""
-        gan = GanConfig.from_dict({"embed_dim": self.embed_dim, **self.cfg.model})
+        gan = GanConfig.from_dict({"embed_dim": self.embed_dim, **self.model_overrides()})
         generator, discriminator = Generator(gan), Discriminator(gan)
         init_dcgan_weights(discriminator)
         init_dcgan_weights(generator)
@@ -296,6 +323,7 @@ class GanTask:
             wrong_text=pairs.embeddings[pairs.pair_text[wrong]].to(device),
             interpolated=interpolate_embeddings(text, partner,
                                                 self.cfg.interpolation_beta).to(device),
+            attributes=class_attributes(pairs.pair_class[indices]).to(device),
         )
 
     def configure_optimizers(self, model: nn.ModuleDict) -> dict[str, torch.optim.Optimizer]:
@@ -320,11 +348,18 @@ class GanTask:
         noise = self.noise(batch.text)
         fake, kl = self.generate(generator, batch.text, noise)
         real = batch.real.detach().requires_grad_(True) if cfg.r1 else batch.real
-        s_r = D(self.augment(real), batch.text)
+        terms = {}
+        if cfg.auxiliary:
+            s_r, named = D(self.augment(real), batch.text, with_attributes=True)
+            aux_real = attribute_loss(named, batch.attributes)
+            terms["aux_real"] = aux_real.item()
+        else:
+            s_r = D(self.augment(real), batch.text)
         s_f = D(self.augment(fake.detach()), batch.text)
         s_w = D(self.augment(batch.real), batch.wrong_text) if cfg.matching_aware else None
         loss_d = d_loss(s_r, s_f, s_w)
-        terms = {}
+        if cfg.auxiliary:
+            loss_d = loss_d + cfg.auxiliary * aux_real
         if cfg.r1:
             penalty = r1_penalty(s_r, real)
             loss_d = loss_d + 0.5 * cfg.r1 * penalty
@@ -332,12 +367,19 @@ class GanTask:
         descend(optimizers["discriminator"], loss_d)
 
         D.requires_grad_(False)  # G's loss flows through D to G; D's own gradients are unused
-        s_g = D(self.augment(fake), batch.text)
+        if cfg.auxiliary:
+            s_g, named = D(self.augment(fake), batch.text, with_attributes=True)
+            aux_fake = attribute_loss(named, batch.attributes)
+            terms["aux_fake"] = aux_fake.item()
+        else:
+            s_g = D(self.augment(fake), batch.text)
         s_i = None
         if cfg.interpolates:
             fake_int, _ = self.generate(generator, batch.interpolated)
             s_i = D(self.augment(fake_int), batch.interpolated)
         loss_g = g_loss(s_g, s_i) + self.kl_weight * kl
+        if cfg.auxiliary:
+            loss_g = loss_g + cfg.auxiliary * aux_fake
         if cfg.mode_seeking:
             other_noise = self.noise(batch.text)
             other, _ = self.generate(generator, batch.text, other_noise)

@@ -37,14 +37,22 @@ class StackGanTaskConfig(GanTaskConfig):
     variant: str = "stackgan-1"  # one of VARIANTS
     stage1_run: str | None = None  # stackgan-2: the Stage-I run it refines
     kl_weight: float = 1.0  # lambda of Zhang et al. Eq. 6
+    # Zhang et al.'s recipe: the stabilisers measured on GAN-INT-CLS were not measured here
+    loss: str = "bce"
+    ema: float = 0.0
+    diff_augment: tuple[str, ...] = ()
+    auxiliary: float = 0.0
 
     VARIANTS: ClassVar[tuple[str, ...]] = STACKGAN_VARIANTS
+    MODEL_DEFAULTS: ClassVar[dict] = {}
 
     @classmethod
     def from_dict(cls, d: dict) -> StackGanTaskConfig:
         cfg = super().from_dict(d)
         if cfg.variant == "stackgan-2" and not cfg.stage1_run:
             raise ValueError("stackgan-2 needs the Stage-I run (--stage1-run)")
+        if cfg.auxiliary:
+            raise ValueError("StackGAN's discriminators have no attribute classifier")
         return cfg
 
     @property
