@@ -7,7 +7,7 @@ time (B runs of each graph). Same machine, same process, same threads; the two
 ways alternate so that load from elsewhere hits both alike, and the fastest repeat
 of each is reported (the median is kept in the JSON).
 
-    python benchmarks/generation_speed.py --bundle model_repository/gan-int-cls/3 \
+    python benchmarks/generation_speed.py --bundle model_repository/gan-int-cls/4 \
         --bundle model_repository/stackgan/2
 
 Writes benchmarks/results/generation_speed.json and .md.

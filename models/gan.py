@@ -17,6 +17,23 @@ The same networks serve GAN, GAN-CLS, GAN-INT and GAN-INT-CLS: the variants
 differ only in their losses (below; StackGAN's stages use them too), which
 training/tasks/gan.py combines. Widths are small so that the shapes world
 trains on a CPU.
+
+Stabilisers from later work, each off unless a config asks for it (the
+discriminator's two are GanConfig fields; the rest are the task's):
+
+    spectral_norm  D's weight layers divided by their largest singular value, and no
+                   batch norm in D (Miyato et al. 2018, "Spectral Normalization for GANs")
+    projection     D's text term is <V phi(t), h> on D's pooled features h instead of
+                   a concatenation (Miyato & Koyama 2018, "cGANs with Projection
+                   Discriminator", Eq. 3)
+    hinge loss     Lim & Ye 2017 / Miyato et al. 2018: max(0, 1 - D(x)) + max(0, 1 + D(G(z)))
+    EMA            the exported generator is an exponential moving average of G's weights
+                   (Karras et al. 2018; Yazici et al. 2019)
+    DiffAugment    the same random translation and cutout on every image D sees, real or
+                   fake (Zhao et al. 2020); no colour jitter, which would blur colour
+    R1             gamma / 2 * E ||grad_x D(x, t)||^2 on real images (Mescheder et al. 2018)
+    mode seeking   G is also asked to draw two different images for two noises of one text
+                   (Mao et al. 2019, "Mode Seeking GANs"): conditional GANs learn to ignore z
 """
 
 from __future__ import annotations
@@ -36,8 +53,15 @@ class GanConfig:
     ngf: int = 16  # generator width: 8*ngf channels at 4x4 down to ngf at 32x32
     ndf: int = 16  # discriminator width: ndf channels at 32x32 up to 8*ndf at 4x4
     image_size: int = 64
+    # Discriminator stabilisers (above); False reads the checkpoints made before them.
+    spectral_norm: bool = False
+    projection: bool = False
+    # D also names the shape, colour and size it sees (an auxiliary classifier, Odena et
+    # al. 2017), from the same pooled features: AttributeHead's (shape, colour, size) sizes.
+    attribute_classes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        self.attribute_classes = tuple(self.attribute_classes)
         if self.image_size != 64:
             raise ValueError(f"the DCGAN generator draws 64x64 images, not {self.image_size}")
 
@@ -81,24 +105,36 @@ def up_block(c_in: int, c_out: int) -> nn.Sequential:
                          nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
-def down_block(c_in: int, c_out: int, *, norm: bool = True) -> nn.Sequential:
-    """Strided 4x4 convolution halving the side, (batch norm), leaky ReLU."""
-    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=not norm)]
+def spectrally_normalised(layer: nn.Module, enabled: bool = True) -> nn.Module:
+    """`layer` with its weight divided by its largest singular value (one power iteration
+    per training forward), or `layer` itself when not `enabled`."""
+    return nn.utils.parametrizations.spectral_norm(layer) if enabled else layer
+
+
+def down_block(c_in: int, c_out: int, *, norm: bool = True,
+               spectral_norm: bool = False) -> nn.Sequential:
+    """Strided 4x4 convolution halving the side, (batch norm), leaky ReLU. With
+    `spectral_norm` the convolution is spectrally normalised and batch norm is left out:
+    it would rescale the features and undo the Lipschitz bound."""
+    norm = norm and not spectral_norm
+    conv = nn.Conv2d(c_in, c_out, 4, 2, 1, bias=not norm)
+    layers: list[nn.Module] = [spectrally_normalised(conv, spectral_norm)]
     if norm:
         layers.append(nn.BatchNorm2d(c_out))
     layers.append(nn.LeakyReLU(0.2, inplace=True))
     return nn.Sequential(*layers)
 
 
-def image_encoder(ndf: int, num_halvings: int) -> nn.Sequential:
+def image_encoder(ndf: int, num_halvings: int, *, spectral_norm: bool = False
+                  ) -> nn.Sequential:
     """x (B, 3, S, S) -> (B, 8*ndf, S / 2**num_halvings, ...); channels double up to 8*ndf.
 
     The first layer has no batch norm (DCGAN practice)."""
-    layers = [down_block(3, ndf, norm=False)]
+    layers = [down_block(3, ndf, norm=False, spectral_norm=spectral_norm)]
     c = ndf
     for _ in range(num_halvings - 1):
         c_next = min(c * 2, ndf * 8)
-        layers.append(down_block(c, c_next))
+        layers.append(down_block(c, c_next, spectral_norm=spectral_norm))
         c = c_next
     return nn.Sequential(*layers)
 
@@ -110,19 +146,42 @@ class MatchingHead(nn.Module):
     convolution mixes image and text, a 4x4 convolution gives one logit.
     """
 
-    def __init__(self, channels: int, embed_dim: int, proj_dim: int) -> None:
+    def __init__(self, channels: int, embed_dim: int, proj_dim: int, *,
+                 spectral_norm: bool = False) -> None:
         super().__init__()
-        self.project = text_projection(embed_dim, proj_dim)
-        self.joint = nn.Sequential(
-            nn.Conv2d(channels + proj_dim, channels, 1, bias=False),
-            nn.BatchNorm2d(channels), nn.LeakyReLU(0.2, inplace=True))
-        self.logit = nn.Conv2d(channels, 1, 4)
+        sn = spectral_norm
+        self.project = nn.Sequential(spectrally_normalised(nn.Linear(embed_dim, proj_dim), sn),
+                                     nn.LeakyReLU(0.2, inplace=True))
+        joint = spectrally_normalised(nn.Conv2d(channels + proj_dim, channels, 1, bias=sn), sn)
+        self.joint = nn.Sequential(joint, *([] if sn else [nn.BatchNorm2d(channels)]),
+                                   nn.LeakyReLU(0.2, inplace=True))
+        self.logit = spectrally_normalised(nn.Conv2d(channels, 1, 4), sn)
 
     def forward(self, features: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         code = self.project(embedding)  # (B, P)
         code = code[:, :, None, None].expand(-1, -1, *features.shape[2:])  # (B, P, 4, 4)
         joint = self.joint(torch.cat([features, code], dim=1))
         return self.logit(joint).flatten()  # (B,) logits of "real and matching"
+
+
+class ProjectionHead(nn.Module):
+    """Projection discriminator's logit (Miyato & Koyama 2018, Eq. 3):
+    psi(h) + <V phi(t), h>, with h the image features summed over the grid.
+
+    The text enters only through an inner product with the image's features, so D
+    cannot score an image well without checking it against the text; with a
+    concatenation (MatchingHead) it can learn to score realism alone.
+    """
+
+    def __init__(self, channels: int, embed_dim: int, *, spectral_norm: bool = False) -> None:
+        super().__init__()
+        self.psi = spectrally_normalised(nn.Linear(channels, 1), spectral_norm)
+        self.embed = spectrally_normalised(nn.Linear(embed_dim, channels, bias=False),
+                                           spectral_norm)
+
+    def forward(self, features: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        h = features.sum(dim=(2, 3))  # (B, C)
+        return self.psi(h).flatten() + (self.embed(embedding) * h).sum(dim=1)  # (B,)
 
 
 class Generator(nn.Module):
@@ -164,11 +223,39 @@ class Discriminator(nn.Module):
         super().__init__()
         self.config = config
         self.embed_norm = EmbeddingNorm(config.embed_dim)
-        self.encode = image_encoder(config.ndf, num_halvings=4)  # 64 -> 4
-        self.head = MatchingHead(config.ndf * 8, config.embed_dim, config.proj_dim)
+        sn = config.spectral_norm
+        self.encode = image_encoder(config.ndf, num_halvings=4, spectral_norm=sn)  # 64 -> 4
+        self.head = (ProjectionHead(config.ndf * 8, config.embed_dim, spectral_norm=sn)
+                     if config.projection else
+                     MatchingHead(config.ndf * 8, config.embed_dim, config.proj_dim,
+                                  spectral_norm=sn))
 
-    def forward(self, image: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encode(image), self.embed_norm(embedding))
+        self.attributes = (AttributeHead(config.ndf * 8, config.attribute_classes)
+                           if config.attribute_classes else None)
+
+    def forward(self, image: torch.Tensor, embedding: torch.Tensor, *,
+                with_attributes: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits (B,); with `with_attributes`, also the attribute head's logits."""
+        features = self.encode(image)
+        logits = self.head(features, self.embed_norm(embedding))
+        if not with_attributes:
+            return logits
+        return logits, self.attributes(features)
+
+
+class AttributeHead(nn.Module):
+    """Logits of each attribute (shape, colour, size) from D's features summed over the grid:
+    the auxiliary classifier of AC-GAN (Odena et al. 2017), trained on real images, that
+    teaches D what tells the attributes apart and tells G when its image shows another."""
+
+    def __init__(self, channels: int, classes: tuple[int, ...]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(channels, n) for n in classes)
+
+    def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
+        h = features.sum(dim=(2, 3))  # (B, C)
+        return [head(h) for head in self.heads]  # each (B, n_k)
 
 
 def init_dcgan_weights(module: nn.Module) -> None:
@@ -178,7 +265,10 @@ def init_dcgan_weights(module: nn.Module) -> None:
     the standardised text embedding (N(0, 0.02) would shrink it fivefold)."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
-            nn.init.normal_(m.weight, 0.0, 0.02)
+            # A spectrally normalised layer's trained tensor is the parametrisation's original.
+            weight = (m.parametrizations.weight.original
+                      if nn.utils.parametrize.is_parametrized(m, "weight") else m.weight)
+            nn.init.normal_(weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
@@ -216,3 +306,102 @@ def generator_loss(fake: torch.Tensor, interpolated: torch.Tensor | None = None)
 def interpolate_embeddings(t1: torch.Tensor, t2: torch.Tensor, beta: float) -> torch.Tensor:
     """beta t1 + (1 - beta) t2 (Reed et al. Eq. 5): points between two captions' embeddings."""
     return beta * t1 + (1.0 - beta) * t2
+
+
+def hinge_discriminator_loss(real: torch.Tensor, fake: torch.Tensor,
+                             wrong: torch.Tensor | None = None) -> torch.Tensor:
+    """Hinge version of `discriminator_loss`: E max(0, 1 - s_r) + E max(0, 1 + s_f), the
+    fake term shared with (real, wrong text) as in Algorithm 1 when `wrong` is given."""
+    loss_real = F.relu(1.0 - real).mean()
+    loss_fake = F.relu(1.0 + fake).mean()
+    if wrong is None:
+        return loss_real + loss_fake
+    return loss_real + 0.5 * (F.relu(1.0 + wrong).mean() + loss_fake)
+
+
+def hinge_generator_loss(fake: torch.Tensor,
+                         interpolated: torch.Tensor | None = None) -> torch.Tensor:
+    """Hinge version of `generator_loss`: -E s_f (and -E s_int for GAN-INT)."""
+    loss = -fake.mean()
+    if interpolated is not None:
+        loss = loss - interpolated.mean()
+    return loss
+
+
+# loss name -> (D's loss, G's loss), both taking logits as above
+ADVERSARIAL_LOSSES = {
+    "bce": (discriminator_loss, generator_loss),
+    "hinge": (hinge_discriminator_loss, hinge_generator_loss),
+}
+
+
+# ------------------------------------------------------------------------- stabilisers
+
+
+def attribute_loss(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Sum over attributes of the cross-entropy of each head's logits (B, n_k) against
+    labels (B, K), one column per attribute."""
+    return sum(F.cross_entropy(x, labels[:, k]) for k, x in enumerate(logits))
+
+
+def mode_seeking_loss(images: torch.Tensor, other: torch.Tensor, noise: torch.Tensor,
+                      other_noise: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """1 / (mean |G(z1, t) - G(z2, t)| / mean |z1 - z2|) (Mao et al. 2019, Eq. 3): small
+    when the two noises of each text give images as far apart as the noises are."""
+    ratio = (images - other).abs().mean() / (noise - other_noise).abs().mean()
+    return 1.0 / (ratio + eps)
+
+
+def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """E ||grad_x D(x)||^2 over real images (Mescheder et al. 2018, Eq. 9 without gamma / 2);
+    `real_images` must require grad and `real_logits` come from them."""
+    (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()
+
+
+@torch.no_grad()
+def ema_update(average: nn.Module, model: nn.Module, decay: float) -> None:
+    """average <- decay * average + (1 - decay) * model for every parameter; buffers (batch
+    norm statistics, the embedding norm) are copied, as they are not trained by gradient."""
+    for a, p in zip(average.parameters(), model.parameters(), strict=True):
+        a.lerp_(p, 1.0 - decay)
+    for a, b in zip(average.buffers(), model.buffers(), strict=True):
+        a.copy_(b)
+
+
+def translate(images: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
+    """Shift each image by a random whole number of pixels, up to `ratio` of its side in x
+    and y, repeating the border pixels into the space uncovered (DiffAugment's translation,
+    with edge padding: the shapes world's background is flat)."""
+    b, _, h, w = images.shape
+    dy, dx = (int(side * ratio + 0.5) for side in (h, w))
+    shift_y = torch.randint(-dy, dy + 1, (b, 1, 1), device=images.device)
+    shift_x = torch.randint(-dx, dx + 1, (b, 1, 1), device=images.device)
+    rows = (torch.arange(h, device=images.device)[None, :, None] + shift_y).clamp(0, h - 1)
+    cols = (torch.arange(w, device=images.device)[None, None, :] + shift_x).clamp(0, w - 1)
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    return images.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+
+
+def cutout(images: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
+    """Set a random square of `ratio` of the side to 0 (mid grey in [-1, 1]) in each image
+    (DiffAugment's cutout); the square may run over the border."""
+    b, _, h, w = images.shape
+    ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    top = torch.randint(0, h + (1 - ch % 2), (b, 1, 1), device=images.device) - ch // 2
+    left = torch.randint(0, w + (1 - cw % 2), (b, 1, 1), device=images.device) - cw // 2
+    rows = torch.arange(h, device=images.device)[None, :, None]
+    cols = torch.arange(w, device=images.device)[None, None, :]
+    inside = (rows >= top) & (rows < top + ch) & (cols >= left) & (cols < left + cw)
+    return images * (~inside).unsqueeze(1).to(images.dtype)
+
+
+DIFF_AUGMENTATIONS = {"translation": translate, "cutout": cutout}
+
+
+def diff_augment(images: torch.Tensor, policy: tuple[str, ...]) -> torch.Tensor:
+    """DiffAugment (Zhao et al. 2020): the augmentations named in `policy`, in order, each
+    differentiable so that G learns through them."""
+    for name in policy:
+        images = DIFF_AUGMENTATIONS[name](images)
+    return images

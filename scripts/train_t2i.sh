@@ -4,7 +4,8 @@
 # same number of steps each, and StackGAN Stage-I then Stage-II on the frozen
 # Stage-I. Two chains run side by side, each logging to RUNS_DIR/NAME.log:
 #
-#   chain A: gan, gan-cls, gan-int, gan-int-cls        (~8 min each on a shared 2-core CPU)
+#   chain A: gan, gan-cls, gan-int, gan-int-cls        (~8 min each on a shared 2-core CPU),
+#            Reed et al.'s recipe (configs/gan_reed2016.json), not the stabilised default
 #   chain B: stackgan-1 (~10 min), then stackgan-2      (~12 min)
 #
 # Needs data/t2i (`glimpse data shapes` with one object per image at 128 px) and
@@ -37,7 +38,7 @@ train() {  # NAME ARGS...: one run, niced, one thread, logged
 chain_gan() {
   for variant in gan gan-cls gan-int gan-int-cls; do
     train "$variant" gan --variant "$variant" --text-encoder "$TEXT_ENCODER" \
-      --steps "$GAN_STEPS" --batch-size "$BATCH_SIZE"
+      --config configs/gan_reed2016.json --steps "$GAN_STEPS" --batch-size "$BATCH_SIZE"
   done
 }
 

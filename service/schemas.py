@@ -663,7 +663,7 @@ class OpenAIModel(BaseModel):
     """One entry of the listing in the shape OpenAI's clients read (`client.models.list()`)."""
 
     id: str = Field(description="name/version, usable as a request's `model`",
-                    examples=["gan-int-cls/3"])
+                    examples=["gan-int-cls/4"])
     object: Literal["model"] = "model"
     created: int = Field(description="Unix time the bundle was exported", examples=[1767225600])
     owned_by: str = Field("glimpse", examples=["glimpse"])

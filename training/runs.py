@@ -164,12 +164,16 @@ def generator_from_config(model_cfg: dict) -> nn.Module:
 
 
 def load_generator(run_dir: str | Path) -> tuple[nn.Module, dict]:
-    """The trained generator of a GAN or StackGAN run (eval mode) and what a consumer needs
-    to drive it: {"variant", "noise_dim", "embed_dim", "image_size", "text_encoder_run"}."""
+    """The trained generator of a GAN or StackGAN run (eval mode; the weight average when the
+    run kept one) and what a consumer needs to drive it: {"variant", "noise_dim",
+    "embed_dim", "image_size", "text_encoder_run"}."""
     ckpt, config = run_checkpoint(run_dir, "generation", "a text-to-image")
     model_cfg = config["model"]
     generator = generator_from_config(model_cfg)
-    generator.load_state_dict(submodule_weights(run_weights(ckpt), "generator."))
+    weights = run_weights(ckpt)
+    # A run that kept a moving average of G's weights (GanTaskConfig.ema) serves the average.
+    average = submodule_weights(weights, "generator_ema.")
+    generator.load_state_dict(average or submodule_weights(weights, "generator."))
     generator.eval()
     return generator, {"variant": model_cfg["variant"], "noise_dim": generator.noise_dim,
                        "embed_dim": generator.embed_dim, "image_size": generator.image_size,

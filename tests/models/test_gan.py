@@ -7,7 +7,23 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models.gan import Discriminator, EmbeddingNorm, GanConfig, Generator
+from models.gan import (
+    ADVERSARIAL_LOSSES,
+    Discriminator,
+    EmbeddingNorm,
+    GanConfig,
+    Generator,
+    ProjectionHead,
+    attribute_loss,
+    cutout,
+    diff_augment,
+    ema_update,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+    mode_seeking_loss,
+    r1_penalty,
+    translate,
+)
 from training.export.onnx import onnx_export
 
 TINY = GanConfig(embed_dim=12, noise_dim=8, proj_dim=4, ngf=4, ndf=4)
@@ -85,3 +101,131 @@ def test_sample_exports_to_onnx_with_a_symbolic_batch(tmp_path):
         expected = g.sample(torch.from_numpy(e), torch.from_numpy(z)).numpy()
     assert image.shape == (3, 3, 64, 64)
     np.testing.assert_allclose(image, expected, atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------- stabilisers
+
+
+def spectrally_normalised_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in module.modules() if torch.nn.utils.parametrize.is_parametrized(m, "weight")]
+
+
+def test_spectral_norm_bounds_every_discriminator_layer_and_drops_batch_norm():
+    torch.manual_seed(0)
+    d = Discriminator(GanConfig(embed_dim=12, noise_dim=8, proj_dim=4, ngf=4, ndf=4,
+                                spectral_norm=True))
+    layers = spectrally_normalised_layers(d)
+    # 4 down convolutions, the text projection, the joint 1x1 and the logit convolution
+    assert len(layers) == 7
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    x, e = torch.randn(4, 3, 64, 64), torch.randn(4, 12)
+    for _ in range(30):  # one power iteration per training forward
+        d(x, e)
+    for layer in layers:
+        sigma = torch.linalg.matrix_norm(layer.weight.detach().flatten(1), ord=2)
+        assert abs(sigma.item() - 1.0) < 0.05, layer
+    assert not spectrally_normalised_layers(tiny_pair()[1])  # off by default
+
+
+def test_projection_head_is_psi_of_pooled_features_plus_their_inner_product_with_the_text():
+    torch.manual_seed(0)
+    d = Discriminator(GanConfig(embed_dim=12, noise_dim=8, proj_dim=4, ngf=4, ndf=4,
+                                projection=True)).eval()
+    assert isinstance(d.head, ProjectionHead)
+    x, e = torch.randn(3, 3, 64, 64), torch.randn(3, 12)
+    with torch.no_grad():
+        h = d.encode(x).sum(dim=(2, 3))  # (3, 32)
+        expected = d.head.psi(h).flatten() + (d.head.embed(d.embed_norm(e)) * h).sum(1)
+        torch.testing.assert_close(d(x, e), expected)
+        # The text acts only through the inner product: zeroing V leaves psi(h).
+        d.head.embed.weight.zero_()
+        torch.testing.assert_close(d(x, e), d(x, torch.randn(3, 12)))
+
+
+def test_hinge_losses_on_hand_set_logits():
+    real, fake, wrong = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0]), torch.tensor([1.0])
+    # max(0, 1 - s_r): 0, 0.5 -> 0.25; max(0, 1 + s_f): 0, 1 -> 0.5; max(0, 1 + s_w): 2
+    assert hinge_discriminator_loss(real, fake).item() == pytest.approx(0.75)
+    assert hinge_discriminator_loss(real, fake, wrong).item() == pytest.approx(0.25 + 0.5 * 2.5)
+    assert hinge_generator_loss(fake).item() == pytest.approx(1.0)
+    assert hinge_generator_loss(fake, torch.tensor([3.0])).item() == pytest.approx(-2.0)
+    assert set(ADVERSARIAL_LOSSES) == {"bce", "hinge"}
+
+
+def test_ema_update_is_the_moving_average_and_copies_buffers():
+    torch.manual_seed(0)
+    average, model = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        average.weight.fill_(1.0)
+        model.weight.fill_(3.0)
+        model.running_mean.fill_(7.0)
+    ema_update(average, model, decay=0.9)
+    torch.testing.assert_close(average.weight, torch.full((3,), 0.9 * 1.0 + 0.1 * 3.0))
+    torch.testing.assert_close(average.running_mean, torch.full((3,), 7.0))
+    torch.testing.assert_close(model.weight, torch.full((3,), 3.0))  # the model is untouched
+
+
+def test_r1_penalty_is_the_squared_gradient_norm():
+    w = torch.tensor([[1.0, -2.0], [0.5, 0.0]])
+    x = torch.randn(5, 2, 2, requires_grad=True)
+    logits = (x * w).sum(dim=(1, 2))  # D linear in x: grad_x D = w for every image
+    assert r1_penalty(logits, x).item() == pytest.approx(1 + 4 + 0.25)
+
+
+def test_translation_shifts_whole_images_by_at_most_an_eighth_and_repeats_the_border():
+    torch.manual_seed(0)
+    x = torch.arange(64.0).reshape(1, 1, 8, 8).repeat(16, 1, 1, 1)
+    y = translate(x)
+    assert y.shape == x.shape
+    for image in y[:, 0]:  # each is x shifted by (dy, dx) in [-1, 1], clamped at the border
+        shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                  if torch.equal(image, x[0, 0][(torch.arange(8) + dy).clamp(0, 7)][
+                      :, (torch.arange(8) + dx).clamp(0, 7)])]
+        assert shifts
+    assert len({tuple(image.flatten().tolist()) for image in y[:, 0]}) > 1
+
+
+def test_cutout_blanks_one_square_of_half_the_side_and_keeps_the_rest():
+    torch.manual_seed(0)
+    x = torch.ones(32, 3, 16, 16)
+    y = cutout(x)
+    blank = (y == 0).all(dim=1)  # (32, 16, 16), the same square in every channel
+    assert ((y == 0) | (y == 1)).all()
+    counts = blank.flatten(1).sum(1)
+    assert (counts <= 64).all() and (counts > 0).all() and (counts == 64).any()
+
+
+def test_diff_augment_lets_gradients_through_to_the_generator():
+    x = torch.randn(4, 3, 64, 64, requires_grad=True)
+    diff_augment(x, ("translation", "cutout")).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_checkpoints_made_before_the_stabilisers_load_with_them_off():
+    old = {k: v for k, v in TINY.to_dict().items() if k not in ("spectral_norm", "projection")}
+    cfg = GanConfig.from_dict(old)
+    assert not cfg.spectral_norm and not cfg.projection
+    assert set(Discriminator(cfg).state_dict()) == set(tiny_pair()[1].state_dict())
+
+
+def test_mode_seeking_loss_is_the_inverse_of_image_over_noise_distance():
+    a, b = torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 0.5)
+    za, zb = torch.zeros(2, 8), torch.full((2, 8), 2.0)
+    # ratio = 0.5 / 2 = 0.25 -> 1 / 0.25
+    assert mode_seeking_loss(a, b, za, zb, eps=0.0).item() == pytest.approx(4.0)
+    assert mode_seeking_loss(a, a, za, zb).item() == pytest.approx(1e5)  # G deaf to z
+
+
+def test_attribute_head_names_each_attribute_from_the_pooled_features():
+    torch.manual_seed(0)
+    d = Discriminator(GanConfig(embed_dim=12, noise_dim=8, proj_dim=4, ngf=4, ndf=4,
+                                attribute_classes=(7, 8, 2))).eval()
+    x, e = torch.randn(3, 3, 64, 64), torch.randn(3, 12)
+    logits, named = d(x, e, with_attributes=True)
+    torch.testing.assert_close(logits, d(x, e))
+    assert [n.shape for n in named] == [(3, 7), (3, 8), (3, 2)]
+    labels = torch.tensor([[0, 1, 0], [6, 7, 1], [3, 0, 1]])
+    expected = sum(torch.nn.functional.cross_entropy(n, labels[:, k])
+                   for k, n in enumerate(named))
+    torch.testing.assert_close(attribute_loss(named, labels), expected)
+    assert tiny_pair()[1].attributes is None  # off by default

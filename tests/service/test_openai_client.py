@@ -50,7 +50,7 @@ def test_images_generate_with_the_fields_openai_clients_send(client: openai.Open
 
 
 def test_size_resizes_the_images_the_seed_draws(client: openai.OpenAI) -> None:
-    offline = GenerationModel.from_bundle(COMMITTED / "gan-int-cls" / "3", device="cpu")
+    offline = GenerationModel.from_bundle(COMMITTED / "gan-int-cls" / "4", device="cpu")
     (want,) = offline.run_batch([offline.request(PROMPT, 1, 11)])
     answer = client.images.generate(model="gan-int-cls", prompt=PROMPT, n=1,
                                     response_format="b64_json", extra_body={"seed": 11})
@@ -76,9 +76,9 @@ def test_fields_glimpse_cannot_honour_are_422_naming_what_it_can(
 def test_models_list_gives_every_served_model(client: openai.OpenAI) -> None:
     models = list(client.models.list())
     ids = [m.id for m in models]
-    assert "gan-int-cls/3" in ids and "caption-sat/2" in ids
+    assert "gan-int-cls/4" in ids and "caption-sat/2" in ids
     assert {m.object for m in models} == {"model"} and all(m.created > 0 for m in models)
     # An id is a model a request may name.
-    answer = client.images.generate(model="gan-int-cls/3", prompt=PROMPT,
+    answer = client.images.generate(model="gan-int-cls/4", prompt=PROMPT,
                                     response_format="b64_json")
     assert len(answer.data) == 1

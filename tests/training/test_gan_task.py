@@ -3,6 +3,7 @@ resume, loading."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,10 +14,11 @@ from models.gan import discriminator_loss, generator_loss, interpolate_embedding
 from training.checkpoint import load_training_state
 from training.cli import build_parser
 from training.data.shapes import generate_shapes_world
-from training.data.text_image import mismatched_pairs, single_object_images
+from training.data.text_image import mismatched_pairs, shape_swapped_pairs, single_object_images
+from training.data.world import COLOURS, SHAPES, SIZES, object_class
 from training.runs import load_generator
 from training.tasks import gan, stackgan
-from training.tasks.gan import BagOfWordsEmbedder, GanTask, GanTaskConfig
+from training.tasks.gan import EMA_GENERATOR, BagOfWordsEmbedder, GanTask, GanTaskConfig
 from training.tasks.stackgan import StackGanTask, StackGanTaskConfig
 from training.trainer import Trainer, TrainerConfig
 
@@ -160,7 +162,7 @@ def test_resume_continues_exactly(world, tmp_path):
 
 
 def test_load_generator_gives_the_trained_generator_in_eval_mode(world, tmp_path):
-    training = trainer(config(world, "gan-int"), tmp_path / "run")
+    training = trainer(config(world, "gan-int", ema=0.0), tmp_path / "run")
     training.fit()
     generator, info = load_generator(tmp_path / "run")
     assert not generator.training
@@ -182,3 +184,106 @@ def test_cli_arguments_select_the_variant():
     with pytest.raises(ValueError, match="stage1-run"):
         stackgan.train.task_config(build_parser().parse_args(
             ["train", "stackgan", "--stage", "2", "--out", "r"]))
+
+
+STABILISED = {"loss": "hinge", "ema": 0.9, "diff_augment": ["translation", "cutout"], "r1": 1.0,
+              "mode_seeking": 1.0, "auxiliary": 1.0}
+
+
+def test_one_step_with_every_stabiliser_updates_the_weight_average(world):
+    t = task(config(world, "gan-int-cls", **STABILISED,
+                    model={**TINY_GAN, "spectral_norm": True, "projection": True}))
+    model = t.build_model()
+    assert set(model) == {"generator", "discriminator", EMA_GENERATOR}
+    assert not any(p.requires_grad for p in model[EMA_GENERATOR].parameters())
+    g, d = weights(model["generator"]), weights(model["discriminator"])
+    terms = t.train_step(model, t.batch(torch.arange(4), torch.device("cpu")),
+                         t.configure_optimizers(model))
+    assert changed(g, model["generator"]) and changed(d, model["discriminator"])
+    assert terms["r1"] > 0 and terms["mode_seeking"] > 0
+    assert terms["aux_real"] > 0 and terms["aux_fake"] > 0
+    assert model["discriminator"].config.attribute_classes == (7, 8, 2)
+    for name, p in model["generator"].named_parameters():  # average = 0.9 start + 0.1 new
+        torch.testing.assert_close(dict(model[EMA_GENERATOR].named_parameters())[name],
+                                   0.9 * g[name] + 0.1 * p.detach())
+
+
+def test_discriminator_learning_rate_is_its_own_when_set(world):
+    t = task(config(world, "gan", lr_discriminator=1e-3))
+    optimizers = t.configure_optimizers(t.build_model())
+    assert optimizers["discriminator"].param_groups[0]["lr"] == 1e-3
+    assert optimizers["generator"].param_groups[0]["lr"] == 2e-4
+
+
+def test_a_run_with_a_weight_average_serves_the_average(world, tmp_path):
+    training = trainer(config(world, "gan-cls", ema=0.5), tmp_path / "run")
+    training.fit()
+    generator, _ = load_generator(tmp_path / "run")
+    e, z = torch.randn(2, 128), torch.randn(2, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(generator.sample(e, z),
+                                   training.model[EMA_GENERATOR].eval().sample(e, z))
+        live = training.model["generator"].eval().sample(e, z)
+    assert (generator.sample(e, z) - live).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("bad", [{"loss": "wasserstein"}, {"diff_augment": ["colour"]},
+                                 {"ema": 1.0}])
+def test_unknown_stabiliser_settings_are_refused(world, bad):
+    with pytest.raises(ValueError):
+        config(world, "gan", **bad)
+
+
+def test_new_runs_get_the_ablations_choice_and_the_papers_recipe_is_a_config():
+    cfg = GanTaskConfig.from_dict({"model": {"ngf": 32}})
+    assert (cfg.loss, cfg.ema, cfg.diff_augment, cfg.auxiliary) == (
+        "hinge", 0.995, ("translation", "cutout"), 1.0)
+    assert cfg.model == {"spectral_norm": True, "projection": True, "ngf": 32}
+    recipe = json.loads((Path(__file__).parents[2] / "configs" / "gan_reed2016.json")
+                        .read_text())
+    paper = GanTaskConfig.from_dict(recipe)
+    assert (paper.loss, paper.ema, paper.diff_augment, paper.auxiliary, paper.r1) == (
+        "bce", 0.0, (), 0.0, 0.0)
+    assert paper.model == {"spectral_norm": False, "projection": False}
+    stack = StackGanTaskConfig.from_dict({})  # StackGAN keeps Zhang et al.'s recipe
+    assert (stack.loss, stack.ema, stack.diff_augment, stack.auxiliary, stack.model) == (
+        "bce", 0.0, (), 0.0, {})
+
+
+def test_shape_swapped_texts_keep_colour_and_size_and_change_the_shape():
+    torch.manual_seed(0)
+    # class id = (shape * 8 + colour) * 2 + size (training.data.world.object_class)
+    classes = torch.tensor([object_class(s, c, z) for s, c, z in [
+        ("circle", "red", "small"), ("star", "red", "small"), ("square", "red", "small"),
+        ("circle", "blue", "large"), ("cross", "blue", "large"), ("circle", "green", "small")]])
+    chosen = torch.arange(6).repeat(30)
+    fallback = torch.full_like(chosen, 99)
+    other = shape_swapped_pairs(classes, chosen, fallback)
+    swapped = other != 99
+    assert (~swapped == (chosen == 5)).all()  # green small: only a circle, so the fallback
+    a, b = classes[chosen[swapped]], classes[other[swapped]]
+    assert (a % 16 == b % 16).all() and (a // 16 != b // 16).all()
+
+
+def test_with_shape_negatives_every_wrong_text_that_can_differs_in_shape_only(world):
+    t = task(config(world, "gan-cls", shape_negatives=1.0))
+    pairs = t.pairs
+    classes, texts = pairs.pair_class, pairs.embeddings[pairs.pair_text]  # per pair
+    torch.manual_seed(0)
+    indices = torch.arange(len(pairs))
+    batch = t.batch(indices, torch.device("cpu"))
+    swappable = torch.tensor([bool(((classes % 16 == c % 16) & (classes != c)).any())
+                              for c in classes])
+    assert swappable.any()
+    for i in indices[swappable]:  # the wrong text is the caption of a shape-swapped pair
+        source = (texts == batch.wrong_text[i]).all(1)
+        assert (classes[source] % 16 == classes[i] % 16).all()
+        assert (classes[source] // 16 != classes[i] // 16).all()
+
+
+def test_batch_attributes_are_the_shape_colour_and_size_of_each_image(world):
+    t = task(config(world, "gan-cls"))
+    indices = torch.arange(len(t.pairs))
+    batch = t.batch(indices, torch.device("cpu"))
+    for i, (s, c, z) in zip(indices.tolist(), batch.attributes.tolist(), strict=True):
+        assert t.pairs.pair_class[i] == object_class(SHAPES[s], list(COLOURS)[c], SIZES[z])

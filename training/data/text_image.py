@@ -19,7 +19,7 @@ import torch
 from training.data.images import load_images
 from training.data.readers import load_captions
 from training.data.shapes import load_scenes
-from training.data.world import class_label
+from training.data.world import COLOURS, SIZES, class_label
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,27 @@ def mismatched_pairs(classes: torch.Tensor, chosen: torch.Tensor, *, tries: int 
             return other
         other[same] = torch.randint(0, n, (int(same.sum()),))
     raise ValueError("mismatched texts need images of at least two classes")
+
+
+def shape_swapped_pairs(classes: torch.Tensor, chosen: torch.Tensor, fallback: torch.Tensor,
+                        *, tries: int = 20) -> torch.Tensor:
+    """For each pair index in `chosen`, a random pair whose object has the same colour and
+    size but another shape (class ids of world.object_class): the wrong text that only a
+    discriminator that checks the shape can tell from the right one. Where none is found
+    in `tries` draws (one shape of that colour and size), the pair in `fallback`."""
+    key = classes % (len(COLOURS) * len(SIZES))  # (colour, size) part of the class id
+    order = torch.argsort(key)
+    start = torch.searchsorted(key[order], key[chosen])
+    count = torch.searchsorted(key[order], key[chosen], right=True) - start
+    other = order[start + (torch.rand(chosen.shape) * count).long()]
+    for _ in range(tries):
+        same = classes[other] == classes[chosen]
+        if not same.any():
+            return other
+        redraw = start[same] + (torch.rand(int(same.sum())) * count[same]).long()
+        other[same] = order[redraw]
+    same = classes[other] == classes[chosen]
+    return torch.where(same, fallback, other)
 
 
 def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,14 @@ their losses (models.gan):
                  D never sees them, as they have no real image
     gan-int-cls  both
 
+The stabilisers of models.gan are options, off by default: `loss` "hinge",
+`ema` (decay of the exported generator's moving average), `diff_augment`
+(DiffAugment's policy), `r1` (gamma), and in `model` spectral_norm / projection;
+`shape_negatives` makes some of GAN-CLS's wrong texts differ in shape only, so that
+D must check the shape (without them it learns to check colour and size only);
+`mode_seeking` weighs Mao et al.'s term that makes G use its noise; `auxiliary`
+weighs an AC-GAN classifier of the shape, colour and size in D.
+
 Each batch takes one D step then one G step, each with its own Adam: the task
 brings its own `configure_optimizers` and `train_step`, and the Trainer does
 the rest (batches, progress, checkpoints of both optimizers, exact resume).
@@ -21,6 +29,7 @@ grids and loading a trained generator.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,22 +42,29 @@ import torch.nn as nn
 from PIL import Image
 
 from models.gan import (
+    ADVERSARIAL_LOSSES,
+    DIFF_AUGMENTATIONS,
     Discriminator,
     GanConfig,
     Generator,
-    discriminator_loss,
-    generator_loss,
+    attribute_loss,
+    diff_augment,
+    ema_update,
     init_dcgan_weights,
     interpolate_embeddings,
+    mode_seeking_loss,
+    r1_penalty,
 )
 from training.callbacks import Callback, JsonLines
 from training.data.text_image import (
     TextEmbedder,
     load_pairs,
     mismatched_pairs,
+    shape_swapped_pairs,
     single_object_images,
     to_unit_range,
 )
+from training.data.world import COLOURS, SHAPES, SIZES
 from training.runs import embed_texts, generator_from_config, load_text_encoder
 from training.tasks import TrainingCommand
 from training.trainer import Trainer, config_from_dict
@@ -56,6 +72,8 @@ from training.trainer import Trainer, config_from_dict
 log = logging.getLogger(__name__)
 
 GAN_VARIANTS = ("gan", "gan-cls", "gan-int", "gan-int-cls")
+ATTRIBUTE_CLASSES = (len(SHAPES), len(COLOURS), len(SIZES))  # D's auxiliary classifier
+EMA_GENERATOR = "generator_ema"  # the model's key of G's weight average, when kept
 BAG_OF_WORDS = "bag-of-words"  # --text-encoder value selecting the development stand-in
 # Prompts of the sample grids: every colour, every shape, both sizes, no held-out combination.
 GRID_PROMPTS = (
@@ -83,15 +101,44 @@ class GanTaskConfig:
     interpolation_beta: float = 0.5  # beta of Reed et al. Eq. 5
     sample_every: int = 250  # steps between sample grids (0: only after the last step)
     trainer: dict = field(default_factory=dict)  # TrainerConfig settings over GAN_TRAINER
+    # Stabilisers (models.gan). The defaults are what the ablation of docs/results.md
+    # favours; configs/gan_reed2016.json is Reed et al.'s own recipe.
+    loss: str = "hinge"  # one of ADVERSARIAL_LOSSES
+    ema: float = 0.995  # decay of the generator's weight average that is exported; 0: off
+    diff_augment: tuple[str, ...] = ("translation", "cutout")  # DiffAugment policy
+    r1: float = 0.0  # gamma of the R1 penalty on D; 0: off
+    lr_discriminator: float | None = None  # D's learning rate; None: the trainer's lr
+    # Share of GAN-CLS's wrong texts that differ from the right one in shape only (same
+    # colour and size); 0: any other class, as in Reed et al.
+    shape_negatives: float = 0.0
+    mode_seeking: float = 0.0  # weight of the mode-seeking term in G's loss; 0: off
+    # Weight of the auxiliary classifier's loss (D names the shape, colour and size of real
+    # images; G's images must be named as their prompt says); 0: no classifier
+    auxiliary: float = 1.0
 
     VARIANTS: ClassVar[tuple[str, ...]] = GAN_VARIANTS
+    # GanConfig settings a run gets unless its `model` says otherwise (a checkpoint's own
+    # model config always holds them, so older runs load as they were trained)
+    MODEL_DEFAULTS: ClassVar[dict] = {"spectral_norm": True, "projection": True}
 
     @classmethod
     def from_dict(cls, d: dict) -> GanTaskConfig:
         cfg = config_from_dict(cls, d, "text-to-image training")
         if cfg.variant not in cls.VARIANTS:
             raise ValueError(f"unknown variant {cfg.variant!r}")
+        if cfg.loss not in ADVERSARIAL_LOSSES:
+            raise ValueError(f"unknown loss {cfg.loss!r}; one of {sorted(ADVERSARIAL_LOSSES)}")
+        cfg.diff_augment = tuple(cfg.diff_augment)
+        unknown = set(cfg.diff_augment) - set(DIFF_AUGMENTATIONS)
+        if unknown:
+            raise ValueError(f"unknown DiffAugment policy {sorted(unknown)}; "
+                             f"known: {sorted(DIFF_AUGMENTATIONS)}")
+        if not 0.0 <= cfg.shape_negatives <= 1.0:
+            raise ValueError(f"shape_negatives is a share in [0, 1], not {cfg.shape_negatives}")
+        if not 0.0 <= cfg.ema < 1.0:
+            raise ValueError(f"ema must be a decay in [0, 1), not {cfg.ema}")
         cfg.trainer = {**GAN_TRAINER, **cfg.trainer}
+        cfg.model = {**cls.MODEL_DEFAULTS, **cfg.model}
         return cfg
 
     @property
@@ -164,12 +211,20 @@ def text_embedder(spec: str | dict, captions: Sequence[str]) -> tuple[TextEmbedd
 # --------------------------------------------------------------------------------- task
 
 
+def class_attributes(classes: torch.Tensor) -> torch.Tensor:
+    """(shape, colour, size) ids (N, 3) of world.object_class ids (N,)."""
+    per_shape = len(COLOURS) * len(SIZES)
+    return torch.stack([classes // per_shape, classes % per_shape // len(SIZES),
+                        classes % len(SIZES)], dim=1)
+
+
 @dataclass
 class Batch:
     real: torch.Tensor  # (B, 3, S, S) in [-1, 1]
     text: torch.Tensor  # (B, E) phi of each image's own caption
     wrong_text: torch.Tensor  # (B, E) phi of a caption of another class
     interpolated: torch.Tensor  # (B, E) between the batch's captions and those of a shift
+    attributes: torch.Tensor  # (B, 3) shape, colour, size ids of each image (and its text)
 
 
 def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
@@ -201,30 +256,44 @@ class GanTask:
 
     def model_section(self) -> dict:
         """The architecture part of the checkpoint's model config."""
-        gan = GanConfig.from_dict({"embed_dim": self.embed_dim, **self.cfg.model})
+        gan = GanConfig.from_dict({"embed_dim": self.embed_dim, **self.model_overrides()})
         return {"architecture": "dcgan", "generator": gan.to_dict()}
+
+    def model_overrides(self) -> dict:
+        """GanConfig settings of the run: the config's, and D's attribute head when the
+        auxiliary classifier is on."""
+        if not self.cfg.auxiliary:
+            return self.cfg.model
+        return {**self.cfg.model, "attribute_classes": ATTRIBUTE_CLASSES}
 
     def build_networks(self) -> tuple[nn.Module, nn.Module]:
         """Generator and discriminator, initialised as in DCGAN."""
-        gan = GanConfig.from_dict({"embed_dim": self.embed_dim, **self.cfg.model})
+        gan = GanConfig.from_dict({"embed_dim": self.embed_dim, **self.model_overrides()})
         generator, discriminator = Generator(gan), Discriminator(gan)
         init_dcgan_weights(discriminator)
         init_dcgan_weights(generator)
         return generator, discriminator
 
-    def generate(self, generator: nn.Module, text: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fake images for a batch of embeddings, and the KL term of conditioning augmentation
-        (zero here)."""
-        noise = torch.randn(len(text), self.noise_dim, device=text.device)
+    def generate(self, generator: nn.Module, text: torch.Tensor,
+                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fake images for a batch of embeddings (and noise, drawn if not given), and the KL
+        term of conditioning augmentation (zero here)."""
+        noise = self.noise(text) if noise is None else noise
         return generator(noise, text), torch.zeros((), device=text.device)
+
+    def noise(self, text: torch.Tensor) -> torch.Tensor:
+        """z ~ N(0, I), one per embedding of `text`."""
+        return torch.randn(len(text), self.noise_dim, device=text.device)
 
     # -- the Trainer's side ---------------------------------------------------
     def build_model(self) -> nn.ModuleDict:
         generator, discriminator = self.build_networks()
         for network in (generator, discriminator):  # Stage-II: its own networks only
             network.embed_norm.set_statistics(self.pairs.pair_embeddings)
-        return nn.ModuleDict({"generator": generator, "discriminator": discriminator})
+        networks = {"generator": generator, "discriminator": discriminator}
+        if self.cfg.ema:  # the weights that are exported (training.runs.load_generator)
+            networks[EMA_GENERATOR] = copy.deepcopy(generator).requires_grad_(False)
+        return nn.ModuleDict(networks)
 
     def model_config(self) -> dict:
         return {"task": "generation", "variant": self.cfg.variant, **self.model_section(),
@@ -239,7 +308,13 @@ class GanTask:
 
     def batch(self, indices: torch.Tensor, device: torch.device) -> Batch:
         pairs = self.pairs
-        wrong = mismatched_pairs(pairs.pair_class, indices) if self.cfg.matching_aware else indices
+        wrong = indices
+        if self.cfg.matching_aware:
+            wrong = mismatched_pairs(pairs.pair_class, indices)
+            if self.cfg.shape_negatives:
+                hard = torch.rand(len(indices)) < self.cfg.shape_negatives
+                wrong = torch.where(hard, shape_swapped_pairs(pairs.pair_class, indices, wrong),
+                                    wrong)
         text = pairs.embeddings[pairs.pair_text[indices]]
         partner = text.roll(1, dims=0)
         return Batch(
@@ -248,39 +323,76 @@ class GanTask:
             wrong_text=pairs.embeddings[pairs.pair_text[wrong]].to(device),
             interpolated=interpolate_embeddings(text, partner,
                                                 self.cfg.interpolation_beta).to(device),
+            attributes=class_attributes(pairs.pair_class[indices]).to(device),
         )
 
     def configure_optimizers(self, model: nn.ModuleDict) -> dict[str, torch.optim.Optimizer]:
-        def adam(parameters) -> torch.optim.Adam:
+        def adam(parameters, lr: float) -> torch.optim.Adam:
             return torch.optim.Adam([p for p in parameters if p.requires_grad],
-                                    lr=self.cfg.trainer["lr"], betas=(self.cfg.beta1, 0.999))
+                                    lr=lr, betas=(self.cfg.beta1, 0.999))
 
-        return {"generator": adam(model["generator"].parameters()),
-                "discriminator": adam(model["discriminator"].parameters())}
+        lr = self.cfg.trainer["lr"]
+        lr_d = lr if self.cfg.lr_discriminator is None else self.cfg.lr_discriminator
+        return {"generator": adam(model["generator"].parameters(), lr),
+                "discriminator": adam(model["discriminator"].parameters(), lr_d)}
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """What D sees of an image, real or fake: DiffAugment's policy, or the image."""
+        return diff_augment(images, self.cfg.diff_augment) if self.cfg.diff_augment else images
 
     def train_step(self, model: nn.ModuleDict, batch: Batch,
                    optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         """One D update then one G update (Reed et al. Algorithm 1); returns logged terms."""
         cfg, generator, D = self.cfg, model["generator"], model["discriminator"]
-        fake, kl = self.generate(generator, batch.text)
-        s_r = D(batch.real, batch.text)
-        s_f = D(fake.detach(), batch.text)
-        s_w = D(batch.real, batch.wrong_text) if cfg.matching_aware else None
-        loss_d = discriminator_loss(s_r, s_f, s_w)
+        d_loss, g_loss = ADVERSARIAL_LOSSES[cfg.loss]
+        noise = self.noise(batch.text)
+        fake, kl = self.generate(generator, batch.text, noise)
+        real = batch.real.detach().requires_grad_(True) if cfg.r1 else batch.real
+        terms = {}
+        if cfg.auxiliary:
+            s_r, named = D(self.augment(real), batch.text, with_attributes=True)
+            aux_real = attribute_loss(named, batch.attributes)
+            terms["aux_real"] = aux_real.item()
+        else:
+            s_r = D(self.augment(real), batch.text)
+        s_f = D(self.augment(fake.detach()), batch.text)
+        s_w = D(self.augment(batch.real), batch.wrong_text) if cfg.matching_aware else None
+        loss_d = d_loss(s_r, s_f, s_w)
+        if cfg.auxiliary:
+            loss_d = loss_d + cfg.auxiliary * aux_real
+        if cfg.r1:
+            penalty = r1_penalty(s_r, real)
+            loss_d = loss_d + 0.5 * cfg.r1 * penalty
+            terms["r1"] = penalty.item()
         descend(optimizers["discriminator"], loss_d)
 
         D.requires_grad_(False)  # G's loss flows through D to G; D's own gradients are unused
-        s_g = D(fake, batch.text)
+        if cfg.auxiliary:
+            s_g, named = D(self.augment(fake), batch.text, with_attributes=True)
+            aux_fake = attribute_loss(named, batch.attributes)
+            terms["aux_fake"] = aux_fake.item()
+        else:
+            s_g = D(self.augment(fake), batch.text)
         s_i = None
         if cfg.interpolates:
             fake_int, _ = self.generate(generator, batch.interpolated)
-            s_i = D(fake_int, batch.interpolated)
-        loss_g = generator_loss(s_g, s_i) + self.kl_weight * kl
+            s_i = D(self.augment(fake_int), batch.interpolated)
+        loss_g = g_loss(s_g, s_i) + self.kl_weight * kl
+        if cfg.auxiliary:
+            loss_g = loss_g + cfg.auxiliary * aux_fake
+        if cfg.mode_seeking:
+            other_noise = self.noise(batch.text)
+            other, _ = self.generate(generator, batch.text, other_noise)
+            seeking = mode_seeking_loss(fake, other, noise, other_noise)
+            loss_g = loss_g + cfg.mode_seeking * seeking
+            terms["mode_seeking"] = seeking.item()
         descend(optimizers["generator"], loss_g)
         D.requires_grad_(True)
-        terms = {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "kl": kl.item(),
-                 "s_real": torch.sigmoid(s_r).mean().item(),
-                 "s_fake": torch.sigmoid(s_f).mean().item()}
+        if EMA_GENERATOR in model:
+            ema_update(model[EMA_GENERATOR], generator, cfg.ema)
+        terms |= {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "kl": kl.item(),
+                  "s_real": torch.sigmoid(s_r).mean().item(),
+                  "s_fake": torch.sigmoid(s_f).mean().item()}
         if s_w is not None:
             terms["s_wrong"] = torch.sigmoid(s_w).mean().item()
         return terms
@@ -295,7 +407,8 @@ class GanTask:
 
 class SampleGrid(Callback):
     """RUN/samples/step_NNNNNN.png every `every` steps and after the last: one row per
-    GRID_PROMPTS entry, fixed noise, the generator in eval mode (what a bundle draws)."""
+    GRID_PROMPTS entry, fixed noise, the generator in eval mode (its weight average when
+    kept: what a bundle draws)."""
 
     def __init__(self, embeddings: torch.Tensor, *, every: int, per_prompt: int = 8) -> None:
         self.embeddings = embeddings
@@ -305,7 +418,9 @@ class SampleGrid(Callback):
     def on_train_batch_end(self, trainer: Trainer) -> None:
         step = trainer.state["step"]
         if (self.every and step % self.every == 0) or step == trainer.total_steps:
-            images = sample_grid(trainer.model["generator"], self.embeddings, self.per_prompt)
+            model = trainer.model
+            generator = model[EMA_GENERATOR] if EMA_GENERATOR in model else model["generator"]
+            images = sample_grid(generator, self.embeddings, self.per_prompt)
             save_grid(images, self.per_prompt, trainer.run_dir / "samples" / f"step_{step:06d}.png")
 
 

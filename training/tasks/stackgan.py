@@ -37,14 +37,22 @@ class StackGanTaskConfig(GanTaskConfig):
     variant: str = "stackgan-1"  # one of VARIANTS
     stage1_run: str | None = None  # stackgan-2: the Stage-I run it refines
     kl_weight: float = 1.0  # lambda of Zhang et al. Eq. 6
+    # Zhang et al.'s recipe: the stabilisers measured on GAN-INT-CLS were not measured here
+    loss: str = "bce"
+    ema: float = 0.0
+    diff_augment: tuple[str, ...] = ()
+    auxiliary: float = 0.0
 
     VARIANTS: ClassVar[tuple[str, ...]] = STACKGAN_VARIANTS
+    MODEL_DEFAULTS: ClassVar[dict] = {}
 
     @classmethod
     def from_dict(cls, d: dict) -> StackGanTaskConfig:
         cfg = super().from_dict(d)
         if cfg.variant == "stackgan-2" and not cfg.stage1_run:
             raise ValueError("stackgan-2 needs the Stage-I run (--stage1-run)")
+        if cfg.auxiliary:
+            raise ValueError("StackGAN's discriminators have no attribute classifier")
         return cfg
 
     @property
@@ -114,10 +122,10 @@ class StackGanTask(GanTask):
             init_dcgan_weights(module)
         return generator, discriminator
 
-    def generate(self, generator: nn.Module, text: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def generate(self, generator: nn.Module, text: torch.Tensor,
+                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Fake images and KL(N(mu, Sigma) || N(0, I)) of this stage's conditioning."""
-        noise = torch.randn(len(text), self.noise_dim, device=text.device)
+        noise = self.noise(text) if noise is None else noise
         outputs = generator(text, noise)
         mu, log_sigma = outputs[-2], outputs[-1]
         return outputs[0], kl_to_standard_normal(mu, log_sigma)
