@@ -491,19 +491,23 @@ def test_every_recipe_command_parses_with_the_cli():
     parser = build_parser()
     parsed = [parser.parse_args(argv) for argv in recipe_glimpse_commands()]
     assert [p._command for p in parsed] == [
-        "data shapes", "train encoder", "train caption", "train caption", "export", "export",
-        "eval bundle",
+        "data shapes", "train encoder", "train caption", "train caption", "train caption",
+        "export", "export", "eval bundle",
     ]
     data = parsed[0]
     assert (data.num_train, data.num_val, data.num_test, data.num_novel, data.size, data.seed) \
         == (15000, 500, 1000, 1000, 64, 0)
-    assert parsed[1].config == "configs/encoder.json"
-    assert [(p.arch, p.config) for p in parsed[2:4]] == [
-        ("nic", "configs/caption_nic.json"), ("sat-soft", "configs/caption_sat.json")]
-    assert {p.encoder_init for p in parsed[2:4]} == {parsed[1].out}
-    assert [(p.layer_norm, p.epochs) for p in parsed[2:4]] == [(False, 5), (True, 5)]
-    assert [p.name for p in parsed[4:6]] == ["caption-nic", "caption-sat"]
-    assert (parsed[6].split, parsed[6].write_manifest) == ("test", True)
+    assert (parsed[1].config, parsed[1].epochs) == ("configs/encoder.json", 12)
+    nic, nic_scst, sat = parsed[2:5]
+    assert [(p.arch, p.config) for p in (nic, nic_scst, sat)] == [
+        ("nic", "configs/caption_nic.json"), ("nic", "configs/caption_nic_scst.json"),
+        ("sat-soft", "configs/caption_sat.json")]
+    assert {nic.encoder_init, sat.encoder_init} == {parsed[1].out}
+    assert nic_scst.init_from == nic.out  # SCST fine-tunes the cross-entropy run
+    assert [(p.layer_norm, p.epochs) for p in (nic, sat)] == [(False, 10), (True, 5)]
+    assert [p.name for p in parsed[5:7]] == ["caption-nic", "caption-sat"]
+    assert parsed[5].run_dir == nic_scst.out
+    assert (parsed[7].split, parsed[7].write_manifest) == ("test", True)
 
 
 _FAKE_GLIMPSE = """#!{python}
@@ -534,6 +538,7 @@ def test_recipe_runs_its_steps_in_order_and_evaluates_the_latest_versions(tmp_pa
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert [c[:2] for c in calls] == [
         ["data", "shapes"], ["train", "encoder"], ["train", "caption"], ["train", "caption"],
+        ["train", "caption"],
         ["export", str(tmp_path / "runs" / "nic")], ["export", str(tmp_path / "runs" / "sat-soft")],
         ["eval", "bundle"], ["eval", "bundle"],
     ]
