@@ -146,7 +146,7 @@ def export_vqa(run_dir: Path, repository: Path, name: str, version: int | None =
                             training=training)
 
 
-def vqa_architecture(config) -> str:
+def vqa_architecture(config: VqaConfig) -> str:
     """The manifest's architecture: glimpses, then the branches beyond the paper's model
     ("updown-g2-rn-geo-count": two glimpses, relation network, glimpse geometry, counting)."""
     branches = [("rn", config.relations), ("geo", config.glimpse_geometry),

@@ -209,16 +209,16 @@ class CaptionTask:
     def scst_loss(self, model, inputs, rows: torch.Tensor):
         from training.tasks.scst import scst_loss
 
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            # SCST decodes through the model's step, not its forward, which DDP's gradient
+            # averaging hooks into.
+            raise ValueError("objective 'scst' trains on one process; run it without torchrun")
         rows = rows.tolist()
 
         def reward(token_rows, images) -> torch.Tensor:
             return torch.tensor([self.reward(self.vocab.decode(t.tolist()), rows[i])
                                  for t, i in zip(token_rows, images, strict=True)])
 
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            # SCST decodes through the model's step, not its forward, which DDP's gradient
-            # averaging hooks into.
-            raise ValueError("objective 'scst' trains on one process; run it without torchrun")
         return scst_loss(model, inputs, reward,
                          samples=self.config.scst_samples, bos_id=self.vocab.bos_id,
                          eos_id=self.vocab.eos_id, pad_id=self.vocab.pad_id,

@@ -340,6 +340,15 @@ class GanTask:
         """What D sees of an image, real or fake: DiffAugment's policy, or the image."""
         return diff_augment(images, self.cfg.diff_augment) if self.cfg.diff_augment else images
 
+    def judge(self, D: nn.Module, images: torch.Tensor, text: torch.Tensor,
+              attributes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """D's logits of the (augmented) images against `text`, and with the auxiliary
+        classifier on, its attribute loss against `attributes` (None when off)."""
+        if not self.cfg.auxiliary:
+            return D(self.augment(images), text), None
+        logits, named = D(self.augment(images), text, with_attributes=True)
+        return logits, attribute_loss(named, attributes)
+
     def train_step(self, model: nn.ModuleDict, batch: Batch,
                    optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         """One D update then one G update (Reed et al. Algorithm 1); returns logged terms."""
@@ -349,17 +358,13 @@ class GanTask:
         fake, kl = self.generate(generator, batch.text, noise)
         real = batch.real.detach().requires_grad_(True) if cfg.r1 else batch.real
         terms = {}
-        if cfg.auxiliary:
-            s_r, named = D(self.augment(real), batch.text, with_attributes=True)
-            aux_real = attribute_loss(named, batch.attributes)
-            terms["aux_real"] = aux_real.item()
-        else:
-            s_r = D(self.augment(real), batch.text)
+        s_r, aux_real = self.judge(D, real, batch.text, batch.attributes)
         s_f = D(self.augment(fake.detach()), batch.text)
         s_w = D(self.augment(batch.real), batch.wrong_text) if cfg.matching_aware else None
         loss_d = d_loss(s_r, s_f, s_w)
-        if cfg.auxiliary:
+        if aux_real is not None:
             loss_d = loss_d + cfg.auxiliary * aux_real
+            terms["aux_real"] = aux_real.item()
         if cfg.r1:
             penalty = r1_penalty(s_r, real)
             loss_d = loss_d + 0.5 * cfg.r1 * penalty
@@ -367,19 +372,15 @@ class GanTask:
         descend(optimizers["discriminator"], loss_d)
 
         D.requires_grad_(False)  # G's loss flows through D to G; D's own gradients are unused
-        if cfg.auxiliary:
-            s_g, named = D(self.augment(fake), batch.text, with_attributes=True)
-            aux_fake = attribute_loss(named, batch.attributes)
-            terms["aux_fake"] = aux_fake.item()
-        else:
-            s_g = D(self.augment(fake), batch.text)
+        s_g, aux_fake = self.judge(D, fake, batch.text, batch.attributes)
         s_i = None
         if cfg.interpolates:
             fake_int, _ = self.generate(generator, batch.interpolated)
             s_i = D(self.augment(fake_int), batch.interpolated)
         loss_g = g_loss(s_g, s_i) + self.kl_weight * kl
-        if cfg.auxiliary:
+        if aux_fake is not None:
             loss_g = loss_g + cfg.auxiliary * aux_fake
+            terms["aux_fake"] = aux_fake.item()
         if cfg.mode_seeking:
             other_noise = self.noise(batch.text)
             other, _ = self.generate(generator, batch.text, other_noise)

@@ -124,8 +124,7 @@ def rollout(model: CaptionModel, context: torch.Tensor | None, state: State, *, 
 
 def scst_loss(model: CaptionModel, inputs: torch.Tensor | tuple[torch.Tensor, ...],
               reward: Callable[[Sequence[torch.Tensor], Sequence[int]], torch.Tensor], *,
-              samples: int,
-              bos_id: int, eos_id: int, pad_id: int, max_length: int
+              samples: int, bos_id: int, eos_id: int, pad_id: int, max_length: int
               ) -> tuple[torch.Tensor, dict[str, float]]:
     """The SCST loss of one batch of images and what it saw.
 
@@ -138,9 +137,8 @@ def scst_loss(model: CaptionModel, inputs: torch.Tensor | tuple[torch.Tensor, ..
     with torch.no_grad():
         was_training = model.training
         model.eval()  # the greedy caption is the test-time caption: no dropout
-        greedy, _ = rollout(model, context.detach() if context is not None else None,
-                            {k: v.detach() for k, v in state.items()}, bos_id=bos_id,
-                            eos_id=eos_id, pad_id=pad_id, max_length=max_length, greedy=True)
+        greedy, _ = rollout(model, context, state, bos_id=bos_id, eos_id=eos_id,
+                            pad_id=pad_id, max_length=max_length, greedy=True)
         model.train(was_training)
         images = list(range(greedy.shape[0]))
         baseline = reward(list(greedy), images)

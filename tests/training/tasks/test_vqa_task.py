@@ -73,17 +73,22 @@ def world_with_regions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     return world, regions
 
 
+def tiny_config(path: Path, **model) -> Path:
+    """A VQA training config of a tiny model with `model` settings on top, written to path."""
+    path.write_text(json.dumps({
+        "min_answer_count": 3,
+        "model": {"embed_dim": 8, "question_dim": 16, "attention_dim": 16, "joint_dim": 16,
+                  **model},
+        "trainer": {"batch_size": 32, "warmup_steps": 2, "progress": False}}))
+    return path
+
+
 def test_train_export_and_evaluate_through_the_bundle(world_with_regions, tmp_path):
     world, regions = world_with_regions
-    config = tmp_path / "vqa.json"
-    config.write_text(json.dumps({
-        "min_answer_count": 3,
-        # The relation-network, glimpse-geometry and counting branches on, so that their export is
-        # checked for parity too.
-        "model": {"embed_dim": 8, "question_dim": 16, "attention_dim": 16, "joint_dim": 16,
-                  "relations": True, "relation_feature_dim": 4, "relation_dim": 8,
-                  "glimpse_geometry": True, "counting": True},
-        "trainer": {"batch_size": 32, "warmup_steps": 2, "progress": False}}))
+    # The relation-network, glimpse-geometry and counting branches on, so that their export
+    # is checked for parity too.
+    config = tiny_config(tmp_path / "vqa.json", relations=True, relation_feature_dim=4,
+                         relation_dim=8, glimpse_geometry=True, counting=True)
     run = tmp_path / "run"
     assert glimpse(["train", "vqa", "--data", str(world), "--out", str(run),
                     "--config", str(config), "--epochs", "2", "--lr", "3e-3"]) == 0
@@ -163,12 +168,7 @@ def test_glimpse_targets_are_the_proposals_nearest_the_named_objects():
 
 def test_attention_supervision_trains_on_the_worlds_named_objects(world_with_regions, tmp_path):
     world, _ = world_with_regions
-    config = tmp_path / "vqa.json"
-    config.write_text(json.dumps({
-        "min_answer_count": 3,
-        "model": {"embed_dim": 8, "question_dim": 16, "attention_dim": 16, "joint_dim": 16,
-                  "attention_supervision": 1.0},
-        "trainer": {"batch_size": 32, "warmup_steps": 2, "progress": False}}))
+    config = tiny_config(tmp_path / "vqa.json", attention_supervision=1.0)
     run = tmp_path / "run"
     assert glimpse(["train", "vqa", "--data", str(world), "--out", str(run),
                     "--config", str(config), "--epochs", "1"]) == 0
