@@ -15,16 +15,27 @@ reconstruction term is the mean squared error of pixels in [0, 1] (the paper use
 logit-Laplace likelihood on 256 px photographs), and the networks are a few convolutions
 and residual blocks wide, not a ResNet of 4 groups. The decoder's first layer embeds each
 code (the codebook); a relaxed code is the same embedding weighted by its probabilities.
+
+Optionally (`backbone`, a models.encoder.EncoderConfig) the encoder is the shapes
+world's pre-trained image encoder, frozen, whose stride-8 grid of annotation vectors a
+small trainable head turns into the code logits. Trained from scratch on a CPU budget
+the conv encoder collapses the objects onto a few codes (an object's centre cell names
+its shape no better than chance; docs/results.md); the pre-trained grid already tells
+the shapes apart cell by cell. Only the decoder is served, so this changes nothing
+downstream of the codes.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from models.encoder import EncoderConfig, ImageEncoder
 
 
 @dataclass
@@ -43,12 +54,21 @@ class DVAEConfig:
     # beta, the KL term's weight: cosine-ramped from 0 to kl_weight over the first steps
     kl_weight: float = 1e-3
     kl_steps: int = 500
+    # The pre-trained image encoder's EncoderConfig (as a dict) when the code logits are
+    # read from its frozen annotation grid (`BackboneEncoder`); None: the conv `Encoder`.
+    backbone: dict[str, Any] | None = None
+    head_channels: int = 256  # width of BackboneEncoder's head
 
     def __post_init__(self) -> None:
         factor = self.image_size // self.grid
         if self.image_size % self.grid or factor & (factor - 1) or factor < 2:
             raise ValueError(f"image_size / grid must be a power of two >= 2, got "
                              f"{self.image_size} / {self.grid}")
+        if self.backbone is not None:
+            stride = 2 ** len(EncoderConfig(**self.backbone).channels)
+            if self.image_size // stride != self.grid:
+                raise ValueError(f"the pre-trained encoder's grid at {self.image_size} px is "
+                                 f"{self.image_size // stride}, not grid {self.grid}")
 
     @property
     def downsamplings(self) -> int:
@@ -112,6 +132,31 @@ class Encoder(nn.Module):
         return self.net(images * 2.0 - 1.0)
 
 
+class BackboneEncoder(nn.Module):
+    """(B, 3, S, S) in [0, 1] -> logits (B, K, G, G) from a frozen pre-trained
+    ImageEncoder's annotation grid: a 3x3 conv (each cell sees its neighbours, where an
+    object's edges fall), ReLU, a 1x1 conv to the K logits."""
+
+    def __init__(self, cfg: DVAEConfig) -> None:
+        super().__init__()
+        self.backbone = ImageEncoder(EncoderConfig(**cfg.backbone))
+        self.backbone.requires_grad_(False)
+        width = self.backbone.out_dim
+        self.head = nn.Sequential(nn.Conv2d(width, cfg.head_channels, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(cfg.head_channels, cfg.codebook_size, 1))
+
+    def train(self, mode: bool = True) -> BackboneEncoder:
+        super().train(mode)
+        self.backbone.eval()  # frozen: its BatchNorm statistics stay as pre-trained
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            _, grid = self.backbone(images)  # (B, G*G, D)
+        side = int(math.isqrt(grid.shape[1]))
+        return self.head(grid.transpose(1, 2).reshape(len(grid), -1, side, side))
+
+
 class Decoder(nn.Module):
     """Code embeddings (B, code_dim, G, G) -> images (B, 3, S, S) in [0, 1]."""
 
@@ -143,7 +188,7 @@ class DiscreteVAE(nn.Module):
     def __init__(self, cfg: DVAEConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.encoder = Encoder(cfg)
+        self.encoder = Encoder(cfg) if cfg.backbone is None else BackboneEncoder(cfg)
         self.codebook = nn.Embedding(cfg.codebook_size, cfg.code_dim)
         self.decoder = Decoder(cfg)
 

@@ -286,6 +286,9 @@ def _train_dvae(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", default=None,
                    help="shapes-world dataset directories whose training images it learns "
                         "(default: data/t2i data/shapes)")
+    p.add_argument("--encoder-init", default=None,
+                   help="run directory of `glimpse train encoder` whose frozen annotation grid "
+                        "the code logits are read from (default: a conv encoder from scratch)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--config", default=None, help="JSON file with any of the knobs")
     p.add_argument("--save-every", type=int, default=None, help="steps between checkpoints")

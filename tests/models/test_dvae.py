@@ -98,3 +98,34 @@ def test_codebook_usage_counts_perplexity_and_dead_codes() -> None:
 def test_config_round_trips() -> None:
     cfg = DVAEConfig(grid=16, codebook_size=256)
     assert DVAEConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def backbone_dvae() -> DiscreteVAE:
+    torch.manual_seed(0)
+    encoder = {"out_dim": 12, "channels": [8, 16, 16]}  # stride 8: a 4x4 grid at 32 px
+    cfg = DVAEConfig(image_size=32, grid=4, codebook_size=16, channels=8, max_channels=16,
+                     code_dim=8, backbone=encoder, head_channels=10)
+    return DiscreteVAE(cfg)
+
+
+def test_a_backbone_encoder_reads_the_logits_from_the_frozen_annotation_grid() -> None:
+    model = backbone_dvae().train()
+    encoder = model.encoder
+    assert not encoder.backbone.training  # its BatchNorm statistics stay as pre-trained
+    assert not any(p.requires_grad for p in encoder.backbone.parameters())
+    images = torch.rand(2, 3, 32, 32)
+    _, grid = encoder.backbone(images)
+    expected = encoder.head(grid.transpose(1, 2).reshape(2, 12, 4, 4))
+    torch.testing.assert_close(encoder(images), expected)
+    out = model(images, temperature=1.0, kl_weight=1e-3)
+    out.loss.backward()
+    assert all(p.grad is None for p in encoder.backbone.parameters())
+    assert all(p.grad is not None for p in encoder.head.parameters())
+    assert model.encode(images).shape == (2, 4, 4)
+
+
+def test_a_backbone_must_give_the_code_grid() -> None:
+    with pytest.raises(ValueError, match="grid at 32 px is 4, not grid 8"):
+        DVAEConfig(image_size=32, grid=8, backbone={"channels": [8, 16, 16]})
+    cfg = backbone_dvae().config
+    assert DVAEConfig.from_dict(cfg.to_dict()) == cfg

@@ -13,6 +13,11 @@ model and the service decode) and reports their reconstruction PSNR and the
 codebook's usage (perplexity of the code histogram, dead codes). After training,
 `final_metrics` measures the same on the test and novel splits of every dataset;
 they are what the grid G and codebook size K are chosen by (docs/results.md).
+
+With `encoder_init` (a `glimpse train encoder` run) the code logits are read from that
+encoder's frozen annotation grid (models.dvae.BackboneEncoder): its config becomes the
+dVAE's `backbone` and its weights are loaded before the first step; the run's own
+checkpoints then carry them.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from models.dvae import DiscreteVAE, DVAEConfig, DVAEOutput, codebook_usage
 from training.callbacks import Callback, JsonLines
 from training.data.images import load_images, save_image_rows
 from training.data.readers import load_captions
-from training.runs import load_dvae
+from training.runs import load_dvae, pretrained_encoder
 from training.tasks import TrainingCommand
 from training.trainer import Trainer, config_from_dict
 
@@ -52,6 +57,7 @@ class DVAETaskConfig:
     image_size: int = 64
     train_images: int | None = None  # the first N training images of each dataset (None: all)
     val_images: int = 250  # per dataset
+    encoder_init: str | None = None  # `glimpse train encoder` run: the frozen code encoder
     model: dict = field(default_factory=dict)  # DVAEConfig overrides (image_size is ours)
     trainer: dict = field(default_factory=dict)  # TrainerConfig settings over DVAE_TRAINER
 
@@ -114,7 +120,10 @@ class DVAETask:
 
     def __init__(self, cfg: DVAETaskConfig) -> None:
         self.cfg = cfg
-        self.model_cfg = DVAEConfig.from_dict(cfg.model_settings())
+        settings, self.encoder_weights = cfg.model_settings(), None
+        if cfg.encoder_init:
+            settings["backbone"], self.encoder_weights = pretrained_encoder(cfg.encoder_init)
+        self.model_cfg = DVAEConfig.from_dict(settings)
         train, val = [], []
         for data in map(Path, cfg.data):
             images = load_captions(data, "train")[:cfg.train_images]
@@ -126,7 +135,10 @@ class DVAETask:
                  len(self.val_x), ", ".join(cfg.data))
 
     def build_model(self) -> AnnealedDVAE:
-        return AnnealedDVAE(DiscreteVAE(self.model_cfg))
+        dvae = DiscreteVAE(self.model_cfg)
+        if self.encoder_weights is not None:
+            dvae.encoder.backbone.load_state_dict(self.encoder_weights)
+        return AnnealedDVAE(dvae)
 
     def model_config(self) -> dict:
         return {"task": TASK, "dvae": self.model_cfg.to_dict(),
@@ -186,5 +198,5 @@ class ReconstructionGrid(Callback):
                         trainer.run_dir / "samples" / "reconstructions.png")
 
 
-train = TrainingCommand(config=DVAETaskConfig, task=DVAETask, flags=("data",),
+train = TrainingCommand(config=DVAETaskConfig, task=DVAETask, flags=("data", "encoder_init"),
                         final_metrics=split_metrics)

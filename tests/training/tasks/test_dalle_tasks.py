@@ -18,6 +18,7 @@ from training.cli import main as glimpse
 from training.data.images import load_images
 from training.data.readers import load_captions
 from training.data.shapes import generate_shapes_world
+from training.runs import load_dvae, pretrained_encoder
 from training.tasks.dvae import psnr
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -68,6 +69,32 @@ def test_dvae_reconstructs_better_than_the_mean_image(dvae_run, world):
     assert (dvae_run / "samples" / "reconstructions.png").is_file()
 
 
+def tiny_encoder_run(root: Path) -> Path:
+    """A `glimpse train encoder` checkpoint of a random tiny encoder (stride 8)."""
+    torch.manual_seed(0)
+    cfg = AttributeConfig(encoder={"out_dim": 16, "channels": [8, 16, 16]})
+    save_checkpoint(root / "encoder" / "checkpoints" / "best", model=AttributeTagger(cfg),
+                    config={"model": {"task": "attributes", "attributes": cfg.to_dict()}})
+    return root / "encoder"
+
+
+def test_dvae_reads_its_codes_from_a_frozen_pretrained_encoder(world, tmp_path):
+    encoder = tiny_encoder_run(tmp_path)
+    config = json.loads(Path(TINY_DVAE).read_text())
+    config |= {"image_size": 32, "model": {**config["model"], "grid": 4, "head_channels": 8}}
+    config["trainer"] |= {"epochs": 1}
+    (tmp_path / "dvae.json").write_text(json.dumps(config))
+    run = tmp_path / "dvae"
+    assert glimpse(["train", "dvae", "--data", str(world), "--out", str(run), "--config",
+                    str(tmp_path / "dvae.json"), "--encoder-init", str(encoder)]) == 0
+    _, pretrained = pretrained_encoder(encoder)
+    dvae = load_dvae(run)
+    assert dvae.config.backbone["channels"] == [8, 16, 16]
+    for name, weight in dvae.encoder.backbone.state_dict().items():
+        torch.testing.assert_close(weight, pretrained[name])  # loaded, then left frozen
+    assert load_dvae(run).encode(torch.rand(1, 3, 32, 32)).shape == (1, 4, 4)
+
+
 def test_dalle_learns_the_image_codes(dalle_run, dvae_run):
     summary = json.loads((dalle_run / "summary.json").read_text())
     assert summary["steps"] == 2 * math.ceil(300 / 32)  # 60 images x 5 captions, batch 32
@@ -98,10 +125,7 @@ def regions_run(world, tmp_path_factory) -> Path:
     """A two-epoch `glimpse train regions` run on a random tiny encoder: a judge that
     runs, not one that sees (its scores are not checked here)."""
     root = tmp_path_factory.mktemp("judge")
-    torch.manual_seed(0)
-    cfg = AttributeConfig(encoder={"out_dim": 16, "channels": [8, 16, 16]})
-    save_checkpoint(root / "encoder" / "checkpoints" / "best", model=AttributeTagger(cfg),
-                    config={"model": {"task": "attributes", "attributes": cfg.to_dict()}})
+    tiny_encoder_run(root)
     (root / "regions.json").write_text(json.dumps({
         "val_images": 8, "regions": {"head_channels": 8, "feature_dim": 12, "max_proposals": 4},
         "trainer": {"batch_size": 16, "warmup_steps": 1, "progress": False}}))
