@@ -1,0 +1,56 @@
+"""benchmarks/dalle_kv_cache.py on a tiny random transformer: both ways draw the same codes
+and the results have the fields the report is written from. How fast each way is, is
+what the benchmark itself measures; nothing here depends on it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).parents[2]
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+dalle_kv_cache = _load("dalle_kv_cache", ROOT / "benchmarks" / "dalle_kv_cache.py")
+TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--text-length", "8",
+        "--grid", "4", "--codebook", "13"]
+
+
+def test_quarters_average_the_codes_of_each_quarter() -> None:
+    per_code = np.arange(1, 9) / 1000  # 1..8 ms
+    assert dalle_kv_cache.quarter_means_ms(per_code) == pytest.approx(
+        {"q1": 1.5, "q2": 3.5, "q3": 5.5, "q4": 7.5})
+    # The cached way's code 0 is the prefill: left out of its first quarter.
+    assert dalle_kv_cache.quarter_means_ms(per_code, skip_first=True)["q1"] == pytest.approx(2)
+
+
+def test_cached_and_uncached_decoding_draw_the_same_codes(tmp_path: Path) -> None:
+    out = tmp_path / "kv"
+    result = dalle_kv_cache.main([*TINY, "--batches", "1", "3", "--repeats", "2",
+                                  "--out", str(out)])
+    assert json.loads(out.with_suffix(".json").read_text()) == result
+    assert result["codes"] == 16 and result["transformer"]["n_layer"] == 2
+    assert result["machine"]["providers_used"] == ["CPUExecutionProvider"]
+    assert [r["batch"] for r in result["rows"]] == [1, 3]
+    for row in result["rows"]:
+        assert row["identical_codes"] and row["identical_rows"] == row["batch"]
+        assert row["max_abs_logit_diff"] < 1e-4
+        assert set(row["total_s"]) == {"cached", "uncached"}
+        assert row["uncached_over_cached"] == pytest.approx(
+            row["total_s"]["uncached"] / row["total_s"]["cached"])
+        for way in ("cached", "uncached"):
+            assert set(row["ms_per_code_by_quarter"][way]) == {"q1", "q2", "q3", "q4"}
+    report = out.with_suffix(".md").read_text()
+    assert "| 3 | " in report and "yes (3/3 rows)" in report
