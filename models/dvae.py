@@ -57,7 +57,10 @@ class DVAEConfig:
     # The pre-trained image encoder's EncoderConfig (as a dict) when the code logits are
     # read from its frozen annotation grid (`BackboneEncoder`); None: the conv `Encoder`.
     backbone: dict[str, Any] | None = None
-    head_channels: int = 256  # width of BackboneEncoder's head
+    # BackboneEncoder's head: a 3x3 conv of this width, ReLU, 1x1 conv; 0: one 1x1 conv,
+    # whose logits can start as the negative squared distances to k-means centroids
+    # (`BackboneEncoder.init_from_centroids`)
+    head_channels: int = 256
 
     def __post_init__(self) -> None:
         factor = self.image_size // self.grid
@@ -134,27 +137,67 @@ class Encoder(nn.Module):
 
 class BackboneEncoder(nn.Module):
     """(B, 3, S, S) in [0, 1] -> logits (B, K, G, G) from a frozen pre-trained
-    ImageEncoder's annotation grid: a 3x3 conv (each cell sees its neighbours, where an
-    object's edges fall), ReLU, a 1x1 conv to the K logits."""
+    ImageEncoder's annotation grid: each annotation vector layer-normalised, then a 3x3
+    conv (each cell sees its neighbours, where an object's edges fall), ReLU, a 1x1 conv
+    to the K logits.
+
+    The normalisation matters: the raw annotation vectors are large enough that the
+    logits start one-hot, the Gumbel-softmax saturates, every image gets the same code
+    and no gradient reaches the head (measured: KL at log K, relaxed PSNR flat at 17.5 dB
+    for 600 steps)."""
 
     def __init__(self, cfg: DVAEConfig) -> None:
         super().__init__()
         self.backbone = ImageEncoder(EncoderConfig(**cfg.backbone))
-        self.backbone.requires_grad_(False)
+        self.backbone.requires_grad_(False).eval()
         width = self.backbone.out_dim
-        self.head = nn.Sequential(nn.Conv2d(width, cfg.head_channels, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(cfg.head_channels, cfg.codebook_size, 1))
+        self.norm = nn.LayerNorm(width)
+        if cfg.head_channels:
+            self.head = nn.Sequential(nn.Conv2d(width, cfg.head_channels, 3, padding=1),
+                                      nn.ReLU(), nn.Conv2d(cfg.head_channels, cfg.codebook_size, 1))
+        else:
+            self.head = nn.Sequential(nn.Conv2d(width, cfg.codebook_size, 1))
 
     def train(self, mode: bool = True) -> BackboneEncoder:
         super().train(mode)
         self.backbone.eval()  # frozen: its BatchNorm statistics stay as pre-trained
         return self
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def cells(self, images: torch.Tensor) -> torch.Tensor:
+        """The normalised annotation vectors (B, D, G, G) the head reads."""
         with torch.no_grad():
             _, grid = self.backbone(images)  # (B, G*G, D)
         side = int(math.isqrt(grid.shape[1]))
-        return self.head(grid.transpose(1, 2).reshape(len(grid), -1, side, side))
+        grid = self.norm(grid)
+        return grid.transpose(1, 2).reshape(len(grid), -1, side, side)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.cells(images))
+
+    @torch.no_grad()
+    def init_from_centroids(self, centroids: torch.Tensor, scale: float) -> None:
+        """Set a one-layer head to logits_k = -scale * |x - c_k|^2 (+ a constant per cell),
+        centroids (K, D): every cell starts on the code of its nearest centroid, so the
+        decoder sees informative codes from the first step instead of the few that a
+        randomly initialised head collapses onto."""
+        if len(self.head) != 1:
+            raise ValueError("centroid initialisation needs the one-layer head (head_channels 0)")
+        conv = self.head[0]
+        conv.weight.copy_((2 * scale * centroids)[:, :, None, None])
+        conv.bias.copy_(-scale * centroids.pow(2).sum(1))
+
+
+def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, seed: int = 0) -> torch.Tensor:
+    """Centroids (k, D) of the rows of x (N, D) by Lloyd's algorithm from k distinct rows
+    drawn with `seed`; a centroid left without rows keeps its place."""
+    gen = torch.Generator().manual_seed(seed)
+    centroids = x[torch.randperm(len(x), generator=gen)[:k]].clone()
+    for _ in range(iters):
+        nearest = torch.cdist(x, centroids).argmin(1)
+        sums = torch.zeros_like(centroids).index_add_(0, nearest, x)
+        counts = torch.bincount(nearest, minlength=k).unsqueeze(1)
+        centroids = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
+    return centroids
 
 
 class Decoder(nn.Module):

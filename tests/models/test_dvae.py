@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from models.dvae import DiscreteVAE, DVAEConfig, codebook_usage, cosine_ramp, kl_to_uniform
+from models.dvae import DiscreteVAE, DVAEConfig, codebook_usage, cosine_ramp, kl_to_uniform, kmeans
 
 
 def tiny(grid: int = 8, codebook_size: int = 16) -> DiscreteVAE:
@@ -109,13 +109,14 @@ def backbone_dvae() -> DiscreteVAE:
 
 
 def test_a_backbone_encoder_reads_the_logits_from_the_frozen_annotation_grid() -> None:
+    assert not backbone_dvae().encoder.backbone.training  # from construction on
     model = backbone_dvae().train()
     encoder = model.encoder
     assert not encoder.backbone.training  # its BatchNorm statistics stay as pre-trained
     assert not any(p.requires_grad for p in encoder.backbone.parameters())
     images = torch.rand(2, 3, 32, 32)
     _, grid = encoder.backbone(images)
-    expected = encoder.head(grid.transpose(1, 2).reshape(2, 12, 4, 4))
+    expected = encoder.head(encoder.norm(grid).transpose(1, 2).reshape(2, 12, 4, 4))
     torch.testing.assert_close(encoder(images), expected)
     out = model(images, temperature=1.0, kl_weight=1e-3)
     out.loss.backward()
@@ -129,3 +130,28 @@ def test_a_backbone_must_give_the_code_grid() -> None:
         DVAEConfig(image_size=32, grid=8, backbone={"channels": [8, 16, 16]})
     cfg = backbone_dvae().config
     assert DVAEConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_kmeans_finds_separated_clusters() -> None:
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = (centres.repeat_interleave(50, 0) + 0.1 * torch.randn(150, 2, generator=gen))
+    found = kmeans(x, 3, seed=1)
+    nearest = torch.cdist(centres, found).min(1).values
+    assert float(nearest.max()) < 0.1
+
+
+def test_a_centroid_head_gives_each_cell_its_nearest_centroids_code() -> None:
+    torch.manual_seed(0)
+    cfg = DVAEConfig(image_size=32, grid=4, codebook_size=6, channels=8, max_channels=16,
+                     code_dim=8, backbone={"out_dim": 12, "channels": [8, 16, 16]},
+                     head_channels=0)
+    model = DiscreteVAE(cfg).eval()
+    images = torch.rand(3, 3, 32, 32)
+    cells = model.encoder.cells(images).permute(0, 2, 3, 1).reshape(-1, 12)
+    centroids = torch.randn(6, 12)
+    model.encoder.init_from_centroids(centroids, scale=0.5)
+    nearest = torch.cdist(cells, centroids).argmin(1).view(3, 4, 4)
+    torch.testing.assert_close(model.encode(images), nearest)
+    with pytest.raises(ValueError, match="one-layer head"):
+        backbone_dvae().encoder.init_from_centroids(centroids, scale=1.0)

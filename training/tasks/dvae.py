@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from models.dvae import DiscreteVAE, DVAEConfig, DVAEOutput, codebook_usage
+from models.dvae import BackboneEncoder, DiscreteVAE, DVAEConfig, DVAEOutput, codebook_usage, kmeans
 from training.callbacks import Callback, JsonLines
 from training.data.images import load_images, save_image_rows
 from training.data.readers import load_captions
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 TASK = "dvae"
 DEFAULT_DATA = ("data/t2i", "data/shapes")
 EVAL_BATCH = 256
+KMEANS_IMAGES = 1024  # training images whose cells place a one-layer head's centroids
+HEAD_SCALE = 4.0
 
 # Whole epochs (validation after each, on a few hundred images, so that the run's best
 # checkpoint is its last), AdamW with a cosine schedule.
@@ -93,6 +95,26 @@ class AnnealedDVAE(nn.Module):
         return out, tau, beta
 
 
+@torch.no_grad()
+def init_head_by_kmeans(encoder: BackboneEncoder, images_uint8: torch.Tensor, seed: int,
+                        images: int = KMEANS_IMAGES) -> None:
+    """Start a one-layer head on the k-means centroids of the normalised annotation
+    vectors of `images` training images, at a scale of HEAD_SCALE logits per mean squared
+    distance of a cell to its nearest centroid: enough for the nearest code to outweigh
+    most Gumbel draws at temperature 1."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(len(images_uint8), generator=gen)[:images]
+    cells = torch.cat([encoder.cells(images_uint8[rows[i:i + EVAL_BATCH]].float().div(255))
+                       for i in range(0, len(rows), EVAL_BATCH)])
+    x = cells.permute(0, 2, 3, 1).reshape(-1, cells.shape[1])
+    k = encoder.head[0].out_channels
+    centroids = kmeans(x, k, seed=seed)
+    nearest = torch.cdist(x, centroids).min(1).values.pow(2).mean()
+    encoder.init_from_centroids(centroids, scale=float(HEAD_SCALE / nearest.clamp(min=1e-6)))
+    log.info("dVAE head: k-means of %d cells into %d codes, mean squared distance %.2f",
+             len(x), k, float(nearest))
+
+
 def psnr(reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """PSNR in dB of each image (B,), pixels in [0, 1]."""
     mse = (reconstruction - images).pow(2).flatten(1).mean(dim=1).clamp(min=1e-10)
@@ -138,6 +160,8 @@ class DVAETask:
         dvae = DiscreteVAE(self.model_cfg)
         if self.encoder_weights is not None:
             dvae.encoder.backbone.load_state_dict(self.encoder_weights)
+            if not self.model_cfg.head_channels:
+                init_head_by_kmeans(dvae.encoder, self.train_x, self.cfg.trainer["seed"])
         return AnnealedDVAE(dvae)
 
     def model_config(self) -> dict:

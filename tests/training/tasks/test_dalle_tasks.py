@@ -78,10 +78,12 @@ def tiny_encoder_run(root: Path) -> Path:
     return root / "encoder"
 
 
-def test_dvae_reads_its_codes_from_a_frozen_pretrained_encoder(world, tmp_path):
+@pytest.mark.parametrize("head_channels", [8, 0])  # 0: one layer, started by k-means
+def test_dvae_reads_its_codes_from_a_frozen_pretrained_encoder(world, tmp_path, head_channels):
     encoder = tiny_encoder_run(tmp_path)
     config = json.loads(Path(TINY_DVAE).read_text())
-    config |= {"image_size": 32, "model": {**config["model"], "grid": 4, "head_channels": 8}}
+    config |= {"image_size": 32,
+               "model": {**config["model"], "grid": 4, "head_channels": head_channels}}
     config["trainer"] |= {"epochs": 1}
     (tmp_path / "dvae.json").write_text(json.dumps(config))
     run = tmp_path / "dvae"
