@@ -121,7 +121,7 @@ def test_alignment_puts_each_segment_on_a_box_of_the_image(glimpse: GlimpseClien
         assert 0 <= x0 < x1 <= side and 0 <= y0 < y1 <= side
 
 
-@pytest.mark.parametrize("model, side", [("gan-int-cls", 64), ("stackgan", 128)])
+@pytest.mark.parametrize("model, side", [("dalle", 64), ("gan-int-cls", 64), ("stackgan", 128)])
 def test_generation_is_seeded_and_refuses_unknown_words(glimpse: GlimpseClient, model: str,
                                                         side: int) -> None:
     first = glimpse.generate_images("a small red circle", n=2, seed=3, model=model)
