@@ -456,7 +456,7 @@ class GenerationParams(ModelParams):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"examples": [{"prompt": "a large red circle",
-                                         "model": "gan-int-cls", "n": 2, "seed": 7}]})
+                                         "model": "dalle", "n": 2, "seed": 7}]})
 
     # Declared, not enforced here: the pipeline answers an empty prompt "must not be empty".
     prompt: str = Field(json_schema_extra={"minLength": 1, **HAS_A_WORD},
@@ -464,7 +464,7 @@ class GenerationParams(ModelParams):
                         description="what to draw, in the words of the training captions; at "
                         "most the model's max_prompt_length characters (its manifest's "
                         "`inference`; 64 for the committed models)")
-    model: str | None = Field(None, description=MODEL_FIELD_DOC, examples=["gan-int-cls"])
+    model: str | None = Field(None, description=MODEL_FIELD_DOC, examples=["dalle"])
     n: int = Field(1, ge=1, le=MAX_IMAGES_PER_REQUEST, description="images to generate")
     seed: int | None = Field(None, ge=0, le=MAX_SEED,
                              description="seed of the noise; omitted: drawn at random and "
@@ -475,7 +475,7 @@ class GenerationParams(ModelParams):
     candidates: int | None = Field(
         None, ge=1, le=MAX_CANDIDATES, examples=[4],
         description="DALL-E: samples drawn per returned image, the best kept by the model's "
-                    f"reranker (default: the model's, 1 for the committed one); n * "
+                    f"reranker (default: the model's, 4 for the committed dalle); n * "
                     f"candidates <= {MAX_ROWS_PER_REQUEST}")
     temperature: float | None = Field(
         None, gt=0, le=DALLE_MAX_TEMPERATURE, examples=[1.0],
@@ -520,7 +520,7 @@ class GeneratedImage(BaseModel):
 class GenerationResponse(BaseModel):
     created: int = Field(description="Unix time of the answer", examples=[1767225600])
     model: str = Field(description="the bundle that answered, name/version",
-                       examples=["gan-int-cls/1"])
+                       examples=["dalle/1"])
     seed: int = Field(description="the seed the images were drawn with", examples=[7])
     data: list[GeneratedImage]
 

@@ -33,6 +33,9 @@ import schemathesis
 from PIL import Image
 from schemathesis.generation.meta import CoveragePhaseData
 
+from service.pipelines.dalle import MAX_CANDIDATES, MAX_ROWS_PER_REQUEST
+from service.pipelines.dalle import MAX_TEMPERATURE as DALLE_MAX_TEMPERATURE
+
 rng = random.Random(0)
 
 QUESTIONS = ["what color is the circle?", "how many circles are there?",
@@ -49,6 +52,21 @@ TEXT_FIELDS = {"/v1/vqa": ("question", QUESTIONS), "/v1/alignments": ("sentence"
                "/v1/images/generations": ("prompt", PROMPTS)}
 # None: the default, caption-updown; a name without its version is the served one
 ATTENTION_CAPTIONERS = {None, "caption-sat", "caption-updown"}
+# Generators that draw no tokens refuse DALL-E's sampling fields (None: the default, dalle).
+GANS = {"gan-int-cls", "stackgan"}
+
+
+def integral(v: Any) -> bool:
+    """A JSON Schema integer: 15 and 15.0 alike."""
+    return isinstance(v, int | float) and float(v).is_integer()
+
+
+SAMPLING_VALID = {  # each sampling field's schema-valid values (bools are excluded first)
+    "candidates": lambda v: integral(v) and 1 <= v <= MAX_CANDIDATES,
+    "temperature": lambda v: isinstance(v, int | float) and 0 < v <= DALLE_MAX_TEMPERATURE,
+    "top_k": lambda v: integral(v) and v >= 0,
+    "top_p": lambda v: isinstance(v, int | float) and 0 < v <= 1,
+}
 
 
 def picture(seed: int) -> bytes:
@@ -114,6 +132,26 @@ def coherent_captioning(body: dict[str, Any]) -> None:
         body["return_attention"] = False
 
 
+def coherent_generation(body: dict[str, Any]) -> None:
+    """A GAN gets no sampling fields; DALL-E at most MAX_ROWS_PER_REQUEST samples (n times
+    candidates). Only schema-valid values are changed, into other schema-valid ones."""
+    model = body.get("model")
+    if not isinstance(model, str | None):
+        return
+    name = model if model is None else model.split("/")[0]
+    valid = {k for k, ok in SAMPLING_VALID.items()
+             if k in body and body[k] is not None and not isinstance(body[k], bool)
+             and ok(body[k])}
+    if name in GANS:
+        for key in valid:
+            body[key] = None
+        return
+    n = body.get("n", 1)
+    if "candidates" in valid and not isinstance(n, bool) and integral(n) and 1 <= n <= 16 \
+            and n * body["candidates"] > MAX_ROWS_PER_REQUEST:
+        body["candidates"] = max(1, MAX_ROWS_PER_REQUEST // int(n))
+
+
 def with_model_rules(path: str, body: dict[str, Any]) -> dict[str, Any]:
     """`body` with the models' rules brought in, changing only values that are already
     schema-valid into other schema-valid ones: a negative body stays negative."""
@@ -130,6 +168,8 @@ def with_model_rules(path: str, body: dict[str, Any]) -> dict[str, Any]:
         with_video_rules(body)
     if path in ("/v1/captions", "/v1/videos/captions"):
         coherent_captioning(body)
+    if path == "/v1/images/generations":
+        coherent_generation(body)
     return body
 
 

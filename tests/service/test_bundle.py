@@ -21,6 +21,7 @@ from service.bundle import (
     describe_graph,
     discover,
     file_sha256,
+    inference_section,
     load_bundle,
     validation_problems,
     write_manifest,
@@ -116,7 +117,8 @@ def test_committed_manifests_validate_with_their_typed_sections() -> None:
     assert errors == [] and len(bundles) == len(list(COMMITTED.glob("*/*/manifest.json")))
     assert {b.manifest.task for b in bundles} == set(INFERENCE_SECTIONS)
     for b in bundles:
-        section = b.manifest.inference_as(INFERENCE_SECTIONS[b.manifest.task])
+        typed = inference_section(b.manifest.task, b.manifest.architecture)
+        section = b.manifest.inference_as(typed)
         assert section.model_dump(exclude_unset=True) == b.manifest.inference
 
 
