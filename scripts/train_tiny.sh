@@ -112,5 +112,14 @@ for run in gan-int-cls stackgan-2; do
         --write-manifest
 done
 
+# -- DALL-E: the dVAE, then the transformer over its codes, on both worlds --------------------
+glimpse train dvae --data "$T2I" "$DATA" --out "$RUNS/dvae" --config configs/tiny/dvae.json \
+    "${QUICK[@]}"
+glimpse train dalle --data "$T2I" "$DATA" --dvae-run "$RUNS/dvae" --out "$RUNS/dalle" \
+    --config configs/tiny/dalle.json "${QUICK[@]}"
+bundle=$(export_run "$RUNS/dalle" dalle)
+glimpse eval judge "$bundle" --data "$T2I" --split test --prompts 8 \
+    --regions-run "$RUNS/regions" --write-manifest
+
 echo "bundles in $REPO:"
 ls -d "$REPO"/*/*

@@ -24,7 +24,7 @@ BUNDLES = {
     "vqa-updown/1": ("vqa", "novel"), "align-brnn/1": ("alignment", "test"),
     "retrieval-vse/1": ("retrieval", "test"), "gan-int-cls/1": ("generation", "test"),
     "stackgan/1": ("generation", "test"), "activity-lrcn/1": ("activity", "test"),
-    "video-caption-lrcn/1": ("video-caption", "test"),
+    "video-caption-lrcn/1": ("video-caption", "test"), "dalle/1": ("generation", "test"),
 }
 
 
