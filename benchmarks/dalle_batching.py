@@ -42,7 +42,6 @@ benchmarks/dalle_kv_cache.py does.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -58,9 +57,14 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dalle_kv_cache import add_size_arguments, config_of, random_dalle_bundle  # noqa: E402
-from generation_speed import cpu_name  # noqa: E402  (a sibling script)
-from serve_load import machine, percentiles_ms  # noqa: E402
+from dalle_kv_cache import (  # noqa: E402  (a sibling script)
+    add_size_arguments,
+    config_of,
+    machine_section,
+    random_dalle_bundle,
+    write_result,
+)
+from serve_load import percentiles_ms  # noqa: E402
 
 from service.pipelines.dalle import DalleDecoder, DalleModel, DalleRequest  # noqa: E402
 from service.step_batching import StepRequest, StepScheduler  # noqa: E402
@@ -401,20 +405,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     s = model.settings
     result = {
         "benchmark": "dalle_batching", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {**machine(), "cpu": cpu_name(), "load_average_1m_at_start": load_start,
-                    "load_average_1m_at_end": os.getloadavg()[0],
-                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                    "providers_used": model.step_graph.providers},
+        "machine": machine_section(model, load_start),
         "bundle": (f"{described}: {s.grid} x {s.grid} codes of {s.codebook_size} after "
                    f"{s.text_length} text positions, {s.image_size} px images"),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "step_cost_ms_by_rows": {str(r): c for r, c in costs.items()},
         "clocks": measured,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_result(result, args.out, markdown)
     return result
 
 

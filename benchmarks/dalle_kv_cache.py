@@ -114,7 +114,8 @@ def random_dalle_bundle(config: DalleConfig, repository: Path, name: str = "dall
 
 
 class FullSequenceGraph(nn.Module):
-    """`Dalle.forward`'s image logits without the loss: text (B, L) and image codes
+    """`Dalle.forward`'s image logits without the loss (the image head on `Dalle.hidden`):
+    text (B, L) and image codes
     (B, G*G - 1) -> logits (B, G*G, K), row i predicting code i from the codes before it."""
 
     def __init__(self, dalle: Dalle) -> None:
@@ -123,13 +124,7 @@ class FullSequenceGraph(nn.Module):
 
     def forward(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         d = self.dalle
-        L = d.config.text_length
-        index = torch.arange(image.shape[1], device=image.device).expand(image.shape[0], -1)
-        x = torch.cat([d.embed_text(text), d.embed_image(image, index)], dim=1)
-        T = x.shape[1]
-        for layer, block in enumerate(d.blocks):
-            x, _, _ = block(x, d.layer_mask(layer)[:T, :T])
-        return d.image_head(d.ln_f(x[:, L - 1:]))
+        return d.image_head(d.hidden(text, image)[:, d.config.text_length - 1:])
 
 
 def export_full_sequence(dalle: Dalle, path: Path) -> None:
@@ -158,6 +153,24 @@ def trained_dalle(model: DalleModel) -> Dalle:
         raise SystemExit(f"{model.bundle.path}: the run {run} does not hold the bundle's "
                          "weights (its prefill logits differ)")
     return dalle
+
+
+def machine_section(model: DalleModel, load_start: float) -> dict[str, Any]:
+    """Where a DALL-E benchmark ran: the machine, its load before and after, the threads
+    and the providers the step graph used."""
+    return {**machine(), "cpu": cpu_name(), "load_average_1m_at_start": load_start,
+            "load_average_1m_at_end": os.getloadavg()[0],
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "providers_used": model.step_graph.providers}
+
+
+def write_result(result: dict[str, Any], out: Path,
+                 markdown: Callable[[dict[str, Any]], str]) -> None:
+    """OUT.json and OUT.md (`markdown` of the result, also printed)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -346,10 +359,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg = dalle.config
     result = {
         "benchmark": "dalle_kv_cache", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {**machine(), "cpu": cpu_name(), "load_average_1m_at_start": load_start,
-                    "load_average_1m_at_end": os.getloadavg()[0],
-                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                    "providers_used": model.step_graph.providers},
+        "machine": machine_section(model, load_start),
         "bundle": (f"{described}: {cfg.n_layer} layers, {cfg.n_head} heads, width "
                    f"{cfg.n_embd}, {cfg.attention} attention"),
         "transformer": cfg.to_dict(), "codes": cfg.image_length,
@@ -357,10 +367,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    "greedy": args.greedy, "seed": args.seed, "text_length": cfg.text_length},
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_result(result, args.out, markdown)
     return result
 
 

@@ -275,6 +275,16 @@ class Dalle(nn.Module):
 
     # ------------------------------------------------------------------ training
 
+    def hidden(self, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Final (layer-normalised) states (B, L + n, C) of the stream of text (B, L) word
+        ids followed by the first n image codes (B, n), every layer attending causally."""
+        index = torch.arange(codes.shape[1], device=codes.device).expand(codes.shape[0], -1)
+        x = self.drop(torch.cat([self.embed_text(text), self.embed_image(codes, index)], dim=1))
+        T = x.shape[1]
+        for layer, block in enumerate(self.blocks):
+            x, _, _ = block(x, self.layer_mask(layer)[:T, :T])
+        return self.ln_f(x)
+
     def forward(self, text: torch.Tensor, image: torch.Tensor) -> DalleOutput:
         """Teacher-forced pass over text (B, L) word ids and image (B, G*G) codes."""
         cfg = self.config
@@ -283,13 +293,7 @@ class Dalle(nn.Module):
             raise ValueError(f"expected text (B, {L}) and image (B, {N}), got "
                              f"{tuple(text.shape)} and {tuple(image.shape)}")
         # The last image token is only a target: the stream fed is T - 1 long.
-        index = torch.arange(N - 1, device=image.device).expand(image.shape[0], -1)
-        x = torch.cat([self.embed_text(text), self.embed_image(image[:, :-1], index)], dim=1)
-        x = self.drop(x)
-        T = x.shape[1]
-        for layer, block in enumerate(self.blocks):
-            x, _, _ = block(x, self.layer_mask(layer)[:T, :T])
-        x = self.ln_f(x)
+        x = self.hidden(text, image[:, :-1])
         text_logits = self.text_head(x[:, :L - 1])
         image_logits = self.image_head(x[:, L - 1:])
         text_loss = F.cross_entropy(text_logits.reshape(-1, text_logits.size(-1)),

@@ -6,26 +6,15 @@ what the benchmark itself measures."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_scripts import load_benchmark
 
-ROOT = Path(__file__).parents[2]
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-dalle_batching = _load("dalle_batching", ROOT / "benchmarks" / "dalle_batching.py")
+dalle_batching = load_benchmark("dalle_batching")
 dalle_kv_cache = sys.modules["dalle_kv_cache"]  # loaded by dalle_batching
 CODES = 16  # a 4 x 4 grid
 

@@ -4,26 +4,14 @@ what the benchmark itself measures; nothing here depends on it."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_scripts import load_benchmark
 
-ROOT = Path(__file__).parents[2]
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-dalle_kv_cache = _load("dalle_kv_cache", ROOT / "benchmarks" / "dalle_kv_cache.py")
+dalle_kv_cache = load_benchmark("dalle_kv_cache")
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--text-length", "8",
         "--grid", "4", "--codebook", "13"]
 

@@ -10,28 +10,16 @@ against its targets (`check_targets`); here nothing depends on how busy the mach
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import ROOT, load_benchmark, load_module
 
-ROOT = Path(__file__).parents[2]
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-serve_load = _load("serve_load", ROOT / "benchmarks" / "serve_load.py")
-tiny_bundle = _load("tiny_bundle", ROOT / "tests" / "service" / "tiny_bundle.py")
+serve_load = load_benchmark("serve_load")
+tiny_bundle = load_module("tiny_bundle", ROOT / "tests" / "service" / "tiny_bundle.py")
 
 HOLD_MS = 500
 
