@@ -115,8 +115,8 @@ def random_dalle_bundle(config: DalleConfig, repository: Path, name: str = "dall
 
 class FullSequenceGraph(nn.Module):
     """`Dalle.forward`'s image logits without the loss (the image head on `Dalle.hidden`):
-    text (B, L) and image codes
-    (B, G*G - 1) -> logits (B, G*G, K), row i predicting code i from the codes before it."""
+    text (B, L) and image codes (B, G*G - 1) -> logits (B, G*G, K), row i predicting code i
+    from the codes before it."""
 
     def __init__(self, dalle: Dalle) -> None:
         super().__init__()

@@ -21,8 +21,9 @@ world's pre-trained image encoder, frozen, whose stride-8 grid of annotation vec
 small trainable head turns into the code logits. Trained from scratch on a CPU budget
 the conv encoder collapses the objects onto a few codes (an object's centre cell names
 its shape no better than chance; docs/results.md); the pre-trained grid already tells
-the shapes apart cell by cell. Only the decoder is served, so this changes nothing
-downstream of the codes.
+the shapes apart cell by cell, though on the CPU budgets measured so far it has not
+trained a usable dVAE either (docs/results.md). Only the decoder is served, so this
+changes nothing downstream of the codes.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from training.data.images import load_images, save_image_rows
 from training.data.readers import load_captions
 from training.runs import load_dvae, pretrained_encoder
 from training.tasks import TrainingCommand
-from training.trainer import Trainer, config_from_dict
+from training.trainer import Trainer, TrainerConfig, config_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,8 @@ class DVAETask:
         if self.encoder_weights is not None:
             dvae.encoder.backbone.load_state_dict(self.encoder_weights)
             if not self.model_cfg.head_channels:
-                init_head_by_kmeans(dvae.encoder, self.train_x, self.cfg.trainer["seed"])
+                init_head_by_kmeans(dvae.encoder, self.train_x,
+                                    self.cfg.trainer.get("seed", TrainerConfig.seed))
         return AnnealedDVAE(dvae)
 
     def model_config(self) -> dict:
