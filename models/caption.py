@@ -18,7 +18,8 @@ ONNX export, so the three agree by construction.
 
 The state's keys are `model.state_names`; a model without per-image context
 (`context_names` empty) encodes to context None. Models that train on frozen,
-precomputed image features (`FeatureCaptioner`: Up-Down, m-RNN) also offer
+precomputed image features (`FeatureCaptioner`: Up-Down, m-RNN, and NIC and SAT with
+their encoder frozen) also offer
 `image_features(images)` and `encode_features(*features)`, with
 `encode(images) == encode_features(*image_features(images))`, and their `forward`
 takes that tuple of features in place of the images.
@@ -81,9 +82,13 @@ class CaptionConfig:
 
 @dataclass
 class GridCaptionerConfig(CaptionConfig):
-    """What NIC and SAT share: the image encoder trained with them."""
+    """What NIC and SAT share: the image encoder, trained with them or frozen."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    # Train the encoder with the captioner (False: it stays as pre-trained, the first
+    # phase of the NIC paper's training, and the captioner trains on its features
+    # computed once).
+    train_encoder: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -99,9 +104,6 @@ class ShowAndTellConfig(GridCaptionerConfig):
     # standardised across images before W_I (models.encoder.ImageVector).
     image_pool: str = "max"
     standardise_image: bool = True
-    # Train the encoder with the captioner (False: it stays as pre-trained, the first
-    # phase of the NIC paper's training).
-    train_encoder: bool = True
     # Runs saved before these settings existed pooled by the mean, did not standardise,
     # and trained the encoder.
     SAVED_BEFORE: ClassVar[dict] = {"image_pool": "mean", "standardise_image": False,
@@ -122,6 +124,8 @@ class ShowAttendTellConfig(GridCaptionerConfig):
     # At test time a hard-attention model uses the expected context Σ_i α_i a_i
     # ("expected", as in the paper) or the single most attended location ("argmax").
     hard_inference: str = "expected"
+    # Runs saved before the encoder could be frozen trained it.
+    SAVED_BEFORE: ClassVar[dict] = {"train_encoder": True}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -296,24 +300,35 @@ class FeatureCaptioner(CaptionModel):
         return self.encode(images)
 
 
-class GridCaptioner(CaptionModel):
-    """What NIC and SAT share: an image encoder trained with them, word embedding, one LSTM."""
+class GridCaptioner(FeatureCaptioner):
+    """What NIC and SAT share: an image encoder, word embedding, one LSTM.
 
-    def __init__(self, config: ShowAndTellConfig, *, lstm_input: int) -> None:
+    With the encoder frozen (`train_encoder` False) the captioner sees the image only
+    through features of the pre-trained encoder that never change, so it trains on them
+    precomputed (`image_features`); a jointly trained encoder trains on pixels.
+    """
+
+    def __init__(self, config: GridCaptionerConfig, *, lstm_input: int) -> None:
         super().__init__(config)
         self.encoder = ImageEncoder(config.encoder)
         self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
         self.lstm = LSTMCell(lstm_input, config.hidden_dim, layer_norm=config.layer_norm)
         self.drop = nn.Dropout(config.dropout)
+        if not config.train_encoder:
+            self.encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> GridCaptioner:
+        super().train(mode)
+        if not self.config.train_encoder:
+            self.encoder.eval()  # frozen: BatchNorm keeps its pre-trained statistics
+        return self
 
 
 @register_captioner
-class ShowAndTell(GridCaptioner, FeatureCaptioner):
+class ShowAndTell(GridCaptioner):
     """NIC (Vinyals et al. 2015): x_{-1} = W_I CNN(I), x_t = W_e S_t, p_{t+1} = softmax(W h_t).
 
-    With its encoder frozen (`train_encoder` False) NIC sees the image only through the
-    pooled CNN(I), so it trains on that vector precomputed (`image_features`), as the
-    m-RNN does; a jointly trained encoder trains on pixels.
+    With its encoder frozen NIC's feature is the pooled CNN(I), as the m-RNN's is.
     """
 
     config_class = ShowAndTellConfig
@@ -325,14 +340,6 @@ class ShowAndTell(GridCaptioner, FeatureCaptioner):
                                  standardise=config.standardise_image)
         self.image_embed = nn.Linear(self.image.out_dim, config.embed_dim)  # W_I
         self.head = nn.Linear(config.hidden_dim, config.vocab_size)
-        if not config.train_encoder:
-            self.encoder.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> ShowAndTell:
-        super().train(mode)
-        if not self.config.train_encoder:
-            self.encoder.eval()  # frozen: BatchNorm keeps its pre-trained statistics
-        return self
 
     def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor]:
         _, grid = self.encoder(images)  # (B, L, D)
@@ -393,8 +400,11 @@ class ShowAttendTell(GridCaptioner):
             self.register_buffer("reward_baseline", torch.zeros(()))
             self.register_buffer("baseline_updates", torch.zeros((), dtype=torch.long))
 
-    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, State]:
-        _, grid = self.encoder(images)  # (B, L, D)
+    def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor]:
+        _, grid = self.encoder(images)
+        return (grid,)  # the annotation vectors a_i (B, L, D)
+
+    def encode_features(self, grid: torch.Tensor) -> tuple[torch.Tensor, State]:
         mean = grid.mean(dim=1)  # (B, D)
         return grid, {"h": torch.tanh(self.init_h(mean)), "c": torch.tanh(self.init_c(mean))}
 

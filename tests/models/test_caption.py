@@ -189,19 +189,27 @@ def test_nic_encode_feeds_the_image_once_at_t_minus_1():
     torch.testing.assert_close(context, image.unsqueeze(1))
 
 
-def test_nic_with_a_frozen_encoder_trains_on_its_pooled_features():
+@pytest.mark.parametrize("arch", ["nic", "sat-soft", "sat-hard"])
+def test_a_frozen_encoder_trains_the_captioner_on_its_precomputed_features(arch):
+    """NIC's pooled CNN(I), SAT's annotation grid: the same loss from the features as from
+    the images, and no gradient reaches the frozen encoder."""
     from models.captioners import trains_on_features
 
-    frozen = tiny_model("nic", train_encoder=False).train()
+    frozen = tiny_model(arch, train_encoder=False).train()
     images, captions_in, captions_out = batch()
+    torch.manual_seed(0)  # hard attention samples its locations
     _, from_images = frozen(images, captions_in, captions_out)
     with torch.no_grad():
         features = frozen.image_features(images)
+    torch.manual_seed(0)
     _, from_features = frozen(features, captions_in, captions_out)
     torch.testing.assert_close(from_images, from_features)
+    from_features.backward()
+    assert all(p.grad is None for p in frozen.encoder.parameters())
+    assert not frozen.encoder.training  # its BatchNorm keeps the pre-trained statistics
     assert trains_on_features(frozen.config)
-    assert not trains_on_features(tiny_config("nic", train_encoder=True))  # trains on pixels
-    assert not trains_on_features(tiny_config("sat-soft"))
+    assert not trains_on_features(tiny_config(arch, train_encoder=True))  # trains on pixels
+    assert not trains_on_features(tiny_config(arch))  # the default
 
 
 def test_cnn_image_vector_is_standardised_across_images():

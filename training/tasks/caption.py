@@ -120,7 +120,10 @@ class CaptionTask:
             model_cfg["region_feature_dim"] = int(self.train_features[2].shape[-1])
         self.init_weights = None
         if config.init_from:
-            model_cfg, self.init_weights = self._earlier_run(config.init_from)
+            # The earlier run's model, with this config's `model` settings over it: e.g.
+            # `train_encoder: true` to fine-tune the encoder after a frozen first phase.
+            earlier, self.init_weights = self._earlier_run(config.init_from)
+            model_cfg = {**earlier, **config.model}
         if config.arch == "mrnn" and self.encoder_weights is None and self.init_weights is None:
             raise ValueError("--arch mrnn reads CNN(I) from a trained encoder: give "
                              "--encoder-init (or --init-from an m-RNN run)")

@@ -152,6 +152,15 @@ def test_fine_tuning_starts_from_an_earlier_run(trained, world, tmp_path):
     weights = load_file(str(trained / "checkpoints" / "best" / "model.safetensors"))
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, weights[name])
+    # the config's model settings go over the earlier run's: here its encoder is frozen
+    frozen = CaptionTask(CaptionTaskConfig.from_dict(
+        {**tiny, "data": str(world), "init_from": str(trained),
+         "model": {"train_encoder": False}}))
+    assert (frozen.caption_config.layer_norm, frozen.caption_config.train_encoder,
+            frozen.on_features) == (True, False, True)
+    frozen_model = frozen.build_model()
+    torch.testing.assert_close(frozen_model.state_dict(), model.state_dict())
+    assert frozen.train_features[0].shape == (60, 64, 16)  # each image's 8 x 8 grid
     other = tmp_path / "other"
     generate_shapes_world(other, {"train": 3, "val": 2, "test": 2, "novel": 2}, size=64,
                           seed=9, workers=1, progress=False)
