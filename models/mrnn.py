@@ -35,13 +35,19 @@ from models.encoder import EncoderConfig, ImageEncoder, ImageVector
 class MultimodalRNNConfig(CaptionConfig):
     archs: ClassVar[tuple[str, ...]] = ("mrnn",)
     arch: str = "mrnn"
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # CNN(I), pre-trained, frozen
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # CNN(I), pre-trained
+    # Whether the encoder trains with the generator. The m-RNN paper's CNN(I) is a fixed
+    # feature (False, the default: the generator trains on it computed once); True
+    # fine-tunes it, a second phase started from a frozen-encoder run (`--init-from`).
+    train_encoder: bool = False
     # How the frozen grid is pooled into CNN(I), and whether CNN(I) is standardised across
     # images before W_hi (models.encoder.ImageVector; without it the m-RNN ignores the image).
     image_pool: str = "max"
     standardise_image: bool = True
-    # Runs saved before these settings existed pooled by the mean and did not standardise.
-    SAVED_BEFORE: ClassVar[dict] = {"image_pool": "mean", "standardise_image": False}
+    # Runs saved before these settings existed pooled by the mean, did not standardise,
+    # and kept the encoder frozen.
+    SAVED_BEFORE: ClassVar[dict] = {"image_pool": "mean", "standardise_image": False,
+                                    "train_encoder": False}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -64,8 +70,9 @@ class MultimodalRNN(FeatureCaptioner):
             raise ValueError("the m-RNN generator has no layer-normalised variant")
         d, e, h = config.encoder.out_dim, config.embed_dim, config.hidden_dim
         self.encoder = ImageEncoder(config.encoder)
-        self.encoder.requires_grad_(False)  # CNN(I) is a fixed, pre-trained feature
-        self.encoder.eval()
+        if not config.train_encoder:
+            self.encoder.requires_grad_(False)  # CNN(I) is a fixed, pre-trained feature
+            self.encoder.eval()
         self.image = ImageVector(d, pool=config.image_pool, standardise=config.standardise_image)
         self.image_bias = nn.Linear(self.image.out_dim, h)  # W_hi
         self.embed = nn.Embedding(config.vocab_size, e)  # x_t
@@ -76,7 +83,8 @@ class MultimodalRNN(FeatureCaptioner):
 
     def train(self, mode: bool = True) -> MultimodalRNN:
         super().train(mode)
-        self.encoder.eval()  # frozen: BatchNorm keeps its pre-trained statistics
+        if not self.config.train_encoder:
+            self.encoder.eval()  # frozen: BatchNorm keeps its pre-trained statistics
         return self
 
     def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor]:

@@ -11,10 +11,10 @@ from models.mrnn import MultimodalRNN, MultimodalRNNConfig
 V, B, T, S = 13, 3, 5, 32
 
 
-def tiny_model(seed: int = 0) -> MultimodalRNN:
+def tiny_model(seed: int = 0, **overrides) -> MultimodalRNN:
     torch.manual_seed(seed)
     cfg = MultimodalRNNConfig(vocab_size=V, embed_dim=8, hidden_dim=12, dropout=0.0,
-                              encoder=EncoderConfig(out_dim=8, channels=(4, 8, 8)))
+                              encoder=EncoderConfig(out_dim=8, channels=(4, 8, 8)), **overrides)
     return build_caption_model(cfg)
 
 
@@ -100,3 +100,18 @@ def test_precomputed_features_give_the_same_loss_and_leave_the_encoder_frozen():
 def test_the_m_rnn_has_no_layer_norm_variant():
     with pytest.raises(ValueError, match="layer-normalised"):
         build_caption_model(caption_config({"arch": "mrnn", "layer_norm": True}))
+
+
+def test_the_encoder_is_frozen_unless_it_is_fine_tuned():
+    from models.captioners import trains_on_features
+
+    images = torch.rand(B, 3, S, S)
+    captions_in = captions()
+    for train_encoder in (False, True):
+        model = tiny_model(train_encoder=train_encoder).train()
+        _, loss = model(images, captions_in, captions_in.roll(-1, dims=1))
+        loss.backward()
+        reached = [p.grad is not None for p in model.encoder.parameters()]
+        assert all(reached) if train_encoder else not any(reached)
+        assert model.encoder.training is train_encoder  # BatchNorm statistics adapt only then
+        assert trains_on_features(model.config) is not train_encoder
