@@ -124,8 +124,13 @@ class ShowAttendTellConfig(GridCaptionerConfig):
     # At test time a hard-attention model uses the expected context Σ_i α_i a_i
     # ("expected", as in the paper) or the single most attended location ("argmax").
     hard_inference: str = "expected"
-    # Runs saved before the encoder could be frozen trained it.
-    SAVED_BEFORE: ClassVar[dict] = {"train_encoder": True}
+    # Add a learned embedding of each grid cell to its annotation vector, so that the
+    # context ẑ_t says where the attended cells are (a caption's "left of", "above"):
+    # the CNN's annotation vectors describe what is in a cell, hardly where it is. The
+    # number of cells of the grid (64: 8 x 8 at 64 px), or 0 for none (the paper's).
+    cell_positions: int = 0
+    # Runs saved before these settings trained the encoder and had no cell positions.
+    SAVED_BEFORE: ClassVar[dict] = {"train_encoder": True, "cell_positions": 0}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -391,6 +396,8 @@ class ShowAttendTell(GridCaptioner):
         # Initial memory and hidden state from the mean annotation (Sec. 3.1.2).
         self.init_h = nn.Linear(d, h)
         self.init_c = nn.Linear(d, h)
+        self.cell_position = (nn.Parameter(torch.zeros(config.cell_positions, d))
+                              if config.cell_positions else None)  # (L, D), row by row
         # Deep output layer, Eq. 7: p(y_t) ∝ exp(L_o(E y_{t-1} + L_h h_t + L_z ẑ_t)).
         self.out_h = nn.Linear(h, e)
         self.out_z = nn.Linear(d, e)
@@ -405,7 +412,12 @@ class ShowAttendTell(GridCaptioner):
         return (grid,)  # the annotation vectors a_i (B, L, D)
 
     def encode_features(self, grid: torch.Tensor) -> tuple[torch.Tensor, State]:
-        mean = grid.mean(dim=1)  # (B, D)
+        mean = grid.mean(dim=1)  # (B, D), the paper's initial-state input
+        if self.cell_position is not None:
+            if grid.shape[1] != self.cell_position.shape[0]:
+                raise ValueError(f"cell_positions is {self.cell_position.shape[0]} but the "
+                                 f"encoder's grid has {grid.shape[1]} cells")
+            grid = grid + self.cell_position
         return grid, {"h": torch.tanh(self.init_h(mean)), "c": torch.tanh(self.init_c(mean))}
 
     def decode(self, tokens: torch.Tensor, state: State, context: torch.Tensor,

@@ -329,3 +329,24 @@ def test_entropy_bonus_matches_the_attention_entropy():
                 - 0.5 * terms["entropy"])
     torch.testing.assert_close(loss.detach(), expected)
     assert 0 < terms["entropy"] <= torch.log(torch.tensor(16.0))
+
+
+def test_cell_positions_add_a_learned_vector_to_each_annotation():
+    model = tiny_model("sat-soft", cell_positions=16).eval()  # a 4 x 4 grid at 32 px
+    with torch.no_grad():
+        model.cell_position.copy_(torch.randn(16, 8))
+    images, captions_in, captions_out = batch()
+    with torch.no_grad():
+        context, state = model.encode(images)
+        _, grid = model.encoder(images)
+        plain = tiny_model("sat-soft").eval()
+        plain.load_state_dict({k: v for k, v in model.state_dict().items()
+                               if k != "cell_position"})
+        _, plain_state = plain.encode(images)
+    torch.testing.assert_close(context, grid + model.cell_position)
+    torch.testing.assert_close(state["h"], plain_state["h"])  # from the mean annotation
+    logits, loss = model.train()(images, captions_in, captions_out)
+    loss.backward()
+    assert model.cell_position.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="cell_positions is 9 but the encoder's grid has 16"):
+        tiny_model("sat-soft", cell_positions=9).encode(images)

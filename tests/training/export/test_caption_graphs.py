@@ -14,21 +14,27 @@ from training.export.caption import TorchCaptionStep, export_caption_graphs
 V, S, TOP_K, H, D = 11, 32, 8, 12, 8
 L = (S // 8) ** 2
 # Every architecture with and without layer normalisation; the hard-attention model
-# is exported once with each test-time context.
+# is exported once with each test-time context; soft attention once with cell positions.
 VARIANTS = [
-    ("nic", False, "expected"), ("nic", True, "expected"),
-    ("sat-soft", False, "expected"), ("sat-soft", True, "expected"),
-    ("sat-hard", False, "expected"), ("sat-hard", True, "argmax"),
+    ("nic", False, "expected", 0), ("nic", True, "expected", 0),
+    ("sat-soft", False, "expected", 0), ("sat-soft", True, "expected", 0),
+    ("sat-hard", False, "expected", 0), ("sat-hard", True, "argmax", 0),
+    ("sat-soft", False, "expected", L),
 ]
 ATOL = 1e-5
 
 
-def tiny_model(arch: str, layer_norm: bool, hard_inference: str = "expected"):
+def tiny_model(arch: str, layer_norm: bool, hard_inference: str = "expected",
+               cell_positions: int = 0):
     torch.manual_seed(0)
     cfg = caption_config(dict(arch=arch, layer_norm=layer_norm, hard_inference=hard_inference,
                               vocab_size=V, embed_dim=8, hidden_dim=H, attention_dim=6,
-                              encoder=EncoderConfig(out_dim=D, channels=(4, 8, 8))))
+                              encoder=EncoderConfig(out_dim=D, channels=(4, 8, 8)),
+                              **({"cell_positions": cell_positions} if cell_positions else {})))
     model = build_caption_model(cfg)
+    if cell_positions:
+        with torch.no_grad():
+            model.cell_position.normal_()
     # Non-trivial BatchNorm statistics, so that the exported eval-mode encoder is checked.
     with torch.no_grad():
         for name, buf in model.named_buffers():
@@ -41,8 +47,8 @@ def tiny_model(arch: str, layer_norm: bool, hard_inference: str = "expected"):
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: "-".join(map(str, v)))
 def exported(request, tmp_path_factory):
-    arch, layer_norm, hard_inference = request.param
-    model = tiny_model(arch, layer_norm, hard_inference).train()
+    arch, layer_norm, hard_inference, cell_positions = request.param
+    model = tiny_model(arch, layer_norm, hard_inference, cell_positions).train()
     out_dir = tmp_path_factory.mktemp(f"{arch}-{layer_norm}")
     specs = export_caption_graphs(model, out_dir, image_size=S, top_k=TOP_K)
     assert model.training  # the caller's mode is restored
