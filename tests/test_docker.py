@@ -498,15 +498,15 @@ def test_every_recipe_command_parses_with_the_cli():
     assert (data.num_train, data.num_val, data.num_test, data.num_novel, data.size, data.seed) \
         == (15000, 500, 1000, 1000, 64, 0)
     assert (parsed[1].config, parsed[1].epochs) == ("configs/encoder.json", 12)
-    nic, nic_scst, sat = parsed[2:5]
-    assert [(p.arch, p.config) for p in (nic, nic_scst, sat)] == [
-        ("nic", "configs/caption_nic.json"), ("nic", "configs/caption_nic_scst.json"),
+    nic, nic_tuned, sat = parsed[2:5]
+    assert [(p.arch, p.config) for p in (nic, nic_tuned, sat)] == [
+        ("nic", "configs/caption_nic.json"), ("nic", "configs/caption_encoder_finetune.json"),
         ("sat-soft", "configs/caption_sat.json")]
     assert {nic.encoder_init, sat.encoder_init} == {parsed[1].out}
-    assert nic_scst.init_from == nic.out  # SCST fine-tunes the cross-entropy run
+    assert nic_tuned.init_from == nic.out  # the encoder is fine-tuned from the frozen run
     assert [(p.layer_norm, p.epochs) for p in (nic, sat)] == [(False, 10), (True, 5)]
     assert [p.name for p in parsed[5:7]] == ["caption-nic", "caption-sat"]
-    assert parsed[5].run_dir == nic_scst.out
+    assert parsed[5].run_dir == nic_tuned.out
     assert (parsed[7].split, parsed[7].write_manifest) == ("test", True)
 
 
