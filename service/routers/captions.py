@@ -7,7 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 
 from service.domain import DomainScore
-from service.pipelines.caption import CaptionModel, CaptionRequest, CaptionResult, SampleParams
+from service.pipelines.caption import (
+    CaptionModel,
+    CaptionRequest,
+    CaptionResult,
+    SampleParams,
+    refuse_unused,
+)
 from service.routers.deps import ImageCall, image_call, require_api_key
 from service.schemas import (
     BeamCaptionJSONRequest,
@@ -25,6 +31,10 @@ from service.schemas import (
 
 TASK = "caption"  # of the models that answer this router's requests
 router = APIRouter(prefix="/v1", tags=["captions"], dependencies=[Depends(require_api_key)])
+
+# The parameters that belong to the decoding method a request did not choose.
+OTHER_METHOD = {"beam": ("temperature", "top_k", "top_p", "seed"),
+                "sample": ("beam_size", "length_penalty")}
 
 CaptionCall = Annotated[ImageCall[CaptionModel, CaptionParams],
                         Depends(image_call(CaptionParams, CaptionModel))]
@@ -58,6 +68,10 @@ async def create_captions(call: CaptionCall, response: Response) -> CaptionRespo
     gets exactly the captions it would get alone.
     """
     model, p = call.pipeline, call.params
+    # A parameter of the other method is refused even when sent as null: the OpenAPI
+    # document's two forms do not have it.
+    refuse_unused(p.decoding, **{name: "sent" for name in OTHER_METHOD[p.decoding]
+                                 if name in p.model_fields_set})
     decoding = model.params(decoding=p.decoding, beam_size=p.beam_size,
                             max_length=p.max_length, length_penalty=p.length_penalty,
                             num_captions=p.num_captions, return_attention=p.return_attention,

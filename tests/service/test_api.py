@@ -223,6 +223,18 @@ def test_bad_sampling_parameters_are_422_naming_them(api: TestClient, fields: di
         assert error["message"].startswith(named), error["message"]
 
 
+@pytest.mark.parametrize("fields, named", [
+    (dict(top_k=None), "top_k"), (dict(decoding="beam", seed=None), "seed"),
+    (dict(decoding="sample", beam_size=None), "beam_size"),
+])
+def test_the_other_methods_parameters_are_refused_even_as_null(api: TestClient, fields: dict,
+                                                               named: str) -> None:
+    """Neither of the OpenAPI document's two forms has them, so a JSON null is no excuse."""
+    error = assert_error(post_json(api, model="caption-tiny", **fields), 422,
+                         "invalid_parameter")
+    assert error["message"].startswith(named), error["message"]
+
+
 def test_malformed_requests(api: TestClient) -> None:
     assert_error(api.post("/v1/captions", data={"beam_size": "2"},
                              files={"other": ("x", b"1")}), 422, "invalid_parameter", "file")
