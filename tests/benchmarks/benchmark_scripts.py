@@ -3,22 +3,11 @@ and each script imports its siblings by name."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
-ROOT = Path(__file__).parents[2]
+from script_modules import ROOT, load_module
 
-
-def load_module(name: str, path: Path) -> ModuleType:
-    """The file at `path` imported as module `name` (registered before it runs: dataclasses
-    look their module up while the file executes)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+__all__ = ["ROOT", "load_benchmark", "load_module"]
 
 
 def load_benchmark(name: str) -> ModuleType:

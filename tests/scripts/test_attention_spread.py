@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from script_modules import load_script
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location(
-        "attention_spread", ROOT / "scripts" / "attention_spread.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def load():
+    return load_script("attention_spread")
 
 
 def test_a_box_covers_the_cells_it_overlaps():
-    cells = load_script().object_cells
+    cells = load().object_cells
     # 64 px image, 8 x 8 grid of 8 px cells: a box from x 10 to 26, y 0 to 7
     covered = cells([{"bbox": [10, 0, 16, 7]}], 64, 8).reshape(8, 8)
     assert covered[0, 1:4].all() and covered.sum() == 3

@@ -4,21 +4,14 @@ steps-to-target measured against each variant's own best rate."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from script_modules import ROOT, load_script
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location(
-        "ln_curve", ROOT / "scripts" / "ln_curve.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def load():
+    return load_script("ln_curve")
 
 
 def history(rsums: list[float]) -> list[dict]:
@@ -28,7 +21,7 @@ def history(rsums: list[float]) -> list[dict]:
 
 
 def test_every_variant_runs_at_every_learning_rate():
-    script = load_script()
+    script = load()
     runs = script.variants([1e-3, 1e-2])
     assert runs == {"plain-lr0.001": ["--lr", "0.001"], "plain-lr0.01": ["--lr", "0.01"],
                     "ln-lr0.001": ["--layer-norm", "--lr", "0.001"],
@@ -40,7 +33,7 @@ def test_every_variant_runs_at_every_learning_rate():
 
 
 def test_steps_to_target_use_each_encoders_best_rate():
-    script = load_script()
+    script = load()
     summary = script.summarise({
         "plain-lr0.001": history([100, 300, 500]),
         "plain-lr0.01": history([50, 80, 90]),  # diverged: not the plain GRU's tuned rate
@@ -58,7 +51,7 @@ def test_steps_to_target_use_each_encoders_best_rate():
 def test_the_figure_has_a_legend_row_per_four_runs(tmp_path):
     from PIL import Image
 
-    script = load_script()
+    script = load()
     lrs = [1e-3, 3e-3, 1e-2]
     histories = {name: history([100, 200 + i, 300 + i])
                  for i, name in enumerate(script.variants(lrs))}
@@ -70,7 +63,7 @@ def test_the_figure_has_a_legend_row_per_four_runs(tmp_path):
 
 def test_a_caption_run_starts_from_the_base_config_without_early_stopping(tmp_path,
                                                                          monkeypatch):
-    script = load_script()
+    script = load()
     calls = []
 
     def fake_glimpse(argv):
