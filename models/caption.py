@@ -287,6 +287,19 @@ def register_captioner(cls: type[CaptionModel]) -> type[CaptionModel]:
 class FeatureCaptioner(CaptionModel):
     """A captioner over a frozen image network, trained on its precomputed features."""
 
+    def freeze_encoder(self) -> None:
+        """Keep `self.encoder` as pre-trained unless the config trains it
+        (`train_encoder`): no gradients, and eval mode whatever mode the model is in."""
+        if not self.config.train_encoder:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    def train(self, mode: bool = True) -> FeatureCaptioner:
+        super().train(mode)
+        if hasattr(self, "encoder") and not getattr(self.config, "train_encoder", True):
+            self.encoder.eval()  # frozen: BatchNorm keeps its pre-trained statistics
+        return self
+
     @abstractmethod
     def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The frozen network's features of images (B, 3, S, S) in [0, 1]."""
@@ -319,14 +332,7 @@ class GridCaptioner(FeatureCaptioner):
         self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
         self.lstm = LSTMCell(lstm_input, config.hidden_dim, layer_norm=config.layer_norm)
         self.drop = nn.Dropout(config.dropout)
-        if not config.train_encoder:
-            self.encoder.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> GridCaptioner:
-        super().train(mode)
-        if not self.config.train_encoder:
-            self.encoder.eval()  # frozen: BatchNorm keeps its pre-trained statistics
-        return self
+        self.freeze_encoder()
 
 
 @register_captioner

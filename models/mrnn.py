@@ -70,9 +70,7 @@ class MultimodalRNN(FeatureCaptioner):
             raise ValueError("the m-RNN generator has no layer-normalised variant")
         d, e, h = config.encoder.out_dim, config.embed_dim, config.hidden_dim
         self.encoder = ImageEncoder(config.encoder)
-        if not config.train_encoder:
-            self.encoder.requires_grad_(False)  # CNN(I) is a fixed, pre-trained feature
-            self.encoder.eval()
+        self.freeze_encoder()  # CNN(I) is a fixed, pre-trained feature unless fine-tuned
         self.image = ImageVector(d, pool=config.image_pool, standardise=config.standardise_image)
         self.image_bias = nn.Linear(self.image.out_dim, h)  # W_hi
         self.embed = nn.Embedding(config.vocab_size, e)  # x_t
@@ -80,12 +78,6 @@ class MultimodalRNN(FeatureCaptioner):
         self.recurrent = nn.Linear(h, h, bias=False)  # W_hh
         self.out = nn.Linear(h, config.vocab_size)  # W_oh, b_o
         self.drop = nn.Dropout(config.dropout)
-
-    def train(self, mode: bool = True) -> MultimodalRNN:
-        super().train(mode)
-        if not self.config.train_encoder:
-            self.encoder.eval()  # frozen: BatchNorm keeps its pre-trained statistics
-        return self
 
     def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor]:
         _, grid = self.encoder(images)  # (B, L, D)
