@@ -13,7 +13,8 @@ import torch
 from models.gan import discriminator_loss, generator_loss, interpolate_embeddings
 from training.checkpoint import load_training_state
 from training.cli import build_parser
-from training.data.shapes import generate_shapes_world
+from training.data.readers import load_captions
+from training.data.shapes import generate_shapes_world, load_scenes
 from training.data.text_image import mismatched_pairs, shape_swapped_pairs, single_object_images
 from training.data.world import COLOURS, SHAPES, SIZES, object_class
 from training.runs import load_generator
@@ -282,8 +283,15 @@ def test_with_shape_negatives_every_wrong_text_that_can_differs_in_shape_only(wo
 
 
 def test_batch_attributes_are_the_shape_colour_and_size_of_each_image(world):
+    # Read from the scenes the world was drawn from, not from the class ids the task keeps.
+    scenes = load_scenes(world)
+    truth = [scenes[im.imgid].objects[0] for im in load_captions(world, "train")
+             if len(scenes[im.imgid].objects) == 1]
     t = task(config(world, "gan-cls"))
     indices = torch.arange(len(t.pairs))
     batch = t.batch(indices, torch.device("cpu"))
+    named = {(SHAPES[s], list(COLOURS)[c], SIZES[z]) for s, c, z in batch.attributes.tolist()}
+    assert len({o.size for o in truth}) == 2 and len(named) > 4
     for i, (s, c, z) in zip(indices.tolist(), batch.attributes.tolist(), strict=True):
-        assert t.pairs.pair_class[i] == object_class(SHAPES[s], list(COLOURS)[c], SIZES[z])
+        obj = truth[int(t.pairs.pair_image[i])]
+        assert (SHAPES[s], list(COLOURS)[c], SIZES[z]) == (obj.shape, obj.colour, obj.size)

@@ -19,7 +19,7 @@ import torch
 from training.data.images import load_images
 from training.data.readers import load_captions
 from training.data.shapes import load_scenes
-from training.data.world import COLOURS, SIZES, class_label
+from training.data.world import COLOURS, SIZES, object_class
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class TextImagePairs:
     """Training pairs of the single-object set: images, their classes, caption embeddings."""
 
     images: torch.Tensor  # (N, 3, S, S) uint8
-    image_class: torch.Tensor  # (N,) shape-colour class of each image's object
+    image_class: torch.Tensor  # (N,) class of each image's object (world.object_class)
     pair_image: torch.Tensor  # (P,) image of each (image, caption) pair
     pair_text: torch.Tensor  # (P,) row of the pair's caption in `embeddings`
     embeddings: torch.Tensor  # (U, E) phi(t) of every distinct caption
@@ -50,14 +50,15 @@ class TextImagePairs:
 
 
 def single_object_images(data_dir: Path, split: str = "train") -> list[tuple[str, list[str], int]]:
-    """(image path, captions, class) of the split's images that hold exactly one object."""
+    """(image path, captions, class) of the split's images that hold exactly one object; the
+    class is the object's shape, colour and size (world.object_class)."""
     scenes = load_scenes(data_dir)
     out = []
     for im in load_captions(data_dir, split):
         objects = scenes[im.imgid].objects
         if len(objects) == 1:
-            out.append((im.path, list(im.captions), class_label(objects[0].shape,
-                                                                 objects[0].colour)))
+            obj = objects[0]
+            out.append((im.path, list(im.captions), object_class(obj.shape, obj.colour, obj.size)))
     if not out:
         raise ValueError(f"{data_dir}: no single-object {split} images")
     return out
