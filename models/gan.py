@@ -59,9 +59,15 @@ class GanConfig:
     # D also names the shape, colour and size it sees (an auxiliary classifier, Odena et
     # al. 2017), from the same pooled features: AttributeHead's (shape, colour, size) sizes.
     attribute_classes: tuple[int, ...] = ()
+    # D's image trunk: "dcgan", four strided 4x4 convolutions (Radford et al.), or
+    # "residual", residual blocks of two 3x3 convolutions then average pooling (Miyato et
+    # al. 2018's ResNet discriminator), which sees a small object's outline at full size.
+    d_trunk: str = "dcgan"
 
     def __post_init__(self) -> None:
         self.attribute_classes = tuple(self.attribute_classes)
+        if self.d_trunk not in D_TRUNKS:
+            raise ValueError(f"unknown discriminator trunk {self.d_trunk!r}; one of {D_TRUNKS}")
         if self.image_size != 64:
             raise ValueError(f"the DCGAN generator draws 64x64 images, not {self.image_size}")
 
@@ -137,6 +143,49 @@ def image_encoder(ndf: int, num_halvings: int, *, spectral_norm: bool = False
         layers.append(down_block(c, c_next, spectral_norm=spectral_norm))
         c = c_next
     return nn.Sequential(*layers)
+
+
+class ResidualDown(nn.Module):
+    """x -> avgpool(conv3x3(act(conv3x3(act(x))))) + avgpool(conv1x1(x)), halving the side
+    (the discriminator block of Miyato et al. 2018). The first block of a trunk has no
+    activation before its first convolution: it sees pixels."""
+
+    def __init__(self, c_in: int, c_out: int, *, first: bool = False,
+                 spectral_norm: bool = False) -> None:
+        super().__init__()
+        sn = spectral_norm
+        self.first = first
+        self.conv1 = spectrally_normalised(nn.Conv2d(c_in, c_out, 3, 1, 1), sn)
+        self.conv2 = spectrally_normalised(nn.Conv2d(c_out, c_out, 3, 1, 1), sn)
+        self.shortcut = spectrally_normalised(nn.Conv2d(c_in, c_out, 1), sn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x if self.first else F.leaky_relu(x, 0.2)
+        h = self.conv2(F.leaky_relu(self.conv1(h), 0.2))
+        return F.avg_pool2d(h, 2) + self.shortcut(F.avg_pool2d(x, 2))
+
+
+def residual_image_encoder(ndf: int, num_halvings: int, *, spectral_norm: bool = False
+                           ) -> nn.Sequential:
+    """x (B, 3, S, S) -> (B, 8*ndf, S / 2**num_halvings, ...) through residual blocks, channels
+    doubling from ndf up to 8*ndf, and a final leaky ReLU (the heads take activations)."""
+    blocks: list[nn.Module] = [ResidualDown(3, ndf, first=True, spectral_norm=spectral_norm)]
+    c = ndf
+    for _ in range(num_halvings - 1):
+        c_next = min(c * 2, ndf * 8)
+        blocks.append(ResidualDown(c, c_next, spectral_norm=spectral_norm))
+        c = c_next
+    return nn.Sequential(*blocks, nn.LeakyReLU(0.2))
+
+
+D_TRUNKS = ("dcgan", "residual")
+
+
+def discriminator_trunk(kind: str, ndf: int, num_halvings: int, *,
+                        spectral_norm: bool = False) -> nn.Sequential:
+    """D's image trunk of `kind` (one of D_TRUNKS)."""
+    build = image_encoder if kind == "dcgan" else residual_image_encoder
+    return build(ndf, num_halvings, spectral_norm=spectral_norm)
 
 
 class MatchingHead(nn.Module):
@@ -224,7 +273,8 @@ class Discriminator(nn.Module):
         self.config = config
         self.embed_norm = EmbeddingNorm(config.embed_dim)
         sn = config.spectral_norm
-        self.encode = image_encoder(config.ndf, num_halvings=4, spectral_norm=sn)  # 64 -> 4
+        self.encode = discriminator_trunk(config.d_trunk, config.ndf, num_halvings=4,
+                                          spectral_norm=sn)  # 64 -> 4
         self.head = (ProjectionHead(config.ndf * 8, config.embed_dim, spectral_norm=sn)
                      if config.projection else
                      MatchingHead(config.ndf * 8, config.embed_dim, config.proj_dim,

@@ -229,3 +229,25 @@ def test_attribute_head_names_each_attribute_from_the_pooled_features():
                    for k, n in enumerate(named))
     torch.testing.assert_close(attribute_loss(named, labels), expected)
     assert tiny_pair()[1].attributes is None  # off by default
+
+
+@pytest.mark.parametrize("spectral_norm", [False, True])
+def test_residual_trunk_gives_the_dcgan_trunks_feature_grid_and_trains(spectral_norm):
+    torch.manual_seed(0)
+    cfg = dict(embed_dim=12, noise_dim=8, proj_dim=4, ngf=4, ndf=4, projection=True,
+               spectral_norm=spectral_norm, attribute_classes=(7, 8, 2))
+    dcgan, residual = Discriminator(GanConfig(**cfg)), Discriminator(GanConfig(**cfg,
+                                                                               d_trunk="residual"))
+    x, e = torch.randn(3, 3, 64, 64), torch.randn(3, 12)
+    assert residual.encode(x).shape == dcgan.encode(x).shape == (3, 32, 4, 4)
+    logits, named = residual(x, e, with_attributes=True)
+    assert logits.shape == (3,) and [n.shape[1] for n in named] == [7, 8, 2]
+    (logits.sum() + sum(n.sum() for n in named)).backward()
+    assert all(p.grad is not None for p in residual.encode.parameters())
+    # spectral norm bounds each of its convolutions as it does the DCGAN trunk's
+    assert bool(spectrally_normalised_layers(residual.encode)) == spectral_norm
+
+
+def test_unknown_discriminator_trunk_is_refused():
+    with pytest.raises(ValueError, match="trunk"):
+        GanConfig(d_trunk="vgg")
