@@ -228,8 +228,40 @@ def test_a_run_with_a_weight_average_serves_the_average(world, tmp_path):
     assert (generator.sample(e, z) - live).abs().max() > 1e-6
 
 
+def test_warm_up_trains_only_ds_attribute_classifier_then_the_game_starts(world):
+    t = task(config(world, "gan-int-cls", warm_up=2, ema=0.0))
+    model = t.build_model()
+    optimizers = t.configure_optimizers(model)
+    D = model["discriminator"]
+    batch = t.batch(torch.arange(4), torch.device("cpu"))
+    # parameters only: spectral norm's power-iteration vectors move on every forward
+    def trained(module):
+        return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+    def moved(before, module):
+        return any(not torch.equal(before[n], p) for n, p in module.named_parameters())
+
+    g, trunk, head = trained(model["generator"]), trained(D.encode), trained(D.head)
+    for _ in range(2):
+        terms = t.train_step(model, batch, optimizers)
+        assert terms["warm_up"] == 1.0 and terms["aux_real"] > 0 and "loss_g" not in terms
+    assert not moved(g, model["generator"]) and not moved(head, D.head)
+    assert moved(trunk, D.encode)
+    terms = t.train_step(model, batch, optimizers)  # the third step is the game's first
+    assert "warm_up" not in terms and moved(g, model["generator"]) and moved(head, D.head)
+
+
+def test_resumed_run_does_not_warm_up_again(world, tmp_path):
+    trainer(config(world, "gan-cls", steps=2, warm_up=2, ema=0.0), tmp_path / "run").fit()
+    warmed, _ = load_generator(tmp_path / "run")  # G as it started: two warm-up steps only
+    resumed = trainer(config(world, "gan-cls", steps=3, warm_up=2, ema=0.0), tmp_path / "run")
+    resumed.fit(resume=True)
+    assert changed(weights(warmed), resumed.model["generator"])
+
+
 @pytest.mark.parametrize("bad", [{"loss": "wasserstein"}, {"diff_augment": ["colour"]},
-                                 {"ema": 1.0}])
+                                 {"ema": 1.0}, {"warm_up": -1},
+                                 {"warm_up": 5, "auxiliary": 0.0}])
 def test_unknown_stabiliser_settings_are_refused(world, bad):
     with pytest.raises(ValueError):
         config(world, "gan", **bad)

@@ -115,6 +115,10 @@ class GanTaskConfig:
     # Weight of the auxiliary classifier's loss (D names the shape, colour and size of real
     # images; G's images must be named as their prompt says); 0: no classifier
     auxiliary: float = 1.0
+    # Steps at the start of a run in which only D's trunk and attribute classifier learn,
+    # supervised on real images, before the game: D then tells shapes apart from the first
+    # adversarial step (in the game it learns them far more slowly than colour and size).
+    warm_up: int = 0
 
     VARIANTS: ClassVar[tuple[str, ...]] = GAN_VARIANTS
     # GanConfig settings a run gets unless its `model` says otherwise (a checkpoint's own
@@ -137,6 +141,9 @@ class GanTaskConfig:
             raise ValueError(f"shape_negatives is a share in [0, 1], not {cfg.shape_negatives}")
         if not 0.0 <= cfg.ema < 1.0:
             raise ValueError(f"ema must be a decay in [0, 1), not {cfg.ema}")
+        if cfg.warm_up < 0 or (cfg.warm_up and not cfg.auxiliary):
+            raise ValueError("warm_up is a number of steps >= 0 and trains D's attribute "
+                             "classifier, so it needs auxiliary > 0")
         cfg.trainer = {**GAN_TRAINER, **cfg.trainer}
         cfg.model = {**cls.MODEL_DEFAULTS, **cfg.model}
         return cfg
@@ -225,6 +232,13 @@ class Batch:
     wrong_text: torch.Tensor  # (B, E) phi of a caption of another class
     interpolated: torch.Tensor  # (B, E) between the batch's captions and those of a shift
     attributes: torch.Tensor  # (B, 3) shape, colour, size ids of each image (and its text)
+
+
+def optimizer_updates(optimizer: torch.optim.Optimizer) -> int:
+    """How many steps an Adam optimizer has taken (0 before its first): the most any of its
+    parameters has had (a parameter without gradients in a step is not counted in it)."""
+    return max((int(state["step"]) for state in optimizer.state.values() if "step" in state),
+               default=0)
 
 
 def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
@@ -351,8 +365,15 @@ class GanTask:
 
     def train_step(self, model: nn.ModuleDict, batch: Batch,
                    optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
-        """One D update then one G update (Reed et al. Algorithm 1); returns logged terms."""
+        """One D update then one G update (Reed et al. Algorithm 1); returns logged terms.
+        During the first `warm_up` steps, one supervised update of D's attribute classifier."""
         cfg, generator, D = self.cfg, model["generator"], model["discriminator"]
+        # D is updated once per step in both phases, so its optimizer counts the run's steps
+        # (and a resumed run's count comes back with the optimizer's state).
+        if optimizer_updates(optimizers["discriminator"]) < cfg.warm_up:
+            _, aux_real = self.judge(D, batch.real, batch.text, batch.attributes)
+            descend(optimizers["discriminator"], aux_real)
+            return {"aux_real": aux_real.item(), "warm_up": 1.0}
         d_loss, g_loss = ADVERSARIAL_LOSSES[cfg.loss]
         noise = self.noise(batch.text)
         fake, kl = self.generate(generator, batch.text, noise)
