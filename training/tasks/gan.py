@@ -373,6 +373,10 @@ class GanTask:
         if optimizer_updates(optimizers["discriminator"]) < cfg.warm_up:
             _, aux_real = self.judge(D, batch.real, batch.text, batch.attributes)
             descend(optimizers["discriminator"], aux_real)
+            # G's optimizer steps on no gradients (it changes nothing) so that its learning-rate
+            # schedule, which the trainer steps after every batch, follows an optimizer step.
+            optimizers["generator"].zero_grad(set_to_none=True)
+            optimizers["generator"].step()
             return {"aux_real": aux_real.item(), "warm_up": 1.0}
         d_loss, g_loss = ADVERSARIAL_LOSSES[cfg.loss]
         noise = self.noise(batch.text)
