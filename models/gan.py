@@ -63,11 +63,18 @@ class GanConfig:
     # "residual", residual blocks of two 3x3 convolutions then average pooling (Miyato et
     # al. 2018's ResNet discriminator), which sees a small object's outline at full size.
     d_trunk: str = "dcgan"
+    # Where the attribute classifier reads from: "shared", D's own trunk (AC-GAN), or
+    # "separate", a trunk of its own that only the supervised loss on real images trains,
+    # so that the adversarial game cannot wear away what it knows.
+    attribute_trunk: str = "shared"
 
     def __post_init__(self) -> None:
         self.attribute_classes = tuple(self.attribute_classes)
         if self.d_trunk not in D_TRUNKS:
             raise ValueError(f"unknown discriminator trunk {self.d_trunk!r}; one of {D_TRUNKS}")
+        if self.attribute_trunk not in ("shared", "separate"):
+            raise ValueError(f"attribute_trunk is 'shared' or 'separate', not "
+                             f"{self.attribute_trunk!r}")
         if self.image_size != 64:
             raise ValueError(f"the DCGAN generator draws 64x64 images, not {self.image_size}")
 
@@ -282,6 +289,9 @@ class Discriminator(nn.Module):
 
         self.attributes = (AttributeHead(config.ndf * 8, config.attribute_classes)
                            if config.attribute_classes else None)
+        self.classifier_trunk = (
+            discriminator_trunk(config.d_trunk, config.ndf, num_halvings=4)
+            if config.attribute_classes and config.attribute_trunk == "separate" else None)
 
     def forward(self, image: torch.Tensor, embedding: torch.Tensor, *,
                 with_attributes: bool = False
@@ -291,7 +301,15 @@ class Discriminator(nn.Module):
         logits = self.head(features, self.embed_norm(embedding))
         if not with_attributes:
             return logits
-        return logits, self.attributes(features)
+        return logits, self.name_attributes(image, features)
+
+    def name_attributes(self, image: torch.Tensor, features: torch.Tensor | None = None
+                        ) -> list[torch.Tensor]:
+        """The attribute classifier's logits for `image` (from D's trunk `features` when the
+        classifier shares it; computed when not given)."""
+        if self.classifier_trunk is not None:
+            return self.attributes(self.classifier_trunk(image))
+        return self.attributes(self.encode(image) if features is None else features)
 
 
 class AttributeHead(nn.Module):

@@ -251,3 +251,21 @@ def test_residual_trunk_gives_the_dcgan_trunks_feature_grid_and_trains(spectral_
 def test_unknown_discriminator_trunk_is_refused():
     with pytest.raises(ValueError, match="trunk"):
         GanConfig(d_trunk="vgg")
+
+
+def test_separate_attribute_trunk_is_trained_by_the_attribute_loss_alone():
+    torch.manual_seed(0)
+    d = Discriminator(GanConfig(embed_dim=12, noise_dim=8, proj_dim=4, ngf=4, ndf=4,
+                                projection=True, attribute_classes=(7, 8, 2),
+                                attribute_trunk="separate"))
+    x, e = torch.randn(3, 3, 64, 64), torch.randn(3, 12)
+    logits, named = d(x, e, with_attributes=True)
+    torch.testing.assert_close(named[0], d.attributes(d.classifier_trunk(x))[0])
+    logits.sum().backward()  # the adversarial logit does not reach the classifier's trunk
+    assert all(p.grad is None for p in d.classifier_trunk.parameters())
+    d.zero_grad()
+    sum(n.sum() for n in d.name_attributes(x)).backward()  # nor the classifier D's trunk
+    assert all(p.grad is None for p in d.encode.parameters())
+    assert all(p.grad is not None for p in d.classifier_trunk.parameters())
+    with pytest.raises(ValueError, match="attribute_trunk"):
+        GanConfig(attribute_trunk="both")

@@ -371,7 +371,8 @@ class GanTask:
         # D is updated once per step in both phases, so its optimizer counts the run's steps
         # (and a resumed run's count comes back with the optimizer's state).
         if optimizer_updates(optimizers["discriminator"]) < cfg.warm_up:
-            _, aux_real = self.judge(D, batch.real, batch.text, batch.attributes)
+            aux_real = attribute_loss(D.name_attributes(self.augment(batch.real)),
+                                      batch.attributes)
             descend(optimizers["discriminator"], aux_real)
             # G's optimizer steps on no gradients (it changes nothing) so that its learning-rate
             # schedule, which the trainer steps after every batch, follows an optimizer step.
