@@ -504,7 +504,8 @@ def test_every_recipe_command_parses_with_the_cli():
         ("sat-soft", "configs/caption_sat.json")]
     assert {nic.encoder_init, sat.encoder_init} == {parsed[1].out}
     assert nic_tuned.init_from == nic.out  # the encoder is fine-tuned from the frozen run
-    assert [(p.layer_norm, p.epochs) for p in (nic, sat)] == [(False, 10), (True, 5)]
+    assert [(p.layer_norm, p.epochs) for p in (nic, sat)] == [(True, 10), (True, 5)]
+    assert nic.lr == 3e-2  # the layer-normalised LSTM's tuned rate
     assert [p.name for p in parsed[5:7]] == ["caption-nic", "caption-sat"]
     assert parsed[5].run_dir == nic_tuned.out
     assert (parsed[7].split, parsed[7].write_manifest) == ("test", True)
