@@ -39,7 +39,10 @@ def world(tmp_path_factory) -> Path:
 
 
 def config(world: Path, variant: str, *, steps: int = 2, **overrides) -> GanTaskConfig:
+    """A tiny run's config; no warm-up unless `overrides` ask for one, so that every step
+    plays the game."""
     stack = variant.startswith("stackgan")
+    overrides = {"warm_up": 0, **overrides}
     return (StackGanTaskConfig if stack else GanTaskConfig).from_dict({
         "variant": variant, "data": str(world), "text_encoder": "bag-of-words",
         "model": TINY_STACK if stack else TINY_GAN, "sample_every": 2,
@@ -210,10 +213,13 @@ def test_one_step_with_every_stabiliser_updates_the_weight_average(world):
 
 
 def test_discriminator_learning_rate_is_its_own_when_set(world):
-    t = task(config(world, "gan", lr_discriminator=1e-3))
+    t = task(config(world, "gan", lr_discriminator=5e-4))
     optimizers = t.configure_optimizers(t.build_model())
-    assert optimizers["discriminator"].param_groups[0]["lr"] == 1e-3
+    assert optimizers["discriminator"].param_groups[0]["lr"] == 5e-4
     assert optimizers["generator"].param_groups[0]["lr"] == 2e-4
+    t = task(config(world, "gan", lr_discriminator=None))  # None: G's rate
+    optimizers = t.configure_optimizers(t.build_model())
+    assert optimizers["discriminator"].param_groups[0]["lr"] == 2e-4
 
 
 def test_a_run_with_a_weight_average_serves_the_average(world, tmp_path):
@@ -270,17 +276,20 @@ def test_unknown_stabiliser_settings_are_refused(world, bad):
 def test_new_runs_get_the_ablations_choice_and_the_papers_recipe_is_a_config():
     cfg = GanTaskConfig.from_dict({"model": {"ngf": 32}})
     assert (cfg.loss, cfg.ema, cfg.diff_augment, cfg.auxiliary) == (
-        "hinge", 0.995, ("translation", "cutout"), 1.0)
-    assert cfg.model == {"spectral_norm": True, "projection": True, "ngf": 32}
+        "hinge", 0.995, ("translation",), 1.0)
+    assert (cfg.warm_up, cfg.lr_discriminator, cfg.trainer["max_steps"]) == (1500, 1e-3, 5500)
+    assert cfg.model == {"spectral_norm": False, "projection": True, "ngf": 32}
     recipe = json.loads((Path(__file__).parents[2] / "configs" / "gan_reed2016.json")
                         .read_text())
     paper = GanTaskConfig.from_dict(recipe)
     assert (paper.loss, paper.ema, paper.diff_augment, paper.auxiliary, paper.r1) == (
         "bce", 0.0, (), 0.0, 0.0)
+    assert (paper.warm_up, paper.lr_discriminator) == (0, None)  # D at G's rate
     assert paper.model == {"spectral_norm": False, "projection": False}
     stack = StackGanTaskConfig.from_dict({})  # StackGAN keeps Zhang et al.'s recipe
     assert (stack.loss, stack.ema, stack.diff_augment, stack.auxiliary, stack.model) == (
         "bce", 0.0, (), 0.0, {})
+    assert (stack.warm_up, stack.lr_discriminator, stack.trainer["max_steps"]) == (0, None, 2000)
 
 
 def test_shape_swapped_texts_keep_colour_and_size_and_change_the_shape():

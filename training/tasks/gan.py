@@ -100,14 +100,15 @@ class GanTaskConfig:
     beta1: float = 0.5  # Adam's beta1 for both players, as in DCGAN
     interpolation_beta: float = 0.5  # beta of Reed et al. Eq. 5
     sample_every: int = 250  # steps between sample grids (0: only after the last step)
-    trainer: dict = field(default_factory=dict)  # TrainerConfig settings over GAN_TRAINER
+    trainer: dict = field(default_factory=dict)  # TrainerConfig settings over TRAINER_DEFAULTS
     # Stabilisers (models.gan). The defaults are what the ablation of docs/results.md
     # favours; configs/gan_reed2016.json is Reed et al.'s own recipe.
     loss: str = "hinge"  # one of ADVERSARIAL_LOSSES
     ema: float = 0.995  # decay of the generator's weight average that is exported; 0: off
-    diff_augment: tuple[str, ...] = ("translation", "cutout")  # DiffAugment policy
+    diff_augment: tuple[str, ...] = ("translation",)  # DiffAugment policy
     r1: float = 0.0  # gamma of the R1 penalty on D; 0: off
-    lr_discriminator: float | None = None  # D's learning rate; None: the trainer's lr
+    # D's learning rate; None: the trainer's lr (G's). D learns shapes far faster at 1e-3.
+    lr_discriminator: float | None = 1e-3
     # Share of GAN-CLS's wrong texts that differ from the right one in shape only (same
     # colour and size); 0: any other class, as in Reed et al.
     shape_negatives: float = 0.0
@@ -118,12 +119,15 @@ class GanTaskConfig:
     # Steps at the start of a run in which only D's trunk and attribute classifier learn,
     # supervised on real images, before the game: D then tells shapes apart from the first
     # adversarial step (in the game it learns them far more slowly than colour and size).
-    warm_up: int = 0
+    warm_up: int = 1500
 
     VARIANTS: ClassVar[tuple[str, ...]] = GAN_VARIANTS
     # GanConfig settings a run gets unless its `model` says otherwise (a checkpoint's own
     # model config always holds them, so older runs load as they were trained)
-    MODEL_DEFAULTS: ClassVar[dict] = {"spectral_norm": True, "projection": True}
+    MODEL_DEFAULTS: ClassVar[dict] = {"spectral_norm": False, "projection": True}
+    # The Trainer's settings a run gets unless its `trainer` says otherwise: the warm-up,
+    # then 4,000 steps of the game.
+    TRAINER_DEFAULTS: ClassVar[dict] = {**GAN_TRAINER, "max_steps": 5500}
 
     @classmethod
     def from_dict(cls, d: dict) -> GanTaskConfig:
@@ -144,7 +148,7 @@ class GanTaskConfig:
         if cfg.warm_up < 0 or (cfg.warm_up and not cfg.auxiliary):
             raise ValueError("warm_up is a number of steps >= 0 and trains D's attribute "
                              "classifier, so it needs auxiliary > 0")
-        cfg.trainer = {**GAN_TRAINER, **cfg.trainer}
+        cfg.trainer = {**cls.TRAINER_DEFAULTS, **cfg.trainer}
         cfg.model = {**cls.MODEL_DEFAULTS, **cfg.model}
         return cfg
 

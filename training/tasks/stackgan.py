@@ -27,7 +27,7 @@ from models.stackgan import (
 from training.checkpoint import checkpoint_dir, load_config
 from training.runs import load_generator
 from training.tasks import TrainingCommand
-from training.tasks.gan import GanTask, GanTaskConfig
+from training.tasks.gan import GAN_TRAINER, GanTask, GanTaskConfig
 
 STACKGAN_VARIANTS = ("stackgan-1", "stackgan-2")
 
@@ -42,9 +42,12 @@ class StackGanTaskConfig(GanTaskConfig):
     ema: float = 0.0
     diff_augment: tuple[str, ...] = ()
     auxiliary: float = 0.0
+    lr_discriminator: float | None = None
+    warm_up: int = 0
 
     VARIANTS: ClassVar[tuple[str, ...]] = STACKGAN_VARIANTS
     MODEL_DEFAULTS: ClassVar[dict] = {}
+    TRAINER_DEFAULTS: ClassVar[dict] = GAN_TRAINER
 
     @classmethod
     def from_dict(cls, d: dict) -> StackGanTaskConfig:
