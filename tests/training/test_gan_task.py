@@ -277,7 +277,8 @@ def test_new_runs_get_the_ablations_choice_and_the_papers_recipe_is_a_config():
     cfg = GanTaskConfig.from_dict({"model": {"ngf": 32}})
     assert (cfg.loss, cfg.ema, cfg.diff_augment, cfg.auxiliary) == (
         "hinge", 0.995, ("translation",), 1.0)
-    assert (cfg.warm_up, cfg.lr_discriminator, cfg.trainer["max_steps"]) == (1500, 1e-3, 5500)
+    assert (cfg.warm_up, cfg.lr_discriminator, cfg.trainer["max_steps"], cfg.mode_seeking) == (
+        1500, 1e-3, 5500, 0.1)
     assert cfg.model == {"spectral_norm": False, "projection": True, "ngf": 32}
     recipe = json.loads((Path(__file__).parents[2] / "configs" / "gan_reed2016.json")
                         .read_text())
@@ -289,7 +290,8 @@ def test_new_runs_get_the_ablations_choice_and_the_papers_recipe_is_a_config():
     stack = StackGanTaskConfig.from_dict({})  # StackGAN keeps Zhang et al.'s recipe
     assert (stack.loss, stack.ema, stack.diff_augment, stack.auxiliary, stack.model) == (
         "bce", 0.0, (), 0.0, {})
-    assert (stack.warm_up, stack.lr_discriminator, stack.trainer["max_steps"]) == (0, None, 2000)
+    assert (stack.warm_up, stack.lr_discriminator, stack.trainer["max_steps"],
+            stack.mode_seeking) == (0, None, 2000, 0.0)
 
 
 def test_shape_swapped_texts_keep_colour_and_size_and_change_the_shape():

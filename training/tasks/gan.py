@@ -112,7 +112,7 @@ class GanTaskConfig:
     # Share of GAN-CLS's wrong texts that differ from the right one in shape only (same
     # colour and size); 0: any other class, as in Reed et al.
     shape_negatives: float = 0.0
-    mode_seeking: float = 0.0  # weight of the mode-seeking term in G's loss; 0: off
+    mode_seeking: float = 0.1  # weight of the mode-seeking term in G's loss; 0: off
     # Weight of the auxiliary classifier's loss (D names the shape, colour and size of real
     # images; G's images must be named as their prompt says); 0: no classifier
     auxiliary: float = 1.0

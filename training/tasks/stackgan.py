@@ -44,6 +44,7 @@ class StackGanTaskConfig(GanTaskConfig):
     auxiliary: float = 0.0
     lr_discriminator: float | None = None
     warm_up: int = 0
+    mode_seeking: float = 0.0
 
     VARIANTS: ClassVar[tuple[str, ...]] = STACKGAN_VARIANTS
     MODEL_DEFAULTS: ClassVar[dict] = {}
