@@ -13,6 +13,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from committed import served_bundle
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -50,7 +51,7 @@ def test_images_generate_with_the_fields_openai_clients_send(client: openai.Open
 
 
 def test_size_resizes_the_images_the_seed_draws(client: openai.OpenAI) -> None:
-    offline = GenerationModel.from_bundle(COMMITTED / "gan-int-cls" / "4", device="cpu")
+    offline = GenerationModel.from_bundle(served_bundle("gan-int-cls").path, device="cpu")
     (want,) = offline.run_batch([offline.request(PROMPT, 1, 11)])
     answer = client.images.generate(model="gan-int-cls", prompt=PROMPT, n=1,
                                     response_format="b64_json", extra_body={"seed": 11})
@@ -76,9 +77,10 @@ def test_fields_glimpse_cannot_honour_are_422_naming_what_it_can(
 def test_models_list_gives_every_served_model(client: openai.OpenAI) -> None:
     models = list(client.models.list())
     ids = [m.id for m in models]
-    assert "gan-int-cls/4" in ids and "caption-sat/2" in ids
+    served = f"gan-int-cls/{served_bundle('gan-int-cls').manifest.version}"
+    assert served in ids and "caption-sat/2" in ids
     assert {m.object for m in models} == {"model"} and all(m.created > 0 for m in models)
     # An id is a model a request may name.
-    answer = client.images.generate(model="gan-int-cls/4", prompt=PROMPT,
+    answer = client.images.generate(model=served, prompt=PROMPT,
                                     response_format="b64_json")
     assert len(answer.data) == 1
