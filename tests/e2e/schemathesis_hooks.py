@@ -33,6 +33,7 @@ import schemathesis
 from PIL import Image
 from schemathesis.generation.meta import CoveragePhaseData
 
+from service.decoding import MAX_BEAM_SIZE
 from service.pipelines.dalle import MAX_CANDIDATES, MAX_ROWS_PER_REQUEST
 from service.pipelines.dalle import MAX_TEMPERATURE as DALLE_MAX_TEMPERATURE
 
@@ -118,13 +119,19 @@ def with_video_rules(body: dict[str, Any]) -> None:
                           for _ in range(min(len(frames), MAX_SENT_FRAMES))]
 
 
+def beam_width(v: Any) -> bool:
+    """A schema-valid beam_size (or num_captions that could be one)."""
+    return not isinstance(v, bool) and integral(v) and 1 <= v <= MAX_BEAM_SIZE
+
+
 def coherent_captioning(body: dict[str, Any]) -> None:
+    """num_captions <= beam_size, by raising a schema-valid beam_size to a schema-valid
+    num_captions; a violating value of either is left as it is (the body stays negative)."""
     count = body.get("num_captions")
-    if body.get("decoding", "beam") == "beam" and isinstance(count, int | float) \
-            and not isinstance(count, bool):
+    if body.get("decoding", "beam") == "beam" and beam_width(count):
         beam = body.get("beam_size")  # None: the committed captioners' default, 3 (or more)
         beam = 3 if beam is None else beam
-        if isinstance(beam, int | float) and not isinstance(beam, bool) and count > beam:
+        if beam_width(beam) and count > beam:
             body["beam_size"] = count
     model = body.get("model")
     if body.get("return_attention") is True and isinstance(model, str | None) \
