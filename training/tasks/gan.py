@@ -11,13 +11,15 @@ their losses (models.gan):
                  D never sees them, as they have no real image
     gan-int-cls  both
 
-The stabilisers of models.gan are options, off by default: `loss` "hinge",
-`ema` (decay of the exported generator's moving average), `diff_augment`
-(DiffAugment's policy), `r1` (gamma), and in `model` spectral_norm / projection;
-`shape_negatives` makes some of GAN-CLS's wrong texts differ in shape only, so that
-D must check the shape (without them it learns to check colour and size only);
-`mode_seeking` weighs Mao et al.'s term that makes G use its noise; `auxiliary`
-weighs an AC-GAN classifier of the shape, colour and size in D.
+The stabilisers of models.gan are options: `loss` "hinge", `ema` (decay of the
+exported generator's moving average), `diff_augment` (DiffAugment's policy), `r1`
+(gamma), and in `model` spectral_norm / projection; `shape_negatives` makes some of
+GAN-CLS's wrong texts differ in shape only, so that D must check the shape (without
+them it learns to check colour and size only); `mode_seeking` weighs Mao et al.'s term
+that makes G use its noise; `auxiliary` weighs an AC-GAN classifier of the shape,
+colour and size in D, and `warm_up` trains that classifier alone on real images for
+the run's first steps. GanTaskConfig's defaults are the combination docs/results.md
+measured best; configs/gan_reed2016.json turns them all off (the papers' recipe).
 
 Each batch takes one D step then one G step, each with its own Adam: the task
 brings its own `configure_optimizers` and `train_step`, and the Trainer does
