@@ -483,7 +483,8 @@ class GenerationParams(ModelParams):
                     "flattens")
     top_k: int | None = Field(
         None, ge=0, examples=[64],
-        description="DALL-E: draw each image code among the k most likely only (0: all)")
+        description="DALL-E: draw each image code among the k most likely only (0, or k "
+                    "at least the codebook's size: all)")
     top_p: float | None = Field(
         None, gt=0, le=1, examples=[0.9],
         description="DALL-E: draw each image code among the most likely whose probabilities "

@@ -205,6 +205,8 @@ class DalleModel(TextToImage, task="generation", architecture="dalle"):
             raise InvalidParameter(f"prompt: {len(encoded.ids)} words, this model reads at "
                                    f"most {self.text_length - 1}")
         rerank = self.reranker.tokens(text) if self.reranker and candidates > 1 else None
+        if top_k >= self.settings.codebook_size:  # keeps every code, as 0 does; and any
+            top_k = 0  # schema-valid integer, however large, then fits the batch's int64
         return DalleRequest(
             prompt=text, tokens=(WordIndex.BOS_ID, *encoded.ids), n=n, seed=seed,
             candidates=candidates, temperature=float(temperature), top_k=top_k,

@@ -203,6 +203,7 @@ def test_a_sample_without_seed_names_the_one_it_drew(api: TestClient) -> None:
     (dict(decoding="sample", temperature="hot"), "temperature"),
     (dict(decoding="sample", top_k=-1), "top_k"),
     (dict(decoding="sample", top_k=25), "top_k"),  # more than the step graph's 24
+    (dict(decoding="sample", top_k=10**30), "top_k"),  # past int64 too
     (dict(decoding="sample", top_p=0), "top_p"),
     (dict(decoding="sample", top_p=1.01), "top_p"),
     (dict(decoding="sample", seed=-3), "seed"),

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from polling import wait_until
 from pydantic import ValidationError
-from tiny_dalle import IMAGE_SIZE, TEXT_LENGTH, tiny_dalle_bundle, without_reranker
+from tiny_dalle import CODES, IMAGE_SIZE, TEXT_LENGTH, tiny_dalle_bundle, without_reranker
 from tiny_generation import tiny_generation_bundle
 
 from service.app import create_app
@@ -311,6 +311,15 @@ def test_unseeded_requests_answer_their_seed(api: TestClient) -> None:
     body = generate(api, prompt=PROMPT, model="dalle-tiny").json()
     again = generate(api, prompt=PROMPT, model="dalle-tiny", seed=body["seed"])
     assert again.json()["data"] == body["data"]
+
+
+@pytest.mark.parametrize("top_k", [CODES, 2**64, 10**30])
+def test_top_k_of_at_least_the_codebook_keeps_every_code_as_0_does(api: TestClient,
+                                                                    top_k: int) -> None:
+    every = generate(api, prompt=PROMPT, model="dalle-tiny", seed=3, top_k=0)
+    wide = generate(api, prompt=PROMPT, model="dalle-tiny", seed=3, top_k=top_k)
+    assert wide.status_code == 200, wide.text
+    assert wide.json()["data"] == every.json()["data"]
 
 
 @pytest.mark.parametrize(("body", "words"), [
