@@ -6,6 +6,14 @@ The image enters the recurrence once, as a bias on the first step:
     h_t = f(W_hx x_t + W_hh h_{t-1} + b_h + 1(t = 1) ⊙ b_v),   f = ReLU
     y_t = softmax(W_oh h_t + b_o)
 
+With `layer_norm` the summed input is layer-normalised before the ReLU, as Ba, Kiros
+& Hinton 2016 (Eq. 4) do for a vanilla RNN: h_t = f(LN(a_t; g, b)), a_t the sum above.
+A ReLU recurrence left to itself grows or dies over the caption's steps, and the image
+that entered once at t = 1 with it; LN holds every step's activations at one scale.
+With `recurrent_init: "identity"` W_hh starts as the identity (Le, Jaitly & Hinton
+2015's IRNN): until it learns otherwise, each step hands its state on unchanged and
+adds the word, so what b_v wrote at t = 1 is still there at the caption's end.
+
 with h_0 = 0 and x_1 the START (<bos>) word vector. CNN(I) is the pooled grid
 of a frozen, pre-trained `ImageEncoder`, so training reads it precomputed, and it
 is standardised across images before W_hi (models.encoder.ImageVector: without it
@@ -44,6 +52,8 @@ class MultimodalRNNConfig(CaptionConfig):
     # images before W_hi (models.encoder.ImageVector; without it the m-RNN ignores the image).
     image_pool: str = "max"
     standardise_image: bool = True
+    # W_hh's initialisation: "default" (nn.Linear's uniform) or "identity" (IRNN).
+    recurrent_init: str = "default"
     # Runs saved before these settings existed pooled by the mean, did not standardise,
     # and kept the encoder frozen.
     SAVED_BEFORE: ClassVar[dict] = {"image_pool": "mean", "standardise_image": False,
@@ -53,11 +63,15 @@ class MultimodalRNNConfig(CaptionConfig):
         super().__post_init__()
         if isinstance(self.encoder, dict):
             self.encoder = EncoderConfig(**self.encoder)
+        if self.recurrent_init not in ("default", "identity"):
+            raise ValueError(f"recurrent_init: 'default' or 'identity', got "
+                             f"{self.recurrent_init!r}")
 
 
 @register_captioner
 class MultimodalRNN(FeatureCaptioner):
-    """The m-RNN generator: a ReLU RNN whose first step is biased by the image."""
+    """The m-RNN generator: a ReLU RNN whose first step is biased by the image
+    (optionally layer-normalised)."""
 
     config_class = MultimodalRNNConfig
     state_names = ("h", "image_bias")
@@ -66,8 +80,6 @@ class MultimodalRNN(FeatureCaptioner):
 
     def __init__(self, config: MultimodalRNNConfig) -> None:
         super().__init__(config)
-        if config.layer_norm:
-            raise ValueError("the m-RNN generator has no layer-normalised variant")
         d, e, h = config.encoder.out_dim, config.embed_dim, config.hidden_dim
         self.encoder = ImageEncoder(config.encoder)
         self.freeze_encoder()  # CNN(I) is a fixed, pre-trained feature unless fine-tuned
@@ -76,6 +88,9 @@ class MultimodalRNN(FeatureCaptioner):
         self.embed = nn.Embedding(config.vocab_size, e)  # x_t
         self.input = nn.Linear(e, h)  # W_hx, b_h
         self.recurrent = nn.Linear(h, h, bias=False)  # W_hh
+        if config.recurrent_init == "identity":
+            nn.init.eye_(self.recurrent.weight)
+        self.norm = nn.LayerNorm(h) if config.layer_norm else nn.Identity()  # LN(a_t; g, b)
         self.out = nn.Linear(h, config.vocab_size)  # W_oh, b_o
         self.drop = nn.Dropout(config.dropout)
 
@@ -92,7 +107,7 @@ class MultimodalRNN(FeatureCaptioner):
                expectation_rows: torch.Tensor | None = None) -> DecodeResult:
         x = self.embed(tokens)  # (N, E)
         pre = self.input(x) + self.recurrent(state["h"]) + state["image_bias"]  # (N, H)
-        h = F.relu(pre)
+        h = F.relu(self.norm(pre))
         logits = self.out(self.drop(h))  # (N, V)
         # 1(t = 1): the bias is spent on this step.
         return DecodeResult(logits, {"h": h, "image_bias": torch.zeros_like(h)}, None, None)

@@ -6,7 +6,7 @@ with and without a layer-normalised GRU and reported that LN reached the same re
 fewer steps. This re-runs that comparison in miniature on the shapes world, for the
 retrieval embedding's GRU sentence encoder (`--task retrieval`) and for a captioner's
 LSTM (`--task caption`: NIC on its frozen encoder's CNN(I), precomputed, which makes a
-sweep affordable on a CPU). The runs of a task share data, seed, image features,
+sweep affordable on a CPU) and for the m-RNN's ReLU RNN (`--task caption-mrnn`, likewise). The runs of a task share data, seed, image features,
 schedule and step budget and differ only in `--layer-norm` and the learning rate: each
 variant is trained at every rate of `--lrs`, so that each is compared at its own best
 rate, not at one that suits the other. The validation score is measured after every
@@ -17,7 +17,7 @@ epoch; every run takes every step (no early stop), so the curves cover the same 
     python scripts/ln_curve.py --task caption --data data/shapes15k \
         --encoder-init runs/encoder --runs runs/nic_ln --epochs 4 --lrs 1e-3 3e-3 1e-2
 
-write benchmarks/results/{retrieval,caption}_ln.json and docs/images/{retrieval,caption}_ln.png.
+write benchmarks/results/TASK_ln.json and docs/images/TASK_ln.png.
 Runs whose history.json exists are reused (--retrain to train them again).
 """
 
@@ -65,7 +65,15 @@ TASKS = {
         panels=(("cider_d", "CIDEr-D (greedy)"), ("semantic_exactness", "semantic exactness"),
                 ("coverage", "coverage")),
         labels={"plain": "NIC, LSTM", "ln": "NIC, LN LSTM"}),
+    "caption-mrnn": Task(
+        command=("train", "caption", "--arch", "mrnn"), base_config="configs/caption_mrnn.json",
+        score="cider_d",
+        panels=(("cider_d", "CIDEr-D (greedy)"), ("semantic_exactness", "semantic exactness"),
+                ("coverage", "coverage")),
+        labels={"plain": "m-RNN, RNN", "ln": "m-RNN, LN RNN"}),
 }
+DEFAULT_RUNS = {"retrieval": "runs/vse_ln", "caption": "runs/nic_ln",
+                "caption-mrnn": "runs/mrnn_ln"}
 
 
 def variant_name(encoder: str, lr: float) -> str:
@@ -199,7 +207,8 @@ def main() -> None:
     p.add_argument("--task", choices=sorted(TASKS), default="retrieval")
     p.add_argument("--data", default="data/shapes15k")
     p.add_argument("--encoder-init", default="runs/encoder")
-    p.add_argument("--runs", type=Path, help="default: runs/vse_ln or runs/nic_ln")
+    p.add_argument("--runs", type=Path, help="default: runs/vse_ln, runs/nic_ln or "
+                   "runs/mrnn_ln")
     p.add_argument("--epochs", type=int, default=18)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2, 3e-2],
@@ -209,7 +218,7 @@ def main() -> None:
     p.add_argument("--png", type=Path, help="default: docs/images/TASK_ln.png")
     args = p.parse_args()
     task = TASKS[args.task]
-    args.runs = args.runs or Path({"retrieval": "runs/vse_ln", "caption": "runs/nic_ln"}[args.task])
+    args.runs = args.runs or Path(DEFAULT_RUNS[args.task])
     args.json = args.json or Path(f"benchmarks/results/{args.task}_ln.json")
     args.png = args.png or Path(f"docs/images/{args.task}_ln.png")
 

@@ -91,7 +91,8 @@ def _trainer_arguments(p: argparse.ArgumentParser) -> None:
 
 def _train_caption(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", choices=CAPTION_ARCHS, default=None)
-    p.add_argument("--layer-norm", action="store_true", help="layer-normalised LSTM")
+    p.add_argument("--layer-norm", action="store_true",
+                   help="layer-normalised recurrence (the LSTMs; the m-RNN's ReLU RNN)")
     p.add_argument("--data", default=None, help="dataset directory (captions.json)")
     p.add_argument("--out", required=True, help="run directory for checkpoints and logs")
     p.add_argument("--config", default=None, help="JSON file with any of the knobs")

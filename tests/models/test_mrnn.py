@@ -36,13 +36,21 @@ def reference_logits(model: MultimodalRNN, images: torch.Tensor,
     for t in range(captions_in.shape[1]):
         x = model.embed(captions_in[:, t])
         pre = x @ model.input.weight.T + model.input.bias + h @ model.recurrent.weight.T
-        h = torch.relu(pre + (b_v if t == 0 else 0.0))
+        pre = pre + (b_v if t == 0 else 0.0)
+        if model.config.layer_norm:  # Ba et al. 2016, Eq. 4: the whole summed input
+            mu, var = pre.mean(-1, keepdim=True), pre.var(-1, unbiased=False, keepdim=True)
+            pre = (pre - mu) / torch.sqrt(var + model.norm.eps) * model.norm.weight + model.norm.bias
+        h = torch.relu(pre)
         out.append(h @ model.out.weight.T + model.out.bias)
     return torch.stack(out, dim=1)
 
 
-def test_teacher_forcing_is_eq_13_with_the_image_bias_at_the_first_step_only():
-    model = tiny_model().eval()
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_teacher_forcing_is_eq_13_with_the_image_bias_at_the_first_step_only(layer_norm):
+    model = tiny_model(layer_norm=layer_norm).eval()
+    if layer_norm:  # gains and biases away from 1 and 0, so that the test sees them
+        torch.nn.init.uniform_(model.norm.weight, 0.5, 1.5)
+        torch.nn.init.uniform_(model.norm.bias, -0.5, 0.5)
     images = torch.rand(B, 3, S, S)
     caps = captions()
     with torch.no_grad():
@@ -69,8 +77,9 @@ def test_the_image_reaches_later_steps_only_through_the_first_hidden_state():
         torch.testing.assert_close(from_a, again)
 
 
-def test_step_by_step_decoding_matches_teacher_forcing():
-    model = tiny_model().eval()
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_step_by_step_decoding_matches_teacher_forcing(layer_norm):
+    model = tiny_model(layer_norm=layer_norm).eval()
     images, caps = torch.rand(B, 3, S, S), captions()
     with torch.no_grad():
         logits, _ = model(images, caps)
@@ -97,9 +106,21 @@ def test_precomputed_features_give_the_same_loss_and_leave_the_encoder_frozen():
     assert model.image_bias.weight.grad.abs().sum() > 0
 
 
-def test_the_m_rnn_has_no_layer_norm_variant():
-    with pytest.raises(ValueError, match="layer-normalised"):
-        build_caption_model(caption_config({"arch": "mrnn", "layer_norm": True}))
+def test_layer_norm_holds_every_step_at_one_scale_whatever_w_hh():
+    """A ReLU recurrence with a large W_hh explodes over the caption; the LN one does not."""
+    caps = torch.cat([captions()] * 4, dim=1)  # 20 steps
+    images = torch.rand(B, 3, S, S)
+    norms = {}
+    for layer_norm in (False, True):
+        model = tiny_model(layer_norm=layer_norm).eval()
+        with torch.no_grad():
+            model.recurrent.weight.mul_(8.0)
+            _, state = model.encode(images)
+            for t in range(caps.shape[1]):
+                _, state, _ = model.step(caps[:, t], state, None)
+        norms[layer_norm] = state["h"].norm(dim=-1).max().item()
+    assert norms[False] > 1e3
+    assert norms[True] < 2 * 12 ** 0.5  # at most about sqrt(H) for unit-scale LN outputs
 
 
 def test_the_encoder_is_frozen_unless_it_is_fine_tuned():
@@ -115,3 +136,25 @@ def test_the_encoder_is_frozen_unless_it_is_fine_tuned():
         assert all(reached) if train_encoder else not any(reached)
         assert model.encoder.training is train_encoder  # BatchNorm statistics adapt only then
         assert trains_on_features(model.config) is not train_encoder
+
+
+def test_identity_recurrence_hands_the_image_on_until_trained():
+    """IRNN init: W_hh = I, so a step adds the word to the state and keeps the rest; the
+    image written at t = 1 changes every later state by the same amount while h stays
+    positive."""
+    model = tiny_model(recurrent_init="identity").eval()
+    torch.testing.assert_close(model.recurrent.weight, torch.eye(12))
+    with torch.no_grad():
+        model.input.weight.zero_()
+        model.input.bias.fill_(0.1)  # every word adds 0.1 to every unit
+        model.image_bias.bias.fill_(5.0)  # b_v positive: no unit is cut by the ReLU
+        _, state = model.encode(torch.rand(B, 3, S, S))
+        b_v = state["image_bias"].clone()
+        for t, token in enumerate(captions()[0], start=1):
+            _, state, _ = model.step(token.expand(B), state, None)
+            torch.testing.assert_close(state["h"], b_v + 0.1 * t)
+
+
+def test_an_unknown_recurrent_init_is_refused():
+    with pytest.raises(ValueError, match="recurrent_init"):
+        MultimodalRNNConfig(recurrent_init="orthogonal")
