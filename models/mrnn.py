@@ -55,9 +55,9 @@ class MultimodalRNNConfig(CaptionConfig):
     # W_hh's initialisation: "default" (nn.Linear's uniform) or "identity" (IRNN).
     recurrent_init: str = "default"
     # Runs saved before these settings existed pooled by the mean, did not standardise,
-    # and kept the encoder frozen.
+    # kept the encoder frozen and initialised W_hh as nn.Linear does.
     SAVED_BEFORE: ClassVar[dict] = {"image_pool": "mean", "standardise_image": False,
-                                    "train_encoder": False}
+                                    "train_encoder": False, "recurrent_init": "default"}
 
     def __post_init__(self) -> None:
         super().__post_init__()
