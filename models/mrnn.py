@@ -6,18 +6,18 @@ The image enters the recurrence once, as a bias on the first step:
     h_t = f(W_hx x_t + W_hh h_{t-1} + b_h + 1(t = 1) ⊙ b_v),   f = ReLU
     y_t = softmax(W_oh h_t + b_o)
 
-With `layer_norm` the summed input is layer-normalised before the ReLU, as Ba, Kiros
-& Hinton 2016 (Eq. 4) do for a vanilla RNN: h_t = f(LN(a_t; g, b)), a_t the sum above.
-A ReLU recurrence left to itself grows or dies over the caption's steps, and the image
-that entered once at t = 1 with it; LN holds every step's activations at one scale.
-With `recurrent_init: "identity"` W_hh starts as the identity (Le, Jaitly & Hinton
-2015's IRNN): until it learns otherwise, each step hands its state on unchanged and
-adds the word, so what b_v wrote at t = 1 is still there at the caption's end.
-
 with h_0 = 0 and x_1 the START (<bos>) word vector. CNN(I) is the pooled grid
 of a frozen, pre-trained `ImageEncoder`, so training reads it precomputed, and it
 is standardised across images before W_hi (models.encoder.ImageVector: without it
 the shared part of every image's vector drowns the part that tells images apart).
+
+With `layer_norm` the summed input is layer-normalised before the ReLU, as Ba, Kiros
+& Hinton 2016 (Eq. 4) do for a vanilla RNN: h_t = f(LN(a_t; g, b)), a_t the sum above;
+it holds every step's activations at one scale. With `recurrent_init: "identity"` W_hh
+starts as the identity (Le, Jaitly & Hinton 2015's IRNN): until it learns otherwise,
+each step hands its state on unchanged and adds the word, so what b_v wrote at t = 1 is
+still there at the caption's end. Measured on one budget (docs/results.md, "The
+m-RNN's recurrence"), the identity start, not LN, is what made the m-RNN use the image.
 
 The indicator 1(t = 1) lives in the recurrent state: `encode` returns
 {"h": 0, "image_bias": b_v}, and every step adds `image_bias` and hands on
