@@ -63,7 +63,7 @@ class CaptionConfig:
     vocab_size: int = 64
     embed_dim: int = 64
     hidden_dim: int = 128
-    layer_norm: bool = False  # layer-normalised recurrence (Ba et al. 2016): LSTM, or the m-RNN's RNN
+    layer_norm: bool = False  # layer-normalised recurrence (Ba et al. 2016): LSTMs, m-RNN
     dropout: float = 0.2
     pad_id: int = 0
 

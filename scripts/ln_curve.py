@@ -6,10 +6,11 @@ with and without a layer-normalised GRU and reported that LN reached the same re
 fewer steps. This re-runs that comparison in miniature on the shapes world, for the
 retrieval embedding's GRU sentence encoder (`--task retrieval`) and for a captioner's
 LSTM (`--task caption`: NIC on its frozen encoder's CNN(I), precomputed, which makes a
-sweep affordable on a CPU) and for the m-RNN's ReLU RNN (`--task caption-mrnn`, likewise). The runs of a task share data, seed, image features,
-schedule and step budget and differ only in `--layer-norm` and the learning rate: each
-variant is trained at every rate of `--lrs`, so that each is compared at its own best
-rate, not at one that suits the other. The validation score is measured after every
+sweep affordable on a CPU) and for the m-RNN's ReLU RNN (`--task caption-mrnn`,
+likewise). The runs of a task share data, seed, image features, schedule and step
+budget and differ only in `--layer-norm` and the learning rate: each variant is trained
+at every rate of `--lrs`, so that each is compared at its own best rate, not at one
+that suits the other. The validation score is measured after every
 epoch; every run takes every step (no early stop), so the curves cover the same steps.
 
     python scripts/ln_curve.py --task retrieval --data data/shapes15k \

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.captioners import build_caption_model, caption_config
+from models.captioners import build_caption_model
 from models.encoder import EncoderConfig
 from models.mrnn import MultimodalRNN, MultimodalRNNConfig
 
@@ -39,7 +39,8 @@ def reference_logits(model: MultimodalRNN, images: torch.Tensor,
         pre = pre + (b_v if t == 0 else 0.0)
         if model.config.layer_norm:  # Ba et al. 2016, Eq. 4: the whole summed input
             mu, var = pre.mean(-1, keepdim=True), pre.var(-1, unbiased=False, keepdim=True)
-            pre = (pre - mu) / torch.sqrt(var + model.norm.eps) * model.norm.weight + model.norm.bias
+            pre = (pre - mu) / torch.sqrt(var + model.norm.eps)
+            pre = pre * model.norm.weight + model.norm.bias
         h = torch.relu(pre)
         out.append(h @ model.out.weight.T + model.out.bias)
     return torch.stack(out, dim=1)
