@@ -51,7 +51,17 @@ class Task:
     score: str  # the validation score a run's "best" tracks
     panels: tuple[tuple[str, str], ...]  # (history key, title) per panel
     labels: dict[str, str]  # variant -> legend label
+    runs: str  # the default run directory
     cache: str | None = None  # a features file the first run writes and the others reuse
+
+
+def caption_task(arch: str, labels: dict[str, str], runs: str) -> Task:
+    """A captioner's comparison: its own config, greedy validation CIDEr-D and semantics."""
+    return Task(command=("train", "caption", "--arch", arch),
+                base_config=f"configs/caption_{arch}.json", score="cider_d",
+                panels=(("cider_d", "CIDEr-D (greedy)"),
+                        ("semantic_exactness", "semantic exactness"), ("coverage", "coverage")),
+                labels=labels, runs=runs)
 
 
 TASKS = {
@@ -59,22 +69,13 @@ TASKS = {
         command=("train", "retrieval", "--loss", "max"), base_config=None, score="rsum",
         panels=(("i2t_r1", "R@1 image -> text (%)"), ("t2i_r1", "R@1 text -> image (%)"),
                 ("rsum", "rsum (six recalls, max 600)")),
-        labels={"plain": "GRU", "ln": "LN GRU"}, cache="features.safetensors"),
-    "caption": Task(
-        command=("train", "caption", "--arch", "nic"), base_config="configs/caption_nic.json",
-        score="cider_d",
-        panels=(("cider_d", "CIDEr-D (greedy)"), ("semantic_exactness", "semantic exactness"),
-                ("coverage", "coverage")),
-        labels={"plain": "NIC, LSTM", "ln": "NIC, LN LSTM"}),
-    "caption-mrnn": Task(
-        command=("train", "caption", "--arch", "mrnn"), base_config="configs/caption_mrnn.json",
-        score="cider_d",
-        panels=(("cider_d", "CIDEr-D (greedy)"), ("semantic_exactness", "semantic exactness"),
-                ("coverage", "coverage")),
-        labels={"plain": "m-RNN, RNN", "ln": "m-RNN, LN RNN"}),
+        labels={"plain": "GRU", "ln": "LN GRU"}, runs="runs/vse_ln",
+        cache="features.safetensors"),
+    "caption": caption_task("nic", {"plain": "NIC, LSTM", "ln": "NIC, LN LSTM"},
+                            "runs/nic_ln"),
+    "caption-mrnn": caption_task("mrnn", {"plain": "m-RNN, RNN", "ln": "m-RNN, LN RNN"},
+                                 "runs/mrnn_ln"),
 }
-DEFAULT_RUNS = {"retrieval": "runs/vse_ln", "caption": "runs/nic_ln",
-                "caption-mrnn": "runs/mrnn_ln"}
 
 
 def variant_name(encoder: str, lr: float) -> str:
@@ -219,7 +220,7 @@ def main() -> None:
     p.add_argument("--png", type=Path, help="default: docs/images/TASK_ln.png")
     args = p.parse_args()
     task = TASKS[args.task]
-    args.runs = args.runs or Path(DEFAULT_RUNS[args.task])
+    args.runs = args.runs or Path(task.runs)
     args.json = args.json or Path(f"benchmarks/results/{args.task}_ln.json")
     args.png = args.png or Path(f"docs/images/{args.task}_ln.png")
 
