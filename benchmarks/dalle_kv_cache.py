@@ -1,19 +1,21 @@
 """DALL-E decoding with the KV cache vs recomputing the whole sequence for every code.
 
-The same G*G image codes of a batch of prompts are drawn two ways in ONNX Runtime (CPU
+The same G*G image codes of a batch of prompts are drawn three ways in ONNX Runtime (CPU
 provider, the same threads):
 - cached: the bundle's `prefill` (text -> logits of code 0 and the cache) and then one
-  `decoder_step` per code (token, position, past -> logits, present), as
-  service/pipelines/dalle.py runs them;
+  `decoder_step` per code (token, position, past -> logits, kv: the token's keys and
+  values, written into the cache in place), as service/pipelines/dalle.py runs them;
+- copying: the same, with a step graph exported from the same weights that returns the
+  whole updated cache (`present`) instead, as bundles before `kv` did;
 - uncached: a graph of the transformer's teacher-forced pass (`Dalle.forward`'s logits,
   without the loss), exported here from the same weights, run over the whole sequence
   (the L text tokens and G*G - 1 image positions) for every code; the positions after the
   current one hold padding codes that the causal mask keeps out, and the logits at the
   current position are drawn from.
 
-Both draw with the service's `draw_tokens` at the same seeded uniforms (or `--greedy`:
-argmax), so both ways must give identical codes; the script checks it and reports it
-with the largest difference between the two ways' logits. It reports the total decode
+All draw with the service's `draw_tokens` at the same seeded uniforms (or `--greedy`:
+argmax), so all ways must give identical codes; the script checks it and reports it
+with the largest difference between the ways' logits. It reports the total decode
 time of each way (fastest of `--repeats`, the ways alternating so that load from
 elsewhere hits both alike), their ratio, and the cost of one code by position: the mean
 over each quarter of the G*G codes of the per-code median time (the cached way's code 0
@@ -59,7 +61,7 @@ from service.pipelines.dalle import DalleModel  # noqa: E402
 from service.runtime import OnnxGraph, session_options  # noqa: E402
 from service.text import WordIndex, pad_ids  # noqa: E402
 from training.data.tokenizer import WordVocab  # noqa: E402
-from training.export.dalle import DalleModels, write_dalle_bundle  # noqa: E402
+from training.export.dalle import EXAMPLE_BATCH, DalleModels, StepGraph, write_dalle_bundle  # noqa: E402
 from training.export.onnx import DEFAULT_OPSET, onnx_export  # noqa: E402
 from training.runs import load_dalle  # noqa: E402
 
@@ -136,6 +138,28 @@ def export_full_sequence(dalle: Dalle, path: Path) -> None:
                 ("logits",), {"text": {0: batch}, "image": {0: batch}}, DEFAULT_OPSET)
 
 
+def export_copying_step(dalle: Dalle, path: Path) -> None:
+    """The step graph of `dalle` that returns the whole updated cache (`present`)."""
+    cfg, n = dalle.config, EXAMPLE_BATCH
+    batch = torch.export.Dim("batch")
+    inputs = (torch.zeros(n, dtype=torch.long), torch.full((n,), cfg.text_length),
+              torch.zeros(dalle.cache_shape(n)))
+    onnx_export(StepGraph(dalle, "present").eval(), inputs,
+                path, ("token", "position", "past"), ("logits", "present"),
+                {"token": {0: batch}, "position": {0: batch}, "past": {0: batch}}, DEFAULT_OPSET)
+
+
+def copying_step(graph: OnnxGraph) -> Callable:
+    """A `DalleModel.step` over a step graph that returns `present`."""
+
+    def step(token: np.ndarray, position: np.ndarray, past: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+        out = graph.run({"token": token, "position": position, "past": past})
+        return out["logits"], out["present"]
+
+    return step
+
+
 def trained_dalle(model: DalleModel) -> Dalle:
     """The transformer of the run a bundle's manifest names, checked against the bundle."""
     run = (model.bundle.manifest.training or {}).get("run")
@@ -206,8 +230,9 @@ class Decoding:
         self.seconds = np.zeros(length)
 
 
-def decode_cached(model: DalleModel, prompts: Sequence[tuple[int, ...]], uniforms: np.ndarray,
-                  choose: Callable) -> Decoding:
+def decode_cached(model: DalleModel, step: Callable, prompts: Sequence[tuple[int, ...]],
+                  uniforms: np.ndarray, choose: Callable) -> Decoding:
+    """Prefill, then `step` (token, position, past -> logits, cache) once per code."""
     N = model.image_length
     out = Decoding(len(prompts), N, model.settings.codebook_size)
     started = time.perf_counter()
@@ -216,8 +241,7 @@ def decode_cached(model: DalleModel, prompts: Sequence[tuple[int, ...]], uniform
     for i in range(N):
         if i:
             position = np.full(len(prompts), model.text_length + i - 1, np.int64)
-            step = model.step(out.codes[:, i - 1], position, past)
-            logits, past = step["logits"], step["present"]
+            logits, past = step(out.codes[:, i - 1], position, past)
         out.logits[:, i] = logits
         out.codes[:, i] = choose(logits, uniforms[:, i])
         now = time.perf_counter()
@@ -250,16 +274,18 @@ def quarter_means_ms(per_code_s: np.ndarray, skip_first: bool = False) -> dict[s
                                                                         strict=True)}
 
 
-def measure(model: DalleModel, full: OnnxGraph, batch: int, repeats: int, greedy: bool,
-            seed: int) -> dict[str, Any]:
+def measure(model: DalleModel, copying: Callable, full: OnnxGraph, batch: int, repeats: int,
+            greedy: bool, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng([seed, batch])
     prompts = prompt_rows(model, rng, batch)
     uniforms = rng.random((batch, model.image_length))
     choose = chooser(greedy)
-    ways = {"cached": lambda: decode_cached(model, prompts, uniforms, choose),
+    ways = {"cached": lambda: decode_cached(model, model.step, prompts, uniforms, choose),
+            "copying": lambda: decode_cached(model, copying, prompts, uniforms, choose),
             "uncached": lambda: decode_uncached(model, full, prompts, uniforms, choose)}
     first = {name: run() for name, run in ways.items()}  # warm-up, and the codes compared
-    same = first["cached"].codes == first["uncached"].codes
+    same = ((first["cached"].codes == first["uncached"].codes)
+            & (first["copying"].codes == first["uncached"].codes))
     runs: dict[str, list[Decoding]] = {name: [] for name in ways}
     for r in range(repeats):
         for name in list(ways)[r % 2:] + list(ways)[:r % 2]:
@@ -274,15 +300,18 @@ def measure(model: DalleModel, full: OnnxGraph, batch: int, repeats: int, greedy
         "batch": batch,
         "identical_codes": bool(same.all()),
         "identical_rows": int(same.all(axis=1).sum()),
-        "max_abs_logit_diff": float(np.abs(first["cached"].logits
-                                           - first["uncached"].logits).max()),
+        "max_abs_logit_diff": max(float(np.abs(first[way].logits
+                                               - first["uncached"].logits).max())
+                                  for way in ("cached", "copying")),
         "total_s": best,
         "median_total_s": {name: float(np.median(t)) for name, t in totals.items()},
         "uncached_over_cached": best["uncached"] / best["cached"],
+        "copying_over_cached": best["copying"] / best["cached"],
         "images_per_s": {name: batch / s for name, s in best.items()},
         "prefill_ms": float(per_code["cached"][0] * 1000),
         "ms_per_code_by_quarter": {
             "cached": quarter_means_ms(per_code["cached"], skip_first=True),
+            "copying": quarter_means_ms(per_code["copying"], skip_first=True),
             "uncached": quarter_means_ms(per_code["uncached"])},
     }
 
@@ -301,22 +330,24 @@ def markdown(result: dict[str, Any]) -> str:
         f"{cfg['repeats']} alternating repeats; 1-minute load average "
         f"{m['load_average_1m_at_start']:.1f} at start, {m['load_average_1m_at_end']:.1f} "
         "at end.", "",
-        "| batch | cached s | uncached s | uncached / cached | cached img/s | identical codes |"
-        " max logit diff |", "|---|---|---|---|---|---|---|"]
+        "| batch | cached s | copying s | uncached s | uncached / cached | copying / cached |"
+        " cached img/s | identical codes | max logit diff |", "|---" * 9 + "|"]
     for r in result["rows"]:
+        t = r["total_s"]
         lines.append(
-            f"| {r['batch']} | {r['total_s']['cached']:.3f} | {r['total_s']['uncached']:.3f} | "
-            f"**{r['uncached_over_cached']:.1f}x** | {r['images_per_s']['cached']:.1f} | "
+            f"| {r['batch']} | {t['cached']:.3f} | {t['copying']:.3f} | {t['uncached']:.3f} | "
+            f"**{r['uncached_over_cached']:.1f}x** | {r['copying_over_cached']:.2f}x | "
+            f"{r['images_per_s']['cached']:.1f} | "
             f"{'yes' if r['identical_codes'] else 'NO'} ({r['identical_rows']}/{r['batch']} "
             f"rows) | {r['max_abs_logit_diff']:.1e} |")
     lines += ["", "Milliseconds per code by position (median over repeats, mean over each "
-              "quarter of the codes; the cached way's code 0 is the prefill):", "",
+              "quarter of the codes; the cached ways' code 0 is the prefill):", "",
               "| batch | way | prefill | 1st quarter | 2nd | 3rd | 4th |",
               "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        for way in ("cached", "uncached"):
+        for way in ("cached", "copying", "uncached"):
             q = r["ms_per_code_by_quarter"][way]
-            prefill = f"{r['prefill_ms']:.2f}" if way == "cached" else "-"
+            prefill = f"{r['prefill_ms']:.2f}" if way != "uncached" else "-"
             lines.append(f"| {r['batch']} | {way} | {prefill} | "
                          + " | ".join(f"{q[k]:.2f}" for k in QUARTERS) + " |")
     return "\n".join(lines) + "\n"
@@ -346,15 +377,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         model = DalleModel.from_bundle(bundle, device="cpu", intra_op_threads=args.threads)
         dalle = dalle or trained_dalle(model)
         export_full_sequence(dalle, Path(tmp) / "full_sequence.onnx")
-        full = OnnxGraph(ort.InferenceSession(str(Path(tmp) / "full_sequence.onnx"),
-                                              session_options(args.threads),
-                                              providers=["CPUExecutionProvider"]), "full")
+        export_copying_step(dalle, Path(tmp) / "copying_step.onnx")
+        full, copying = (OnnxGraph(ort.InferenceSession(str(Path(tmp) / f"{name}.onnx"),
+                                                        session_options(args.threads),
+                                                        providers=["CPUExecutionProvider"]),
+                                   name) for name in ("full_sequence", "copying_step"))
         rows = []
         for batch in args.batches:
-            row = measure(model, full, batch, args.repeats, args.greedy, args.seed)
+            row = measure(model, copying_step(copying), full, batch, args.repeats,
+                          args.greedy, args.seed)
             rows.append(row)
-            print(f"batch {batch:>3}: cached {row['total_s']['cached']:.3f} s, uncached "
-                  f"{row['total_s']['uncached']:.3f} s, {row['uncached_over_cached']:.1f}x, "
+            t = row["total_s"]
+            print(f"batch {batch:>3}: cached {t['cached']:.3f} s, copying {t['copying']:.3f} s, "
+                  f"uncached {t['uncached']:.3f} s, {row['uncached_over_cached']:.1f}x, "
                   f"identical codes: {row['identical_codes']}", flush=True)
     cfg = dalle.config
     result = {

@@ -173,6 +173,25 @@ class CausalSelfAttention(nn.Module):
         v = torch.where(write[:, None, :, None], v, past_v)
         return self.attend(q, k, v, mask[:, None, None, :]), k, v
 
+    def step_apart(self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
+                   bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One token per row, x (B, 1, C), attending to itself and to the cached keys/values
+        (B, nh, T, hs) under `bias` (B, 1, 1, T): 0 where it may attend, -inf elsewhere. The
+        caches are only read: the token's k, v (B, nh, hs) are returned for the caller to
+        store, so a step costs no copy of the cache (`step`'s `torch.where` writes a new one).
+        With one query per row the heads need no transposes: (B, 1, C) views as
+        (B, nh, 1, hs). (x stays 3-d so that the linear layers export as in `prefill`, and
+        the two graphs share their weights.)"""
+        B, _, C = x.shape
+        nh = self.n_head
+        q, k, v = (t.reshape(B, nh, 1, C // nh) for t in self.qkv(x).split(C, dim=2))
+        q = q * (1.0 / math.sqrt(C // nh))
+        to_cache = q @ past_k.transpose(-2, -1) + bias  # (B, nh, 1, T)
+        to_self = q @ k.transpose(-2, -1)  # (B, nh, 1, 1)
+        att = self.attn_dropout(torch.cat([to_cache, to_self], dim=-1).softmax(dim=-1))
+        y = att[..., :-1] @ past_v + att[..., -1:] * v  # (B, nh, 1, hs)
+        return self.resid_dropout(self.proj(y.reshape(B, 1, C))), k[:, :, 0], v[:, :, 0]
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: DalleConfig) -> None:
@@ -203,6 +222,12 @@ class Block(nn.Module):
              write: torch.Tensor, mask: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         y, k, v = self.attn.step(self.ln_1(x), past_k, past_v, write, mask)
+        x = x + y
+        return x + self.mlp(self.ln_2(x)), k, v
+
+    def step_apart(self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
+                   bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        y, k, v = self.attn.step_apart(self.ln_1(x), past_k, past_v, bias)
         x = x + y
         return x + self.mlp(self.ln_2(x)), k, v
 
@@ -340,6 +365,34 @@ class Dalle(nn.Module):
             x, k, v = block.step(x, past[:, 2 * layer], past[:, 2 * layer + 1], write, mask)
             cache += [k, v]
         return self.image_head(self.ln_f(x[:, 0])), torch.stack(cache, dim=1)
+
+    def step_apart(self, token: torch.Tensor, position: torch.Tensor, past: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`step` without writing the cache: the same logits (B, K), and `kv` (B, 2 * n_layer,
+        nh, hs), this token's keys (even slots) and values (odd slots) of every layer, for
+        the caller to store at `past[b, :, :, position[b]]`.
+
+        `past` is only read, at the positions < p of each row that the layer's mask allows,
+        plus the token itself; so the caller can keep one cache and write each step's
+        `kv` into it in place, where `step` returns a new copy of the whole cache per token
+        (most of a step's time in ONNX Runtime at this model's width, docs/performance.md).
+        """
+        cfg = self.config
+        T = cfg.sequence_length
+        x = self.embed_image(token, position - cfg.text_length)[:, None, :]  # (B, 1, C)
+        # The keys each row may read from the cache: those before p that the layer's mask
+        # row p allows (every mask allows a token itself, which is not in the cache yet).
+        # One additive bias per mask kind, shared by its layers.
+        before = torch.arange(T, device=position.device)[None, :] < position[:, None]
+        allowed = self.masks.index_select(1, position) & before  # (kinds, B, T)
+        bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(
+            ~allowed, float("-inf"))[:, :, None, None, :]  # (kinds, B, 1, 1, T)
+        kv = []
+        for layer, block in enumerate(self.blocks):
+            x, k, v = block.step_apart(x, past[:, 2 * layer], past[:, 2 * layer + 1],
+                                       bias[self.mask_index[layer]])
+            kv += [k, v]
+        return self.image_head(self.ln_f(x[:, 0])), torch.stack(kv, dim=1)
 
     def cache_shape(self, batch: int) -> tuple[int, ...]:
         """Shape of `past`/`present` for `batch` rows."""

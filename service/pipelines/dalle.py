@@ -21,7 +21,10 @@ Graph contract (bundle written by training/export/dalle.py):
                   -> logits [batch, K], present [batch, 2 * layers, heads, T, hs]
     decoder_step  token [batch] int64 (an image code), position [batch] int64 (its position
                   in the sequence, L <= p < T - 1), past -> logits [batch, K] (of the code
-                  at p + 1), present (past with the token's keys/values at p)
+                  at p + 1), kv [batch, 2 * layers, heads, hs] (the token's keys/values,
+                  which `DalleModel.step` writes into `past` at p, in place)
+                  or, in bundles exported before `kv`, present (a copy of past with the
+                  token's keys/values at p, which replaces it)
     dvae_decoder  codes [batch, G, G] int64 -> image [batch, 3, S, S] in [0, 1]
     reranker (optional, named by `inference.reranker`): an image graph (image ->
     embedding [batch, E]) and a text graph (tokens [batch, T'], lengths [batch] ->
@@ -44,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from service.batching import BatchObserver
-from service.bundle import Bundle, BundleError, DalleInference, RerankerSpec
+from service.bundle import Bundle, BundleError, DalleInference, Manifest, RerankerSpec
 from service.decoding import draw_tokens
 from service.errors import InvalidParameter
 from service.pipelines.base import GraphContract, request_seed
@@ -155,9 +158,10 @@ class DalleModel(TextToImage, task="generation", architecture="dalle"):
 
     def contract(self) -> dict[str, GraphContract]:
         cache = frozenset({"logits", "present"})
+        step = frozenset({"logits", step_cache(self.bundle.manifest)})
         needs = {PREFILL_GRAPH: GraphContract(inputs=frozenset({"tokens"}), outputs=cache),
                  STEP_GRAPH: GraphContract(inputs=frozenset({"token", "position", "past"}),
-                                           outputs=cache),
+                                           outputs=step),
                  DVAE_DECODER_GRAPH: GraphContract(inputs=frozenset({"codes"}),
                                                    outputs=frozenset({"image"}))}
         spec = self.bundle.manifest.inference_as(DalleInference).reranker
@@ -240,8 +244,16 @@ class DalleModel(TextToImage, task="generation", architecture="dalle"):
         return self.prefill_graph.run({"tokens": tokens})
 
     def step(self, token: np.ndarray, position: np.ndarray, past: np.ndarray
-             ) -> dict[str, np.ndarray]:
-        return self.step_graph.run({"token": token, "position": position, "past": past})
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """Feed one code per row (`token` at sequence `position`); returns the logits
+        [R, K] of the next code and the cache holding this token's keys/values: `past`
+        itself, written in place at each row's position (a `kv` step graph), or the new
+        cache the graph returned (a `present` one)."""
+        out = self.step_graph.run({"token": token, "position": position, "past": past})
+        if "kv" not in out:
+            return out["logits"], out["present"]
+        past[np.arange(len(position)), :, :, position] = out["kv"]
+        return out["logits"], past
 
     def decode_images(self, codes: np.ndarray) -> np.ndarray:
         """float32 [R, 3, S, S] in [0, 1] of code grids [R, G, G], in runs of at most
@@ -325,6 +337,13 @@ class DalleModel(TextToImage, task="generation", architecture="dalle"):
                            timeout_s=settings.request_timeout_s, observer=observer)
 
 
+def step_cache(manifest: Manifest) -> str:
+    """What a bundle's step graph returns of the cache: "kv" (the token's keys/values)
+    or "present" (the whole updated cache)."""
+    outputs = {t.name for t in manifest.graphs[STEP_GRAPH].outputs}
+    return "kv" if "kv" in outputs else "present"
+
+
 class DalleDecoder:
     """The running decode batch of a `DalleModel` (a `StepDecoder`): each row's cache,
     codes and sampling settings in arrays aligned by row."""
@@ -398,9 +417,9 @@ class DalleDecoder:
     def _step(self) -> None:
         rows = np.arange(len(self))
         position = self.model.text_length + self.length - 1
-        out = self.model.step(self.codes[rows, self.length - 1], position, self.past)
-        self.past = out["present"]
-        self.codes[rows, self.length] = draw_tokens(out["logits"], self.temperature,
+        logits, self.past = self.model.step(self.codes[rows, self.length - 1], position,
+                                            self.past)
+        self.codes[rows, self.length] = draw_tokens(logits, self.temperature,
                                                     self.top_k, self.top_p,
                                                     self.uniforms[rows, self.length])
         self.length += 1

@@ -191,6 +191,47 @@ def test_rows_at_different_positions_step_together() -> None:
             torch.testing.assert_close(logits[1], full[1, t + 1])
 
 
+@pytest.mark.parametrize("attention", ["dense", "sparse"])
+def test_every_mask_lets_a_token_attend_to_itself(attention: str) -> None:
+    """step_apart attends to the token's own key unmasked: every layer's mask must allow it."""
+    model = tiny(attention, n_layer=4)
+    for layer in range(4):
+        assert model.layer_mask(layer).diagonal().all()
+
+
+@pytest.mark.parametrize("attention", ["dense", "sparse"])
+def test_a_step_apart_is_the_step_with_the_cache_written_by_the_caller(attention: str) -> None:
+    """step_apart reads the cache and returns the token's keys/values; written at each row's
+    position they give `step`'s present, and the logits are `step`'s, for rows at
+    different positions and a cache holding junk beyond them."""
+    model = tiny(attention, n_layer=4)
+    B = 5
+    token = torch.randint(0, 13, (B,), generator=torch.Generator().manual_seed(1))
+    position = torch.tensor([L, L + 1, L + 3, L + G * G - 2, L + 7])
+    past = torch.randn(model.cache_shape(B), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        logits, present = model.step(token, position, past)
+        logits_apart, kv = model.step_apart(token, position, past)
+    assert kv.shape == (B, 2 * 4, 2, 8)  # rows, layers x (k, v), heads, head size
+    written = past.clone()
+    written[torch.arange(B), :, :, position] = kv
+    torch.testing.assert_close(logits_apart, logits)
+    torch.testing.assert_close(written, present)
+
+
+def test_cached_decoding_apart_gives_the_logits_of_full_recomputation() -> None:
+    model = tiny("sparse", n_layer=4)
+    text, image = random_pair(model, 3)
+    with torch.no_grad():
+        full = model(text, image).image_logits
+        _, past = model.prefill(text)
+        for i in range(G * G - 1):
+            position = torch.full((3,), L + i)
+            logits, kv = model.step_apart(image[:, i], position, past)
+            past[:, :, :, L + i] = kv
+            torch.testing.assert_close(logits, full[:, i + 1])
+
+
 def test_prefill_leaves_the_image_part_of_the_cache_empty() -> None:
     model = tiny()
     text, _ = random_pair(model, 2)

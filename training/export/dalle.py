@@ -5,7 +5,7 @@
         prefill.onnx         tokens [batch, L] int64 (<bos>, words, 0 pads)
                              -> logits [batch, K], present [batch, 2 * layers, heads, T, hs]
         decoder_step.onnx    token [batch] int64, position [batch] int64, past (as present)
-                             -> logits [batch, K], present
+                             -> logits [batch, K], kv [batch, 2 * layers, heads, hs]
         transformer.bin      the weights both graphs read (ONNX external data), stored once
         dvae_decoder.onnx    codes [batch, G, G] int64 -> image [batch, 3, S, S] in [0, 1]
         vocab.json           the transformer's word vocabulary (WordVocab JSON)
@@ -13,10 +13,14 @@
         rerank_text.onnx     tokens [batch, T'], lengths [batch] -> embedding [batch, E]
         rerank_vocab.json    the reranker's word vocabulary
 
-The KV cache is explicit: `present` of prefill is `past` of the first step, whose
-`present` is the next step's `past` (service/pipelines/dalle.py runs them). The cache
-spans the whole sequence (T = L + G*G positions), so its shape never changes while a
-row decodes, and rows at different positions share one step.
+The KV cache is explicit and kept by the caller: `present` of prefill is `past` of the
+first step, and each step returns only its token's keys and values, `kv`, which the
+caller writes into its cache at the token's position before the next step
+(service/pipelines/dalle.py runs them). The cache spans the whole sequence
+(T = L + G*G positions), so its shape never changes while a row decodes, and rows at
+different positions share one step. `DalleModels.step_cache = "present"` exports the
+earlier step instead, which returns the whole updated cache (`present`, as past);
+the service runs both, and benchmarks/dalle_kv_cache.py compares them.
 
 The two transformer graphs hold the same weights; exported as they are, the bundle would
 store them twice. `share_weights` moves the initializers of both into one external-data
@@ -71,6 +75,7 @@ WEIGHTS_FILE = "transformer.bin"
 PARITY_ATOL = 1e-4
 SHARED_MIN_BYTES = 1024  # smaller initializers stay inside their graph
 EXAMPLE_BATCH = 3  # not 1, so that torch.export keeps the batch dimension symbolic
+STEP_CACHES = ("kv", "present")
 
 
 class PrefillGraph(nn.Module):
@@ -83,13 +88,14 @@ class PrefillGraph(nn.Module):
 
 
 class StepGraph(nn.Module):
-    def __init__(self, dalle: Dalle) -> None:
+    def __init__(self, dalle: Dalle, cache: str = "kv") -> None:
         super().__init__()
         self.dalle = dalle
+        self.run = dalle.step_apart if cache == "kv" else dalle.step
 
     def forward(self, token: torch.Tensor, position: torch.Tensor, past: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.dalle.step(token, position, past)
+        return self.run(token, position, past)
 
 
 class DVAEDecoderGraph(nn.Module):
@@ -114,8 +120,11 @@ class DalleModels:
     top_k: int = 0
     top_p: float = 1.0
     candidates: int = 1
+    step_cache: str = "kv"  # the step's cache output: "kv" (the token's) or "present" (all)
 
     def __post_init__(self) -> None:
+        if self.step_cache not in STEP_CACHES:
+            raise ValueError(f"step_cache must be one of {STEP_CACHES}, got {self.step_cache!r}")
         d, v = self.dalle.config, self.dvae.config
         if (d.image_grid, d.image_vocab_size) != (v.grid, v.codebook_size):
             raise ValueError(f"the transformer models a {d.image_grid}x{d.image_grid} grid of "
@@ -162,8 +171,8 @@ def export_dalle_graphs(models: DalleModels, out_dir: Path, *,
                 ("tokens",), ("logits", "present"), {"tokens": {0: batch}}, opset)
     token, position, past = (torch.from_numpy(a)
                              for a in step_inputs(models, rng, EXAMPLE_BATCH))
-    onnx_export(StepGraph(models.dalle).eval(), (token, position, past),
-                out_dir / STEP_FILE, ("token", "position", "past"), ("logits", "present"),
+    onnx_export(StepGraph(models.dalle, models.step_cache).eval(), (token, position, past),
+                out_dir / STEP_FILE, ("token", "position", "past"), ("logits", models.step_cache),
                 {"token": {0: batch}, "position": {0: batch}, "past": {0: batch}}, opset)
     share_weights(out_dir, (PREFILL_FILE, STEP_FILE), WEIGHTS_FILE)
     grid = models.dvae.config.grid
@@ -220,10 +229,11 @@ def check_dalle_parity(models: DalleModels, bundle_dir: Path, *, seed: int = 0,
     with torch.no_grad():
         pt_out = {
             "prefill": models.dalle.prefill(torch.from_numpy(tokens)),
-            "decoder_step": models.dalle.step(*map(torch.from_numpy, (token, position, past))),
+            "decoder_step": StepGraph(models.dalle, models.step_cache)(
+                *map(torch.from_numpy, (token, position, past))),
             "dvae_decoder": (models.dvae.decode(torch.from_numpy(codes)),),
         }
-    names = {"prefill": ("logits", "present"), "decoder_step": ("logits", "present"),
+    names = {"prefill": ("logits", "present"), "decoder_step": ("logits", models.step_cache),
              "dvae_decoder": ("image",)}
     return require_parity({f"{graph}.{name}": float(np.abs(o - p.numpy()).max())
                            for graph in names

@@ -3,6 +3,7 @@ the manifest, the carried reranker, and the final image against a PyTorch decode
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def test_graphs_have_a_symbolic_batch_and_an_explicit_cache(exported) -> None:
                                                       ("position", "int64", ["batch"]),
                                                       ("past", "float32", cache)]
     assert specs(m.graphs["decoder_step"].outputs) == [("logits", "float32", ["batch", K]),
-                                                       ("present", "float32", cache)]
+                                                       ("kv", "float32", ["batch", 4, 2, 8])]
     assert specs(m.graphs["dvae_decoder"].inputs) == [("codes", "int64", ["batch", G, G])]
     assert specs(m.graphs["dvae_decoder"].outputs) == [("image", "float32",
                                                         ["batch", 3, 16, 16])]
@@ -110,7 +111,7 @@ def test_parity_holds_on_other_random_inputs(exported) -> None:
     models, bundle = exported
     diffs = check_dalle_parity(models, bundle, seed=11)
     assert set(diffs) == {"prefill.logits", "prefill.present", "decoder_step.logits",
-                          "decoder_step.present", "dvae_decoder.image"}
+                          "decoder_step.kv", "dvae_decoder.image"}
     assert max(diffs.values()) <= 1e-4
     assert load_bundle(bundle).manifest.training["parity_max_abs_diff"].keys() == diffs.keys()
 
@@ -128,8 +129,9 @@ def test_onnx_cached_decoding_follows_the_pytorch_forward_pass(exported) -> None
     step = session(bundle, "decoder_step.onnx")
     np.testing.assert_allclose(logits, full[:, 0].numpy(), atol=1e-4)
     for i in range(G * G - 1):
-        logits, past = step.run(None, {"token": image[:, i], "position": np.full(2, L + i),
-                                       "past": past})
+        logits, kv = step.run(None, {"token": image[:, i], "position": np.full(2, L + i),
+                                     "past": past})
+        past[:, :, :, L + i] = kv  # the caller keeps the cache
         np.testing.assert_allclose(logits, full[:, i + 1].numpy(), atol=1e-4)
 
 
@@ -138,8 +140,8 @@ def test_the_step_graph_takes_any_batch_size(exported) -> None:
     step = session(bundle, "decoder_step.onnx")
     for n in (1, 7):
         token, position, past = step_inputs(models, np.random.default_rng(n), n)
-        logits, present = step.run(None, {"token": token, "position": position, "past": past})
-        assert logits.shape == (n, K) and present.shape == past.shape
+        logits, kv = step.run(None, {"token": token, "position": position, "past": past})
+        assert logits.shape == (n, K) and kv.shape == (n, *past.shape[1:3], past.shape[4])
 
 
 def test_the_served_image_is_the_pytorch_decode_of_the_same_draws(exported) -> None:
@@ -165,6 +167,30 @@ def test_the_served_image_is_the_pytorch_decode_of_the_same_draws(exported) -> N
         images = models.dvae.decode(torch.from_numpy(codes).view(2, G, G)).numpy()
     assert len(np.unique(codes)) > 3  # the draws are not degenerate
     np.testing.assert_array_equal(served.images, to_uint8(images))
+
+
+def test_a_bundle_whose_step_returns_the_whole_cache_is_served_alike(exported, tmp_path) -> None:
+    """Bundles exported before `kv` return `present` from the step; the service still runs
+    them, and from the same weights they draw the same images as a `kv` bundle."""
+    models, bundle = exported
+    copying = write_dalle_bundle(dataclasses.replace(models, step_cache="present"),
+                                 tmp_path / "repository", "dalle-present", 1)
+    m = load_bundle(copying).manifest
+    assert [t.name for t in m.graphs["decoder_step"].outputs] == ["logits", "present"]
+    assert "decoder_step.present" in m.training["parity_max_abs_diff"]
+    options = SamplingOptions(temperature=0.9, top_k=0, top_p=1.0)
+    images = []
+    for path in (bundle, copying):
+        model = DalleModel.from_bundle(path, device="cpu")
+        (result,) = model.run_batch([model.request("a red circle", 3, 5, options)])
+        images.append(result.images)
+    np.testing.assert_array_equal(images[0], images[1])
+
+
+def test_an_unknown_step_cache_is_refused() -> None:
+    models = tiny_dalle.tiny_dalle_models()
+    with pytest.raises(ValueError, match="step_cache must be one of"):
+        dataclasses.replace(models, step_cache="everything")
 
 
 def test_a_dvae_of_another_grid_is_refused() -> None:
