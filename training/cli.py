@@ -142,8 +142,9 @@ def _eval_generation(p: argparse.ArgumentParser) -> None:
 
 
 def _eval_judge(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="generation bundle (model_repository/NAME/VERSION), or 'real' "
-                                "to judge the split's images against their own captions")
+    p.add_argument("path", help="generation bundle (model_repository/NAME/VERSION), 'real' "
+                                "to judge the split's images against their own captions, or a "
+                                "`glimpse train dvae` run to judge its reconstructions of them")
     p.add_argument("--data", required=True,
                    help="shapes-world dataset: single-object (data/t2i) or scenes (data/shapes)")
     p.add_argument("--split", choices=["test", "novel"], default="test")

@@ -25,6 +25,9 @@ Multi-object prompts (the default world, data/shapes) are one caption per image.
 `real` in place of a bundle judges every caption of the split's images against the
 image it describes: how often the judge agrees with the truth, which every figure
 of a model is read beside (a model cannot score above its judge's blind spots). A
+`glimpse train dvae` run in its place judges the dVAE's reconstructions of those images
+(encode to hard codes, decode) the same way: the most a DALL-E drawing through those
+codes can reach without reranking. A
 bundle draws its images through the service's own pipeline (the GANs' or DALL-E's),
 with `--candidates N` reranked by DALL-E's reranker; prompts a model refuses (words
 it was not trained on) count as not satisfied and are reported.
@@ -56,7 +59,7 @@ from training.evaluate import record_metrics
 from training.evaluate.generation import names_every_attribute, save_grid
 from training.metrics.generation import to_tagger_input
 from training.metrics.semantic import semantic_scores
-from training.runs import load_region_net
+from training.runs import load_dvae, load_region_net
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +319,30 @@ def draw(path: str, prompts: list[Prompt], n: int, seed: int, candidates: int | 
                              "generate_seconds": round(seconds, 1)}
 
 
+def is_run(path: str) -> bool:
+    """A training run directory (a dVAE's), not a bundle or 'real'."""
+    return path != REAL and (Path(path) / "task.json").is_file()
+
+
+@torch.no_grad()
+def reconstruct(run_dir: str, images: np.ndarray) -> np.ndarray:
+    """uint8 (N, S, S, 3) images through a dVAE run's hard codes and decoder."""
+    dvae = load_dvae(run_dir)
+    out = []
+    for start in range(0, len(images), BATCH):
+        x = torch.from_numpy(images[start:start + BATCH]).permute(0, 3, 1, 2).float() / 255
+        size = dvae.config.image_size
+        if x.shape[-1] != size:
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
+                                                antialias=True, align_corners=False)
+        recon = dvae.decode(dvae.encode(x))
+        if recon.shape[-1] != images.shape[1]:
+            recon = torch.nn.functional.interpolate(recon, size=images.shape[1:3],
+                                                    mode="bilinear", align_corners=False)
+        out.append(recon.clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
 def eval_judge(args: argparse.Namespace) -> int:
     """`glimpse eval judge`: prints the metrics as JSON; --out writes them."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -329,10 +356,12 @@ def eval_judge(args: argparse.Namespace) -> int:
     split = load_split(args.data, args.split)
     n = args.samples_per_prompt
     info: dict = {}
-    if args.path == REAL:
+    if args.path == REAL or is_run(args.path):
         prompts = every_caption(split)[:args.prompts * 5 if args.prompts else None]
         index = {imgid: i for i, imgid in enumerate(split.imgids)}
         images = split.images[[index[p.imgid] for p in prompts]]
+        if args.path != REAL:
+            images = reconstruct(args.path, images)
         n, refused = 1, set()
     else:
         prompts = select_prompts(split, args.prompts, args.seed)
@@ -352,7 +381,7 @@ def eval_judge(args: argparse.Namespace) -> int:
         rows = min(args.grid_prompts, len(prompts))
         save_grid(images[:rows * n], n, rows, [p.text for p in prompts[:rows]], args.grid,
                   label_width=args.grid_label_width)
-    if args.write_manifest and args.path != REAL:
+    if args.write_manifest and args.path != REAL and not is_run(args.path):
         key = f"judge_{Path(args.data).name}_c{args.candidates or 1}"
         record_metrics(args.path, {**metrics, "threshold": reader.threshold},
                        at=(args.split, key))

@@ -29,8 +29,10 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from models.dvae import BackboneEncoder, DiscreteVAE, DVAEConfig, DVAEOutput, codebook_usage, kmeans
+from models.encoder import EncoderConfig, ImageEncoder
 from training.callbacks import Callback, JsonLines
 from training.data.images import load_images, save_image_rows
 from training.data.readers import load_captions
@@ -60,6 +62,11 @@ class DVAETaskConfig:
     train_images: int | None = None  # the first N training images of each dataset (None: all)
     val_images: int = 250  # per dataset
     encoder_init: str | None = None  # `glimpse train encoder` run: the frozen code encoder
+    # Feature matching: a `glimpse train encoder` run whose frozen annotation grid the
+    # reconstruction must match (squared distance of the layer-normalised grids, times
+    # perceptual_weight, added to the pixel MSE). None or weight 0: pixels only.
+    perceptual_init: str | None = None
+    perceptual_weight: float = 0.0
     model: dict = field(default_factory=dict)  # DVAEConfig overrides (image_size is ours)
     trainer: dict = field(default_factory=dict)  # TrainerConfig settings over DVAE_TRAINER
 
@@ -70,6 +77,10 @@ class DVAETaskConfig:
             cfg.data = [cfg.data]
         cfg.trainer = {**DVAE_TRAINER, **cfg.trainer}
         DVAEConfig.from_dict(cfg.model_settings())  # refuse a bad grid or size now
+        if cfg.perceptual_weight < 0:
+            raise ValueError(f"perceptual_weight must be >= 0, got {cfg.perceptual_weight}")
+        if cfg.perceptual_weight > 0 and not cfg.perceptual_init:
+            raise ValueError("perceptual_weight > 0 needs perceptual_init (an encoder run)")
         return cfg
 
     def model_settings(self) -> dict:
@@ -115,6 +126,34 @@ def init_head_by_kmeans(encoder: BackboneEncoder, images_uint8: torch.Tensor, se
              len(x), k, float(nearest))
 
 
+class FeatureMatch(nn.Module):
+    """Squared distance between the frozen encoder's annotation grids of a reconstruction
+    and of its image, each annotation vector layer-normalised (no affine), mean per value.
+
+    Pixel MSE lets the dVAE spend its codes on what covers most pixels (colour, size,
+    background) and draw every object as a blob of the right colour: an object's shape is
+    a few dozen pixels of its edge. The encoder's grid names an object's shape in every
+    cell it covers (a linear probe of the centre cell: accuracy 1.0), so matching it makes
+    the shape part of what the codes must carry. The gradient reaches the reconstruction
+    through the encoder, whose weights and BatchNorm statistics stay as pre-trained."""
+
+    def __init__(self, encoder: ImageEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> FeatureMatch:
+        return self  # always eval: the encoder's statistics are not the dVAE's to change
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        _, grid = self.encoder(images)  # (B, L, D)
+        return F.layer_norm(grid, grid.shape[-1:])
+
+    def forward(self, reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = self.features(images)
+        return F.mse_loss(self.features(reconstruction), target)
+
+
 def psnr(reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """PSNR in dB of each image (B,), pixels in [0, 1]."""
     mse = (reconstruction - images).pow(2).flatten(1).mean(dim=1).clamp(min=1e-10)
@@ -146,6 +185,12 @@ class DVAETask:
         if cfg.encoder_init:
             settings["backbone"], self.encoder_weights = pretrained_encoder(cfg.encoder_init)
         self.model_cfg = DVAEConfig.from_dict(settings)
+        self.feature_match: FeatureMatch | None = None
+        if cfg.perceptual_init and cfg.perceptual_weight > 0:
+            config, weights = pretrained_encoder(cfg.perceptual_init)
+            encoder = ImageEncoder(EncoderConfig(**config))
+            encoder.load_state_dict(weights)
+            self.feature_match = FeatureMatch(encoder)
         train, val = [], []
         for data in map(Path, cfg.data):
             images = load_captions(data, "train")[:cfg.train_images]
@@ -180,8 +225,15 @@ class DVAETask:
              ) -> tuple[torch.Tensor, dict[str, float]]:
         out, tau, beta = model(images)
         mse = float(out.recon_loss.detach())
-        return out.loss, {"recon_mse": mse, "psnr_relaxed": -10.0 * math.log10(max(mse, 1e-10)),
-                          "kl": float(out.kl.detach()), "tau": tau, "beta": beta}
+        logs = {"recon_mse": mse, "psnr_relaxed": -10.0 * math.log10(max(mse, 1e-10)),
+                "kl": float(out.kl.detach()), "tau": tau, "beta": beta}
+        loss = out.loss
+        if self.feature_match is not None:
+            self.feature_match.to(images.device)
+            features = self.feature_match(out.recon, images)
+            loss = loss + self.cfg.perceptual_weight * features
+            logs["feature_mse"] = float(features.detach())
+        return loss, logs
 
     def evaluate(self, model: AnnealedDVAE) -> dict[str, float]:
         return reconstruction_metrics(model.dvae, self.val_x)

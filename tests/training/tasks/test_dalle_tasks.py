@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from models.attributes import AttributeConfig, AttributeTagger
+from models.encoder import EncoderConfig, ImageEncoder
 from service.bundle import load_bundle
 from service.pipelines.dalle import DalleModel
 from training.checkpoint import save_checkpoint
@@ -18,8 +19,9 @@ from training.cli import main as glimpse
 from training.data.images import load_images
 from training.data.readers import load_captions
 from training.data.shapes import generate_shapes_world
+from training.evaluate.judge import load_split, reconstruct
 from training.runs import load_dvae, pretrained_encoder
-from training.tasks.dvae import psnr
+from training.tasks.dvae import DVAETaskConfig, FeatureMatch, psnr
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY_DVAE = str(ROOT / "configs" / "tiny" / "dvae.json")
@@ -97,6 +99,45 @@ def test_dvae_reads_its_codes_from_a_frozen_pretrained_encoder(world, tmp_path, 
     assert load_dvae(run).encode(torch.rand(1, 3, 32, 32)).shape == (1, 4, 4)
 
 
+def test_feature_matching_is_zero_on_the_image_and_trains_only_the_reconstruction(tmp_path):
+    _, weights = pretrained_encoder(tiny_encoder_run(tmp_path))
+    encoder = ImageEncoder(EncoderConfig(out_dim=16, channels=(8, 16, 16)))
+    encoder.load_state_dict(weights)
+    match = FeatureMatch(encoder)
+    match.train()  # stays in eval: the encoder's BatchNorm statistics are not updated
+    assert not match.encoder.training
+    images = torch.rand(2, 3, 32, 32)
+    assert float(match(images, images)) == 0.0
+    recon = torch.rand(2, 3, 32, 32, requires_grad=True)
+    loss = match(recon, images)
+    loss.backward()
+    assert float(loss) > 0 and recon.grad.abs().sum() > 0
+    assert all(p.grad is None for p in match.encoder.parameters())
+
+
+def test_dvae_with_feature_matching_trains_and_logs_the_term(world, tmp_path):
+    encoder = tiny_encoder_run(tmp_path)
+    config = json.loads(Path(TINY_DVAE).read_text())
+    config |= {"image_size": 32, "perceptual_init": str(encoder), "perceptual_weight": 0.1,
+               "model": {**config["model"], "grid": 4}}
+    config["trainer"] |= {"epochs": 1, "log_every": 2}
+    (tmp_path / "dvae.json").write_text(json.dumps(config))
+    run = tmp_path / "dvae"
+    assert glimpse(["train", "dvae", "--data", str(world), "--out", str(run), "--config",
+                    str(tmp_path / "dvae.json")]) == 0
+    logged = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert any("feature_mse" in row and row["feature_mse"] > 0 for row in logged)
+    # the frozen encoder is the loss's, not the model's: not in the dVAE's checkpoint
+    assert load_dvae(run).encode(torch.rand(1, 3, 32, 32)).shape == (1, 4, 4)
+
+
+def test_feature_matching_needs_an_encoder_run() -> None:
+    with pytest.raises(ValueError, match="needs perceptual_init"):
+        DVAETaskConfig.from_dict({"perceptual_weight": 0.1})
+    with pytest.raises(ValueError, match="perceptual_weight must be >= 0"):
+        DVAETaskConfig.from_dict({"perceptual_init": "runs/encoder", "perceptual_weight": -1})
+
+
 def test_dalle_learns_the_image_codes(dalle_run, dvae_run):
     summary = json.loads((dalle_run / "summary.json").read_text())
     assert summary["steps"] == 2 * math.ceil(300 / 32)  # 60 images x 5 captions, batch 32
@@ -155,3 +196,26 @@ def test_judge_reads_real_images_and_a_bundles_samples(dalle_run, world, regions
     assert drawn["metrics"]["prompts"] == 4 and drawn["metrics"]["images"] == 8
     assert 0 <= drawn["metrics"]["satisfied"] <= 1 and drawn["metrics"]["refused"] == 0
     assert (tmp_path / "grid.png").is_file()
+
+
+def test_judge_reads_a_dvaes_reconstructions(dvae_run, world, regions_run, tmp_path):
+    """A dVAE run in place of a bundle: each caption against the dVAE's reconstruction of
+    its image (hard codes, decoded, at the judge's 64 px)."""
+    assert glimpse(["eval", "judge", str(dvae_run), "--regions-run", str(regions_run),
+                    "--data", str(world), "--prompts", "4",
+                    "--out", str(tmp_path / "recon.json")]) == 0
+    judged = json.loads((tmp_path / "recon.json").read_text())
+    assert judged["metrics"]["prompts"] == 20 and judged["model"].endswith("dvae")
+    split = load_split(world, "test", 2)
+    recon = reconstruct(str(dvae_run), split.images)
+    assert recon.shape == split.images.shape and recon.dtype == np.uint8
+    dvae = load_dvae(dvae_run)
+    x = torch.nn.functional.interpolate(
+        torch.from_numpy(split.images).permute(0, 3, 1, 2).float() / 255, size=(16, 16),
+        mode="bilinear", antialias=True, align_corners=False)
+    small = dvae.decode(dvae.encode(x))
+    assert not np.array_equal(recon, split.images)
+    np.testing.assert_allclose(  # the decode, brought back to 64 px
+        recon.astype(float) / 255, torch.nn.functional.interpolate(
+            small, size=(64, 64), mode="bilinear", align_corners=False
+        ).clamp(0, 1).permute(0, 2, 3, 1).numpy(), atol=1 / 255 + 1e-6)
