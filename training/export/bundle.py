@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import onnx
+
 from service.bundle import NAME_PATTERN, SHARED_DIR, bundle_dirs, file_sha256
 
 # Smaller files are not worth a link (vocabularies, manifests).
@@ -72,18 +74,37 @@ def created_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def external_data_users(bundle: Path) -> set[str]:
+    """Names of the files of `bundle` that are ONNX external data, and of the graphs that
+    keep weights in them."""
+    names: set[str] = set()
+    for graph_file in bundle.glob("*.onnx"):
+        graph = onnx.load(str(graph_file), load_external_data=False).graph
+        locations = {entry.value for tensor in graph.initializer
+                     if tensor.data_location == onnx.TensorProto.EXTERNAL
+                     for entry in tensor.external_data if entry.key == "location"}
+        if locations:
+            names |= locations | {graph_file.name}
+    return names
+
+
 def share_identical_files(repository: Path, min_bytes: int = SHARE_MIN_BYTES) -> int:
     """Store every file that two or more bundles of `repository` hold byte for byte once,
     as REPOSITORY/.shared/SHA256.EXT, and make each bundle's copy a relative link to it.
 
     The manifests stay as they are (a file's name and sha256 do not change), and the
-    service follows the links. Returns the bytes saved.
+    service follows the links. ONNX external data, and the graphs that read it, stay in
+    their bundle: ONNX Runtime refuses external data that resolves outside the graph's
+    directory, and a linked graph would look for its data beside the shared copy.
+    Returns the bytes saved.
     """
     repository = Path(repository)
     groups: dict[tuple[int, str, str], list[Path]] = {}
     for bundle in bundle_dirs(repository):
+        kept = external_data_users(bundle)
         for path in sorted(bundle.iterdir()):
-            if path.is_symlink() or not path.is_file() or path.stat().st_size < min_bytes:
+            if (path.is_symlink() or not path.is_file() or path.stat().st_size < min_bytes
+                    or path.name in kept):
                 continue
             key = (path.stat().st_size, file_sha256(path), path.suffix)
             groups.setdefault(key, []).append(path)

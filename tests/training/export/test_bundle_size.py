@@ -15,10 +15,16 @@ import torch.nn as nn
 
 from service.bundle import SHARED_DIR, BundleError, discover, load_bundle
 from service.pipelines.caption import CaptionModel
+from service.pipelines.dalle import DalleModel
 from training.export.bundle import share_identical_files
 from training.export.compact import compact_bundle
+from training.export.dalle import write_dalle_bundle
 from training.export.onnx import cpu_session, onnx_export, store_weights_as_half
 
+_dalle_spec = importlib.util.spec_from_file_location(
+    "tiny_dalle", Path(__file__).parents[2] / "service" / "tiny_dalle.py")
+tiny_dalle = importlib.util.module_from_spec(_dalle_spec)
+_dalle_spec.loader.exec_module(tiny_dalle)
 _spec = importlib.util.spec_from_file_location(
     "tiny_bundle", Path(__file__).parents[2] / "service" / "tiny_bundle.py")
 tiny_bundle = importlib.util.module_from_spec(_spec)
@@ -102,6 +108,22 @@ def test_identical_files_are_stored_once_and_bundles_still_load(tmp_path):
     linked = {p.resolve() for p in (repo / "caption-c" / "1").iterdir() if p.is_symlink()}
     assert {p.resolve() for p in (repo / SHARED_DIR).iterdir()} == linked  # caption-c vocab
     load_bundle(repo / "caption-c" / "1")
+
+
+def test_external_weights_and_the_graphs_reading_them_stay_in_their_bundle(tmp_path):
+    """Two dalle bundles of the same weights hold the same transformer.bin (ONNX external
+    data): linked into the shared store, ONNX Runtime would refuse to load it."""
+    repo = tmp_path / "repo"
+    models = tiny_dalle.tiny_dalle_models(0)
+    for version in (1, 2):
+        write_dalle_bundle(models, repo, "dalle-tiny", version)
+    share_identical_files(repo, min_bytes=1)
+    for version in (1, 2):
+        bundle = repo / "dalle-tiny" / str(version)
+        for name in ("transformer.bin", "prefill.onnx", "decoder_step.onnx"):
+            assert not (bundle / name).is_symlink(), name
+        assert (bundle / "dvae_decoder.onnx").is_symlink()  # no external data: shared
+        DalleModel.from_bundle(bundle, device="cpu")  # every graph loads
 
 
 def test_a_link_out_of_the_bundle_and_the_shared_store_is_refused(tmp_path):
