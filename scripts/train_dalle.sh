@@ -9,7 +9,7 @@
 # pre-trained encoder (ENCODER_RUN, scripts/train_recipe.sh); the judge's region
 # detector is trained on that world first unless REGIONS_RUN already holds one.
 #
-#   scripts/train_dalle.sh                # ~30 min dVAE + ~35 min transformer on 2 cores
+#   scripts/train_dalle.sh                # ~50 min dVAE + ~40 min transformer on 2 cores
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -30,7 +30,11 @@ if [ ! -d "$REGIONS_RUN/checkpoints" ]; then
     glimpse train regions --data "$DATA_DIR" --out "$REGIONS_RUN" --encoder-init "$ENCODER_RUN" \
         --config configs/regions_judge.json
 fi
-glimpse train dvae --data "$T2I_DIR" "$DATA_DIR" --out "$RUNS_DIR/dvae" --config configs/dvae.json
+# The dVAE matches the encoder's features as well as the pixels (docs/results.md).
+dvae_config="$RUNS_DIR/dvae_feature_match.json"
+mkdir -p "$RUNS_DIR"
+sed "s#\"runs/encoder\"#\"$ENCODER_RUN\"#" configs/dvae_feature_match.json > "$dvae_config"
+glimpse train dvae --data "$T2I_DIR" "$DATA_DIR" --out "$RUNS_DIR/dvae" --config "$dvae_config"
 for attention in dense sparse; do
     glimpse train dalle --data "$T2I_DIR" "$DATA_DIR" --dvae-run "$RUNS_DIR/dvae" \
         --attention "$attention" --out "$RUNS_DIR/dalle-$attention" --config configs/dalle.json &

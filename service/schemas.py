@@ -521,7 +521,7 @@ class GeneratedImage(BaseModel):
 class GenerationResponse(BaseModel):
     created: int = Field(description="Unix time of the answer", examples=[1767225600])
     model: str = Field(description="the bundle that answered, name/version",
-                       examples=["dalle/1"])
+                       examples=["dalle/2"])
     seed: int = Field(description="the seed the images were drawn with", examples=[7])
     data: list[GeneratedImage]
 
