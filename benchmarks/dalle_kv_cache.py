@@ -62,7 +62,7 @@ from service.runtime import OnnxGraph, session_options  # noqa: E402
 from service.text import WordIndex, pad_ids  # noqa: E402
 from training.data.tokenizer import WordVocab  # noqa: E402
 from training.export.dalle import EXAMPLE_BATCH, DalleModels, StepGraph, write_dalle_bundle  # noqa: E402
-from training.export.onnx import DEFAULT_OPSET, onnx_export  # noqa: E402
+from training.export.onnx import DEFAULT_OPSET, onnx_export, round_weights_to_half  # noqa: E402
 from training.runs import load_dalle  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -168,6 +168,7 @@ def trained_dalle(model: DalleModel) -> Dalle:
                          f"weights, from the training run the manifest names ({run!r}), "
                          "which is not here")
     dalle, _ = load_dalle(run)
+    round_weights_to_half(dalle)  # as the export stored them
     tokens = prompt_rows(model, np.random.default_rng(0), 4)
     bundle_logits = model.prefill(tokens)["logits"]
     with torch.no_grad():
