@@ -339,9 +339,10 @@ class DalleModel(TextToImage, task="generation", architecture="dalle"):
 
 def step_cache(manifest: Manifest) -> str:
     """What a bundle's step graph returns of the cache: "kv" (the token's keys/values)
-    or "present" (the whole updated cache)."""
-    outputs = {t.name for t in manifest.graphs[STEP_GRAPH].outputs}
-    return "kv" if "kv" in outputs else "present"
+    or "present" (the whole updated cache). A bundle without a step graph is refused
+    by the contract check, which names the missing graph."""
+    spec = manifest.graphs.get(STEP_GRAPH)
+    return "present" if spec is not None and "present" in spec.output_names() else "kv"
 
 
 class DalleDecoder:
