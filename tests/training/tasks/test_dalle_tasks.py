@@ -111,7 +111,7 @@ def test_feature_matching_is_zero_on_the_image_and_trains_only_the_reconstructio
     recon = torch.rand(2, 3, 32, 32, requires_grad=True)
     loss = match(recon, images)
     loss.backward()
-    assert float(loss) > 0 and recon.grad.abs().sum() > 0
+    assert loss.item() > 0 and recon.grad.abs().sum() > 0
     assert all(p.grad is None for p in match.encoder.parameters())
 
 
