@@ -61,7 +61,7 @@ from service.pipelines.dalle import DalleModel  # noqa: E402
 from service.runtime import OnnxGraph, session_options  # noqa: E402
 from service.text import WordIndex, pad_ids  # noqa: E402
 from training.data.tokenizer import WordVocab  # noqa: E402
-from training.export.dalle import EXAMPLE_BATCH, DalleModels, StepGraph, write_dalle_bundle  # noqa: E402
+from training.export.dalle import DalleModels, export_step_graph, write_dalle_bundle  # noqa: E402
 from training.export.onnx import DEFAULT_OPSET, onnx_export, round_weights_to_half  # noqa: E402
 from training.runs import load_dalle  # noqa: E402
 
@@ -136,17 +136,6 @@ def export_full_sequence(dalle: Dalle, path: Path) -> None:
     batch = torch.export.Dim("batch")
     onnx_export(FullSequenceGraph(dalle).eval(), (text, image), path, ("text", "image"),
                 ("logits",), {"text": {0: batch}, "image": {0: batch}}, DEFAULT_OPSET)
-
-
-def export_copying_step(dalle: Dalle, path: Path) -> None:
-    """The step graph of `dalle` that returns the whole updated cache (`present`)."""
-    cfg, n = dalle.config, EXAMPLE_BATCH
-    batch = torch.export.Dim("batch")
-    inputs = (torch.zeros(n, dtype=torch.long), torch.full((n,), cfg.text_length),
-              torch.zeros(dalle.cache_shape(n)))
-    onnx_export(StepGraph(dalle, "present").eval(), inputs,
-                path, ("token", "position", "past"), ("logits", "present"),
-                {"token": {0: batch}, "position": {0: batch}, "past": {0: batch}}, DEFAULT_OPSET)
 
 
 def copying_step(graph: OnnxGraph) -> Callable:
@@ -378,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         model = DalleModel.from_bundle(bundle, device="cpu", intra_op_threads=args.threads)
         dalle = dalle or trained_dalle(model)
         export_full_sequence(dalle, Path(tmp) / "full_sequence.onnx")
-        export_copying_step(dalle, Path(tmp) / "copying_step.onnx")
+        export_step_graph(dalle, Path(tmp) / "copying_step.onnx", "present")
         full, copying = (OnnxGraph(ort.InferenceSession(str(Path(tmp) / f"{name}.onnx"),
                                                         session_options(args.threads),
                                                         providers=["CPUExecutionProvider"]),

@@ -31,10 +31,8 @@ if [ ! -d "$REGIONS_RUN/checkpoints" ]; then
         --config configs/regions_judge.json
 fi
 # The dVAE matches the encoder's features as well as the pixels (docs/results.md).
-dvae_config="$RUNS_DIR/dvae_feature_match.json"
-mkdir -p "$RUNS_DIR"
-sed "s#\"runs/encoder\"#\"$ENCODER_RUN\"#" configs/dvae_feature_match.json > "$dvae_config"
-glimpse train dvae --data "$T2I_DIR" "$DATA_DIR" --out "$RUNS_DIR/dvae" --config "$dvae_config"
+glimpse train dvae --data "$T2I_DIR" "$DATA_DIR" --out "$RUNS_DIR/dvae" \
+    --config configs/dvae_feature_match.json --perceptual-init "$ENCODER_RUN"
 for attention in dense sparse; do
     glimpse train dalle --data "$T2I_DIR" "$DATA_DIR" --dvae-run "$RUNS_DIR/dvae" \
         --attention "$attention" --out "$RUNS_DIR/dalle-$attention" --config configs/dalle.json &

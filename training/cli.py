@@ -291,6 +291,9 @@ def _train_dvae(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder-init", default=None,
                    help="run directory of `glimpse train encoder` whose frozen annotation grid "
                         "the code logits are read from (default: a conv encoder from scratch)")
+    p.add_argument("--perceptual-init", default=None,
+                   help="run directory of `glimpse train encoder` whose features the "
+                        "reconstructions must match (with the config's perceptual_weight)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--config", default=None, help="JSON file with any of the knobs")
     p.add_argument("--save-every", type=int, default=None, help="steps between checkpoints")

@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from models.attributes import AttributeConfig, AttributeTagger
 from models.dalle import Dalle, DalleConfig
 from models.dvae import DiscreteVAE, DVAEConfig
+from models.encoder import EncoderConfig, ImageEncoder
 from models.gan import GanConfig, Generator
 from models.regions import RegionConfig, RegionNet
 from models.stackgan import StackGanConfig, StageIGenerator, StageIIGenerator
@@ -71,6 +72,15 @@ def pretrained_encoder(run_dir: str | Path) -> tuple[dict, Weights]:
     ckpt, config = run_checkpoint(run_dir, "attributes", "an encoder pre-training")
     return (config["model"]["attributes"]["encoder"],
             submodule_weights(run_weights(ckpt), "encoder."))
+
+
+def frozen_encoder(run_dir: str | Path) -> tuple[dict, Weights, ImageEncoder]:
+    """The encoder of a `glimpse train encoder` run: its config, weights and the module
+    (eval mode, frozen)."""
+    config, weights = pretrained_encoder(run_dir)
+    encoder = ImageEncoder(EncoderConfig(**config))
+    encoder.load_state_dict(weights)
+    return config, weights, encoder.eval().requires_grad_(False)
 
 
 def load_tagger(run_dir: str | Path) -> AttributeTagger:

@@ -135,6 +135,7 @@ class DalleModel(TextToImage, task="generation", architecture="dalle"):
         super().__init__(bundle, graphs)
         self.prefill_graph = graphs[PREFILL_GRAPH]
         self.step_graph = graphs[STEP_GRAPH]
+        self.step_cache = step_cache(bundle.manifest)
         self.dvae_decoder = graphs[DVAE_DECODER_GRAPH]
         self.settings = bundle.manifest.inference_as(DalleInference)
         self.text_length = self.settings.text_length
@@ -250,7 +251,7 @@ class DalleModel(TextToImage, task="generation", architecture="dalle"):
         itself, written in place at each row's position (a `kv` step graph), or the new
         cache the graph returned (a `present` one)."""
         out = self.step_graph.run({"token": token, "position": position, "past": past})
-        if "kv" not in out:
+        if self.step_cache == "present":
             return out["logits"], out["present"]
         past[np.arange(len(position)), :, :, position] = out["kv"]
         return out["logits"], past

@@ -356,11 +356,12 @@ def eval_judge(args: argparse.Namespace) -> int:
     split = load_split(args.data, args.split)
     n = args.samples_per_prompt
     info: dict = {}
-    if args.path == REAL or is_run(args.path):
+    dvae_run = is_run(args.path)
+    if args.path == REAL or dvae_run:
         prompts = every_caption(split)[:args.prompts * 5 if args.prompts else None]
         index = {imgid: i for i, imgid in enumerate(split.imgids)}
         images = split.images[[index[p.imgid] for p in prompts]]
-        if args.path != REAL:
+        if dvae_run:
             images = reconstruct(args.path, images)
         n, refused = 1, set()
     else:
@@ -381,7 +382,7 @@ def eval_judge(args: argparse.Namespace) -> int:
         rows = min(args.grid_prompts, len(prompts))
         save_grid(images[:rows * n], n, rows, [p.text for p in prompts[:rows]], args.grid,
                   label_width=args.grid_label_width)
-    if args.write_manifest and args.path != REAL and not is_run(args.path):
+    if args.write_manifest and args.path != REAL and not dvae_run:
         key = f"judge_{Path(args.data).name}_c{args.candidates or 1}"
         record_metrics(args.path, {**metrics, "threshold": reader.threshold},
                        at=(args.split, key))

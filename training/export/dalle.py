@@ -151,11 +151,28 @@ def example_tokens(models: DalleModels, rng: np.random.Generator, n: int) -> np.
 def step_inputs(models: DalleModels, rng: np.random.Generator, n: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A token, a position (a different one per row) and a random cache per row."""
-    cfg = models.dalle.config
+    return dalle_step_inputs(models.dalle, rng, n)
+
+
+def dalle_step_inputs(dalle: Dalle, rng: np.random.Generator, n: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    cfg = dalle.config
     token = rng.integers(0, cfg.image_vocab_size, n).astype(np.int64)
     position = rng.integers(cfg.text_length, cfg.sequence_length - 1, n).astype(np.int64)
-    past = rng.standard_normal(models.dalle.cache_shape(n)).astype(np.float32)
+    past = rng.standard_normal(dalle.cache_shape(n)).astype(np.float32)
     return token, position, past
+
+
+def export_step_graph(dalle: Dalle, path: Path, cache: str = "kv", *,
+                      opset: int = DEFAULT_OPSET) -> None:
+    """Write the step graph of `dalle` (its cache output `cache`: "kv" or "present") with a
+    symbolic batch dimension."""
+    batch = torch.export.Dim("batch")
+    example = tuple(torch.from_numpy(a) for a in
+                    dalle_step_inputs(dalle, np.random.default_rng(0), EXAMPLE_BATCH))
+    onnx_export(StepGraph(dalle, cache).eval(), example, path, ("token", "position", "past"),
+                ("logits", cache),
+                {"token": {0: batch}, "position": {0: batch}, "past": {0: batch}}, opset)
 
 
 def export_dalle_graphs(models: DalleModels, out_dir: Path, *,
@@ -169,11 +186,7 @@ def export_dalle_graphs(models: DalleModels, out_dir: Path, *,
     tokens = torch.from_numpy(example_tokens(models, rng, EXAMPLE_BATCH))
     onnx_export(PrefillGraph(models.dalle).eval(), (tokens,), out_dir / PREFILL_FILE,
                 ("tokens",), ("logits", "present"), {"tokens": {0: batch}}, opset)
-    token, position, past = (torch.from_numpy(a)
-                             for a in step_inputs(models, rng, EXAMPLE_BATCH))
-    onnx_export(StepGraph(models.dalle, models.step_cache).eval(), (token, position, past),
-                out_dir / STEP_FILE, ("token", "position", "past"), ("logits", models.step_cache),
-                {"token": {0: batch}, "position": {0: batch}, "past": {0: batch}}, opset)
+    export_step_graph(models.dalle, out_dir / STEP_FILE, models.step_cache, opset=opset)
     share_weights(out_dir, (PREFILL_FILE, STEP_FILE), WEIGHTS_FILE)
     grid = models.dvae.config.grid
     codes = torch.randint(0, models.dvae.config.codebook_size, (EXAMPLE_BATCH, grid, grid))

@@ -32,11 +32,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.dvae import BackboneEncoder, DiscreteVAE, DVAEConfig, DVAEOutput, codebook_usage, kmeans
-from models.encoder import EncoderConfig, ImageEncoder
+from models.encoder import ImageEncoder
 from training.callbacks import Callback, JsonLines
 from training.data.images import load_images, save_image_rows
 from training.data.readers import load_captions
-from training.runs import load_dvae, pretrained_encoder
+from training.runs import frozen_encoder, load_dvae, pretrained_encoder
 from training.tasks import TrainingCommand
 from training.trainer import Trainer, TrainerConfig, config_from_dict
 
@@ -187,10 +187,7 @@ class DVAETask:
         self.model_cfg = DVAEConfig.from_dict(settings)
         self.feature_match: FeatureMatch | None = None
         if cfg.perceptual_init and cfg.perceptual_weight > 0:
-            config, weights = pretrained_encoder(cfg.perceptual_init)
-            encoder = ImageEncoder(EncoderConfig(**config))
-            encoder.load_state_dict(weights)
-            self.feature_match = FeatureMatch(encoder)
+            self.feature_match = FeatureMatch(frozen_encoder(cfg.perceptual_init)[2])
         train, val = [], []
         for data in map(Path, cfg.data):
             images = load_captions(data, "train")[:cfg.train_images]
@@ -275,5 +272,6 @@ class ReconstructionGrid(Callback):
                         trainer.run_dir / "samples" / "reconstructions.png")
 
 
-train = TrainingCommand(config=DVAETaskConfig, task=DVAETask, flags=("data", "encoder_init"),
+train = TrainingCommand(config=DVAETaskConfig, task=DVAETask,
+                        flags=("data", "encoder_init", "perceptual_init"),
                         final_metrics=split_metrics)

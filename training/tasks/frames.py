@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from models.encoder import EncoderConfig, ImageEncoder
+from models.encoder import EncoderConfig
 from models.lrcn import frame_feature_dim
 from training.data.clip_features import (
     FEATURES_DIR,
@@ -32,7 +32,7 @@ from training.data.clip_features import (
 )
 from training.data.clips import ClipSetInfo
 from training.data.readers import load_activity_split
-from training.runs import Weights, pretrained_encoder
+from training.runs import Weights, frozen_encoder
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,6 @@ def clip_paths(dataset_dir: str | Path, split: str) -> list[str]:
     """Files of a split's clips under the set, from its UCF-101-style list."""
     videos = load_activity_split(Path(dataset_dir) / "splits", split)
     return [f"clips/{v.path}" for v in videos]
-
-
-def frame_encoder(encoder_run: str | Path) -> tuple[dict, Weights, ImageEncoder]:
-    """The encoder of a `glimpse train encoder` run: its config, weights and the module
-    (eval mode, frozen)."""
-    config, weights = pretrained_encoder(encoder_run)
-    encoder = ImageEncoder(EncoderConfig(**config))
-    encoder.load_state_dict(weights)
-    return config, weights, encoder.eval().requires_grad_(False)
 
 
 def default_features_dir(dataset_dir: str | Path) -> Path:
@@ -74,7 +65,7 @@ def load_video_features(features_dir: str | Path, splits: tuple[str, ...],
     name. Features that another encoder computed are refused."""
     loaded = {split: load_features(split_path(features_dir, split)) for split in splits}
     run = str(encoder_run or loaded[splits[0]].meta.encoder_run)
-    config, weights, encoder = frame_encoder(run)
+    config, weights, encoder = frozen_encoder(run)
     fingerprint = encoder_fingerprint(encoder)
     for split, found in loaded.items():
         if found.meta.encoder_sha256 != fingerprint:
@@ -88,7 +79,7 @@ def features(args: argparse.Namespace) -> int:
     """`glimpse features clips`: φ of every clip of the requested splits."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     info = ClipSetInfo.load(args.data)
-    config, _, encoder = frame_encoder(args.encoder_run)
+    config, _, encoder = frozen_encoder(args.encoder_run)
     meta = FeatureMeta(encoder_run=str(args.encoder_run),
                        encoder_sha256=encoder_fingerprint(encoder), grid=args.grid,
                        frames=info.frames, image_size=info.image_size,

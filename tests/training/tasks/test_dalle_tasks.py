@@ -118,13 +118,13 @@ def test_feature_matching_is_zero_on_the_image_and_trains_only_the_reconstructio
 def test_dvae_with_feature_matching_trains_and_logs_the_term(world, tmp_path):
     encoder = tiny_encoder_run(tmp_path)
     config = json.loads(Path(TINY_DVAE).read_text())
-    config |= {"image_size": 32, "perceptual_init": str(encoder), "perceptual_weight": 0.1,
+    config |= {"image_size": 32, "perceptual_weight": 0.1,
                "model": {**config["model"], "grid": 4}}
     config["trainer"] |= {"epochs": 1, "log_every": 2}
     (tmp_path / "dvae.json").write_text(json.dumps(config))
     run = tmp_path / "dvae"
     assert glimpse(["train", "dvae", "--data", str(world), "--out", str(run), "--config",
-                    str(tmp_path / "dvae.json")]) == 0
+                    str(tmp_path / "dvae.json"), "--perceptual-init", str(encoder)]) == 0
     logged = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert any("feature_mse" in row and row["feature_mse"] > 0 for row in logged)
     # the frozen encoder is the loss's, not the model's: not in the dVAE's checkpoint

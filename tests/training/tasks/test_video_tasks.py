@@ -20,8 +20,9 @@ from training.evaluate.activity import evaluate_activity, pair_accuracy
 from training.evaluate.video_caption import evaluate_video_caption
 from training.export.activity import load_activity_run
 from training.export.video_caption import load_video_caption_run
+from training.runs import frozen_encoder
 from training.tasks.activity import fusion_weight
-from training.tasks.frames import clip_paths, frame_encoder
+from training.tasks.frames import clip_paths
 
 COUNTS = {"train": 24, "val": 8, "test": 8, "novel": 4}
 FRAMES, SIZE, GRID = 6, 32, 2
@@ -60,7 +61,7 @@ def test_features_are_the_encoders_grid_of_every_frame_and_motion_image(clip_set
     assert features.rgb.shape == (COUNTS["test"], FRAMES, GRID * GRID * 8)
     assert features.motion.shape == (COUNTS["test"], FRAMES - 1, GRID * GRID * 8)
     assert features.rgb.dtype == np.float16
-    _, _, encoder = frame_encoder(clip_set / "encoder")
+    _, _, encoder = frozen_encoder(clip_set / "encoder")
     frames = torch.from_numpy(read_clip(clip_set / "clips" / features.paths[2]))
     x = frames.permute(0, 3, 1, 2).float().div(255)
     _, cells = encoder(x)  # (T, 16, 8): a 4 x 4 grid, averaged to 2 x 2 below
@@ -104,7 +105,7 @@ def test_activity_runs_train_on_features_with_a_frozen_encoder(activity_runs, cl
     assert 0.0 <= summary["history"][-1]["accuracy"] <= 1.0
     (stream,), config = load_activity_run(activity_runs["motion"])
     assert stream.input == "motion" and stream.model.config.freeze_encoder
-    _, weights, _ = frame_encoder(clip_set / "encoder")
+    _, weights, _ = frozen_encoder(clip_set / "encoder")
     for name, tensor in stream.model.encoder.state_dict().items():
         torch.testing.assert_close(tensor, weights[name])  # the encoder never trained
     (single,), _ = load_activity_run(activity_runs["single"])
