@@ -34,6 +34,11 @@ discriminator's two are GanConfig fields; the rest are the task's):
     R1             gamma / 2 * E ||grad_x D(x, t)||^2 on real images (Mescheder et al. 2018)
     mode seeking   G is also asked to draw two different images for two noises of one text
                    (Mao et al. 2019, "Mode Seeking GANs"): conditional GANs learn to ignore z
+    minibatch std  D sees, beside each image's features, how much the features of its group
+                   of `minibatch_std_group` images differ (Karras et al. 2018, Sec. 3); the
+                   task fills each group with one class, real images of it or G's samples
+                   of it under several noises, so a G that draws one image per prompt is
+                   told apart from real images, which differ in place and outline
 """
 
 from __future__ import annotations
@@ -67,9 +72,15 @@ class GanConfig:
     # "separate", a trunk of its own that only the supervised loss on real images trains,
     # so that the adversarial game cannot wear away what it knows.
     attribute_trunk: str = "shared"
+    # Rows per group of D's minibatch standard deviation (MinibatchStd); 0: off. The rows of
+    # a group are consecutive in D's batch, whose size must be a multiple of it.
+    minibatch_std_group: int = 0
 
     def __post_init__(self) -> None:
         self.attribute_classes = tuple(self.attribute_classes)
+        if self.minibatch_std_group < 0 or self.minibatch_std_group == 1:
+            raise ValueError("minibatch_std_group is 0 (off) or a group size of at least 2, "
+                             f"not {self.minibatch_std_group}")
         if self.d_trunk not in D_TRUNKS:
             raise ValueError(f"unknown discriminator trunk {self.d_trunk!r}; one of {D_TRUNKS}")
         if self.attribute_trunk not in ("shared", "separate"):
@@ -240,6 +251,32 @@ class ProjectionHead(nn.Module):
         return self.psi(h).flatten() + (self.embed(embedding) * h).sum(dim=1)  # (B,)
 
 
+class MinibatchStd(nn.Module):
+    """One more feature channel: how much the features of each row's group differ
+    (Karras et al. 2018, "Progressive Growing of GANs", Sec. 3).
+
+    The batch is cut into consecutive groups of `group` rows; the standard deviation of
+    each feature over a group's rows, averaged over channels and positions, is one number
+    per group, given to each of its rows as a constant (B, 1, H, W) channel. A generator
+    whose samples of one prompt all look alike gives a small number where real images of
+    that prompt give a large one, so D can tell them apart and G is pushed to vary.
+    """
+
+    def __init__(self, group: int) -> None:
+        super().__init__()
+        self.group = group
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = features.shape
+        if b % self.group:
+            raise ValueError(f"minibatch std groups of {self.group} rows need a batch that is "
+                             f"a multiple of it, not {b}")
+        grouped = features.reshape(b // self.group, self.group, c, h, w)
+        spread = (grouped.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))
+        channel = spread.repeat_interleave(self.group)[:, None, None, None].expand(b, 1, h, w)
+        return torch.cat([features, channel], dim=1)
+
+
 class Generator(nn.Module):
     """G(z, phi(t)) -> image (B, 3, 64, 64) in [-1, 1]."""
 
@@ -282,9 +319,14 @@ class Discriminator(nn.Module):
         sn = config.spectral_norm
         self.encode = discriminator_trunk(config.d_trunk, config.ndf, num_halvings=4,
                                           spectral_norm=sn)  # 64 -> 4
-        self.head = (ProjectionHead(config.ndf * 8, config.embed_dim, spectral_norm=sn)
+        group = config.minibatch_std_group
+        # the heads read the group's spread as one more channel; the attribute classifier
+        # reads the image's own features only, so it names a single image the same way
+        self.spread = MinibatchStd(group) if group else None
+        channels = config.ndf * 8 + (1 if group else 0)
+        self.head = (ProjectionHead(channels, config.embed_dim, spectral_norm=sn)
                      if config.projection else
-                     MatchingHead(config.ndf * 8, config.embed_dim, config.proj_dim,
+                     MatchingHead(channels, config.embed_dim, config.proj_dim,
                                   spectral_norm=sn))
 
         self.attributes = (AttributeHead(config.ndf * 8, config.attribute_classes)
@@ -298,7 +340,8 @@ class Discriminator(nn.Module):
                 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits (B,); with `with_attributes`, also the attribute head's logits."""
         features = self.encode(image)
-        logits = self.head(features, self.embed_norm(embedding))
+        judged = features if self.spread is None else self.spread(features)
+        logits = self.head(judged, self.embed_norm(embedding))
         if not with_attributes:
             return logits
         return logits, self.name_attributes(image, features)

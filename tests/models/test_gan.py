@@ -13,6 +13,7 @@ from models.gan import (
     EmbeddingNorm,
     GanConfig,
     Generator,
+    MinibatchStd,
     ProjectionHead,
     attribute_loss,
     cutout,
@@ -269,3 +270,37 @@ def test_separate_attribute_trunk_is_trained_by_the_attribute_loss_alone():
     assert all(p.grad is not None for p in d.classifier_trunk.parameters())
     with pytest.raises(ValueError, match="attribute_trunk"):
         GanConfig(attribute_trunk="both")
+
+
+def test_minibatch_std_gives_each_row_its_groups_feature_spread():
+    layer = MinibatchStd(2)
+    features = torch.zeros(4, 3, 2, 2)
+    features[0] = 1.0  # group 0 differs by 1 everywhere; group 1 is two equal rows
+    out = layer(features)
+    assert out.shape == (4, 4, 2, 2)
+    torch.testing.assert_close(out[:, :3], features)
+    spread = out[:, 3, 0, 0]
+    assert spread[0] == spread[1] and abs(spread[0].item() - 0.5) < 1e-3
+    assert spread[2] == spread[3] and spread[2].item() < 1e-3
+    with pytest.raises(ValueError, match="multiple"):
+        layer(torch.zeros(3, 3, 2, 2))
+
+
+def test_discriminator_with_minibatch_std_scores_a_group_by_how_alike_its_images_are():
+    torch.manual_seed(0)
+    cfg = GanConfig(embed_dim=12, noise_dim=8, proj_dim=4, ngf=4, ndf=4, projection=True,
+                    minibatch_std_group=2, attribute_classes=(7, 8, 2))
+    d = Discriminator(cfg).eval()
+    x, e = torch.randn(4, 3, 64, 64), torch.randn(4, 12)
+    alike = torch.cat([x[:1], x[:1], x[2:]])  # the first group: one image twice
+    with torch.no_grad():
+        scores, named = d(x, e, with_attributes=True)
+        # row 0's image is the same in both batches, yet its logit moves with its group's
+        # spread; the second group's logits do not move at all
+        changed = d(alike, e) != scores
+        assert changed[0] and not changed[2:].any()
+        # the attribute classifier reads each image alone
+        for a, b in zip(named, d.name_attributes(x[2:]), strict=True):
+            torch.testing.assert_close(a[2:], b)
+    with pytest.raises(ValueError, match="group size"):
+        GanConfig(minibatch_std_group=1)

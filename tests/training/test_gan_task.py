@@ -338,3 +338,23 @@ def test_batch_attributes_are_the_shape_colour_and_size_of_each_image(world):
     for i, (s, c, z) in zip(indices.tolist(), batch.attributes.tolist(), strict=True):
         obj = truth[int(t.pairs.pair_image[i])]
         assert (SHAPES[s], list(COLOURS)[c], SIZES[z]) == (obj.shape, obj.colour, obj.size)
+
+
+def test_minibatch_std_batches_are_groups_of_one_class(world):
+    cfg = config(world, "gan-int-cls", model={**TINY_GAN, "projection": True,
+                                              "minibatch_std_group": 2})
+    t = task(cfg)
+    indices = torch.randperm(len(t.pairs))[:5]
+    batch = t.batch(indices, torch.device("cpu"))
+    assert len(batch.real) == 4  # two full groups; the fifth index leads none
+    classes = t.pairs.pair_class[t.grouped(indices[:4])]
+    groups = batch.attributes.reshape(2, 2, 3)
+    assert (groups[:, 0] == groups[:, 1]).all()  # each group: one shape, colour and size
+    assert (classes.reshape(2, 2)[:, 0] == t.pairs.pair_class[indices[:2]]).all()
+    # GAN-INT's partners are the previous group's captions, row for row
+    both = (batch.text + batch.text.roll(2, dims=0)) / 2
+    torch.testing.assert_close(batch.interpolated, both)
+    model = t.build_model()
+    d = weights(model["discriminator"])
+    t.train_step(model, batch, t.configure_optimizers(model))
+    assert changed(d, model["discriminator"])

@@ -122,6 +122,15 @@ def shape_swapped_pairs(classes: torch.Tensor, chosen: torch.Tensor, fallback: t
     return torch.where(same, fallback, other)
 
 
+def same_class_pairs(classes: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """For each pair index in `chosen`, a random pair whose image is of the same class (it
+    may be the pair itself): the other members of a minibatch-std group."""
+    order = torch.argsort(classes)
+    start = torch.searchsorted(classes[order], classes[chosen])
+    count = torch.searchsorted(classes[order], classes[chosen], right=True) - start
+    return order[start + (torch.rand(chosen.shape) * count).long()]
+
+
 def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1], the range of the generators' tanh."""
     return images_uint8.float().div_(127.5).sub_(1.0)

@@ -18,8 +18,11 @@ GAN-CLS's wrong texts differ in shape only, so that D must check the shape (with
 them it learns to check colour and size only); `mode_seeking` weighs Mao et al.'s term
 that makes G use its noise; `auxiliary` weighs an AC-GAN classifier of the shape,
 colour and size in D, and `warm_up` trains that classifier alone on real images for
-the run's first steps. GanTaskConfig's defaults are the combination docs/results.md
-measured best; configs/gan_reed2016.json turns them all off (the papers' recipe).
+the run's first steps. With D's `minibatch_std_group` (in `model`) every batch is made of
+groups of that many pairs of one class, so that D compares a group of real images of a
+prompt with a group of G's samples of it. GanTaskConfig's defaults are the combination
+docs/results.md measured best; configs/gan_reed2016.json turns them all off (the papers'
+recipe).
 
 Each batch takes one D step then one G step, each with its own Adam: the task
 brings its own `configure_optimizers` and `train_step`, and the Trainer does
@@ -62,6 +65,7 @@ from training.data.text_image import (
     TextEmbedder,
     load_pairs,
     mismatched_pairs,
+    same_class_pairs,
     shape_swapped_pairs,
     single_object_images,
     to_unit_range,
@@ -326,8 +330,28 @@ class GanTask:
     def num_examples(self) -> int:
         return len(self.pairs)
 
+    @property
+    def group(self) -> int:
+        """Rows per minibatch-std group of D (0: D has none)."""
+        return int(self.cfg.model.get("minibatch_std_group", 0))
+
+    def grouped(self, indices: torch.Tensor) -> torch.Tensor:
+        """The batch's pairs as groups of `group` pairs of one class: the first
+        len(indices) // group indices each lead a group, and the rest of it is drawn from
+        their class."""
+        count = len(indices) // self.group
+        if count == 0:
+            raise ValueError(f"a batch of {len(indices)} pairs has no full minibatch-std "
+                             f"group of {self.group}")
+        leaders = indices[:count]
+        members = same_class_pairs(self.pairs.pair_class, leaders.repeat_interleave(self.group))
+        members[::self.group] = leaders
+        return members
+
     def batch(self, indices: torch.Tensor, device: torch.device) -> Batch:
         pairs = self.pairs
+        if self.group:
+            indices = self.grouped(indices)
         wrong = indices
         if self.cfg.matching_aware:
             wrong = mismatched_pairs(pairs.pair_class, indices)
@@ -336,7 +360,9 @@ class GanTask:
                 wrong = torch.where(hard, shape_swapped_pairs(pairs.pair_class, indices, wrong),
                                     wrong)
         text = pairs.embeddings[pairs.pair_text[indices]]
-        partner = text.roll(1, dims=0)
+        # GAN-INT's partner captions: those of the previous group, so that an interpolated
+        # group still shares one pair of classes
+        partner = text.roll(max(self.group, 1), dims=0)
         return Batch(
             real=to_unit_range(pairs.images[pairs.pair_image[indices]]).to(device),
             text=text.to(device),
