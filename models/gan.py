@@ -75,12 +75,19 @@ class GanConfig:
     # Rows per group of D's minibatch standard deviation (MinibatchStd); 0: off. The rows of
     # a group are consecutive in D's batch, whose size must be a multiple of it.
     minibatch_std_group: int = 0
+    # Groups of D's feature channels whose spread is measured apart, one extra channel each
+    # (1: one number for all features, as Karras et al. 2018; more let D ask for variety in
+    # some features and not others, as StyleGAN2's num_channels does).
+    minibatch_std_features: int = 1
 
     def __post_init__(self) -> None:
         self.attribute_classes = tuple(self.attribute_classes)
         if self.minibatch_std_group < 0 or self.minibatch_std_group == 1:
             raise ValueError("minibatch_std_group is 0 (off) or a group size of at least 2, "
                              f"not {self.minibatch_std_group}")
+        if self.minibatch_std_features < 1 or (self.ndf * 8) % self.minibatch_std_features:
+            raise ValueError(f"minibatch_std_features must divide D's {self.ndf * 8} feature "
+                             f"channels, not {self.minibatch_std_features}")
         if self.d_trunk not in D_TRUNKS:
             raise ValueError(f"unknown discriminator trunk {self.d_trunk!r}; one of {D_TRUNKS}")
         if self.attribute_trunk not in ("shared", "separate"):
@@ -252,29 +259,30 @@ class ProjectionHead(nn.Module):
 
 
 class MinibatchStd(nn.Module):
-    """One more feature channel: how much the features of each row's group differ
+    """More feature channels: how much the features of each row's group differ
     (Karras et al. 2018, "Progressive Growing of GANs", Sec. 3).
 
     The batch is cut into consecutive groups of `group` rows; the standard deviation of
-    each feature over a group's rows, averaged over channels and positions, is one number
-    per group, given to each of its rows as a constant (B, 1, H, W) channel. A generator
-    whose samples of one prompt all look alike gives a small number where real images of
-    that prompt give a large one, so D can tell them apart and G is pushed to vary.
+    each feature over a group's rows, averaged over positions and over the channels of
+    each of `parts` equal parts of the channels, is `parts` numbers per group, given to
+    each of its rows as constant (B, parts, H, W) channels. A generator whose samples of
+    one prompt all look alike gives small numbers where real images of that prompt give
+    large ones, so D can tell them apart and G is pushed to vary.
     """
 
-    def __init__(self, group: int) -> None:
+    def __init__(self, group: int, parts: int = 1) -> None:
         super().__init__()
-        self.group = group
+        self.group, self.parts = group, parts
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         b, c, h, w = features.shape
         if b % self.group:
             raise ValueError(f"minibatch std groups of {self.group} rows need a batch that is "
                              f"a multiple of it, not {b}")
-        grouped = features.reshape(b // self.group, self.group, c, h, w)
-        spread = (grouped.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))
-        channel = spread.repeat_interleave(self.group)[:, None, None, None].expand(b, 1, h, w)
-        return torch.cat([features, channel], dim=1)
+        grouped = features.reshape(b // self.group, self.group, self.parts, -1, h, w)
+        spread = (grouped.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(2, 3, 4))
+        channels = spread.repeat_interleave(self.group, dim=0)[:, :, None, None]
+        return torch.cat([features, channels.expand(b, self.parts, h, w)], dim=1)
 
 
 class Generator(nn.Module):
@@ -322,8 +330,9 @@ class Discriminator(nn.Module):
         group = config.minibatch_std_group
         # the heads read the group's spread as one more channel; the attribute classifier
         # reads the image's own features only, so it names a single image the same way
-        self.spread = MinibatchStd(group) if group else None
-        channels = config.ndf * 8 + (1 if group else 0)
+        parts = config.minibatch_std_features
+        self.spread = MinibatchStd(group, parts) if group else None
+        channels = config.ndf * 8 + (parts if group else 0)
         self.head = (ProjectionHead(channels, config.embed_dim, spectral_norm=sn)
                      if config.projection else
                      MatchingHead(channels, config.embed_dim, config.proj_dim,

@@ -284,6 +284,13 @@ def test_minibatch_std_gives_each_row_its_groups_feature_spread():
     assert spread[2] == spread[3] and spread[2].item() < 1e-3
     with pytest.raises(ValueError, match="multiple"):
         layer(torch.zeros(3, 3, 2, 2))
+    # two parts of two channels each: the spread of each part apart
+    features = torch.zeros(2, 4, 1, 1)
+    features[0, 2:] = 2.0  # only the second part differs within the group
+    out = MinibatchStd(2, parts=2)(features)
+    assert out.shape == (2, 6, 1, 1)
+    assert out[0, 4].item() < 1e-3 and abs(out[0, 5].item() - 1.0) < 1e-3
+    torch.testing.assert_close(out[1, 4:], out[0, 4:])
 
 
 def test_discriminator_with_minibatch_std_scores_a_group_by_how_alike_its_images_are():
@@ -304,3 +311,5 @@ def test_discriminator_with_minibatch_std_scores_a_group_by_how_alike_its_images
             torch.testing.assert_close(a[2:], b)
     with pytest.raises(ValueError, match="group size"):
         GanConfig(minibatch_std_group=1)
+    with pytest.raises(ValueError, match="divide"):
+        GanConfig(ndf=4, minibatch_std_group=2, minibatch_std_features=5)

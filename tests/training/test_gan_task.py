@@ -24,6 +24,8 @@ from training.tasks.stackgan import StackGanTask, StackGanTaskConfig
 from training.trainer import Trainer, TrainerConfig
 
 TINY_GAN = {"ngf": 4, "ndf": 4, "noise_dim": 8, "proj_dim": 4}
+# batches row for row as the indices say (the default D groups them by class)
+UNGROUPED = {**TINY_GAN, "minibatch_std_group": 0}
 TINY_STACK = {"ngf": 4, "ndf": 4, "z_dim": 8, "c_dim": 4, "proj_dim": 4, "num_residual": 1}
 
 
@@ -278,15 +280,17 @@ def test_new_runs_get_the_ablations_choice_and_the_papers_recipe_is_a_config():
     assert (cfg.loss, cfg.ema, cfg.diff_augment, cfg.auxiliary) == (
         "hinge", 0.995, ("translation",), 1.0)
     assert (cfg.warm_up, cfg.lr_discriminator, cfg.trainer["max_steps"], cfg.mode_seeking) == (
-        1500, 1e-3, 5500, 0.1)
-    assert cfg.model == {"spectral_norm": False, "projection": True, "ngf": 32}
+        1500, 1e-3, 9500, 0.1)
+    assert cfg.model == {"spectral_norm": False, "projection": True, "minibatch_std_group": 4,
+                         "ngf": 32}
     recipe = json.loads((Path(__file__).parents[2] / "configs" / "gan_reed2016.json")
                         .read_text())
     paper = GanTaskConfig.from_dict(recipe)
     assert (paper.loss, paper.ema, paper.diff_augment, paper.auxiliary, paper.r1) == (
         "bce", 0.0, (), 0.0, 0.0)
     assert (paper.warm_up, paper.lr_discriminator) == (0, None)  # D at G's rate
-    assert paper.model == {"spectral_norm": False, "projection": False}
+    assert paper.model == {"spectral_norm": False, "projection": False,
+                           "minibatch_std_group": 0}
     stack = StackGanTaskConfig.from_dict({})  # StackGAN keeps Zhang et al.'s recipe
     assert (stack.loss, stack.ema, stack.diff_augment, stack.auxiliary, stack.model) == (
         "bce", 0.0, (), 0.0, {})
@@ -310,7 +314,7 @@ def test_shape_swapped_texts_keep_colour_and_size_and_change_the_shape():
 
 
 def test_with_shape_negatives_every_wrong_text_that_can_differs_in_shape_only(world):
-    t = task(config(world, "gan-cls", shape_negatives=1.0))
+    t = task(config(world, "gan-cls", shape_negatives=1.0, model=UNGROUPED))
     pairs = t.pairs
     classes, texts = pairs.pair_class, pairs.embeddings[pairs.pair_text]  # per pair
     torch.manual_seed(0)
@@ -330,7 +334,7 @@ def test_batch_attributes_are_the_shape_colour_and_size_of_each_image(world):
     scenes = load_scenes(world)
     truth = [scenes[im.imgid].objects[0] for im in load_captions(world, "train")
              if len(scenes[im.imgid].objects) == 1]
-    t = task(config(world, "gan-cls"))
+    t = task(config(world, "gan-cls", model=UNGROUPED))
     indices = torch.arange(len(t.pairs))
     batch = t.batch(indices, torch.device("cpu"))
     named = {(SHAPES[s], list(COLOURS)[c], SIZES[z]) for s, c, z in batch.attributes.tolist()}

@@ -130,10 +130,11 @@ class GanTaskConfig:
     VARIANTS: ClassVar[tuple[str, ...]] = GAN_VARIANTS
     # GanConfig settings a run gets unless its `model` says otherwise (a checkpoint's own
     # model config always holds them, so older runs load as they were trained)
-    MODEL_DEFAULTS: ClassVar[dict] = {"spectral_norm": False, "projection": True}
+    MODEL_DEFAULTS: ClassVar[dict] = {"spectral_norm": False, "projection": True,
+                                      "minibatch_std_group": 4}
     # The Trainer's settings a run gets unless its `trainer` says otherwise: the warm-up,
-    # then 4,000 steps of the game.
-    TRAINER_DEFAULTS: ClassVar[dict] = {**GAN_TRAINER, "max_steps": 5500}
+    # then 8,000 steps of the game.
+    TRAINER_DEFAULTS: ClassVar[dict] = {**GAN_TRAINER, "max_steps": 9500}
 
     @classmethod
     def from_dict(cls, d: dict) -> GanTaskConfig:
