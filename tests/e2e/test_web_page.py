@@ -20,6 +20,10 @@ from e2e_server import running_server
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 REPOSITORY = Path(__file__).parents[2] / "model_repository"
+# the served caption-sat, by id (its highest version)
+SAT_VERSION = max(int(p.name) for p in (REPOSITORY / "caption-sat").iterdir()
+                  if p.name.isdigit())
+SAT = f"caption-sat/{SAT_VERSION}"
 DOCS_IMAGES = Path(__file__).parents[2] / "docs" / "images"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Chromium's own background traffic is off: the machine may have no network at all.
@@ -137,7 +141,7 @@ def test_every_panel_answers_from_a_sample_image(visit: Visit, server: str,
                                                  tmp_path: Path) -> None:
     page = open_page(visit, server)
 
-    page.select_option("#caption-form select[name=model]", "caption-sat/2")
+    page.select_option("#caption-form select[name=model]", SAT)
     page.click("#caption-form button[type=submit]")
     page.wait_for_selector("#caption-result .words button[aria-pressed=true]")
     assert page.locator("#caption-result li").count() == 1
