@@ -492,23 +492,24 @@ def test_every_recipe_command_parses_with_the_cli():
     parsed = [parser.parse_args(argv) for argv in recipe_glimpse_commands()]
     assert [p._command for p in parsed] == [
         "data shapes", "train encoder", "train caption", "train caption", "train caption",
-        "export", "export", "eval bundle",
+        "train caption", "export", "export", "eval bundle",
     ]
     data = parsed[0]
     assert (data.num_train, data.num_val, data.num_test, data.num_novel, data.size, data.seed) \
         == (15000, 500, 1000, 1000, 64, 0)
     assert (parsed[1].config, parsed[1].epochs) == ("configs/encoder.json", 12)
-    nic, nic_tuned, sat = parsed[2:5]
-    assert [(p.arch, p.config) for p in (nic, nic_tuned, sat)] == [
+    nic, nic_tuned, sat, sat_scst = parsed[2:6]
+    assert [(p.arch, p.config) for p in (nic, nic_tuned, sat, sat_scst)] == [
         ("nic", "configs/caption_nic.json"), ("nic", "configs/caption_encoder_finetune.json"),
-        ("sat-soft", "configs/caption_sat.json")]
+        ("sat-soft", "configs/caption_sat_positions.json"),
+        ("sat-soft", "configs/caption_sat_scst.json")]
     assert {nic.encoder_init, sat.encoder_init} == {parsed[1].out}
     assert nic_tuned.init_from == nic.out  # the encoder is fine-tuned from the frozen run
-    assert [(p.layer_norm, p.epochs) for p in (nic, sat)] == [(True, 10), (True, 5)]
+    assert [(p.layer_norm, p.epochs) for p in (nic, sat)] == [(True, 10), (False, None)]
     assert nic.lr == 3e-2  # the layer-normalised LSTM's tuned rate
-    assert [p.name for p in parsed[5:7]] == ["caption-nic", "caption-sat"]
-    assert parsed[5].run_dir == nic_tuned.out
-    assert (parsed[7].split, parsed[7].write_manifest) == ("test", True)
+    assert [p.name for p in parsed[6:8]] == ["caption-nic", "caption-sat"]
+    assert parsed[6].run_dir == nic_tuned.out
+    assert (parsed[8].split, parsed[8].write_manifest) == ("test", True)
 
 
 _FAKE_GLIMPSE = """#!{python}
@@ -537,12 +538,16 @@ def test_recipe_runs_its_steps_in_order_and_evaluates_the_latest_versions(tmp_pa
            "RUNS_DIR": str(tmp_path / "runs"), "REPOSITORY": str(repository)}
     subprocess.run(["bash", str(RECIPE)], env=env, check=True, timeout=60, cwd=tmp_path)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
+    runs = tmp_path / "runs"
     assert [c[:2] for c in calls] == [
-        ["data", "shapes"], ["train", "encoder"], ["train", "caption"], ["train", "caption"],
-        ["train", "caption"],
-        ["export", str(tmp_path / "runs" / "nic")], ["export", str(tmp_path / "runs" / "sat-soft")],
+        ["data", "shapes"], ["train", "encoder"], *[["train", "caption"]] * 6,
+        ["export", str(runs / "nic")], ["export", str(runs / "sat-scst3")],
         ["eval", "bundle"], ["eval", "bundle"],
     ]
+    # each SCST round starts from the run before it
+    scst = [c for c in calls if "configs/caption_sat_scst.json" in c]
+    assert [c[c.index("--init-from") + 1] for c in scst] == [
+        str(runs / "sat-frozen"), str(runs / "sat-scst1"), str(runs / "sat-scst2")]
     assert [c[2] for c in calls[-2:]] == [str(repository / "caption-nic" / "10"),
                                          str(repository / "caption-sat" / "3")]
     assert calls[0][calls[0].index("--out") + 1] == str(tmp_path / "data")
