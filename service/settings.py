@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     # served, the first served name A-Z is used.
     default_models: dict[str, str] = {
         "caption": "caption-updown", "vqa": "vqa-updown", "retrieval": "retrieval-vse",
-        "alignment": "align-brnn", "generation": "dalle", "activity": "activity-lrcn",
+        "alignment": "align-brnn", "generation": "gan-int-cls", "activity": "activity-lrcn",
         "video-caption": "video-caption-lrcn",
     }
 

@@ -53,8 +53,9 @@ TEXT_FIELDS = {"/v1/vqa": ("question", QUESTIONS), "/v1/alignments": ("sentence"
                "/v1/images/generations": ("prompt", PROMPTS)}
 # None: the default, caption-updown; a name without its version is the served one
 ATTENTION_CAPTIONERS = {None, "caption-sat", "caption-updown"}
-# Generators that draw no tokens refuse DALL-E's sampling fields (None: the default, dalle).
-GANS = {"gan-int-cls", "stackgan"}
+# Generators that draw no tokens refuse DALL-E's sampling fields (None: the default,
+# gan-int-cls).
+GANS = {None, "gan-int-cls", "stackgan"}
 
 
 def integral(v: Any) -> bool:
