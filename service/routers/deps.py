@@ -139,6 +139,19 @@ def _b64decode(text: str) -> bytes:
         raise BadRequest("image: not valid base64") from None
 
 
+def single_fields(parts: list[tuple[str, Any]], skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A form's fields by name, each given once: a field sent twice is refused (422) rather
+    than read as one of its values, which the schema's single value cannot say."""
+    fields: dict[str, Any] = {}
+    for key, value in parts:
+        if key in skip:
+            continue
+        if key in fields:
+            raise InvalidParameter(f"{key}: given more than once; send each field once")
+        fields[key] = value
+    return fields
+
+
 async def _from_multipart(request: Request) -> tuple[bytes, dict[str, Any]]:
     form = await request.form(max_files=1, max_fields=32)
     try:
@@ -146,7 +159,7 @@ async def _from_multipart(request: Request) -> tuple[bytes, dict[str, Any]]:
         if upload is None:
             raise InvalidParameter("file: send the image as the multipart part named 'file'")
         data = await upload.read() if not isinstance(upload, str) else form_bytes(upload)
-        fields = {key: value for key, value in form.multi_items() if key != "file"}
+        fields = single_fields(form.multi_items(), skip=("file",))
     finally:
         await form.close()
     return data, fields

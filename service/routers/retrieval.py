@@ -28,6 +28,7 @@ from service.routers.deps import (
     read_json_request,
     require_api_key,
     resolve_model,
+    single_fields,
     validated,
 )
 from service.schemas import (
@@ -66,7 +67,7 @@ async def _text_fields(request: Request) -> tuple[dict[str, Any], bool] | None:
         fields, has_image = body, "image" in body
     elif media in ("multipart/form-data", "application/x-www-form-urlencoded"):
         form = await request.form(max_files=1, max_fields=32)
-        fields, has_image = dict(form.multi_items()), "file" in form
+        fields, has_image = single_fields(form.multi_items()), "file" in form
     else:
         return None  # read_image_request answers 415 naming the accepted types
     if has_image and "text" in fields:

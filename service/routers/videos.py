@@ -31,6 +31,7 @@ from service.routers.deps import (
     media_type,
     require_api_key,
     resolve_model,
+    single_fields,
     validated,
 )
 from service.schemas import (
@@ -104,7 +105,7 @@ async def read_video_request(request: Request, params: type[ParamsT], max_frames
                                        "parts), not text fields")
             file = await uploads["file"][0].read() if uploads["file"] else None
             frames = [await upload.read() for upload in uploads["frames"]]
-            fields = {key: value for key, value in parts if key not in uploads}
+            fields = single_fields(parts, skip=tuple(uploads))
         finally:
             await form.close()
     elif media == "application/json":

@@ -239,6 +239,10 @@ def test_the_other_methods_parameters_are_refused_even_as_null(api: TestClient, 
 def test_malformed_requests(api: TestClient) -> None:
     assert_error(api.post("/v1/captions", data={"beam_size": "2"},
                              files={"other": ("x", b"1")}), 422, "invalid_parameter", "file")
+    # a field sent twice has no single value to read: refused, not one of them taken
+    assert_error(api.post("/v1/captions", data={"beam_size": ["2", "3"]},
+                          files={"file": ("x.png", PNG, "image/png")}),
+                 422, "invalid_parameter", "beam_size", "more than once")
     assert_error(api.post("/v1/captions", json={"beam_size": 2}), 422,
                  "invalid_parameter", "image")
     assert_error(api.post("/v1/captions", json={"image": "***"}), 400, "bad_request",
