@@ -328,8 +328,8 @@ class Discriminator(nn.Module):
         self.encode = discriminator_trunk(config.d_trunk, config.ndf, num_halvings=4,
                                           spectral_norm=sn)  # 64 -> 4
         group = config.minibatch_std_group
-        # the heads read the group's spread as one more channel; the attribute classifier
-        # reads the image's own features only, so it names a single image the same way
+        # the heads read the group's spread as `parts` more channels; the attribute
+        # classifier reads the image's own features only, so it names one image the same way
         parts = config.minibatch_std_features
         self.spread = MinibatchStd(group, parts) if group else None
         channels = config.ndf * 8 + (parts if group else 0)

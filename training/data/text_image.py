@@ -101,23 +101,35 @@ def mismatched_pairs(classes: torch.Tensor, chosen: torch.Tensor, *, tries: int 
     raise ValueError("mismatched texts need images of at least two classes")
 
 
+class SameKeyDraws:
+    """Random indices whose `key` equals that of each index in `chosen`: the keys sorted
+    once, each draw uniform within its key's run of the sorted order."""
+
+    def __init__(self, key: torch.Tensor, chosen: torch.Tensor) -> None:
+        self.order = torch.argsort(key)
+        self.start = torch.searchsorted(key[self.order], key[chosen])
+        self.count = torch.searchsorted(key[self.order], key[chosen], right=True) - self.start
+
+    def draw(self, rows: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+        """One draw for each of the chosen indices selected by `rows` (a mask, or all)."""
+        start, count = self.start[rows], self.count[rows]
+        return self.order[start + (torch.rand(start.shape) * count).long()]
+
+
 def shape_swapped_pairs(classes: torch.Tensor, chosen: torch.Tensor, fallback: torch.Tensor,
                         *, tries: int = 20) -> torch.Tensor:
     """For each pair index in `chosen`, a random pair whose object has the same colour and
     size but another shape (class ids of world.object_class): the wrong text that only a
     discriminator that checks the shape can tell from the right one. Where none is found
     in `tries` draws (one shape of that colour and size), the pair in `fallback`."""
-    key = classes % (len(COLOURS) * len(SIZES))  # (colour, size) part of the class id
-    order = torch.argsort(key)
-    start = torch.searchsorted(key[order], key[chosen])
-    count = torch.searchsorted(key[order], key[chosen], right=True) - start
-    other = order[start + (torch.rand(chosen.shape) * count).long()]
+    # the (colour, size) part of the class id
+    draws = SameKeyDraws(classes % (len(COLOURS) * len(SIZES)), chosen)
+    other = draws.draw()
     for _ in range(tries):
         same = classes[other] == classes[chosen]
         if not same.any():
             return other
-        redraw = start[same] + (torch.rand(int(same.sum())) * count[same]).long()
-        other[same] = order[redraw]
+        other[same] = draws.draw(same)
     same = classes[other] == classes[chosen]
     return torch.where(same, fallback, other)
 
@@ -125,10 +137,7 @@ def shape_swapped_pairs(classes: torch.Tensor, chosen: torch.Tensor, fallback: t
 def same_class_pairs(classes: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     """For each pair index in `chosen`, a random pair whose image is of the same class (it
     may be the pair itself): the other members of a minibatch-std group."""
-    order = torch.argsort(classes)
-    start = torch.searchsorted(classes[order], classes[chosen])
-    count = torch.searchsorted(classes[order], classes[chosen], right=True) - start
-    return order[start + (torch.rand(chosen.shape) * count).long()]
+    return SameKeyDraws(classes, chosen).draw()
 
 
 def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
