@@ -282,7 +282,7 @@ def test_new_runs_get_the_ablations_choice_and_the_papers_recipe_is_a_config():
     assert (cfg.warm_up, cfg.lr_discriminator, cfg.trainer["max_steps"], cfg.mode_seeking) == (
         1500, 1e-3, 9500, 0.1)
     assert cfg.model == {"spectral_norm": False, "projection": True, "minibatch_std_group": 4,
-                         "ngf": 32}
+                         "minibatch_std_features": 16, "ngf": 32}
     recipe = json.loads((Path(__file__).parents[2] / "configs" / "gan_reed2016.json")
                         .read_text())
     paper = GanTaskConfig.from_dict(recipe)
@@ -290,7 +290,7 @@ def test_new_runs_get_the_ablations_choice_and_the_papers_recipe_is_a_config():
         "bce", 0.0, (), 0.0, 0.0)
     assert (paper.warm_up, paper.lr_discriminator) == (0, None)  # D at G's rate
     assert paper.model == {"spectral_norm": False, "projection": False,
-                           "minibatch_std_group": 0}
+                           "minibatch_std_group": 0, "minibatch_std_features": 1}
     stack = StackGanTaskConfig.from_dict({})  # StackGAN keeps Zhang et al.'s recipe
     assert (stack.loss, stack.ema, stack.diff_augment, stack.auxiliary, stack.model) == (
         "bce", 0.0, (), 0.0, {})

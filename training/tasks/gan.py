@@ -20,7 +20,8 @@ that makes G use its noise; `auxiliary` weighs an AC-GAN classifier of the shape
 colour and size in D, and `warm_up` trains that classifier alone on real images for
 the run's first steps. With D's `minibatch_std_group` (in `model`) every batch is made of
 groups of that many pairs of one class, so that D compares a group of real images of a
-prompt with a group of G's samples of it. GanTaskConfig's defaults are the combination
+prompt with a group of G's samples of it (`minibatch_std_features`: parts of D's
+features whose spread is measured apart). GanTaskConfig's defaults are the combination
 docs/results.md measured best; configs/gan_reed2016.json turns them all off (the papers'
 recipe).
 
@@ -131,7 +132,7 @@ class GanTaskConfig:
     # GanConfig settings a run gets unless its `model` says otherwise (a checkpoint's own
     # model config always holds them, so older runs load as they were trained)
     MODEL_DEFAULTS: ClassVar[dict] = {"spectral_norm": False, "projection": True,
-                                      "minibatch_std_group": 4}
+                                      "minibatch_std_group": 4, "minibatch_std_features": 16}
     # The Trainer's settings a run gets unless its `trainer` says otherwise: the warm-up,
     # then 8,000 steps of the game.
     TRAINER_DEFAULTS: ClassVar[dict] = {**GAN_TRAINER, "max_steps": 9500}
