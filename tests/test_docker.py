@@ -540,14 +540,15 @@ def test_recipe_runs_its_steps_in_order_and_evaluates_the_latest_versions(tmp_pa
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     runs = tmp_path / "runs"
     assert [c[:2] for c in calls] == [
-        ["data", "shapes"], ["train", "encoder"], *[["train", "caption"]] * 6,
-        ["export", str(runs / "nic")], ["export", str(runs / "sat-scst3")],
+        ["data", "shapes"], ["train", "encoder"], *[["train", "caption"]] * 7,
+        ["export", str(runs / "nic")], ["export", str(runs / "sat-scst4")],
         ["eval", "bundle"], ["eval", "bundle"],
     ]
     # each SCST round starts from the run before it
     scst = [c for c in calls if "configs/caption_sat_scst.json" in c]
     assert [c[c.index("--init-from") + 1] for c in scst] == [
-        str(runs / "sat-frozen"), str(runs / "sat-scst1"), str(runs / "sat-scst2")]
+        str(runs / "sat-frozen"), str(runs / "sat-scst1"), str(runs / "sat-scst2"),
+        str(runs / "sat-scst3")]
     assert [c[2] for c in calls[-2:]] == [str(repository / "caption-nic" / "10"),
                                          str(repository / "caption-sat" / "3")]
     assert calls[0][calls[0].index("--out") + 1] == str(tmp_path / "data")
