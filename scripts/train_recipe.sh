@@ -31,10 +31,11 @@ glimpse train encoder --data "$DATA_DIR" --out "$RUNS_DIR/encoder" --config conf
     --epochs 12
 
 # The committed caption-nic and caption-sat came from these settings (docs/results.md).
-# NIC reads the max-pooled, standardised CNN(I) of the pre-trained encoder with a layer-normalised LSTM at its
-# tuned rate (3e-2): first with the encoder frozen (configs/caption_nic.json), training
-# on that vector computed once, ten epochs of cross-entropy; then, as the NIC paper's
-# second phase, three epochs with the encoder fine-tuned at a lower rate
+# NIC reads the max-pooled, standardised CNN(I) of the pre-trained encoder with a
+# layer-normalised LSTM at its tuned rate (3e-2): first with the encoder frozen
+# (configs/caption_nic.json), training on that vector computed once, ten epochs of
+# cross-entropy; then, as the NIC paper's second phase, three epochs with the encoder
+# fine-tuned at a lower rate
 # (configs/caption_encoder_finetune.json; caption-nic/10).
 glimpse train caption --arch nic --layer-norm --lr 3e-2 --data "$DATA_DIR" \
     --out "$RUNS_DIR/nic-frozen" --config configs/caption_nic.json \
