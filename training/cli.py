@@ -131,14 +131,17 @@ def _eval_generation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", type=int, default=200, help="number of prompts")
     p.add_argument("--samples-per-prompt", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tagger", default="runs/encoder", help="`glimpse train encoder` run")
+    p.add_argument("--tagger", default="runs/encoder",
+                   help="`glimpse train encoder` run; images are judged at the size it was "
+                        "trained at (runs/tagger128 of configs/tagger128.json: 128 px)")
     p.add_argument("--text-encoder", default="runs/text-encoder",
                    help="`glimpse train text-encoder` run (R-precision)")
     p.add_argument("--out", default=None, help="write the metrics as JSON here")
     p.add_argument("--grid", default=None, help="save a sample grid PNG here")
     p.add_argument("--grid-prompts", type=int, default=8, help="rows of the sample grid")
     p.add_argument("--write-manifest", action="store_true",
-                   help="record the metrics in the bundle's manifest under metrics[split]")
+                   help="record the metrics in the bundle's manifest under metrics[split] "
+                        "(metrics[split_<S>px] for a tagger of another size S)")
 
 
 def _eval_judge(p: argparse.ArgumentParser) -> None:

@@ -93,6 +93,12 @@ def load_tagger(run_dir: str | Path) -> AttributeTagger:
     return load_weights(tagger, ckpt).eval()
 
 
+def tagger_image_size(run_dir: str | Path) -> int:
+    """The side (pixels) of the images a `glimpse train encoder` run's tagger was trained on."""
+    _, config = run_checkpoint(run_dir, "attributes", "a `glimpse train encoder`")
+    return int(config["model"].get("image_size", 64))
+
+
 # ---------------------------------------------------------------------------- regions
 
 
@@ -120,7 +126,8 @@ def _text_encoder_run(run_dir: str | Path) -> tuple[dict, Weights]:
 
 
 def load_text_encoder(run_dir: str | Path) -> tuple[CharCnnRnn, CharAlphabet, dict]:
-    """The trained psi (eval mode, frozen), its alphabet, and {"max_length", "embed_dim"}."""
+    """The trained psi (eval mode, frozen), its alphabet, and {"max_length", "embed_dim",
+    "image_size"} (image_size: the side its joint image encoder phi was trained at)."""
     config, weights = _text_encoder_run(run_dir)
     encoder = CharCnnRnn(TextEncoderConfig(**config["text"]))
     encoder.load_state_dict(submodule_weights(weights, "text."))
@@ -128,7 +135,8 @@ def load_text_encoder(run_dir: str | Path) -> tuple[CharCnnRnn, CharAlphabet, di
     alphabet = CharAlphabet(config["alphabet"]["alphabet"],
                             lowercase=config["alphabet"]["lowercase"])
     return encoder, alphabet, {"max_length": config["max_length"],
-                               "embed_dim": config["embed_dim"]}
+                               "embed_dim": config["embed_dim"],
+                               "image_size": config.get("image_size", 64)}
 
 
 def load_joint_image_encoder(run_dir: str | Path) -> JointImageEncoder:

@@ -127,6 +127,21 @@ def test_tagger_input_takes_uint8_nhwc_or_float_nchw_at_any_size():
         to_tagger_input(pixels[0])
 
 
+def test_a_tagger_trained_at_128_px_sees_images_at_128_px(split):
+    seen = []
+
+    class SizeRecorder(OracleTagger):
+        def forward(self, images, targets=None):
+            seen.append(images.shape[-1])
+            return super().forward(images, targets)
+
+    evaluator = GenerationEvaluator(SizeRecorder({}), image_size=128)
+    evaluator.attribute_accuracy(split.pixels[:2], split.attributes[:2])  # 64 px in
+    assert seen == [128]
+    assert evaluator.judged(split.pixels[:2]).shape == (2, 3, 128, 128)
+    assert GenerationEvaluator(SizeRecorder({})).judged(split.pixels[:2]).shape[-1] == 64
+
+
 def test_real_images_hold_their_own_attributes_and_not_shuffled_ones(oracle, split):
     own = oracle.attribute_accuracy(split.pixels, split.attributes)
     assert own == {"shape": 1.0, "colour": 1.0, "size": 1.0, "all": 1.0}

@@ -63,17 +63,18 @@ class Prompt:
 class SplitImages:
     """A split's images at the tagger's size and what they show."""
 
-    pixels: np.ndarray  # uint8 (N, 64, 64, 3)
+    pixels: np.ndarray  # uint8 (N, S, S, 3), S the tagger's size
     attributes: list[Attributes]
     captions: list[tuple[str, ...]]
     imgids: list[int]
 
 
-def load_split_images(dataset_dir: str | Path, split: str) -> SplitImages:
+def load_split_images(dataset_dir: str | Path, split: str, size: int = TAGGER_SIZE
+                      ) -> SplitImages:
     data = Path(dataset_dir)
     images = load_captions(data, split)
     attributes = [(o.shape, o.colour, o.size) for o in single_objects(data, images)]
-    pixels = load_images(data, images, TAGGER_SIZE).permute(0, 2, 3, 1).numpy()
+    pixels = load_images(data, images, size).permute(0, 2, 3, 1).numpy()
     return SplitImages(pixels=pixels, attributes=attributes,
                        captions=[im.captions for im in images], imgids=[im.imgid for im in images])
 
@@ -189,14 +190,15 @@ def eval_generation(args: argparse.Namespace) -> int:
         print("glimpse eval generation: --prompts and --samples-per-prompt must be >= 1",
               file=sys.stderr)
         return 2
-    split = load_split_images(args.data, args.split)
+    evaluator = GenerationEvaluator.from_runs(args.tagger, args.text_encoder)
+    # the real images (FID's reference, the REAL stand-in) at the size the tagger judges
+    split = load_split_images(args.data, args.split, evaluator.image_size)
     prompts = select_prompts(split, args.prompts, args.seed)
     generator = generator_for(args.path, split)
     images = np.asarray(generator.generate([p.text for p in prompts], n, args.seed))
     if images.dtype != np.uint8 or len(images) != len(prompts) * n:
         raise ValueError(f"the generator returned {images.shape} {images.dtype}; expected "
                          f"uint8 ({len(prompts) * n}, S, S, 3)")
-    evaluator = GenerationEvaluator.from_runs(args.tagger, args.text_encoder)
     torch.manual_seed(args.seed)  # torchmetrics shuffles the Inception score's splits
     metrics = score(evaluator, images, prompts, n, split, args.seed)
     name = args.path if args.path == REAL else "/".join(Path(args.path).parts[-2:])
@@ -210,7 +212,11 @@ def eval_generation(args: argparse.Namespace) -> int:
         save_grid(images, n, args.grid_prompts, [p.text for p in prompts], args.grid)
     if args.write_manifest and args.path != REAL:
         sampling = {k: result[k] for k in ("prompts", "samples_per_prompt", "seed")}
-        record_metrics(args.path, {**sampling, **metrics}, at=(args.split,))
+        # a judge at another size than the default tagger's is recorded beside it
+        key = (args.split if evaluator.image_size == TAGGER_SIZE
+               else f"{args.split}_{evaluator.image_size}px")
+        record_metrics(args.path, {**sampling, **metrics, "judge_size": evaluator.image_size},
+                       at=(key,))
     print(json.dumps(metrics, indent=2))
     print(markdown_header())
     print(result["markdown"])

@@ -37,9 +37,15 @@ from models.attributes import AttributeTagger
 from models.text_encoder import CharCnnRnn, JointImageEncoder, grid_features
 from training.data.tokenizer import CharAlphabet
 from training.data.world import COLOURS, SHAPES, SIZES, object_class
-from training.runs import embed_texts, load_joint_image_encoder, load_tagger, load_text_encoder
+from training.runs import (
+    embed_texts,
+    load_joint_image_encoder,
+    load_tagger,
+    load_text_encoder,
+    tagger_image_size,
+)
 
-TAGGER_SIZE = 64  # the tagger's training resolution
+TAGGER_SIZE = 64  # the default tagger's training resolution (runs/encoder)
 ATTRIBUTES = ("shape", "colour", "size")
 Attributes = tuple[str, str, str]  # (shape, colour, size)
 R_PRECISION_CANDIDATES = 100  # the prompt and 99 mismatched ones
@@ -71,7 +77,8 @@ def to_tagger_input(images: np.ndarray | torch.Tensor, size: int = TAGGER_SIZE) 
 
 
 class TaggerFeatures(nn.Module):
-    """FID's feature network: (N, 3, 64, 64) in [0, 1] -> (N, 2D) tagger grid features."""
+    """FID's feature network: (N, 3, S, S) in [0, 1] at the tagger's size -> (N, 2D) tagger
+    grid features."""
 
     def __init__(self, tagger: AttributeTagger) -> None:
         super().__init__()
@@ -91,7 +98,7 @@ def object_cell_log_probs(logits: dict[str, torch.Tensor]
 
 
 class TaggerClassLogits(nn.Module):
-    """The Inception score's classifier: (N, 3, 64, 64) -> (N, 112) log-probabilities of the
+    """The Inception score's classifier: (N, 3, S, S) -> (N, 112) log-probabilities of the
     (shape, colour, size) class of the image's most object-like cell."""
 
     def __init__(self, tagger: AttributeTagger) -> None:
@@ -117,11 +124,15 @@ def _batches(x: torch.Tensor, batch_size: int):
 
 class GenerationEvaluator:
     """Scores generated images in domain. Images are uint8 (N, S, S, 3) or float
-    (N, 3, S, S) in [0, 1], at any S (they are resized to the tagger's 64 px)."""
+    (N, 3, S, S) in [0, 1], at any S: they are resized to the tagger's `image_size` (64 px
+    for runs/encoder; a tagger trained at 128 px judges StackGAN's Stage II at its own
+    size) and, for R-precision, to the joint image encoder's `joint_size`."""
 
     def __init__(self, tagger: AttributeTagger, *, joint_image: JointImageEncoder | None = None,
                  text_encoder: CharCnnRnn | None = None, alphabet: CharAlphabet | None = None,
-                 max_length: int = 64, batch_size: int = 256) -> None:
+                 max_length: int = 64, batch_size: int = 256, image_size: int = TAGGER_SIZE,
+                 joint_size: int = TAGGER_SIZE) -> None:
+        self.image_size, self.joint_size = image_size, joint_size
         self.tagger = tagger.eval().requires_grad_(False)
         self.features_net = TaggerFeatures(self.tagger)
         self.class_net = TaggerClassLogits(self.tagger)
@@ -136,12 +147,17 @@ class GenerationEvaluator:
                   ) -> GenerationEvaluator:
         """The tagger of a `glimpse train encoder` run and, for R-precision, both sides of a
         `glimpse train text-encoder` run."""
-        tagger = load_tagger(tagger_run)
+        tagger, size = load_tagger(tagger_run), tagger_image_size(tagger_run)
         if text_encoder_run is None:
-            return cls(tagger)
+            return cls(tagger, image_size=size)
         text_encoder, alphabet, info = load_text_encoder(text_encoder_run)
         return cls(tagger, joint_image=load_joint_image_encoder(text_encoder_run),
-                   text_encoder=text_encoder, alphabet=alphabet, max_length=info["max_length"])
+                   text_encoder=text_encoder, alphabet=alphabet, max_length=info["max_length"],
+                   image_size=size, joint_size=info["image_size"])
+
+    def judged(self, images) -> torch.Tensor:
+        """`images` as the tagger sees them: float (N, 3, image_size, image_size) in [0, 1]."""
+        return to_tagger_input(images, self.image_size)
 
     @torch.no_grad()
     def _map(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -155,7 +171,7 @@ class GenerationEvaluator:
         An image's objects are the cells the tagger reads as holding one, and always its
         most object-like cell (so an image with no confident object is still judged).
         """
-        x = to_tagger_input(images)
+        x = self.judged(images)
         if len(x) != len(prompts_attributes):
             raise ValueError(f"{len(x)} images but {len(prompts_attributes)} prompt attributes")
         hits = {name: [] for name in (*ATTRIBUTES, "all")}
@@ -175,18 +191,18 @@ class GenerationEvaluator:
     @torch.no_grad()
     def features(self, images) -> torch.Tensor:
         """Tagger features (N, 2D), as FID and diversity see them."""
-        return self._map(self.features_net, to_tagger_input(images))
+        return self._map(self.features_net, self.judged(images))
 
     @torch.no_grad()
     def class_logits(self, images) -> torch.Tensor:
         """(N, 112) log-probabilities over object_class ids."""
-        return self._map(self.class_net, to_tagger_input(images))
+        return self._map(self.class_net, self.judged(images))
 
     @torch.no_grad()
     def inception_score(self, images, splits: int = 10) -> tuple[float, float]:
         """Mean and standard deviation over `splits` splits, torchmetrics' InceptionScore."""
         metric = InceptionScore(feature=self.class_net, splits=splits)
-        for b in _batches(to_tagger_input(images), self.batch_size):
+        for b in _batches(self.judged(images), self.batch_size):
             metric.update(b)
         mean, std = metric.compute()
         return float(mean), float(std)
@@ -197,7 +213,7 @@ class GenerationEvaluator:
         (torchmetrics' FrechetInceptionDistance with the tagger as its network)."""
         metric = FrechetInceptionDistance(feature=self.features_net)
         for images, is_real in ((real, True), (fake, False)):
-            for b in _batches(to_tagger_input(images), self.batch_size):
+            for b in _batches(self.judged(images), self.batch_size):
                 metric.update(b, real=is_real)
         return float(metric.compute())
 
@@ -223,7 +239,7 @@ class GenerationEvaluator:
         image's prompt."""
         if self.joint_image is None or self.text_encoder is None or self.alphabet is None:
             raise ValueError("R-precision needs a text-encoder run (from_runs(..., text_run))")
-        x = to_tagger_input(images)
+        x = to_tagger_input(images, self.joint_size)
         image_emb = self._map(self.joint_image, x)  # (N, E)
         prompt_emb = self._embed(list(prompts))  # (N, E)
         pool_emb = self._embed(list(pool_texts))  # (M, E)

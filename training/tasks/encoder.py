@@ -23,7 +23,7 @@ from training.trainer import config_from_dict
 log = logging.getLogger(__name__)
 
 MAX_OBJECTS = 4
-STRIDE = 8  # pixels per annotation-grid cell of the default encoder
+STRIDE = 8  # pixels per annotation-grid cell of the default encoder (3 channel entries)
 
 
 def cell_targets(scene: Scene, image_size: int, stride: int = STRIDE) -> dict[str, torch.Tensor]:
@@ -41,6 +41,18 @@ def cell_targets(scene: Scene, image_size: int, stride: int = STRIDE) -> dict[st
         targets["size"][cell] = SIZES.index(o.size) + 1
     targets["count"] = torch.tensor(len(scene.objects) - 1)
     return targets
+
+
+def grid_stride(tagger: AttributeTagger, image_size: int) -> int:
+    """Pixels per cell of the tagger's annotation grid at `image_size` (8 for three channel
+    entries; a fourth halves the grid again, so that a 128 px tagger keeps 8x8 cells)."""
+    with torch.no_grad():
+        logits, _ = tagger.eval()(torch.zeros(1, 3, image_size, image_size))
+    side = int(round(logits["shape"].shape[1] ** 0.5))
+    if side * side != logits["shape"].shape[1] or image_size % side:
+        raise ValueError(f"the tagger's grid ({logits['shape'].shape[1]} cells) does not tile "
+                         f"{image_size} px images")
+    return image_size // side
 
 
 @dataclass
@@ -67,14 +79,16 @@ class EncoderTask:
         val = load_captions(data, "val")[: config.val_images]
         self.train_x = load_images(data, train, config.image_size)
         self.val_x = load_images(data, val, config.image_size)
-        self.train_t = self._targets(train, scenes)
-        self.val_t = self._targets(val, scenes)
         self.model_cfg = AttributeConfig(num_shapes=len(SHAPES), num_colours=len(COLOURS),
                                          num_sizes=len(SIZES), num_counts=MAX_OBJECTS,
                                          encoder=dict(config.encoder))
+        self.stride = grid_stride(self.build_model(), config.image_size)
+        self.train_t = self._targets(train, scenes)
+        self.val_t = self._targets(val, scenes)
 
     def _targets(self, images, scenes) -> dict[str, torch.Tensor]:
-        per_image = [cell_targets(scenes[im.imgid], self.config.image_size) for im in images]
+        per_image = [cell_targets(scenes[im.imgid], self.config.image_size, self.stride)
+                     for im in images]
         return {k: torch.stack([t[k] for t in per_image]) for k in per_image[0]}
 
     def build_model(self) -> torch.nn.Module:

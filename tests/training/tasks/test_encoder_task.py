@@ -11,7 +11,7 @@ from training.cli import main as glimpse
 from training.data.shapes import generate_shapes_world
 from training.data.world import Scene, ShapeObject
 from training.tasks.caption import CaptionTask, CaptionTaskConfig
-from training.tasks.encoder import cell_targets
+from training.tasks.encoder import cell_targets, grid_stride
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -27,6 +27,14 @@ def test_cell_targets_put_each_object_in_its_centre_cell():
     assert t["shape"][circle_cell] == 1 + 0 and t["colour"][circle_cell] == 1 + 7
     assert t["size"][circle_cell] == 1 + 0
     assert int((t["shape"] > 0).sum()) == 2 and int(t["count"]) == 1
+
+
+def test_a_fourth_channel_entry_keeps_a_128_px_tagger_on_an_8x8_grid():
+    three = AttributeTagger(AttributeConfig(encoder={"out_dim": 8, "channels": (4, 8, 8)}))
+    four = AttributeTagger(AttributeConfig(encoder={"out_dim": 8, "channels": (4, 8, 8, 8)}))
+    assert (grid_stride(three, 64), grid_stride(three, 128), grid_stride(four, 128)) == (8, 8, 16)
+    assert cell_targets(Scene([ShapeObject("star", "red", "large", x=0.3, y=0.7, radius=0.16)]),
+                        image_size=128, stride=16)["shape"].shape == (64,)
 
 
 def test_tagger_loss_balances_object_and_empty_cells():
