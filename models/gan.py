@@ -204,6 +204,7 @@ def residual_image_encoder(ndf: int, num_halvings: int, *, spectral_norm: bool =
 
 
 D_TRUNKS = ("dcgan", "residual")
+D_HALVINGS = {64: 4, 128: 5}  # image side -> stride-2 steps of D's trunk down to 4x4
 
 
 def discriminator_trunk(kind: str, ndf: int, num_halvings: int, *,
@@ -320,13 +321,19 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """D(x, phi(t)) -> logit (B,) that x is a real image matching the text."""
 
-    def __init__(self, config: GanConfig) -> None:
+    def __init__(self, config: GanConfig, image_size: int | None = None) -> None:
+        """D of `image_size` pixels (64 or 128; default: the config's): the trunk halves the
+        side down to 4x4 (StackGAN's Stage-II discriminator sees 128)."""
         super().__init__()
         self.config = config
+        image_size = config.image_size if image_size is None else image_size
+        halvings = D_HALVINGS.get(image_size)
+        if halvings is None:
+            raise ValueError(f"discriminators see {sorted(D_HALVINGS)} pixels, not {image_size}")
         self.embed_norm = EmbeddingNorm(config.embed_dim)
         sn = config.spectral_norm
-        self.encode = discriminator_trunk(config.d_trunk, config.ndf, num_halvings=4,
-                                          spectral_norm=sn)  # 64 -> 4
+        self.encode = discriminator_trunk(config.d_trunk, config.ndf, num_halvings=halvings,
+                                          spectral_norm=sn)  # -> 4x4
         group = config.minibatch_std_group
         # the heads read the group's spread as `parts` more channels; the attribute
         # classifier reads the image's own features only, so it names one image the same way
@@ -341,7 +348,7 @@ class Discriminator(nn.Module):
         self.attributes = (AttributeHead(config.ndf * 8, config.attribute_classes)
                            if config.attribute_classes else None)
         self.classifier_trunk = (
-            discriminator_trunk(config.d_trunk, config.ndf, num_halvings=4)
+            discriminator_trunk(config.d_trunk, config.ndf, num_halvings=halvings)
             if config.attribute_classes and config.attribute_trunk == "separate" else None)
 
     def forward(self, image: torch.Tensor, embedding: torch.Tensor, *,

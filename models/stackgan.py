@@ -8,7 +8,9 @@ lambda). Stage-I (Sec. 3.2) draws a 64x64 sketch from (c0, z); Stage-II
 residual blocks and draws 128x128. Every network standardises phi(t) first
 (models.gan.EmbeddingNorm). Each stage has a matching-aware
 discriminator: phi(t) compressed, replicated over the 4x4 feature map and
-concatenated in depth (models.gan.MatchingHead).
+concatenated in depth (models.gan.MatchingHead) in the paper, or the projection head,
+group statistic and attribute classifier of GAN-INT-CLS (models.gan.Discriminator) when
+the config asks for them.
 
 `sample(embedding, noise)` takes every random input from `noise`, so a sample
 is a pure function of its inputs and traces to ONNX: Stage-I noise is
@@ -22,7 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from models.gan import EmbeddingNorm, MatchingHead, image_encoder
+from models.gan import Discriminator, EmbeddingNorm, GanConfig
 
 
 @dataclass
@@ -34,6 +36,22 @@ class StackGanConfig:
     ngf: int = 16  # Stage-I: 8*ngf channels at 4x4; Stage-II: 4*ngf at 16x16
     ndf: int = 16
     num_residual: int = 2  # Stage-II residual blocks (4 in the paper)
+    # The discriminators' options of models.gan.GanConfig (off: Zhang et al.'s D)
+    projection: bool = False
+    attribute_classes: tuple[int, ...] = ()
+    minibatch_std_group: int = 0
+    minibatch_std_features: int = 1
+
+    def __post_init__(self) -> None:
+        self.attribute_classes = tuple(self.attribute_classes)
+        self.discriminator_config()  # refuses options models.gan.GanConfig refuses
+
+    def discriminator_config(self) -> GanConfig:
+        """The discriminators' settings as a models.gan.GanConfig."""
+        return GanConfig(embed_dim=self.embed_dim, proj_dim=self.proj_dim, ndf=self.ndf,
+                         projection=self.projection, attribute_classes=self.attribute_classes,
+                         minibatch_std_group=self.minibatch_std_group,
+                         minibatch_std_features=self.minibatch_std_features)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,17 +188,10 @@ class StageIIGenerator(nn.Module):
         return self(embedding, noise)[0]
 
 
-class StageDiscriminator(nn.Module):
+class StageDiscriminator(Discriminator):
     """Matching-aware D at 64 (Stage-I) or 128 (Stage-II) pixels -> logit (B,)."""
 
     def __init__(self, config: StackGanConfig, image_size: int) -> None:
-        super().__init__()
-        halvings = {64: 4, 128: 5}.get(image_size)
-        if halvings is None:
+        if image_size not in (64, 128):
             raise ValueError(f"StackGAN discriminators see 64 or 128 pixels, not {image_size}")
-        self.embed_norm = EmbeddingNorm(config.embed_dim)
-        self.encode = image_encoder(config.ndf, num_halvings=halvings)  # -> 4x4
-        self.head = MatchingHead(config.ndf * 8, config.embed_dim, config.proj_dim)
-
-    def forward(self, image: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encode(image), self.embed_norm(embedding))
+        super().__init__(config.discriminator_config(), image_size)

@@ -6,7 +6,8 @@
 #
 #   chain A: gan, gan-cls, gan-int, gan-int-cls        (~8 min each on a shared 2-core CPU),
 #            Reed et al.'s recipe (configs/gan_reed2016.json), not the stabilised default
-#   chain B: stackgan-1 (~10 min), then stackgan-2      (~12 min)
+#   chain B: stackgan-1 (~10 min), then stackgan-2      (~12 min),
+#            Zhang et al.'s recipe (configs/stackgan_zhang2017.json), not the default
 #
 # Needs data/t2i (`glimpse data shapes` with one object per image at 128 px) and
 # the char-CNN-RNN text encoder of `glimpse train text-encoder` in runs/text-encoder.
@@ -44,9 +45,10 @@ chain_gan() {
 
 chain_stackgan() {
   train stackgan-1 stackgan --stage 1 --text-encoder "$TEXT_ENCODER" \
-    --steps "$STAGE1_STEPS" --batch-size "$BATCH_SIZE"
+    --config configs/stackgan_zhang2017.json --steps "$STAGE1_STEPS" --batch-size "$BATCH_SIZE"
   train stackgan-2 stackgan --stage 2 --stage1-run "$RUNS_DIR/stackgan-1" \
-    --steps "$STAGE2_STEPS" --batch-size "$STAGE2_BATCH_SIZE"
+    --config configs/stackgan_zhang2017.json --steps "$STAGE2_STEPS" \
+    --batch-size "$STAGE2_BATCH_SIZE"
 }
 
 mkdir -p "$RUNS_DIR"

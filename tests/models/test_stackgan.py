@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 
 from models.stackgan import (
@@ -75,6 +76,24 @@ def test_discriminators_at_both_resolutions():
     d64, d128 = StageDiscriminator(TINY, 64), StageDiscriminator(TINY, 128)
     assert d64(torch.randn(2, 3, 64, 64), torch.randn(2, 12)).shape == (2,)
     assert d128(torch.randn(2, 3, 128, 128), torch.randn(2, 12)).shape == (2,)
+
+
+def test_discriminators_take_gan_int_clss_options_at_both_resolutions():
+    cfg = StackGanConfig(**{**TINY.to_dict(), "projection": True, "minibatch_std_group": 2,
+                            "minibatch_std_features": 4, "attribute_classes": (7, 8, 2)})
+    for side in (64, 128):
+        d = StageDiscriminator(cfg, side)
+        logits, named = d(torch.randn(4, 3, side, side), torch.randn(4, 12),
+                          with_attributes=True)
+        assert logits.shape == (4,) and [n.shape for n in named] == [(4, 7), (4, 8), (4, 2)]
+        assert d.spread is not None and d.encode(torch.zeros(1, 3, side, side)).shape[2:] == (4, 4)
+    # A D of Zhang et al.'s recipe has the keys of the D before the options existed, so the
+    # runs trained then still load.
+    plain = StageDiscriminator(TINY, 128)
+    assert plain.spread is None and plain.attributes is None
+    assert {k.split(".")[0] for k in plain.state_dict()} == {"embed_norm", "encode", "head"}
+    with pytest.raises(ValueError):
+        StageDiscriminator(cfg, 96)
 
 
 def test_stage2_sample_exports_to_onnx(tmp_path):

@@ -291,11 +291,19 @@ def test_new_runs_get_the_ablations_choice_and_the_papers_recipe_is_a_config():
     assert (paper.warm_up, paper.lr_discriminator) == (0, None)  # D at G's rate
     assert paper.model == {"spectral_norm": False, "projection": False,
                            "minibatch_std_group": 0, "minibatch_std_features": 1}
-    stack = StackGanTaskConfig.from_dict({})  # StackGAN keeps Zhang et al.'s recipe
-    assert (stack.loss, stack.ema, stack.diff_augment, stack.auxiliary, stack.model) == (
-        "bce", 0.0, (), 0.0, {})
-    assert (stack.warm_up, stack.lr_discriminator, stack.trainer["max_steps"],
-            stack.mode_seeking) == (0, None, 2000, 0.0)
+    stack = StackGanTaskConfig.from_dict({})  # StackGAN trains by the same recipe
+    assert (stack.loss, stack.ema, stack.diff_augment, stack.auxiliary, stack.warm_up,
+            stack.kl_weight) == ("hinge", 0.995, ("translation",), 1.0, 1500, 0.02)
+    assert stack.model == {"projection": True, "minibatch_std_group": 4,
+                           "minibatch_std_features": 16}
+    zhang = StackGanTaskConfig.from_dict(json.loads(
+        (Path(__file__).parents[2] / "configs" / "stackgan_zhang2017.json").read_text()))
+    assert (zhang.loss, zhang.ema, zhang.diff_augment, zhang.auxiliary, zhang.kl_weight) == (
+        "bce", 0.0, (), 0.0, 1.0)
+    assert (zhang.warm_up, zhang.lr_discriminator, zhang.trainer["max_steps"],
+            zhang.mode_seeking) == (0, None, 2000, 0.0)
+    assert zhang.model == {"projection": False, "minibatch_std_group": 0,
+                           "minibatch_std_features": 1}
 
 
 def test_shape_swapped_texts_keep_colour_and_size_and_change_the_shape():
