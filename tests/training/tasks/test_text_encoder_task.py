@@ -57,7 +57,7 @@ def test_training_writes_history_and_final_test_novel_accuracy(trained):
 
 def test_load_text_encoder_embeds_new_sentences_and_refuses_unknown_characters(trained):
     encoder, alphabet, info = load_text_encoder(trained)
-    assert info == {"max_length": 48, "embed_dim": 8}
+    assert info == {"max_length": 48, "embed_dim": 8, "image_size": 64}
     assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
     emb = embed_texts(encoder, alphabet, ["a big red star", "A BIG RED STAR", "one cross"], 48)
     assert emb.shape == (3, 8)
