@@ -192,6 +192,4 @@ class StageDiscriminator(Discriminator):
     """Matching-aware D at 64 (Stage-I) or 128 (Stage-II) pixels -> logit (B,)."""
 
     def __init__(self, config: StackGanConfig, image_size: int) -> None:
-        if image_size not in (64, 128):
-            raise ValueError(f"StackGAN discriminators see 64 or 128 pixels, not {image_size}")
         super().__init__(config.discriminator_config(), image_size)

@@ -46,8 +46,9 @@ class StackGanTaskConfig(GanTaskConfig):
     # (GanTaskConfig); configs/stackgan_zhang2017.json is Zhang et al.'s own.
 
     VARIANTS: ClassVar[tuple[str, ...]] = STACKGAN_VARIANTS
-    MODEL_DEFAULTS: ClassVar[dict] = {"projection": True, "minibatch_std_group": 4,
-                                      "minibatch_std_features": 16}
+    # GAN-INT-CLS's discriminator options, those a StackGanConfig has (not spectral_norm)
+    MODEL_DEFAULTS: ClassVar[dict] = {k: v for k, v in GanTaskConfig.MODEL_DEFAULTS.items()
+                                      if k in StackGanConfig.__dataclass_fields__}
 
     @classmethod
     def from_dict(cls, d: dict) -> StackGanTaskConfig:
