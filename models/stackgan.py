@@ -5,7 +5,9 @@ sample c = mu(phi_t) + sigma(phi_t) * eps, eps ~ N(0, I), and regularises the
 conditioning distribution with KL(N(mu, Sigma) || N(0, I)) (Eq. 3 and 4, weight
 lambda). Stage-I (Sec. 3.2) draws a 64x64 sketch from (c0, z); Stage-II
 (Sec. 3.3) reads the Stage-I image, joins it with its own c, refines it through
-residual blocks and draws 128x128. Every network standardises phi(t) first
+residual blocks and draws 128x128: anew, as in the paper, or (`residual_output`) as a
+correction added to the Stage-I image upsampled to 128 px, so that Stage-II starts from
+Stage-I's picture instead of having to learn to redraw it. Every network standardises phi(t) first
 (models.gan.EmbeddingNorm). Each stage has a matching-aware
 discriminator: phi(t) compressed, replicated over the 4x4 feature map and
 concatenated in depth (models.gan.MatchingHead) in the paper, or the projection head,
@@ -23,8 +25,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from models.gan import Discriminator, EmbeddingNorm, GanConfig
+from models.gan import Discriminator, EmbeddingNorm, GanConfig, init_dcgan_weights
 
 
 @dataclass
@@ -36,6 +39,9 @@ class StackGanConfig:
     ngf: int = 16  # Stage-I: 8*ngf channels at 4x4; Stage-II: 4*ngf at 16x16
     ndf: int = 16
     num_residual: int = 2  # Stage-II residual blocks (4 in the paper)
+    # Stage-II's output: False draws the 128 px image anew through tanh (the paper); True
+    # adds it to the pre-tanh Stage-I image upsampled bilinearly, starting at zero.
+    residual_output: bool = False
     # The discriminators' options of models.gan.GanConfig (off: Zhang et al.'s D)
     projection: bool = False
     attribute_classes: tuple[int, ...] = ()
@@ -130,10 +136,17 @@ class StageIGenerator(nn.Module):
 
     def forward(self, embedding: torch.Tensor, noise: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, mu, log_sigma = self.logits(embedding, noise)
+        return torch.tanh(logits), mu, log_sigma
+
+    def logits(self, embedding: torch.Tensor, noise: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The image before its tanh (B, 3, 64, 64), with the CA's mu and log sigma."""
         z, eps = noise.split([self.config.z_dim, self.config.c_dim], dim=1)
         c, mu, log_sigma = self.ca(self.embed_norm(embedding), eps)
         h = self.fc(torch.cat([c, z], dim=1)).view(-1, self.config.ngf * 8, 4, 4)
-        return self.up(h), mu, log_sigma
+        rgb = self.up[-1][0]  # to_rgb's convolution; its tanh is forward's
+        return rgb(self.up[:-1](h)), mu, log_sigma
 
     def sample(self, embedding: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Image (B, 3, 64, 64) in [-1, 1] for embeddings (B, E) and noise (B, noise_dim)."""
@@ -167,6 +180,15 @@ class StageIIGenerator(nn.Module):
                                 upsample_block(ngf, ngf // 2),  # 128x128
                                 to_rgb(ngf // 2))
 
+    def init_weights(self) -> None:
+        """DCGAN initialisation of everything but the trained Stage-I; a residual output
+        starts at zero, so the untrained Stage-II draws the upsampled Stage-I image."""
+        for module in (self.ca, self.encode, self.joint, self.residual, self.up):
+            init_dcgan_weights(module)
+        if self.config.residual_output:
+            nn.init.zeros_(self.up[-1][0].weight)
+            nn.init.zeros_(self.up[-1][0].bias)
+
     def train(self, mode: bool = True) -> StageIIGenerator:
         """Stage-I stays in eval mode: it is frozen while Stage-II trains (Sec. 3.3)."""
         super().train(mode)
@@ -176,12 +198,17 @@ class StageIIGenerator(nn.Module):
     def forward(self, embedding: torch.Tensor, noise: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         noise1, eps = noise.split([self.stage1.noise_dim, self.config.c_dim], dim=1)
-        low = self.stage1.sample(embedding, noise1)  # (B, 3, 64, 64)
+        low_logits = self.stage1.logits(embedding, noise1)[0]
+        low = torch.tanh(low_logits)  # (B, 3, 64, 64)
         c, mu, log_sigma = self.ca(self.embed_norm(embedding), eps)
         h = self.encode(low)  # (B, 4 ngf, 16, 16)
         code = c[:, :, None, None].expand(-1, -1, *h.shape[2:])
         h = self.residual(self.joint(torch.cat([h, code], dim=1)))
-        return self.up(h), low, mu, log_sigma
+        if not self.config.residual_output:
+            return self.up(h), low, mu, log_sigma
+        correction = self.up[-1][0](self.up[:-1](h))  # to_rgb's convolution, without its tanh
+        base = F.interpolate(low_logits, scale_factor=2, mode="bilinear", align_corners=False)
+        return torch.tanh(base + correction), low, mu, log_sigma
 
     def sample(self, embedding: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Image (B, 3, 128, 128) in [-1, 1]: Stage-I, then Stage-II."""

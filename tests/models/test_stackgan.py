@@ -22,10 +22,14 @@ from training.export.onnx import onnx_export
 TINY = StackGanConfig(embed_dim=12, z_dim=8, c_dim=4, proj_dim=4, ngf=4, ndf=4, num_residual=1)
 
 
-def tiny_stages(seed: int = 0) -> tuple[StageIGenerator, StageIIGenerator]:
+RESIDUAL = StackGanConfig(**{**TINY.to_dict(), "residual_output": True})
+
+
+def tiny_stages(seed: int = 0, config: StackGanConfig = TINY
+                ) -> tuple[StageIGenerator, StageIIGenerator]:
     torch.manual_seed(seed)
-    stage1 = StageIGenerator(TINY)
-    stage2 = StageIIGenerator(TINY, stage1)
+    stage1 = StageIGenerator(config)
+    stage2 = StageIIGenerator(config, stage1)
     return stage1.eval(), stage2.eval()
 
 
@@ -65,6 +69,36 @@ def test_stage_shapes_and_noise_layout():
     assert (stage2.sample(e, noise) - stage2.sample(e, torch.randn(3, 16))).abs().max() > 1e-4
 
 
+def test_stage1_image_is_the_tanh_of_its_logits():
+    stage1, _ = tiny_stages()
+    e, noise = torch.randn(3, 12), torch.randn(3, 12)
+    image, mu, _ = stage1(e, noise)
+    logits, mu2, _ = stage1.logits(e, noise)
+    torch.testing.assert_close(image, torch.tanh(logits))
+    torch.testing.assert_close(mu, mu2)
+
+
+def test_residual_stage2_starts_at_the_upsampled_stage1_image_and_learns_a_correction():
+    stage1, stage2 = tiny_stages(config=RESIDUAL)
+    stage2.init_weights()
+    e, noise = torch.randn(2, 12), torch.randn(2, 16)
+    high, low, _, _ = stage2(e, noise)
+    logits = stage1.logits(e, noise[:, :12])[0]
+    # Bilinear x2 by hand: each output pixel mixes its two nearest inputs 3:1 per axis
+    # (edges repeat), the half-pixel-centred rule of align_corners=False.
+    def up(x: torch.Tensor, dim: int) -> torch.Tensor:
+        before = torch.cat([x.narrow(dim, 0, 1), x.narrow(dim, 0, x.shape[dim] - 1)], dim)
+        after = torch.cat([x.narrow(dim, 1, x.shape[dim] - 1), x.narrow(dim, -1, 1)], dim)
+        even, odd = 0.75 * x + 0.25 * before, 0.75 * x + 0.25 * after
+        return torch.stack([even, odd], dim + 1).flatten(dim, dim + 1)
+    torch.testing.assert_close(high, torch.tanh(up(up(logits, 2), 3)))
+    torch.testing.assert_close(low, torch.tanh(logits))
+    # The zero output convolution still gets a gradient, so the correction can grow.
+    stage2.train()
+    stage2(e, noise)[0].sum().backward()
+    assert stage2.up[-1][0].weight.grad.abs().sum() > 0
+
+
 def test_stage2_training_mode_keeps_stage1_frozen_in_eval_mode():
     _, stage2 = tiny_stages()
     stage2.train()
@@ -96,8 +130,11 @@ def test_discriminators_take_gan_int_clss_options_at_both_resolutions():
         StageDiscriminator(cfg, 96)
 
 
-def test_stage2_sample_exports_to_onnx(tmp_path):
-    _, stage2 = tiny_stages()
+@pytest.mark.parametrize("config", [TINY, RESIDUAL], ids=["redraw", "residual"])
+def test_stage2_sample_exports_to_onnx(tmp_path, config):
+    _, stage2 = tiny_stages(config=config)
+    for p in stage2.up[-1][0].parameters():  # a residual output must not be all zero here
+        torch.nn.init.normal_(p, 0.0, 0.1)
 
     class Sample(torch.nn.Module):
         def __init__(self) -> None:

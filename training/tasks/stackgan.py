@@ -119,9 +119,7 @@ class StackGanTask(GanTask):
         stage1, _ = load_stage1_generator(Path(self.cfg.stage1_run))
         generator, discriminator = StageIIGenerator(stack, stage1), StageDiscriminator(stack, 128)
         init_dcgan_weights(discriminator)
-        for module in (generator.ca, generator.encode, generator.joint, generator.residual,
-                       generator.up):  # everything but the trained Stage-I
-            init_dcgan_weights(module)
+        generator.init_weights()  # everything but the trained Stage-I
         return generator, discriminator
 
     def generate(self, generator: nn.Module, text: torch.Tensor,
