@@ -295,7 +295,7 @@ def test_new_runs_get_the_ablations_choice_and_the_papers_recipe_is_a_config():
     assert (stack.loss, stack.ema, stack.diff_augment, stack.auxiliary, stack.warm_up,
             stack.kl_weight) == ("hinge", 0.995, ("translation",), 1.0, 1500, 0.02)
     assert stack.model == {"projection": True, "minibatch_std_group": 4,
-                           "minibatch_std_features": 16}
+                           "minibatch_std_features": 16, "residual_output": True}
     zhang = StackGanTaskConfig.from_dict(json.loads(
         (Path(__file__).parents[2] / "configs" / "stackgan_zhang2017.json").read_text()))
     assert (zhang.loss, zhang.ema, zhang.diff_augment, zhang.auxiliary, zhang.kl_weight) == (
@@ -303,7 +303,7 @@ def test_new_runs_get_the_ablations_choice_and_the_papers_recipe_is_a_config():
     assert (zhang.warm_up, zhang.lr_discriminator, zhang.trainer["max_steps"],
             zhang.mode_seeking) == (0, None, 2000, 0.0)
     assert zhang.model == {"projection": False, "minibatch_std_group": 0,
-                           "minibatch_std_features": 1}
+                           "minibatch_std_features": 1, "residual_output": False}
 
 
 def test_shape_swapped_texts_keep_colour_and_size_and_change_the_shape():

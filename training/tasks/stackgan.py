@@ -46,9 +46,13 @@ class StackGanTaskConfig(GanTaskConfig):
     # (GanTaskConfig); configs/stackgan_zhang2017.json is Zhang et al.'s own.
 
     VARIANTS: ClassVar[tuple[str, ...]] = STACKGAN_VARIANTS
-    # GAN-INT-CLS's discriminator options, those a StackGanConfig has (not spectral_norm)
-    MODEL_DEFAULTS: ClassVar[dict] = {k: v for k, v in GanTaskConfig.MODEL_DEFAULTS.items()
-                                      if k in StackGanConfig.__dataclass_fields__}
+    # GAN-INT-CLS's discriminator options, those a StackGanConfig has (not spectral_norm),
+    # and a Stage II that corrects the upsampled Stage-I image: redrawing it from scratch
+    # lost Stage I's shapes and doubled its FID on the same budget (docs/results.md).
+    MODEL_DEFAULTS: ClassVar[dict] = {
+        **{k: v for k, v in GanTaskConfig.MODEL_DEFAULTS.items()
+           if k in StackGanConfig.__dataclass_fields__},
+        "residual_output": True}
 
     @classmethod
     def from_dict(cls, d: dict) -> StackGanTaskConfig:
