@@ -114,6 +114,11 @@ def to_rgb(channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(channels, 3, 3, 1, 1), nn.Tanh())
 
 
+def rgb_logits(up: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+    """A stack of upsamplings ending in to_rgb, run up to to_rgb's tanh."""
+    return up[-1][0](up[:-1](h))
+
+
 class StageIGenerator(nn.Module):
     """(phi(t), [z, eps0]) -> 64x64 image in [-1, 1], with the CA's mu and log sigma."""
 
@@ -145,8 +150,7 @@ class StageIGenerator(nn.Module):
         z, eps = noise.split([self.config.z_dim, self.config.c_dim], dim=1)
         c, mu, log_sigma = self.ca(self.embed_norm(embedding), eps)
         h = self.fc(torch.cat([c, z], dim=1)).view(-1, self.config.ngf * 8, 4, 4)
-        rgb = self.up[-1][0]  # to_rgb's convolution; its tanh is forward's
-        return rgb(self.up[:-1](h)), mu, log_sigma
+        return rgb_logits(self.up, h), mu, log_sigma
 
     def sample(self, embedding: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Image (B, 3, 64, 64) in [-1, 1] for embeddings (B, E) and noise (B, noise_dim)."""
@@ -206,7 +210,7 @@ class StageIIGenerator(nn.Module):
         h = self.residual(self.joint(torch.cat([h, code], dim=1)))
         if not self.config.residual_output:
             return self.up(h), low, mu, log_sigma
-        correction = self.up[-1][0](self.up[:-1](h))  # to_rgb's convolution, without its tanh
+        correction = rgb_logits(self.up, h)
         base = F.interpolate(low_logits, scale_factor=2, mode="bilinear", align_corners=False)
         return torch.tanh(base + correction), low, mu, log_sigma
 
