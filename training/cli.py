@@ -127,7 +127,8 @@ def _eval_generation(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="generation bundle (model_repository/NAME/VERSION), or "
                                 "'real' to score the split's own images (the ceiling)")
     p.add_argument("--data", required=True, help="single-object shapes world (data/t2i)")
-    p.add_argument("--split", choices=["test", "novel"], default="test")
+    p.add_argument("--split", choices=["val", "test", "novel"], default="test",
+                   help="val: for choosing between checkpoints without reading the test split")
     p.add_argument("--prompts", type=int, default=200, help="number of prompts")
     p.add_argument("--samples-per-prompt", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)

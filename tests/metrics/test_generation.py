@@ -95,7 +95,7 @@ class OracleText(nn.Module):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gen") / "t2i"
-    generate_shapes_world(out, {"train": 2, "test": 40}, workers=1, progress=False,
+    generate_shapes_world(out, {"train": 2, "val": 12, "test": 40}, workers=1, progress=False,
                           max_objects=1)
     return out
 
@@ -246,3 +246,13 @@ def test_eval_generation_cli_scores_real_images_above_a_noise_generator(world, t
     assert set(noise["metrics"]) >= {"attribute_all", "inception_score", "r_precision",
                                      "diversity"}
     assert "| t2i/1 | test |" in capsys.readouterr().out
+
+
+def test_eval_generation_cli_scores_the_val_split_for_choosing_checkpoints(world, tmp_path):
+    tagger, text = _tiny_runs(tmp_path)
+    assert main(["eval", "generation", "real", "--data", str(world), "--split", "val",
+                 "--prompts", "4", "--samples-per-prompt", "2", "--tagger", str(tagger),
+                 "--text-encoder", str(text), "--out", str(tmp_path / "val.json")]) == 0
+    result = json.loads((tmp_path / "val.json").read_text())
+    assert result["split"] == "val" and result["markdown"].startswith("| real | val |")
+    assert result["prompts"] == 4
