@@ -267,6 +267,35 @@ def test_resumed_run_does_not_warm_up_again(world, tmp_path):
     assert changed(weights(warmed), resumed.model["generator"])
 
 
+def test_stage1_anchor_is_the_l1_of_the_pooled_image_to_stage_i(world, tmp_path):
+    trainer(config(world, "stackgan-1"), tmp_path / "s1").fit()
+    t = task(config(world, "stackgan-2", stage1_run=str(tmp_path / "s1"), stage1_anchor=4.0))
+    model = t.build_model()
+    generator = model["generator"]
+    batch = t.batch(torch.arange(4), torch.device("cpu"))
+    noise = t.noise(batch.text)
+    low = generator.stage1.sample(batch.text, noise[:, :generator.stage1.noise_dim]).detach()
+    # A 128 px image whose 2x2 blocks average to Stage I's pixels is anchored exactly,
+    # whatever detail it draws inside a block; a shift of every pixel by d costs 4 d.
+    detail = torch.tensor([[0.1, -0.1], [-0.1, 0.1]]).repeat(64, 64)
+    fake = torch.repeat_interleave(torch.repeat_interleave(low, 2, dim=2), 2, dim=3) + detail
+    assert t.anchor_loss(generator, batch.text, noise, fake).item() == pytest.approx(0, abs=1e-6)
+    anchor = t.anchor_loss(generator, batch.text, noise, fake + 0.05)
+    assert anchor.item() == pytest.approx(4 * 0.05, rel=1e-4)
+    terms = t.train_step(model, batch, t.configure_optimizers(model))
+    assert terms["anchor"] >= 0
+    plain = task(config(world, "stackgan-2", stage1_run=str(tmp_path / "s1")))
+    assert "anchor" not in plain.train_step(model, batch, plain.configure_optimizers(model))
+
+
+@pytest.mark.parametrize("bad", [{"stage1_anchor": -1.0},
+                                 {"stage1_anchor": 1.0, "variant": "stackgan-1"}])
+def test_stage1_anchor_is_a_stage_ii_weight(world, bad):
+    with pytest.raises(ValueError, match="stage1_anchor"):
+        StackGanTaskConfig.from_dict({"variant": "stackgan-2", "stage1_run": "r1",
+                                      "data": str(world), **bad})
+
+
 @pytest.mark.parametrize("bad", [{"loss": "wasserstein"}, {"diff_augment": ["colour"]},
                                  {"ema": 1.0}, {"warm_up": -1},
                                  {"warm_up": 5, "auxiliary": 0.0}])

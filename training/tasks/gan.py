@@ -311,6 +311,12 @@ class GanTask:
         """z ~ N(0, I), one per embedding of `text`."""
         return torch.randn(len(text), self.noise_dim, device=text.device)
 
+    def anchor_loss(self, generator: nn.Module, text: torch.Tensor, noise: torch.Tensor,
+                    fake: torch.Tensor) -> torch.Tensor | None:
+        """A weighted term of G's loss that ties its images to a reference; None: none
+        (a DCGAN has nothing to tie them to)."""
+        return None
+
     # -- the Trainer's side ---------------------------------------------------
     def build_model(self) -> nn.ModuleDict:
         generator, discriminator = self.build_networks()
@@ -441,6 +447,10 @@ class GanTask:
         if aux_fake is not None:
             loss_g = loss_g + cfg.auxiliary * aux_fake
             terms["aux_fake"] = aux_fake.item()
+        anchor = self.anchor_loss(generator, batch.text, noise, fake)
+        if anchor is not None:
+            loss_g = loss_g + anchor
+            terms["anchor"] = anchor.item()
         if cfg.mode_seeking:
             other_noise = self.noise(batch.text)
             other, _ = self.generate(generator, batch.text, other_noise)

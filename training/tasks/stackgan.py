@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from models.gan import init_dcgan_weights
 from models.stackgan import (
@@ -42,6 +43,10 @@ class StackGanTaskConfig(GanTaskConfig):
     # prompt's part of c near 0, so c carries too little of the text to name one of 112
     # classes and G draws the same thing for every prompt (docs/results.md); 0.02 keeps it.
     kl_weight: float = 0.02
+    # stackgan-2: weight of the L1 distance between the Stage-II image, average-pooled to
+    # 64 px, and the Stage-I image it refines (0: off). Nothing else in Stage II's loss ties
+    # its picture to Stage I's, and a longer game drifts away from Stage I's shapes.
+    stage1_anchor: float = 0.0
     # The stabilisers, discriminator options and steps are GAN-INT-CLS's measured recipe
     # (GanTaskConfig); configs/stackgan_zhang2017.json is Zhang et al.'s own.
 
@@ -59,6 +64,9 @@ class StackGanTaskConfig(GanTaskConfig):
         cfg = super().from_dict(d)
         if cfg.variant == "stackgan-2" and not cfg.stage1_run:
             raise ValueError("stackgan-2 needs the Stage-I run (--stage1-run)")
+        if cfg.stage1_anchor < 0 or (cfg.stage1_anchor and cfg.variant != "stackgan-2"):
+            raise ValueError("stage1_anchor is a weight >= 0 of Stage II's tie to its Stage-I "
+                             "image; a Stage-I run has no Stage I to tie to")
         return cfg
 
     @property
@@ -133,6 +141,18 @@ class StackGanTask(GanTask):
         outputs = generator(text, noise)
         mu, log_sigma = outputs[-2], outputs[-1]
         return outputs[0], kl_to_standard_normal(mu, log_sigma)
+
+
+    def anchor_loss(self, generator: nn.Module, text: torch.Tensor, noise: torch.Tensor,
+                    fake: torch.Tensor) -> torch.Tensor | None:
+        """Stage II: stage1_anchor x L1(avg-pool of the 128 px image to 64 px, the frozen
+        Stage-I image of the same text and noise). Detail finer than 2 px is left free."""
+        if not self.cfg.stage1_anchor:
+            return None
+        stage1 = generator.stage1
+        with torch.no_grad():
+            low = stage1.sample(text, noise[:, :stage1.noise_dim])
+        return self.cfg.stage1_anchor * F.l1_loss(F.avg_pool2d(fake, 2), low)
 
 
 class StackGanCommand(TrainingCommand):
