@@ -131,7 +131,11 @@ def _eval_generation(p: argparse.ArgumentParser) -> None:
                    help="val: for choosing between checkpoints without reading the test split")
     p.add_argument("--prompts", type=int, default=200, help="number of prompts")
     p.add_argument("--samples-per-prompt", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="fixes the prompts and each prompt's own noise seed")
+    p.add_argument("--shared-noise", action="store_true",
+                   help="draw every prompt with --seed itself (the same noise vectors for "
+                        "every prompt), as figures recorded before per-prompt seeds were")
     p.add_argument("--tagger", default="runs/encoder",
                    help="`glimpse train encoder` run; images are judged at the size it was "
                         "trained at (runs/tagger128 of configs/tagger128.json: 128 px)")

@@ -255,4 +255,24 @@ def test_eval_generation_cli_scores_the_val_split_for_choosing_checkpoints(world
                  "--text-encoder", str(text), "--out", str(tmp_path / "val.json")]) == 0
     result = json.loads((tmp_path / "val.json").read_text())
     assert result["split"] == "val" and result["markdown"].startswith("| real | val |")
-    assert result["prompts"] == 4
+    assert result["prompts"] == 4 and result["noise"] == "per-prompt"
+
+
+class SeedEcho:
+    """A generator whose every image is filled with the seed it was drawn with (mod 256)."""
+
+    def generate(self, prompts: list[str], n: int, seed: int) -> np.ndarray:
+        return np.full((len(prompts) * n, 2, 2, 3), seed % 256, np.uint8)
+
+
+def test_each_prompt_is_drawn_with_its_own_seed_unless_noise_is_shared():
+    texts = [f"prompt {i}" for i in range(50)]
+    own = eval_generation.draw_samples(SeedEcho(), texts, 3, seed=7)
+    seeds = own[::3, 0, 0, 0]
+    assert own.shape == (150, 2, 2, 3) and (own.reshape(50, 3, -1) == seeds[:, None, None]).all()
+    assert len(set(eval_generation.prompt_seeds(7, 50))) == 50
+    assert len(set(seeds.tolist())) > 25  # distinct seeds, not one seed for all
+    assert (eval_generation.draw_samples(SeedEcho(), texts, 3, seed=7) == own).all()
+    assert (eval_generation.draw_samples(SeedEcho(), texts, 3, seed=8) != own).any()
+    shared = eval_generation.draw_samples(SeedEcho(), texts, 3, seed=7, shared_noise=True)
+    assert (shared == 7).all()

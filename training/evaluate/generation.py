@@ -7,6 +7,13 @@ draws `n` samples per prompt through the service's runtime
 (service.pipelines.generation.GenerationModel); PATH `real` instead answers each prompt
 with real images of its class from the split, the ceiling a generator can reach.
 FID compares the samples with every image of the split.
+
+Each prompt is drawn with its own seed (derived from --seed and its place in the list),
+so 200 x 4 samples are 800 noise draws. A request's seed fixes its noise, so drawing
+every prompt with --seed itself (--shared-noise, how figures were drawn before) reuses
+the same n noise vectors for every prompt: the scores then hang on n draws, and two
+bundles whose noise differs in size (StackGAN's Stage I and Stage II) are compared on
+different draws.
 """
 
 from __future__ import annotations
@@ -181,6 +188,22 @@ def generator_for(path: str, split: SplitImages) -> Generator:
     return GenerationModel.from_bundle(path)
 
 
+def prompt_seeds(seed: int, count: int) -> list[int]:
+    """A seed of its own for each of `count` prompts, fixed by `seed`."""
+    return [int(s) for s in np.random.SeedSequence(seed).generate_state(count)]
+
+
+def draw_samples(generator: Generator, texts: list[str], n: int, seed: int,
+                 shared_noise: bool = False) -> np.ndarray:
+    """uint8 (len(texts) * n, S, S, 3), prompt-major: each prompt's n samples drawn with its
+    own seed (prompt_seeds), or with `seed` for every prompt when `shared_noise`."""
+    if shared_noise:
+        return np.asarray(generator.generate(texts, n, seed))
+    return np.concatenate([np.asarray(generator.generate([text], n, s))
+                           for text, s in zip(texts, prompt_seeds(seed, len(texts)),
+                                              strict=True)])
+
+
 def eval_generation(args: argparse.Namespace) -> int:
     """`glimpse eval generation`: prints the metrics and a markdown row; --write-manifest
     records them under metrics[split] with the prompts, samples per prompt and seed."""
@@ -195,7 +218,8 @@ def eval_generation(args: argparse.Namespace) -> int:
     split = load_split_images(args.data, args.split, evaluator.image_size)
     prompts = select_prompts(split, args.prompts, args.seed)
     generator = generator_for(args.path, split)
-    images = np.asarray(generator.generate([p.text for p in prompts], n, args.seed))
+    images = draw_samples(generator, [p.text for p in prompts], n, args.seed,
+                          args.shared_noise)
     if images.dtype != np.uint8 or len(images) != len(prompts) * n:
         raise ValueError(f"the generator returned {images.shape} {images.dtype}; expected "
                          f"uint8 ({len(prompts) * n}, S, S, 3)")
@@ -203,7 +227,8 @@ def eval_generation(args: argparse.Namespace) -> int:
     metrics = score(evaluator, images, prompts, n, split, args.seed)
     name = args.path if args.path == REAL else "/".join(Path(args.path).parts[-2:])
     result = {"model": name, "split": args.split, "prompts": len(prompts),
-              "samples_per_prompt": n, "seed": args.seed, "metrics": metrics,
+              "samples_per_prompt": n, "seed": args.seed,
+              "noise": "shared" if args.shared_noise else "per-prompt", "metrics": metrics,
               "markdown": markdown_row(name, args.split, metrics)}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +236,7 @@ def eval_generation(args: argparse.Namespace) -> int:
     if args.grid:
         save_grid(images, n, args.grid_prompts, [p.text for p in prompts], args.grid)
     if args.write_manifest and args.path != REAL:
-        sampling = {k: result[k] for k in ("prompts", "samples_per_prompt", "seed")}
+        sampling = {k: result[k] for k in ("prompts", "samples_per_prompt", "seed", "noise")}
         # a judge at another size than the default tagger's is recorded beside it
         key = (args.split if evaluator.image_size == TAGGER_SIZE
                else f"{args.split}_{evaluator.image_size}px")
