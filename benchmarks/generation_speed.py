@@ -8,7 +8,7 @@ ways alternate so that load from elsewhere hits both alike, and the fastest repe
 of each is reported (the median is kept in the JSON).
 
     python benchmarks/generation_speed.py --bundle model_repository/gan-int-cls/4 \
-        --bundle model_repository/stackgan/10
+        --bundle model_repository/stackgan/11
 
 Writes benchmarks/results/generation_speed.json and .md.
 """
