@@ -142,7 +142,6 @@ class StackGanTask(GanTask):
         mu, log_sigma = outputs[-2], outputs[-1]
         return outputs[0], kl_to_standard_normal(mu, log_sigma)
 
-
     def anchor_loss(self, generator: nn.Module, text: torch.Tensor, noise: torch.Tensor,
                     fake: torch.Tensor) -> torch.Tensor | None:
         """Stage II: stage1_anchor x L1(avg-pool of the 128 px image to 64 px, the frozen
