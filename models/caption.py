@@ -129,8 +129,16 @@ class ShowAttendTellConfig(GridCaptionerConfig):
     # the CNN's annotation vectors describe what is in a cell, hardly where it is. The
     # number of cells of the grid (64: 8 x 8 at 64 px), or 0 for none (the paper's).
     cell_positions: int = 0
-    # Runs saved before these settings trained the encoder and had no cell positions.
-    SAVED_BEFORE: ClassVar[dict] = {"train_encoder": True, "cell_positions": 0}
+    # Let the attention also read the word just written, E y_{t-1}: e_ti = w^T tanh(W_a a_i
+    # + W_h h_{t-1} + W_y E y_{t-1}). Xu et al.'s f_att reads h_{t-1} only, a state that has
+    # not yet read y_{t-1}, so the step that writes "star" after "green" cannot look for
+    # the green object: it attends where the step before did, and a context spread over
+    # two objects binds one's colour to the other's shape. False is the paper's.
+    attend_with_word: bool = False
+    # Runs saved before these settings trained the encoder, had no cell positions and
+    # attended from h_{t-1} alone.
+    SAVED_BEFORE: ClassVar[dict] = {"train_encoder": True, "cell_positions": 0,
+                                    "attend_with_word": False}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -372,18 +380,27 @@ class ShowAndTell(GridCaptioner):
 class SoftAttention(nn.Module):
     """f_att of Eq. 4-5 (Xu et al.): e_ti = w^T tanh(W_a a_i + W_h h_{t-1}), α_t = softmax(e_t).
 
+    With `word_dim` the query also reads a word vector (+ W_y E y_{t-1} inside the tanh).
     The score layer has no bias: a constant added to every e_ti cancels in the softmax.
     """
 
-    def __init__(self, context_dim: int, hidden_dim: int, attention_dim: int) -> None:
+    def __init__(self, context_dim: int, hidden_dim: int, attention_dim: int,
+                 word_dim: int = 0) -> None:
         super().__init__()
         self.context_proj = nn.Linear(context_dim, attention_dim)
         self.hidden_proj = nn.Linear(hidden_dim, attention_dim, bias=False)
+        self.word_proj = nn.Linear(word_dim, attention_dim, bias=False) if word_dim else None
         self.score = nn.Linear(attention_dim, 1, bias=False)
 
-    def forward(self, context: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """context (N, L, D), h (N, H) -> scores e (N, L)."""
-        att = torch.tanh(self.context_proj(context) + self.hidden_proj(h).unsqueeze(1))  # (N, L, A)
+    def forward(self, context: torch.Tensor, h: torch.Tensor,
+                word: torch.Tensor | None = None) -> torch.Tensor:
+        """context (N, L, D), h (N, H), word (N, E) when built with word_dim -> scores e (N, L)."""
+        query = self.hidden_proj(h)
+        if self.word_proj is not None:
+            if word is None:
+                raise ValueError("this attention reads the previous word: pass `word`")
+            query = query + self.word_proj(word)
+        att = torch.tanh(self.context_proj(context) + query.unsqueeze(1))  # (N, L, A)
         return self.score(att).squeeze(-1)
 
 
@@ -397,7 +414,8 @@ class ShowAttendTell(GridCaptioner):
         d, h, e = config.encoder.out_dim, config.hidden_dim, config.embed_dim
         super().__init__(config, lstm_input=e + d)  # Eq. 1: the LSTM sees [E y_{t-1}; ẑ_t]
         self.hard = config.arch == "sat-hard"
-        self.attention = SoftAttention(d, h, config.attention_dim)
+        self.attention = SoftAttention(d, h, config.attention_dim,
+                                       word_dim=e if config.attend_with_word else 0)
         self.gate = nn.Linear(h, 1)  # β_t = σ(f_β(h_{t-1})), Sec. 4.2.1
         # Initial memory and hidden state from the mean annotation (Sec. 3.1.2).
         self.init_h = nn.Linear(d, h)
@@ -429,11 +447,11 @@ class ShowAttendTell(GridCaptioner):
     def decode(self, tokens: torch.Tensor, state: State, context: torch.Tensor,
                expectation_rows: torch.Tensor | None = None) -> DecodeResult:
         h, c = state["h"], state["c"]  # (N, H)
-        scores = self.attention(context, h)  # (N, L)
+        emb = self.embed(tokens)  # (N, E)
+        scores = self.attention(context, h, emb if self.config.attend_with_word else None)  # (N, L)
         alpha = F.softmax(scores, dim=-1)
         z, sample_log_prob = self.glimpse(scores, alpha, context, expectation_rows)  # (N, D)
         z = torch.sigmoid(self.gate(h)) * z
-        emb = self.embed(tokens)  # (N, E)
         h, c = self.lstm(torch.cat([emb, z], dim=-1), (h, c))
         logits = self.out(self.drop(emb + self.out_h(h) + self.out_z(z)))  # (N, V)
         return DecodeResult(logits, {"h": h, "c": c}, alpha, sample_log_prob)

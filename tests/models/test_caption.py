@@ -100,6 +100,27 @@ def test_step_by_step_decoding_matches_teacher_forcing(arch, layer_norm):
     assert loss is None and logits.shape == (B, T, V)
 
 
+def test_attention_that_reads_the_word_just_written():
+    """With attend_with_word the step after "green" can look for the green object: its
+    attention depends on the token it is given. The paper's attends from h_{t-1} alone."""
+    images, captions_in, _ = batch()
+    for attend_with_word in (False, True):
+        model = tiny_model("sat-soft", attend_with_word=attend_with_word).eval()
+        with torch.no_grad():
+            logits, _ = model(images, captions_in)
+            context, state = model.encode(images)
+            for t in range(T):  # step by step is teacher forcing, word by word
+                log_probs, next_state, alpha = model.step(captions_in[:, t], state, context)
+                torch.testing.assert_close(log_probs, F.log_softmax(logits[:, t], dim=-1))
+                _, _, alpha_other_word = model.step((captions_in[:, t] + 1) % V, state, context)
+                assert torch.allclose(alpha, alpha_other_word) != attend_with_word
+                state = next_state
+    model = tiny_model("sat-soft", attend_with_word=True).train()
+    model(images, captions_in, captions_in)[1].backward()
+    assert model.attention.word_proj.weight.grad.abs().sum() > 0
+    assert tiny_model("sat-soft").attention.word_proj is None
+
+
 def test_argmax_hard_inference_attends_the_most_likely_location_only():
     model = tiny_model("sat-hard", hard_inference="argmax").eval()
     expected_mode = tiny_model("sat-hard").eval()
@@ -241,6 +262,43 @@ def test_pyramid_pools_the_whole_grid_and_each_quadrant():
     images, captions_in, captions_out = batch()
     logits, _ = model(images, captions_in, captions_out)
     assert logits.shape == (B, T, V)
+
+
+def test_cells_pool_keeps_every_cell_in_place():
+    from models.encoder import grid_in_place
+
+    grid = torch.randn(2, 64, 3)  # 8 x 8: the cells themselves, in row order
+    torch.testing.assert_close(grid_in_place(grid, 8), grid.reshape(2, 192))
+    fine = torch.randn(2, 16, 16, 3)  # 16 x 16: each cell the mean of the 2 x 2 it covers
+    pooled = grid_in_place(fine.reshape(2, 256, 3), 8).reshape(2, 8, 8, 3)
+    torch.testing.assert_close(pooled[:, 2, 5], fine[:, 4:6, 10:12].mean(dim=(1, 2)))
+    coarse = torch.randn(2, 4, 4, 3)  # 4 x 4: each cell repeated over the 2 x 2 it covers
+    repeated = grid_in_place(coarse.reshape(2, 16, 3), 8).reshape(2, 8, 8, 3)
+    torch.testing.assert_close(repeated[:, 5, 2], coarse[:, 2, 1])
+    torch.testing.assert_close(repeated[:, 4, 3], coarse[:, 2, 1])
+    assert ImageVector(3, pool="cells").out_dim == 192
+    with pytest.raises(ValueError, match="cells pool needs a square grid"):
+        grid_in_place(torch.randn(1, 36, 3), 8)
+    model = tiny_model("nic", image_pool="cells").eval()  # NIC takes it end to end
+    images, captions_in, captions_out = batch()
+    logits, _ = model(images, captions_in, captions_out)
+    assert logits.shape == (B, T, V)
+
+
+def test_a_pooled_vector_loses_which_colour_goes_with_which_shape_and_cells_keep_it():
+    """Two scenes with the same attributes bound the other way round: one-hot cells of
+    (red, blue, circle, square) for "a red circle, a blue square" and "a blue circle, a
+    red square" pool to the same vector, and differ in place."""
+    red_circle, blue_square = torch.tensor([1., 0, 1, 0]), torch.tensor([0., 1, 0, 1])
+    blue_circle, red_square = torch.tensor([0., 1, 1, 0]), torch.tensor([1., 0, 0, 1])
+    one, other = torch.zeros(1, 64, 4), torch.zeros(1, 64, 4)
+    one[0, 3], one[0, 40] = red_circle, blue_square
+    other[0, 3], other[0, 40] = blue_circle, red_square
+    for pool in ("max", "mean"):
+        vector = ImageVector(4, pool=pool)
+        torch.testing.assert_close(vector.pooled(one), vector.pooled(other))
+    cells = ImageVector(4, pool="cells")
+    assert not torch.allclose(cells.pooled(one), cells.pooled(other))
 
 
 def test_runs_saved_before_the_image_settings_rebuild_their_model():

@@ -14,23 +14,27 @@ from training.export.caption import TorchCaptionStep, export_caption_graphs
 V, S, TOP_K, H, D = 11, 32, 8, 12, 8
 L = (S // 8) ** 2
 # Every architecture with and without layer normalisation; the hard-attention model
-# is exported once with each test-time context; soft attention once with cell positions.
+# is exported once with each test-time context; soft attention once with cell positions
+# and an attention that reads the previous word, NIC once with its grid kept in place.
 VARIANTS = [
     ("nic", False, "expected", 0), ("nic", True, "expected", 0),
     ("sat-soft", False, "expected", 0), ("sat-soft", True, "expected", 0),
     ("sat-hard", False, "expected", 0), ("sat-hard", True, "argmax", 0),
-    ("sat-soft", False, "expected", L),
+    ("sat-soft", False, "expected", L), ("sat-soft", False, "expected", L, "word"),
+    ("nic", False, "expected", 0, "cells"),
 ]
+EXTRA = {"word": {"attend_with_word": True}, "cells": {"image_pool": "cells"}}
 ATOL = 1e-5
 
 
 def tiny_model(arch: str, layer_norm: bool, hard_inference: str = "expected",
-               cell_positions: int = 0):
+               cell_positions: int = 0, extra: str | None = None):
     torch.manual_seed(0)
     cfg = caption_config(dict(arch=arch, layer_norm=layer_norm, hard_inference=hard_inference,
                               vocab_size=V, embed_dim=8, hidden_dim=H, attention_dim=6,
                               encoder=EncoderConfig(out_dim=D, channels=(4, 8, 8)),
-                              **({"cell_positions": cell_positions} if cell_positions else {})))
+                              **({"cell_positions": cell_positions} if cell_positions else {}),
+                              **EXTRA.get(extra, {})))
     model = build_caption_model(cfg)
     if cell_positions:
         with torch.no_grad():
@@ -47,8 +51,8 @@ def tiny_model(arch: str, layer_norm: bool, hard_inference: str = "expected",
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: "-".join(map(str, v)))
 def exported(request, tmp_path_factory):
-    arch, layer_norm, hard_inference, cell_positions = request.param
-    model = tiny_model(arch, layer_norm, hard_inference, cell_positions).train()
+    arch, layer_norm, hard_inference, cell_positions, *extra = request.param
+    model = tiny_model(arch, layer_norm, hard_inference, cell_positions, *extra).train()
     out_dir = tmp_path_factory.mktemp(f"{arch}-{layer_norm}")
     specs = export_caption_graphs(model, out_dir, image_size=S, top_k=TOP_K)
     assert model.training  # the caller's mode is restored
@@ -56,6 +60,12 @@ def exported(request, tmp_path_factory):
                                           providers=["CPUExecutionProvider"])
                 for key, spec in specs.items()}
     return model, specs, sessions, out_dir
+
+
+def context_shape(model) -> tuple[int, int]:
+    """(locations, size) of the context the decoder step reads: NIC's one CNN(I) vector,
+    SAT's L annotation vectors."""
+    return (1, model.image.out_dim) if model.config.arch == "nic" else (L, D)
 
 
 class OnnxStep:
@@ -91,8 +101,8 @@ def test_step_graph_matches_pytorch(exported, rows, prev_rows):
     tokens = rng.integers(0, V, rows)
     parents = rng.integers(0, prev_rows, rows)
     state = {name: rng.standard_normal((prev_rows, H), dtype=np.float32) for name in ("h", "c")}
-    width = 1 if model.config.arch == "nic" else L
-    context = {"context": rng.standard_normal((rows, width, D), dtype=np.float32)}
+    width, dim = context_shape(model)
+    context = {"context": rng.standard_normal((rows, width, dim), dtype=np.float32)}
     ours = OnnxStep(sessions["decoder_step"])(tokens, parents, state, context)
     ref = TorchCaptionStep(model, TOP_K)(tokens, parents, state, context)
     assert ours.log_probs.shape == ours.token_ids.shape == (rows, TOP_K)
@@ -111,8 +121,8 @@ def test_step_gathers_state_rows_by_parents(exported):
     model, _, sessions, _ = exported
     rng = np.random.default_rng(7)
     state = {name: rng.standard_normal((3, H), dtype=np.float32) for name in ("h", "c")}
-    width = 1 if model.config.arch == "nic" else L
-    context = {"context": rng.standard_normal((1, width, D), dtype=np.float32)}
+    width, dim = context_shape(model)
+    context = {"context": rng.standard_normal((1, width, dim), dtype=np.float32)}
     step = OnnxStep(sessions["decoder_step"])
     tokens = np.array([4])
     from_parent = step(tokens, np.array([2]), state, context)
@@ -126,13 +136,13 @@ def test_specs_describe_the_written_graphs(exported):
     for spec in specs.values():
         GraphSpec.model_validate(spec)  # what the bundle manifest stores
         assert spec["sha256"] == hashlib.sha256((out_dir / spec["file"]).read_bytes()).hexdigest()
-    width = 1 if model.config.arch == "nic" else L
+    width, dim = context_shape(model)
     encoder, step = specs["encoder"], specs["decoder_step"]
     assert encoder["file"] == "encoder.onnx" and step["file"] == "decoder_step.onnx"
     assert encoder["inputs"] == [{"name": "image", "dtype": "float32",
                                   "shape": ["batch", 3, S, S]}]
     assert encoder["outputs"] == [
-        {"name": "context", "dtype": "float32", "shape": ["batch", width, D]},
+        {"name": "context", "dtype": "float32", "shape": ["batch", width, dim]},
         {"name": "h", "dtype": "float32", "shape": ["batch", H]},
         {"name": "c", "dtype": "float32", "shape": ["batch", H]},
     ]
@@ -141,7 +151,7 @@ def test_specs_describe_the_written_graphs(exported):
         {"name": "parents", "dtype": "int64", "shape": ["batch"]},
         {"name": "h", "dtype": "float32", "shape": ["prev_batch", H]},
         {"name": "c", "dtype": "float32", "shape": ["prev_batch", H]},
-        {"name": "context", "dtype": "float32", "shape": ["batch", width, D]},
+        {"name": "context", "dtype": "float32", "shape": ["batch", width, dim]},
     ]
     outputs = [
         {"name": "log_probs", "dtype": "float32", "shape": ["batch", TOP_K]},
