@@ -170,7 +170,8 @@ class ImageEncoder(nn.Module):
         return pooled, grid
 
 
-IMAGE_POOLS = ("mean", "max", "mean+max", "pyramid")
+IMAGE_POOLS = ("mean", "max", "mean+max", "pyramid", "cells")
+CELLS_SIDE = 8  # the "cells" pool keeps an 8 x 8 grid of annotation vectors in place
 
 
 class ImageVector(nn.Module):
@@ -190,6 +191,11 @@ class ImageVector(nn.Module):
     "pyramid": the maximum over the whole grid and over each of its four quadrants
     (a two-level spatial pyramid, He et al. 2014), so that the vector also says roughly
     where things are: a caption's "left of" and "above" are not in a grid pooled whole.
+    "cells": no pooling over locations, every cell of the grid in place (averaged to 8 x 8
+    cells when the grid is finer), as a fully connected layer over a CNN's last
+    convolutional map reads it (the fc layers whose output is the m-RNN's and NIC's
+    CNN(I)). A pooled vector keeps which attributes are present, not which of them belong
+    to one object; in place, a cell's colour and shape stay together.
     """
 
     def __init__(self, dim: int, *, pool: str = "max", standardise: bool = True) -> None:
@@ -197,7 +203,8 @@ class ImageVector(nn.Module):
         if pool not in IMAGE_POOLS:
             raise ValueError(f"pool must be one of {IMAGE_POOLS}, got {pool!r}")
         self.pool = pool
-        self.out_dim = {"mean+max": 2 * dim, "pyramid": 5 * dim}.get(pool, dim)
+        self.out_dim = {"mean+max": 2 * dim, "pyramid": 5 * dim,
+                        "cells": CELLS_SIDE * CELLS_SIDE * dim}.get(pool, dim)
         self.norm = nn.BatchNorm1d(self.out_dim) if standardise else nn.Identity()
 
     def pooled(self, grid: torch.Tensor) -> torch.Tensor:
@@ -208,10 +215,31 @@ class ImageVector(nn.Module):
             return grid.amax(dim=1)
         if self.pool == "pyramid":
             return pyramid_max(grid)
+        if self.pool == "cells":
+            return grid_in_place(grid, CELLS_SIDE)
         return torch.cat([grid.mean(dim=1), grid.amax(dim=1)], dim=-1)
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         return self.norm(self.pooled(grid))
+
+
+def grid_in_place(grid: torch.Tensor, side: int) -> torch.Tensor:
+    """(B, L, D), L = S * S row by row -> (B, side * side * D): the cells of a side x side
+    grid in row order. A finer grid (S a multiple of side) is averaged over the cells each
+    covers; a coarser one (side a multiple of S) repeats each cell over the cells it covers."""
+    _, cells, d = grid.shape
+    s = math.isqrt(cells)
+    if s * s != cells or (s % side and side % s):
+        raise ValueError(f"the cells pool needs a square grid whose side divides or is a "
+                         f"multiple of {side}, not {cells} cells")
+    # batch as -1: an exported graph keeps it dynamic
+    if s >= side:
+        k = s // side
+        blocks = grid.reshape(-1, side, k, side, k, d).mean(dim=(2, 4))  # (B, side, side, D)
+    else:
+        k = side // s
+        blocks = grid.reshape(-1, s, 1, s, 1, d).expand(-1, s, k, s, k, d)
+    return blocks.reshape(-1, side * side * d)
 
 
 def pyramid_max(grid: torch.Tensor) -> torch.Tensor:
