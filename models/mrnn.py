@@ -23,7 +23,7 @@ The indicator 1(t = 1) lives in the recurrent state: `encode` returns
 {"h": 0, "image_bias": b_v}, and every step adds `image_bias` and hands on
 zeros. The first step of any decoder (teacher forcing, beam search, the
 exported step graph) therefore adds b_v, and no later step does, without the
-step knowing t.
+step knowing t. With `image_every_step` every step hands b_v on instead.
 """
 
 from __future__ import annotations
@@ -54,10 +54,15 @@ class MultimodalRNNConfig(CaptionConfig):
     standardise_image: bool = True
     # W_hh's initialisation: "default" (nn.Linear's uniform) or "identity" (IRNN).
     recurrent_init: str = "default"
+    # Add b_v at every step, not at t = 1 only: Mao et al.'s m-RNN feeds the image to every
+    # step's multimodal layer; Karpathy & Fei-Fei (Sec. 3.2) found the first step alone
+    # better (False, the default).
+    image_every_step: bool = False
     # Runs saved before these settings existed pooled by the mean, did not standardise,
-    # kept the encoder frozen and initialised W_hh as nn.Linear does.
+    # kept the encoder frozen, initialised W_hh as nn.Linear does and saw b_v at t = 1.
     SAVED_BEFORE: ClassVar[dict] = {"image_pool": "mean", "standardise_image": False,
-                                    "train_encoder": False, "recurrent_init": "default"}
+                                    "train_encoder": False, "recurrent_init": "default",
+                                    "image_every_step": False}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -109,5 +114,7 @@ class MultimodalRNN(FeatureCaptioner):
         pre = self.input(x) + self.recurrent(state["h"]) + state["image_bias"]  # (N, H)
         h = F.relu(self.norm(pre))
         logits = self.out(self.drop(h))  # (N, V)
-        # 1(t = 1): the bias is spent on this step.
-        return DecodeResult(logits, {"h": h, "image_bias": torch.zeros_like(h)}, None, None)
+        # 1(t = 1): the bias is spent on this step (handed on with image_every_step).
+        image_bias = (state["image_bias"] if self.config.image_every_step
+                      else torch.zeros_like(h))
+        return DecodeResult(logits, {"h": h, "image_bias": image_bias}, None, None)

@@ -27,7 +27,8 @@ def captions(seed: int = 0) -> torch.Tensor:
 def reference_logits(model: MultimodalRNN, images: torch.Tensor,
                      captions_in: torch.Tensor) -> torch.Tensor:
     """Eq. 13 of Karpathy & Fei-Fei 2015 written out, with the indicator 1(t = 1); CNN(I)
-    is the max-pooled grid of the frozen encoder, standardised across images."""
+    is the max-pooled grid of the frozen encoder, standardised across images. With
+    image_every_step b_v is added at every t (Mao et al.'s m-RNN)."""
     _, grid = model.encoder(images)
     cnn = model.image.norm(grid.amax(dim=1))
     b_v = cnn @ model.image_bias.weight.T + model.image_bias.bias
@@ -36,7 +37,7 @@ def reference_logits(model: MultimodalRNN, images: torch.Tensor,
     for t in range(captions_in.shape[1]):
         x = model.embed(captions_in[:, t])
         pre = x @ model.input.weight.T + model.input.bias + h @ model.recurrent.weight.T
-        pre = pre + (b_v if t == 0 else 0.0)
+        pre = pre + (b_v if t == 0 or model.config.image_every_step else 0.0)
         if model.config.layer_norm:  # Ba et al. 2016, Eq. 4: the whole summed input
             mu, var = pre.mean(-1, keepdim=True), pre.var(-1, unbiased=False, keepdim=True)
             pre = (pre - mu) / torch.sqrt(var + model.norm.eps)
@@ -159,3 +160,18 @@ def test_identity_recurrence_hands_the_image_on_until_trained():
 def test_an_unknown_recurrent_init_is_refused():
     with pytest.raises(ValueError, match="recurrent_init"):
         MultimodalRNNConfig(recurrent_init="orthogonal")
+
+
+def test_the_image_at_every_step_adds_b_v_to_each_step():
+    model = tiny_model(image_every_step=True).eval()
+    images, caps = torch.rand(B, 3, S, S), captions()
+    with torch.no_grad():
+        logits, _ = model(images, caps)
+        torch.testing.assert_close(logits, reference_logits(model, images, caps))
+        context, state = model.encode(images)
+        for t in range(T):
+            log_probs, state, _ = model.step(caps[:, t], state, context)
+            torch.testing.assert_close(log_probs, F.log_softmax(logits[:, t], dim=-1))
+        once = tiny_model().eval()
+        once.load_state_dict(model.state_dict())
+        assert not torch.allclose(once(images, caps)[0][:, 1:], logits[:, 1:])
