@@ -232,7 +232,7 @@ def markdown(result: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", type=Path, default=ROOT / "model_repository/caption-sat/6")
+    p.add_argument("--bundle", type=Path, default=ROOT / "model_repository/caption-sat/8")
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5, help="steady runs per batch size")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])

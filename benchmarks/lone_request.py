@@ -109,7 +109,7 @@ def queue_totals(server: Any) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", type=Path, default=ROOT / "model_repository/caption-sat/6")
+    p.add_argument("--bundle", type=Path, default=ROOT / "model_repository/caption-sat/8")
     p.add_argument("--images", type=Path, default=ROOT / "data/shapes/images/test")
     p.add_argument("--before", help="a git revision whose service to compare with")
     p.add_argument("--requests", type=int, default=300, help="paired concurrency-1 rounds")

@@ -691,7 +691,7 @@ def run(cfg: Config) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, Path]:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", type=Path, default=ROOT / "model_repository/caption-sat/6")
+    p.add_argument("--bundle", type=Path, default=ROOT / "model_repository/caption-sat/8")
     p.add_argument("--images", type=Path, default=ROOT / "data/shapes/images/test")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
     p.add_argument("--duration", type=float, default=10.0, help="seconds per load level")

@@ -1,6 +1,6 @@
 """Draw test images with their captions and, for attention models, each word's map.
 
-    python scripts/caption_figure.py --bundle model_repository/caption-sat/6 \
+    python scripts/caption_figure.py --bundle model_repository/caption-sat/8 \
         --data data/shapes --out docs/images/caption_attention.png
 
 Each row is one image: the image, then one panel per generated word with the

@@ -42,14 +42,15 @@ glimpse train caption --arch nic --layer-norm --lr 3e-2 --data "$DATA_DIR" \
     --encoder-init "$RUNS_DIR/encoder" --epochs 10
 glimpse train caption --arch nic --data "$DATA_DIR" --out "$RUNS_DIR/nic" \
     --config configs/caption_encoder_finetune.json --init-from "$RUNS_DIR/nic-frozen"
-# SAT soft (caption-sat/6) reads the same frozen encoder's annotation grid, computed once,
-# with a learned vector per cell and no doubly stochastic term (four epochs of
-# cross-entropy, configs/caption_sat_positions.json), then learns from its own captions by
-# self-critical sequence training: four runs of three epochs, each from the one before.
+# SAT soft (caption-sat/8) reads the same frozen encoder's annotation grid, computed once,
+# with a learned vector per cell, no doubly stochastic term and an attention that also
+# reads the word just written (four epochs of cross-entropy, configs/caption_sat_word.json),
+# then learns from its own captions by self-critical sequence training: two runs of three
+# epochs, the second from the first.
 glimpse train caption --arch sat-soft --data "$DATA_DIR" --out "$RUNS_DIR/sat-frozen" \
-    --config configs/caption_sat_positions.json --encoder-init "$RUNS_DIR/encoder"
+    --config configs/caption_sat_word.json --encoder-init "$RUNS_DIR/encoder"
 sat="$RUNS_DIR/sat-frozen"
-for round in 1 2 3 4; do
+for round in 1 2; do
     glimpse train caption --arch sat-soft --data "$DATA_DIR" --out "$RUNS_DIR/sat-scst$round" \
         --config configs/caption_sat_scst.json --init-from "$sat"
     sat="$RUNS_DIR/sat-scst$round"

@@ -247,7 +247,7 @@ class WordAttention(BaseModel):
 
 class CaptionResponse(BaseModel):
     model: str = Field(description="the bundle that answered, name/version",
-                       examples=["caption-sat/6"])
+                       examples=["caption-sat/8"])
     captions: list[CaptionOut]
     attention: list[list[WordAttention]] | None = Field(
         None, description="with return_attention: for each caption, one map per word")
@@ -649,7 +649,7 @@ class VideoCaptionResponse(BaseModel):
 class ModelInfo(BaseModel):
     name: str = Field(examples=["caption-sat"])
     version: int = Field(examples=[1])
-    id: str = Field(description="name/version", examples=["caption-sat/6"])
+    id: str = Field(description="name/version", examples=["caption-sat/8"])
     latest: bool = Field(description="served when a request names the model without version")
     default: bool = Field(description="answers the requests of its task that name no model")
     task: str = Field(examples=["caption"])

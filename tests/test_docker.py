@@ -501,7 +501,7 @@ def test_every_recipe_command_parses_with_the_cli():
     nic, nic_tuned, sat, sat_scst = parsed[2:6]
     assert [(p.arch, p.config) for p in (nic, nic_tuned, sat, sat_scst)] == [
         ("nic", "configs/caption_nic.json"), ("nic", "configs/caption_encoder_finetune.json"),
-        ("sat-soft", "configs/caption_sat_positions.json"),
+        ("sat-soft", "configs/caption_sat_word.json"),
         ("sat-soft", "configs/caption_sat_scst.json")]
     assert {nic.encoder_init, sat.encoder_init} == {parsed[1].out}
     assert nic_tuned.init_from == nic.out  # the encoder is fine-tuned from the frozen run
@@ -540,15 +540,14 @@ def test_recipe_runs_its_steps_in_order_and_evaluates_the_latest_versions(tmp_pa
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     runs = tmp_path / "runs"
     assert [c[:2] for c in calls] == [
-        ["data", "shapes"], ["train", "encoder"], *[["train", "caption"]] * 7,
-        ["export", str(runs / "nic")], ["export", str(runs / "sat-scst4")],
+        ["data", "shapes"], ["train", "encoder"], *[["train", "caption"]] * 5,
+        ["export", str(runs / "nic")], ["export", str(runs / "sat-scst2")],
         ["eval", "bundle"], ["eval", "bundle"],
     ]
     # each SCST round starts from the run before it
     scst = [c for c in calls if "configs/caption_sat_scst.json" in c]
     assert [c[c.index("--init-from") + 1] for c in scst] == [
-        str(runs / "sat-frozen"), str(runs / "sat-scst1"), str(runs / "sat-scst2"),
-        str(runs / "sat-scst3")]
+        str(runs / "sat-frozen"), str(runs / "sat-scst1")]
     assert [c[2] for c in calls[-2:]] == [str(repository / "caption-nic" / "10"),
                                          str(repository / "caption-sat" / "3")]
     assert calls[0][calls[0].index("--out") + 1] == str(tmp_path / "data")
