@@ -104,10 +104,14 @@ class ShowAndTellConfig(GridCaptionerConfig):
     # standardised across images before W_I (models.encoder.ImageVector).
     image_pool: str = "max"
     standardise_image: bool = True
+    # Add W_I CNN(I) to every word's input as well as feeding it at t = -1. Vinyals et al.
+    # feed the image once and report that feeding it at each step overfits (False, the
+    # default).
+    image_every_step: bool = False
     # Runs saved before these settings existed pooled by the mean, did not standardise,
-    # and trained the encoder.
+    # trained the encoder and saw the image at t = -1 only.
     SAVED_BEFORE: ClassVar[dict] = {"image_pool": "mean", "standardise_image": False,
-                                    "train_encoder": True}
+                                    "train_encoder": True, "image_every_step": False}
 
 
 @dataclass
@@ -372,7 +376,10 @@ class ShowAndTell(GridCaptioner):
 
     def decode(self, tokens: torch.Tensor, state: State, context: torch.Tensor,
                expectation_rows: torch.Tensor | None = None) -> DecodeResult:
-        h, c = self.lstm(self.embed(tokens), (state["h"], state["c"]))  # (N, H)
+        x = self.embed(tokens)  # (N, E)
+        if self.config.image_every_step:
+            x = x + self.image_embed(context[:, 0])  # W_e S_t + W_I CNN(I)
+        h, c = self.lstm(x, (state["h"], state["c"]))  # (N, H)
         logits = self.head(self.drop(h))  # (N, V)
         return DecodeResult(logits, {"h": h, "c": c}, None, None)
 

@@ -121,6 +121,24 @@ def test_attention_that_reads_the_word_just_written():
     assert tiny_model("sat-soft").attention.word_proj is None
 
 
+def test_nic_with_the_image_at_every_step_adds_w_i_cnn_i_to_each_word():
+    images, captions_in, _ = batch()
+    model = tiny_model("nic", image_every_step=True).eval()
+    once = tiny_model("nic").eval()
+    once.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        logits, _ = model(images, captions_in)
+        context, state = model.encode(images)
+        for t in range(T):
+            log_probs, next_state, _ = model.step(captions_in[:, t], state, context)
+            torch.testing.assert_close(log_probs, F.log_softmax(logits[:, t], dim=-1))
+            x = model.embed(captions_in[:, t]) + model.image_embed(context[:, 0])
+            h, _ = model.lstm(x, (state["h"], state["c"]))
+            torch.testing.assert_close(next_state["h"], h)
+            state = next_state
+        assert not torch.allclose(once(images, captions_in)[0], logits)
+
+
 def test_argmax_hard_inference_attends_the_most_likely_location_only():
     model = tiny_model("sat-hard", hard_inference="argmax").eval()
     expected_mode = tiny_model("sat-hard").eval()

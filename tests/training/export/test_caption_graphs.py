@@ -15,15 +15,17 @@ V, S, TOP_K, H, D = 11, 32, 8, 12, 8
 L = (S // 8) ** 2
 # Every architecture with and without layer normalisation; the hard-attention model
 # is exported once with each test-time context; soft attention once with cell positions
-# and an attention that reads the previous word, NIC once with its grid kept in place.
+# and an attention that reads the previous word, NIC once with its grid kept in place and
+# once with the image at every step.
 VARIANTS = [
     ("nic", False, "expected", 0), ("nic", True, "expected", 0),
     ("sat-soft", False, "expected", 0), ("sat-soft", True, "expected", 0),
     ("sat-hard", False, "expected", 0), ("sat-hard", True, "argmax", 0),
     ("sat-soft", False, "expected", L), ("sat-soft", False, "expected", L, "word"),
-    ("nic", False, "expected", 0, "cells"),
+    ("nic", False, "expected", 0, "cells"), ("nic", True, "expected", 0, "every"),
 ]
-EXTRA = {"word": {"attend_with_word": True}, "cells": {"image_pool": "cells"}}
+EXTRA = {"word": {"attend_with_word": True}, "cells": {"image_pool": "cells"},
+         "every": {"image_every_step": True}}
 ATOL = 1e-5
 
 
